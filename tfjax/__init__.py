@@ -1,0 +1,24 @@
+"""tfjax: TransFusion and CLOA contrastive learning in JAX/Flax.
+
+The bottom layer is pure math on arrays:
+
+* :func:`adjacency` / :func:`relu_attention` — ReLU attention across the batch;
+* :func:`target_affinity` / :func:`jsd_loss` — TransFusion's target and loss.
+
+Models (:class:`TransFusionHead`, backbones), losses, data, training and
+evaluation live in submodules (``tfjax.models``, ``tfjax.losses``,
+``tfjax.data``, ``tfjax.train``, ``tfjax.evaluation``).
+"""
+
+from tfjax.affinity import jsd_loss, positive_mask, row_jsd, target_affinity, valid_rows
+from tfjax.attention import adjacency, cosine_similarity, l2_normalize, relu_attention
+from tfjax.backbones import MLP
+from tfjax.models import AdjacencyBlock, FusionBlock, TransFusionHead
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "adjacency", "relu_attention", "cosine_similarity", "l2_normalize",
+    "target_affinity", "positive_mask", "jsd_loss", "row_jsd", "valid_rows",
+    "FusionBlock", "AdjacencyBlock", "TransFusionHead", "MLP",
+]
