@@ -1,0 +1,36 @@
+"""tfjax.data: TFDS datasets, input pipelines and on-device augmentations.
+
+* :mod:`tfjax.data.registry` -- ``DATASETS``, ``get_dataset_spec`` (pure Python);
+* :mod:`tfjax.data.builders` -- offline TFDS builders ``tfjax_subspaces``,
+  ``tfjax_digits``, ``tfjax_mnist1d`` (registered when ``tfjax.data`` is imported);
+* :mod:`tfjax.data.pipeline` -- ``make_dataset``, ``load_arrays``,
+  ``labelled_subset_mask`` (tf.data; TensorFlow is imported lazily, on first use);
+* :mod:`tfjax.data.augment` -- pure JAX augmentations (no TensorFlow).
+"""
+from tfjax.data import builders  # noqa: F401  (registers the offline TFDS builders; cheap: TF loads lazily)
+from tfjax.data.augment import (  # noqa: F401
+    augment_batch,
+    color_jitter,
+    gaussian_noise,
+    get_augment_fn,
+    make_views,
+    random_flip,
+    random_grayscale,
+    random_mask,
+    random_resized_crop,
+    random_scale,
+    random_shift,
+    simclr_augment,
+    vector_augment,
+)
+from tfjax.data.registry import DATASETS, DatasetNotFoundError, DatasetSpec, get_dataset_spec  # noqa: F401
+
+_PIPELINE = ("make_dataset", "load_arrays", "labelled_subset_mask", "prepare_dataset")
+
+
+def __getattr__(name):  # lazy: importing tf.data costs seconds
+    if name in _PIPELINE:
+        from tfjax.data import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'tfjax.data' has no attribute {name!r}")
