@@ -18,11 +18,20 @@ rows of the *global* adjacency, with the zero diagonal at global indices.
 
 Our choice, following the authors' code rather than the paper's text: the
 truncated block applies the same LayerNorm before its Q and K projections.
+
+Every block takes ``implementation``: ``"dense"`` (default, the formulas of
+:mod:`tfjax.attention` on the full n×N adjacency) or ``"blockwise"`` (the
+same numbers from :mod:`tfjax.blockwise`, holding only [n, block_size]
+blocks of the adjacency in forward and backward; ``compute_dtype`` such as
+``jnp.bfloat16`` runs its matmuls in that dtype with float32 sums).  With
+``"blockwise"``, :meth:`TransFusionHead.loss` fuses the truncated block with
+the JSD loss, so no n×N matrix is ever formed; ``__call__`` still returns the
+full adjacency (it is its output).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -30,6 +39,8 @@ import jax.numpy as jnp
 
 from tfjax.affinity import jsd_loss, target_affinity
 from tfjax.attention import Activation, adjacency
+from tfjax.blockwise import (DEFAULT_BLOCK_SIZE, blockwise_attention,
+                             blockwise_jsd_loss)
 
 Array = jax.Array
 
@@ -47,6 +58,23 @@ def gather_batch(x: Array, axis_name: Optional[str]):
   return gathered, jax.lax.axis_index(axis_name) * x.shape[0]
 
 
+IMPLEMENTATIONS = ("dense", "blockwise")
+
+
+def _check_implementation(implementation: str) -> None:
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(
+        f"unknown implementation {implementation!r}; choose one of "
+        f"{IMPLEMENTATIONS}")
+
+
+def _gathered_ids(groups, labels, axis_name):
+  column_groups, offset = gather_batch(groups, axis_name)
+  column_labels = (None if labels is None
+                   else gather_batch(labels, axis_name)[0])
+  return column_groups, column_labels, offset
+
+
 class AdjacencyBlock(nn.Module):
   """Truncated block: LayerNorm → Q, K → adjacency [n, N] (N = global batch).
 
@@ -54,36 +82,78 @@ class AdjacencyBlock(nn.Module):
     features: width of Q and K (default: the input width).
     activation: see :func:`tfjax.attention.adjacency`.
     axis_name: pmap axis to gather keys over (None on one device).
+    implementation: "dense" or "blockwise"; only :meth:`loss` differs (the
+      adjacency returned by ``__call__`` is n×N either way).
+    block_size, compute_dtype: see :func:`tfjax.blockwise.blockwise_jsd_loss`.
   """
   features: Optional[int] = None
   activation: Activation = "relu"
   axis_name: Optional[str] = None
+  implementation: str = "dense"
+  block_size: int = DEFAULT_BLOCK_SIZE
+  compute_dtype: Optional[Any] = None
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def _query_key(self, x: Array):
     width = self.features or x.shape[-1]
     x_hat = nn.LayerNorm(name="norm")(x)
     q = nn.Dense(width, name="query")(x_hat)
     k = nn.Dense(width, name="key")(x_hat)
     k_all, offset = gather_batch(k, self.axis_name)
+    return q, k_all, offset
+
+  def __call__(self, x: Array) -> Array:
+    _check_implementation(self.implementation)
+    q, k_all, offset = self._query_key(x)
     return adjacency(q, k_all, activation=self.activation,
                      diagonal_offset=offset)
+
+  def loss(self, x: Array, groups: Array,
+           labels: Optional[Array] = None) -> Array:
+    """JSD loss of this block's adjacency of ``x`` [n, d] against the target.
+
+    ``groups``/``labels`` [n] are this device's; under pmap they are gathered
+    like the keys.  "dense" forms the n×N adjacency and target
+    (:func:`tfjax.affinity.jsd_loss`); "blockwise" fuses both into
+    :func:`tfjax.blockwise.blockwise_jsd_loss` (same value).
+    """
+    _check_implementation(self.implementation)
+    q, k_all, offset = self._query_key(x)
+    column_groups, column_labels, _ = _gathered_ids(groups, labels,
+                                                    self.axis_name)
+    if self.implementation == "blockwise":
+      return blockwise_jsd_loss(
+          q, k_all, groups, labels, column_groups=column_groups,
+          column_labels=column_labels, activation=self.activation,
+          diagonal_offset=offset, block_size=self.block_size,
+          compute_dtype=self.compute_dtype, axis_name=self.axis_name)
+    a = adjacency(q, k_all, activation=self.activation, diagonal_offset=offset)
+    target = target_affinity(groups, labels, column_groups=column_groups,
+                             column_labels=column_labels,
+                             diagonal_offset=offset, dtype=a.dtype)
+    return jsd_loss(a, target, axis_name=self.axis_name)
 
 
 class FusionBlock(nn.Module):
   """One ReLU-attention fusion block: ``adjacency(Q, K) V + LayerNorm(x)``.
 
   Input and output are [n, d] (V projects back to d so that the residual
-  adds up); Q and K have width ``features`` (default d).  The block's
-  adjacency is sown into the ``intermediates`` collection as
-  ``"adjacency"`` for inspection (``mutable=["intermediates"]``).
+  adds up); Q and K have width ``features`` (default d).  With the "dense"
+  implementation the block's adjacency is sown into the ``intermediates``
+  collection as ``"adjacency"`` for inspection (``mutable=["intermediates"]``);
+  "blockwise" (:func:`tfjax.blockwise.blockwise_attention`, same output)
+  never forms it, so it sows nothing.
   """
   features: Optional[int] = None
   activation: Activation = "relu"
   axis_name: Optional[str] = None
+  implementation: str = "dense"
+  block_size: int = DEFAULT_BLOCK_SIZE
+  compute_dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    _check_implementation(self.implementation)
     width = self.features or x.shape[-1]
     x_hat = nn.LayerNorm(name="norm")(x)
     q = nn.Dense(width, name="query")(x_hat)
@@ -91,6 +161,11 @@ class FusionBlock(nn.Module):
     v = nn.Dense(x.shape[-1], name="value")(x_hat)
     k_all, offset = gather_batch(k, self.axis_name)
     v_all, _ = gather_batch(v, self.axis_name)
+    if self.implementation == "blockwise":
+      out = blockwise_attention(
+          q, k_all, v_all, activation=self.activation, diagonal_offset=offset,
+          block_size=self.block_size, compute_dtype=self.compute_dtype)
+      return out.astype(x_hat.dtype) + x_hat
     a = adjacency(q, k_all, activation=self.activation, diagonal_offset=offset)
     self.sow("intermediates", "adjacency", a)
     return a @ v_all + x_hat
@@ -104,6 +179,9 @@ class TransFusionHead(nn.Module):
   ``fuse(x) -> [n, d]`` returns the transductive features X_{L−1}; they
   depend on the other samples of the batch.  ``loss(x, groups, labels)``
   returns the JSD loss against the target affinity of the (global) batch.
+  ``implementation="blockwise"`` computes the same numbers without any n×N
+  matrix in ``fuse`` and ``loss`` (``block_size`` keys at a time, optional
+  ``compute_dtype``); see :mod:`tfjax.blockwise`.
 
   Example::
 
@@ -117,16 +195,24 @@ class TransFusionHead(nn.Module):
   features: Optional[int] = None
   activation: Activation = "relu"
   axis_name: Optional[str] = None
+  implementation: str = "dense"
+  block_size: int = DEFAULT_BLOCK_SIZE
+  compute_dtype: Optional[Any] = None
 
   def setup(self):
     if self.num_layers < 1:
       raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+    _check_implementation(self.implementation)
+    options = dict(implementation=self.implementation,
+                   block_size=self.block_size,
+                   compute_dtype=self.compute_dtype)
     self.blocks = [
         FusionBlock(self.features, self.activation, self.axis_name,
-                    name=f"fusion_{i}") for i in range(self.num_layers - 1)
+                    name=f"fusion_{i}", **options)
+        for i in range(self.num_layers - 1)
     ]
     self.final = AdjacencyBlock(self.features, self.activation, self.axis_name,
-                                name="adjacency")
+                                name="adjacency", **options)
 
   def fuse(self, x: Array) -> Array:
     """Transductive fused features X_{L−1} [n, d]."""
@@ -144,8 +230,12 @@ class TransFusionHead(nn.Module):
     """JSD between this head's adjacency and the target of ``groups``/``labels``.
 
     Under pmap the groups and labels of all devices are gathered so that the
-    target's columns, like the adjacency's, span the global batch.
+    target's columns, like the adjacency's, span the global batch.  With
+    ``implementation="blockwise"`` the truncated block and the loss are fused
+    (:meth:`AdjacencyBlock.loss`): same value, O(n·block_size) memory.
     """
+    if self.implementation == "blockwise":
+      return self.final.loss(self.fuse(x), groups, labels)
     a = self(x)
     column_groups, offset = gather_batch(groups, self.axis_name)
     column_labels = (None if labels is None
