@@ -1,0 +1,343 @@
+"""Over-fusion diagnostics for any embedding matrix z [n, d] (CLOA, SPEC §3).
+
+Over-fusion is the collapse CLOA describes: all embeddings equal, or all on
+one line (±z*).  These measure it:
+
+* :func:`embedding_variance` — total variance of the L2-normalised embeddings,
+  ``1 − ‖mean‖²`` ∈ [0, 1]: 0 when all are equal; 1 − 1/n for n orthonormal
+  rows; ≈ 1 for a spread-out batch.  (A ±z* line can still score high: use
+  the rank too.)
+* :func:`singular_values`, :func:`rank_at_energy` — the spectrum and the
+  number of directions holding a given share of the energy (1 for both
+  collapse modes).
+* :func:`per_class_variance`, :func:`per_class_rank` — the same per class,
+  with a static ``num_classes`` so they jit (masking, no boolean indexing).
+* :func:`class_ordered_affinity`, :func:`plot_affinity_heatmap`,
+  :func:`plot_spectrum` — the cosine matrix ordered by class and two PNGs.
+* :func:`summary` — a dict of Python floats for metrics logging.
+
+All array functions are pure and jit-able; the plotting helpers and
+:func:`summary` run on the host.  Embeddings are L2-normalised with a safe
+epsilon (a zero row stays zero, no NaN).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tfjax.attention import l2_normalize
+
+Array = jax.Array
+
+__all__ = [
+    "embedding_variance", "singular_values", "rank_at_energy",
+    "per_class_variance", "per_class_rank", "class_ordered_affinity",
+    "plot_affinity_heatmap", "plot_spectrum", "summary",
+]
+
+# Relative slack when comparing cumulative energy with the threshold, so that
+# an exact boundary (e.g. 19 of 20 equal singular values at 95%) is not lost
+# to float32 rounding (our choice).
+_ENERGY_SLACK = 1e-6
+
+
+def _check_z(z) -> Array:
+  if not isinstance(z, jax.core.Tracer):
+    z = jnp.asarray(z)
+  if z.ndim != 2:
+    raise ValueError(f"z must be a 2-D array [n, d], got shape {z.shape}")
+  if not jnp.issubdtype(z.dtype, jnp.floating):
+    raise TypeError(f"z must be floating point, got dtype {z.dtype}")
+  if z.shape[0] < 1 or z.shape[1] < 1:
+    raise ValueError(f"z must be non-empty [n, d], got shape {z.shape}")
+  return z.astype(jnp.promote_types(z.dtype, jnp.float32))
+
+
+def _check_labels(labels, n: int) -> Array:
+  if not isinstance(labels, jax.core.Tracer):
+    labels = jnp.asarray(labels)
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+  if labels.shape != (n,):
+    raise ValueError(
+        f"labels must have shape ({n},) to match z, got {labels.shape}")
+  return labels
+
+
+def _check_num_classes(num_classes) -> int:
+  if (not isinstance(num_classes, (int, np.integer))
+      or isinstance(num_classes, bool) or num_classes < 1):
+    raise ValueError(
+        f"num_classes must be a static int >= 1, got {num_classes!r}")
+  return int(num_classes)
+
+
+def _check_energy(energy) -> None:
+  if not isinstance(energy, jax.core.Tracer):
+    if not 0.0 < float(energy) <= 1.0:
+      raise ValueError(f"energy must lie in (0, 1], got {energy}")
+
+
+def embedding_variance(z: Array) -> Array:
+  """Total variance of the L2-normalised rows of ``z`` [n, d] -> scalar in [0, 1].
+
+  ``u_i = z_i/‖z_i‖``:  Σ_j Var(u_·j) = mean_i ‖u_i‖² − ‖mean_i u_i‖²,
+  which is 1 − ‖ū‖² when no row is zero (a zero row stays zero and counts
+  with ‖u_i‖ = 0; an all-zero z gives 0).  Clipped to [0, 1] against
+  rounding.  0 = all embeddings equal.
+
+  Example::
+
+      >>> embedding_variance(jnp.ones((4, 3)))   # 0.0
+      >>> embedding_variance(jnp.eye(4))         # 0.75 = 1 − 1/4
+  """
+  u = l2_normalize(_check_z(z))
+  mean = jnp.mean(u, axis=0)
+  sq = jnp.mean(jnp.sum(jnp.square(u), axis=1))
+  return jnp.clip(sq - jnp.sum(jnp.square(mean)), 0.0, 1.0)
+
+
+def singular_values(z: Array, *, normalize: bool = True) -> Array:
+  """Singular values of ``z`` [n, d], descending -> [min(n, d)].
+
+  By default of the L2-normalised, *uncentred* rows (our choice: the
+  normalised embeddings are what the cosine losses see, and a collapse to
+  one vector then shows as a single non-zero value, √n).  Their squares sum
+  to n (the number of non-zero rows).
+
+  Example::
+
+      >>> singular_values(jnp.eye(3) * 5.0)           # [1, 1, 1]
+  """
+  z = _check_z(z)
+  if normalize:
+    z = l2_normalize(z)
+  return jnp.linalg.svd(z, compute_uv=False)
+
+
+def _rank_from_sv(s: Array, energy) -> Array:
+  e = jnp.square(s)
+  total = jnp.sum(e)
+  cum = jnp.cumsum(e)
+  short = cum < (energy - _ENERGY_SLACK) * total
+  r = jnp.sum(short.astype(jnp.int32)) + 1
+  return jnp.where(total > 0, jnp.minimum(r, s.shape[0]), 0).astype(jnp.int32)
+
+
+def rank_at_energy(z: Array, energy: float = 0.95, *,
+                   normalize: bool = True) -> Array:
+  """Smallest r with Σ_{i≤r} s_i² ≥ energy · Σ_i s_i²  -> int32 scalar.
+
+  ``s`` = :func:`singular_values` (of the normalised rows by default).  1 for
+  all-equal and for rank-1 (±z*) embeddings; ⌈energy·n⌉ for n orthonormal
+  rows.  A zero matrix gives 0.  The comparison allows a relative slack of
+  1e-6 for float rounding (our choice).
+
+  Example::
+
+      >>> rank_at_energy(jnp.eye(20))   # 19 (19/20 = 95% of the energy)
+  """
+  _check_energy(energy)
+  return _rank_from_sv(singular_values(z, normalize=normalize), energy)
+
+
+def _class_masks(labels: Array, num_classes: int) -> Array:
+  return labels[None, :] == jnp.arange(num_classes)[:, None]     # [k, n]
+
+
+def per_class_variance(z: Array, labels: Array, num_classes: int) -> Array:
+  """:func:`embedding_variance` within each class -> [num_classes].
+
+  ``labels`` [n] int; rows with a label outside [0, num_classes) (e.g. −1,
+  unlabelled) are ignored.  A class without samples gives 0 (our choice; no
+  NaN).  A class with one sample also gives 0.  Jit-able with a static
+  ``num_classes``.
+
+  Example::
+
+      >>> per_class_variance(z, labels, 10)   # [10]
+  """
+  z = _check_z(z)
+  labels = _check_labels(labels, z.shape[0])
+  k = _check_num_classes(num_classes)
+  u = l2_normalize(z)
+  m = _class_masks(labels, k).astype(u.dtype)                    # [k, n]
+  count = jnp.sum(m, axis=1)
+  mean = (m @ u) / jnp.maximum(count, 1.0)[:, None]              # [k, d]
+  # Mean of ‖u_i‖² (1, or 0 for a zero row) minus ‖mean‖².
+  sq = (m @ jnp.sum(jnp.square(u), axis=1)) / jnp.maximum(count, 1.0)
+  var = jnp.clip(sq - jnp.sum(jnp.square(mean), axis=1), 0.0, 1.0)
+  return jnp.where(count > 0, var, 0.0)
+
+
+def per_class_rank(z: Array, labels: Array, num_classes: int,
+                   energy: float = 0.95, *, normalize: bool = True) -> Array:
+  """:func:`rank_at_energy` within each class -> int32 [num_classes].
+
+  Rows of other classes are zeroed (which leaves the class's non-zero
+  singular values unchanged), so this jits with a static ``num_classes``.
+  A class without samples gives 0 (our choice; no NaN).
+
+  Example::
+
+      >>> per_class_rank(z, labels, 10)   # [10] ints
+  """
+  z = _check_z(z)
+  labels = _check_labels(labels, z.shape[0])
+  k = _check_num_classes(num_classes)
+  _check_energy(energy)
+  if normalize:
+    z = l2_normalize(z)
+  m = _class_masks(labels, k).astype(z.dtype)                    # [k, n]
+  zs = m[:, :, None] * z[None]                                   # [k, n, d]
+  s = jnp.linalg.svd(zs, compute_uv=False)                       # [k, r]
+  return jax.vmap(lambda sv: _rank_from_sv(sv, energy))(s)
+
+
+def class_ordered_affinity(z: Array, labels: Array) -> tuple[Array, Array]:
+  """Cosine matrix ordered by class -> ([n, n], ordered labels [n]).
+
+  Rows and columns are permuted by a stable argsort of ``labels`` (ties keep
+  their batch order), so each class is a diagonal block.
+
+  Example::
+
+      >>> c, y = class_ordered_affinity(z, labels)
+      >>> plot_affinity_heatmap(c, y, "affinity.png")
+  """
+  z = _check_z(z)
+  labels = _check_labels(labels, z.shape[0])
+  order = jnp.argsort(labels, stable=True)
+  u = l2_normalize(z)[order]
+  return u @ u.T, labels[order]
+
+
+# ----------------------------------------------------------------------------
+# Host-side helpers.
+
+
+def _figure(figsize):
+  # Imported lazily (plotting is optional).  A bare Figure on the Agg canvas
+  # touches neither pyplot's global state nor the user's backend.
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=figsize)
+  FigureCanvasAgg(fig)
+  return fig, fig.add_subplot(1, 1, 1)
+
+
+def _prepare_path(path) -> str:
+  path = os.fspath(path)
+  parent = os.path.dirname(path)
+  if parent:
+    os.makedirs(parent, exist_ok=True)
+  return path
+
+
+def plot_affinity_heatmap(matrix, labels, path, *,
+                          title: str = "cosine affinity (ordered by class)"
+                          ) -> str:
+  """Writes a heatmap PNG of ``matrix`` [n, n] with class boundaries -> path.
+
+  ``labels`` [n] are the (already ordered) row labels, e.g. the second output
+  of :func:`class_ordered_affinity`; lines are drawn where the label changes.
+  Colours span [−1, 1].
+  """
+  m = np.asarray(matrix, np.float64)
+  lab = np.asarray(labels)
+  if m.ndim != 2 or m.shape[0] != m.shape[1]:
+    raise ValueError(f"matrix must be square [n, n], got shape {m.shape}")
+  if lab.shape != (m.shape[0],):
+    raise ValueError(
+        f"labels must have shape ({m.shape[0]},), got {lab.shape}")
+  path = _prepare_path(path)
+  fig, ax = _figure((5, 4.2))
+  im = ax.imshow(m, vmin=-1.0, vmax=1.0, cmap="RdBu_r",
+                 interpolation="nearest")
+  fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+  for b in np.nonzero(lab[1:] != lab[:-1])[0]:
+    ax.axhline(b + 0.5, color="k", lw=0.5)
+    ax.axvline(b + 0.5, color="k", lw=0.5)
+  ax.set_title(title)
+  ax.set_xlabel("sample (ordered by class)")
+  ax.set_ylabel("sample (ordered by class)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  return path
+
+
+def plot_spectrum(values: Union[Sequence[float], Array,
+                                Mapping[str, Union[Sequence[float], Array]]],
+                  path, *, title: str = "singular value spectrum",
+                  normalize: bool = True) -> str:
+  """Writes a PNG of one or several singular-value spectra -> path.
+
+  ``values`` is a 1-D array or a dict ``name -> 1-D array`` (one line each,
+  with a legend).  With ``normalize`` each spectrum is shown as the share of
+  energy ``s_i² / Σ s²`` on a log axis; otherwise the raw ``s_i``.
+  """
+  series = dict(values) if isinstance(values, Mapping) else {"": values}
+  if not series:
+    raise ValueError("values must hold at least one spectrum")
+  path = _prepare_path(path)
+  fig, ax = _figure((5, 3.6))
+  for name, s in series.items():
+    s = np.asarray(s, np.float64)
+    if s.ndim != 1:
+      raise ValueError(
+          f"spectrum {name!r} must be 1-D, got shape {s.shape}")
+    y = s ** 2 / max(np.sum(s ** 2), 1e-30) if normalize else s
+    ax.semilogy(np.arange(1, len(s) + 1), np.maximum(y, 1e-12), marker=".",
+                label=name or None)
+  ax.set_xlabel("index i")
+  ax.set_ylabel("energy share $s_i^2/\\sum s^2$" if normalize else "$s_i$")
+  ax.set_title(title)
+  if any(series):
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  return path
+
+
+def summary(z: Array, labels: Optional[Array] = None,
+            num_classes: Optional[int] = None, *,
+            energy: float = 0.95) -> dict[str, float]:
+  """Over-fusion numbers as a dict of Python floats (for metrics logging).
+
+  Keys: ``variance``, ``rank95`` (rank at ``energy``), ``top1_energy``
+  (share of the largest singular value's energy); with ``labels`` and
+  ``num_classes`` also ``class_variance_mean``, ``class_variance_min``,
+  ``class_rank95_mean`` over the classes present (0.0 when no sample has a
+  label in [0, num_classes)).  Runs on the host (it
+  returns Python floats; call it outside jit).
+
+  Example::
+
+      >>> summary(z, labels, 10)   # {'variance': 0.9, 'rank95': 14.0, ...}
+  """
+  z = _check_z(z)
+  s = singular_values(z)
+  e = np.asarray(s, np.float64) ** 2
+  out = {
+      "variance": float(embedding_variance(z)),
+      "rank95": float(_rank_from_sv(s, energy)),
+      "top1_energy": float(e[0] / e.sum()) if e.sum() > 0 else 0.0,
+  }
+  if (labels is None) != (num_classes is None):
+    raise ValueError("give both labels and num_classes, or neither")
+  if labels is not None:
+    labels = _check_labels(labels, z.shape[0])
+    k = _check_num_classes(num_classes)
+    present = np.asarray(jnp.sum(_class_masks(labels, k), axis=1) > 0)
+    var = np.asarray(per_class_variance(z, labels, k))[present]
+    rank = np.asarray(per_class_rank(z, labels, k, energy))[present]
+    has = bool(present.any())
+    out["class_variance_mean"] = float(var.mean()) if has else 0.0
+    out["class_variance_min"] = float(var.min()) if has else 0.0
+    out["class_rank95_mean"] = float(rank.mean()) if has else 0.0
+  return out
