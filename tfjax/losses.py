@@ -175,9 +175,13 @@ def info_nce(z1: Array, z2: Array, *, temperature: float = 0.1,
 
   Args:
     z1, z2: [n, d] float embeddings of the two views (unnormalised).
-    temperature: τ > 0 (ValueError otherwise).
+    temperature: τ > 0 (ValueError when concrete; a traced temperature
+      cannot be checked).
     axis_name: pmap axis; negatives then span the global batch and the
       result is the global mean, identical on every device.
+
+  Normalisation ``z / max(‖z‖, 1e-12)`` (our choice of epsilon) keeps a zero
+  row finite.
 
   Example::
 
@@ -403,7 +407,8 @@ def orthonormal_anchors(key: Array, num_classes: int, dim: int, *,
   The rows of the Q factor of a QR decomposition of a [dim, k] standard
   Gaussian matrix, with the sign of each column fixed by the sign of R's
   diagonal (so Q is Haar-distributed on the Stiefel manifold and the result
-  is a deterministic function of ``key``).  Rows satisfy ``A Aᵀ = I_k``.
+  is a deterministic function of ``key``).  The paper asks for rows of a
+  random orthogonal matrix; this construction is our choice.  Rows satisfy ``A Aᵀ = I_k``.
   Never trained: keep the array out of the optimised parameters.
 
   Args:
@@ -446,9 +451,11 @@ def oar_loss(z: Array, labels: Array, anchors: Array, *,
   gives exactly 0, with a zero gradient.
 
   Label values: when ``labels`` is concrete (eager call) a label ≥ k or < −1
-  raises ValueError.  Under jit/pmap the values are traced and cannot be
-  checked; there every label outside [0, k) is masked out like −1 (never
-  clipped onto another class's anchor).
+  raises ValueError (our choice: only −1 means unlabelled).  Under jit/pmap
+  the values are traced and cannot be checked; there every label outside
+  [0, k) is masked out like −1 (our choice: never clipped onto another
+  class's anchor).  The anchors are L2-normalised too, which changes
+  nothing for orthonormal anchors (our choice, for arbitrary anchors).
 
   Args:
     z: [n, D] float embeddings.
