@@ -33,6 +33,7 @@ Three groups of functions:
 
 from __future__ import annotations
 
+import functools
 import math
 from fractions import Fraction
 from typing import Tuple
@@ -318,9 +319,10 @@ def _prep(sigma, s, rho, d):
 
 
 def _triplet_moments(sigma, s, c, d):
-  """Gram-level moments for views (a, b, e): a, b share a source, e is another
-  source whose class centre has cosine c with a's. Returns the mean Gram
-  matrix ``G = E[v_j·v_k]`` (..., 3, 3) and ``Cov[P_jk, P_lm]`` (..., 3,3,3,3).
+  """Moments for views (a, b, e) = (0, 1, 2): a, b share a source, e is another
+  source whose class centre has cosine c with a's. Returns ``(g, cov)``:
+  ``g[(j, k)] = E[v_j·v_k]`` and ``cov((j, k), (l, m)) = Cov[P_jk, P_lm]``, all
+  elementwise arrays of the broadcast shape.
 
   Per coordinate the noises (g_a, g_b, g_e) are Gaussian with covariance S/d,
   S = [[α, γ, 0], [γ, α, 0], [0, 0, α]], α = σ²+s², γ = σ²; centres have Gram
@@ -330,55 +332,52 @@ def _triplet_moments(sigma, s, c, d):
   """
   alpha = sigma ** 2 + s ** 2
   gamma = sigma ** 2
-  one = jnp.ones_like(c)
-  zero = jnp.zeros_like(c)
-  m = jnp.stack([jnp.stack([one, one, c], -1),
-                 jnp.stack([one, one, c], -1),
-                 jnp.stack([c, c, one], -1)], -2)
-  sm = jnp.stack([jnp.stack([alpha, gamma, zero], -1),
-                  jnp.stack([gamma, alpha, zero], -1),
-                  jnp.stack([zero, zero, alpha], -1)], -2)
-  e = jnp.einsum
-  cov = (e("...jl,...km->...jklm", m, sm) + e("...jm,...kl->...jklm", m, sm)
-         + e("...kl,...jm->...jklm", m, sm) + e("...km,...jl->...jklm", m, sm)
-         + e("...jl,...km->...jklm", sm, sm) + e("...jm,...kl->...jklm", sm, sm))
-  cov = cov / d[..., None, None, None, None]
-  return m + sm, cov
+  one, zero = jnp.ones_like(c), jnp.zeros_like(c)
+  m = ((one, one, c), (one, one, c), (c, c, one))
+  sm = ((alpha, gamma, zero), (gamma, alpha, zero), (zero, zero, alpha))
+  g = {(j, k): m[j][k] + sm[j][k] for j in range(3) for k in range(3)}
+
+  def cov(x, y):
+    (j, k), (l, mm) = x, y
+    return (m[j][l] * sm[k][mm] + m[j][mm] * sm[k][l] + m[k][l] * sm[j][mm]
+            + m[k][mm] * sm[j][l] + sm[j][l] * sm[k][mm] + sm[j][mm] * sm[k][l]) / d
+  return g, cov
 
 
 def _cos_derivs(g, j, k):
-  """Gradient (...,3,3) and Hessian (...,3,3,3,3) of P_jk/sqrt(P_jj P_kk) at G."""
-  pjj, pkk, pjk = g[..., j, j], g[..., k, k], g[..., j, k]
+  """Value, gradient and Hessian of ``P_jk/sqrt(P_jj P_kk)`` at the mean Gram
+  ``g``, as sparse dicts keyed by P-entries ``(j, k)``."""
+  pjj, pkk, pjk = g[(j, j)], g[(k, k)], g[(j, k)]
   r = jnp.sqrt(pjj * pkk)
   c0 = pjk / r
-  batch = g.shape[:-2]
-  grad = jnp.zeros(batch + (3, 3), g.dtype)
-  grad = grad.at[..., j, k].set(1.0 / r)
-  grad = grad.at[..., j, j].set(-c0 / (2 * pjj))
-  grad = grad.at[..., k, k].set(-c0 / (2 * pkk))
-  h = jnp.zeros(batch + (3, 3, 3, 3), g.dtype)
-  hjk_jj = -1.0 / (2 * pjj * r)
-  hjk_kk = -1.0 / (2 * pkk * r)
-  h = h.at[..., j, k, j, j].set(hjk_jj).at[..., j, j, j, k].set(hjk_jj)
-  h = h.at[..., j, k, k, k].set(hjk_kk).at[..., k, k, j, k].set(hjk_kk)
-  h = h.at[..., j, j, j, j].set(3 * c0 / (4 * pjj ** 2))
-  h = h.at[..., k, k, k, k].set(3 * c0 / (4 * pkk ** 2))
-  hjj_kk = c0 / (4 * pjj * pkk)
-  h = h.at[..., j, j, k, k].set(hjj_kk).at[..., k, k, j, j].set(hjj_kk)
-  return c0, grad, h
+  jk, jj, kk = (j, k), (j, j), (k, k)
+  grad = {jk: 1.0 / r, jj: -c0 / (2 * pjj), kk: -c0 / (2 * pkk)}
+  hess = {(jk, jj): -1.0 / (2 * pjj * r), (jj, jk): -1.0 / (2 * pjj * r),
+          (jk, kk): -1.0 / (2 * pkk * r), (kk, jk): -1.0 / (2 * pkk * r),
+          (jj, jj): 3 * c0 / (4 * pjj ** 2), (kk, kk): 3 * c0 / (4 * pkk ** 2),
+          (jj, kk): c0 / (4 * pjj * pkk), (kk, jj): c0 / (4 * pjj * pkk)}
+  return c0, grad, hess
+
+
+def _quad(grad, cov):
+  """Σ_xy grad_x grad_y Cov(x, y) (delta-method variance)."""
+  return sum(gx * gy * cov(x, y) for x, gx in grad.items() for y, gy in grad.items())
+
+
+def _half_trace(hess, cov):
+  """½ Σ_xy H_xy Cov(x, y) (second-order delta-method bias)."""
+  return 0.5 * sum(h * cov(x, y) for (x, y), h in hess.items())
 
 
 _PAIR_INDEX = {"positive": (0, 1), "same_class": (0, 2), "other_class": (0, 2)}
 
 
+@functools.partial(jax.jit, static_argnames=("pair",))
 def _pair_stats(sigma, s, rho, d, pair):
   c = jnp.ones_like(rho) if pair == "same_class" else rho
   g, cov = _triplet_moments(sigma, s, c, d)
-  j, k = _PAIR_INDEX[pair]
-  c0, grad, h = _cos_derivs(g, j, k)
-  var = jnp.einsum("...jk,...jklm,...lm->...", grad, cov, grad)
-  bias = 0.5 * jnp.einsum("...jklm,...jklm->...", h, cov)
-  return c0, jnp.maximum(var, 0.0), bias
+  c0, grad, hess = _cos_derivs(g, *_PAIR_INDEX[pair])
+  return c0, jnp.maximum(_quad(grad, cov), 0.0), _half_trace(hess, cov)
 
 
 def expected_cosine(sigma, s, rho=0.0, d=jnp.inf, *, pair: str = "positive",
@@ -437,15 +436,20 @@ def cosine_std(sigma, s, rho=0.0, d=jnp.inf, *, pair: str = "positive") -> Array
   return jnp.sqrt(var)
 
 
+@functools.partial(jax.jit, static_argnames=("versus",))
 def _margin_stats(sigma, s, rho, d, versus):
   c = jnp.ones_like(rho) if versus == "same_class" else rho
   g, cov = _triplet_moments(sigma, s, c, d)
   cp, gp, hp = _cos_derivs(g, 0, 1)
   cn, gn, hn = _cos_derivs(g, 0, 2)
-  gdiff = gp - gn
-  var = jnp.einsum("...jk,...jklm,...lm->...", gdiff, cov, gdiff)
-  bias = 0.5 * jnp.einsum("...jklm,...jklm->...", hp - hn, cov)
-  return cp - cn, jnp.maximum(var, 0.0), bias
+  gdiff = dict(gp)
+  for x, v in gn.items():
+    gdiff[x] = gdiff.get(x, 0.0) - v
+  hdiff = dict(hp)
+  for x, v in hn.items():
+    hdiff[x] = hdiff.get(x, 0.0) - v
+  var = _quad(gdiff, cov)
+  return cp - cn, jnp.maximum(var, 0.0), _half_trace(hdiff, cov)
 
 
 def margin_mean(sigma, s, rho=0.0, d=jnp.inf, *, versus: str = "other_class",
@@ -502,8 +506,8 @@ def win_probability(sigma, s, rho=0.0, d=jnp.inf, *, versus: str = "other_class"
   m0, var, bias = _margin_stats(sigma, s, rho, d, versus)
   mean = m0 + bias
   sd = jnp.sqrt(var)
-  z = jnp.where(sd > 0, mean / jnp.where(sd > 0, sd, 1.0),
-                jnp.sign(mean) * jnp.inf)
+  z_inf = jnp.where(mean > 0, jnp.inf, jnp.where(mean < 0, -jnp.inf, 0.0))
+  z = jnp.where(sd > 0, mean / jnp.where(sd > 0, sd, 1.0), z_inf)
   return jax.scipy.special.ndtr(z)
 
 
@@ -540,15 +544,20 @@ def max_augmentation(sigma, rho=0.0, d=1024.0, *, margin_z: float = 2.0,
   _check_choice("versus", versus, _VERSUS)
   _check_range("margin_z", margin_z, 0.0, lo_open=True)
   sigma, _, rho, d = _prep(sigma, 0.0, rho, d)
-  z = jnp.asarray(margin_z, sigma.dtype)
+  return _max_aug_core(sigma, rho, d, jnp.asarray(margin_z, sigma.dtype),
+                       versus=versus, num_iters=num_iters)
 
+
+@functools.partial(jax.jit, static_argnames=("versus", "num_iters"))
+def _max_aug_core(sigma, rho, d, z, *, versus, num_iters):
   def gap(s):
     m0, var, _ = _margin_stats(sigma, s, rho, d, versus)
     return m0 - z * jnp.sqrt(var)
 
-  s_hi = jnp.maximum(2.0 * max_augmentation_asymptotic(
-      sigma, rho, jnp.where(jnp.isinf(d), 1.0, d), margin_z=margin_z,
-      versus=versus), 1.0)
+  c = jnp.ones_like(rho) if versus == "same_class" else rho
+  d_fin = jnp.where(jnp.isinf(d), 1.0, d)
+  s2 = (1.0 + sigma ** 2 - c) * jnp.sqrt(d_fin / 2.0) / z - (1.0 + sigma ** 2)
+  s_hi = jnp.maximum(2.0 * jnp.sqrt(jnp.maximum(s2, 0.0)), 1.0)
 
   def grow(_, hi):
     return jnp.where(gap(hi) > 0, 2.0 * hi, hi)
