@@ -12,6 +12,9 @@ at initialisation and after training, we record per layer:
 
 * the adjacency (heatmaps, samples ordered by cluster);
 * the attention mass each row puts on its own cluster (chance = (m−1)/(n−1));
+* the mass on the row's most-attended cluster, whichever it is (trained
+  middle layers attend block-wise to *another* cluster: fusion by cluster
+  without self-cluster attention — visible in the heatmaps);
 * the within-cluster noise of the features entering each layer: the share of
   the unit-normalised features' variance that is within-cluster
   (``Σ_i ‖u_i − ū_{c(i)}‖² / Σ_i ‖u_i − ū‖²``; 1 = no cluster structure,
@@ -53,6 +56,11 @@ def within_cluster_noise(x: np.ndarray, labels: np.ndarray) -> float:
   within = sum(((u[labels == c] - u[labels == c].mean(0)) ** 2).sum()
                for c in np.unique(labels))
   return float(within / max(total, 1e-12))
+
+
+def top_cluster_mass(a: np.ndarray, labels: np.ndarray) -> float:
+  per_cluster = np.stack([a[:, labels == c].sum(1) for c in np.unique(labels)], 1)
+  return float(per_cluster.max(1).mean())
 
 
 def per_layer(head: TransFusionHead, params, x):
@@ -116,6 +124,7 @@ def main(argv=None):
       rows.append({"model": name, "layer": layer,
                    "mass_within": float((a * same).sum(1).mean()),
                    "mass_between": float((a * ~same).sum(1).mean()),
+                   "mass_top_cluster": top_cluster_mass(a, y_te),
                    "noise_in": within_cluster_noise(feats[layer - 1], y_te)})
   for name in stats:  # noise of the transductive features X_{L-1}
     rows.append({"model": name, "layer": "out", "mass_within": "",
@@ -154,7 +163,8 @@ def main(argv=None):
   table = write_results(
       workdir, f"Fusion on {k} Gaussian clusters (d={d}, noise norm σ={sigma}), "
       f"batch {n_batch}, {steps} steps", rows,
-      ["model", "layer", "mass_within", "mass_between", "noise_in"],
+      ["model", "layer", "mass_within", "mass_between", "mass_top_cluster",
+       "noise_in"],
       f"Chance within-cluster mass: {chance:.3f}. Time {time.time() - t0:.0f} s.")
   print(table)
   return rows
