@@ -30,6 +30,10 @@ Losses (SPEC §3):
 Cosine-based losses L2-normalise the embeddings inside with a safe epsilon
 (``x / max(‖x‖, 1e-12)``): a zero row gives a finite loss and gradient.
 
+Each loss validates its inputs in Python, then runs one jit-compiled body
+(``axis_name`` static), so eager calls from a notebook are fast; inside a
+caller's jit/pmap that body is simply inlined.
+
 Label checks: shapes and dtypes are checked on static shapes before any
 compute.  Label *values* can only be checked when they are concrete (an eager
 call); under ``jit``/``pmap`` they are traced, and out-of-range labels are
@@ -39,6 +43,7 @@ class).
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -125,6 +130,19 @@ def _row_offset(n_local: int, axis_name: Optional[str]):
   return jax.lax.axis_index(axis_name) * n_local
 
 
+def _global_rows(n_local: int, axis_name: Optional[str]) -> int:
+  """N, the number of rows of the global batch (a static int)."""
+  if axis_name is None:
+    return n_local
+  return n_local * int(jax.lax.axis_size(axis_name))
+
+
+def _global_mean(x: Array, axis_name: Optional[str]) -> tuple[Array, int]:
+  """Mean over the rows of the global batch [d], and N."""
+  big_n = _global_rows(x.shape[0], axis_name)
+  return _psum(jnp.sum(x, axis=0), axis_name) / big_n, big_n
+
+
 def _float(z: Array) -> Array:
   """Computes in at least float32 (bf16/f16 embeddings are upcast)."""
   return z.astype(jnp.promote_types(z.dtype, jnp.float32))
@@ -190,6 +208,11 @@ def info_nce(z1: Array, z2: Array, *, temperature: float = 0.1,
   """
   z1, z2 = _check_views(z1, z2)
   _check_temperature(temperature)
+  return _info_nce(z1, z2, temperature, axis_name=axis_name)
+
+
+@functools.partial(jax.jit, static_argnames=("axis_name",))
+def _info_nce(z1, z2, temperature, axis_name):
   logits, self_mask, pos_mask, big_n = _two_view_logits(
       z1, z2, temperature, axis_name)
   masked = jnp.where(self_mask, -jnp.inf, logits)
@@ -222,11 +245,17 @@ def dcl(z1: Array, z2: Array, *, temperature: float = 0.1,
   """
   z1, z2 = _check_views(z1, z2)
   _check_temperature(temperature)
-  logits, self_mask, pos_mask, big_n = _two_view_logits(
-      z1, z2, temperature, axis_name)
+  big_n = _global_rows(z1.shape[0], axis_name)
   if big_n < 2:
     raise ValueError(
         f"dcl needs at least 2 sources in the (global) batch, got N={big_n}")
+  return _dcl(z1, z2, temperature, axis_name=axis_name)
+
+
+@functools.partial(jax.jit, static_argnames=("axis_name",))
+def _dcl(z1, z2, temperature, axis_name):
+  logits, self_mask, pos_mask, big_n = _two_view_logits(
+      z1, z2, temperature, axis_name)
   masked = jnp.where(self_mask | pos_mask, -jnp.inf, logits)
   lse = jax.nn.logsumexp(masked, axis=-1)
   pos = jnp.sum(jnp.where(pos_mask, logits, 0.0), axis=-1)
@@ -264,6 +293,11 @@ def supcon(z: Array, labels: Array, *, temperature: float = 0.1,
   z = _check_embeddings("z", z)
   labels = _check_labels(labels, z.shape[0])
   _check_temperature(temperature)
+  return _supcon(z, labels, temperature, axis_name=axis_name)
+
+
+@functools.partial(jax.jit, static_argnames=("axis_name",))
+def _supcon(z, labels, temperature, axis_name):
   n = z.shape[0]
   u = l2_normalize(_float(z))
   keys = _gather(u, axis_name)
@@ -284,19 +318,6 @@ def supcon(z: Array, labels: Array, *, temperature: float = 0.1,
 
 # ----------------------------------------------------------------------------
 # Redundancy-reduction losses (batch statistics over the global batch).
-
-
-def _global_rows(n_local: int, axis_name: Optional[str]) -> int:
-  """N, the number of rows of the global batch (a static int)."""
-  if axis_name is None:
-    return n_local
-  return n_local * int(jax.lax.axis_size(axis_name))
-
-
-def _global_mean(x: Array, axis_name: Optional[str]) -> tuple[Array, int]:
-  """Mean over the rows of the global batch [d], and N."""
-  big_n = _global_rows(x.shape[0], axis_name)
-  return _psum(jnp.sum(x, axis=0), axis_name) / big_n, big_n
 
 
 def barlow_twins(z1: Array, z2: Array, *, lambda_offdiag: float = 5e-3,
@@ -326,9 +347,13 @@ def barlow_twins(z1: Array, z2: Array, *, lambda_offdiag: float = 5e-3,
       >>> barlow_twins(z, z)   # small: C ≈ I up to the off-diagonal noise
   """
   z1, z2 = _check_views(z1, z2)
-  if eps <= 0:
+  if _is_concrete(eps) and not float(eps) > 0:
     raise ValueError(f"eps must be > 0, got {eps}")
+  return _barlow_twins(z1, z2, lambda_offdiag, eps, axis_name=axis_name)
 
+
+@functools.partial(jax.jit, static_argnames=("axis_name",))
+def _barlow_twins(z1, z2, lambda_offdiag, eps, axis_name):
   def standardise(z):
     z = _float(z)
     mean, big_n = _global_mean(z, axis_name)
@@ -372,12 +397,19 @@ def vicreg(z1: Array, z2: Array, *, sim_coeff: float = 25.0,
       >>> vicreg(z, z)   # inv = 0; var, cov from the sample statistics
   """
   z1, z2 = _check_views(z1, z2)
-  z1, z2 = _float(z1), _float(z2)
-  d = z1.shape[1]
   big_n = _global_rows(z1.shape[0], axis_name)
   if big_n < 2:
     raise ValueError(
         f"vicreg needs at least 2 rows in the (global) batch, got N={big_n}")
+  return _vicreg(z1, z2, sim_coeff, std_coeff, cov_coeff, eps,
+                 axis_name=axis_name)
+
+
+@functools.partial(jax.jit, static_argnames=("axis_name",))
+def _vicreg(z1, z2, sim_coeff, std_coeff, cov_coeff, eps, axis_name):
+  z1, z2 = _float(z1), _float(z2)
+  d = z1.shape[1]
+  big_n = _global_rows(z1.shape[0], axis_name)
   inv = _psum(jnp.sum(jnp.square(z1 - z2)), axis_name) / (big_n * d)
 
   def var_cov(z):
@@ -431,10 +463,15 @@ def orthonormal_anchors(key: Array, num_classes: int, dim: int, *,
     raise ValueError(
         f"cannot draw {num_classes} orthonormal anchors in R^{dim}: "
         f"num_classes must be <= dim")
-  g = jax.random.normal(key, (int(dim), int(num_classes)), dtype=jnp.float32)
+  return _anchors(key, int(num_classes), int(dim)).astype(dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _anchors(key, num_classes, dim):
+  g = jax.random.normal(key, (dim, num_classes), dtype=jnp.float32)
   q, r = jnp.linalg.qr(g, mode="reduced")
   sign = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0)
-  return (q * sign[None, :]).T.astype(dtype)
+  return (q * sign[None, :]).T
 
 
 def oar_loss(z: Array, labels: Array, anchors: Array, *,
@@ -484,6 +521,12 @@ def oar_loss(z: Array, labels: Array, anchors: Array, *,
       raise ValueError(
           f"labels must lie in [0, {k}) (k = number of anchors) or be −1 for "
           f"unlabelled; got min {lab.min()}, max {lab.max()}")
+  return _oar_loss(z, labels, anchors, axis_name=axis_name)
+
+
+@functools.partial(jax.jit, static_argnames=("axis_name",))
+def _oar_loss(z, labels, anchors, axis_name):
+  k = anchors.shape[0]
   valid = (labels >= 0) & (labels < k)
   idx = jnp.where(valid, labels, 0)
   u = l2_normalize(_float(z))
