@@ -246,6 +246,8 @@ def test_orthonormal_anchors():
     losses.orthonormal_anchors(jax.random.key(0), 5, 4)
   with pytest.raises(ValueError, match=">= 1"):
     losses.orthonormal_anchors(jax.random.key(0), 0, 4)
+  with pytest.raises(TypeError, match="num_classes must be a Python int"):
+    losses.orthonormal_anchors(jax.random.key(0), 2.0, 4)
 
 
 # ----------------------------------------------------------------------------

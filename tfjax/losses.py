@@ -440,8 +440,9 @@ def orthonormal_anchors(key: Array, num_classes: int, dim: int, *,
   Gaussian matrix, with the sign of each column fixed by the sign of R's
   diagonal (so Q is Haar-distributed on the Stiefel manifold and the result
   is a deterministic function of ``key``).  The paper asks for rows of a
-  random orthogonal matrix; this construction is our choice.  Rows satisfy ``A Aᵀ = I_k``.
-  Never trained: keep the array out of the optimised parameters.
+  random orthogonal matrix; this construction is our choice.  Rows satisfy
+  ``A Aᵀ = I_k``.  Never trained: keep the array out of the optimised
+  parameters.
 
   Args:
     key: a PRNG key.
@@ -453,10 +454,9 @@ def orthonormal_anchors(key: Array, num_classes: int, dim: int, *,
       >>> a = orthonormal_anchors(jax.random.key(0), 10, 128)
       >>> a.shape, jnp.allclose(a @ a.T, jnp.eye(10), atol=1e-5)
   """
-  if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool):
-    raise TypeError(f"num_classes must be a Python int, got {num_classes!r}")
-  if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool):
-    raise TypeError(f"dim must be a Python int, got {dim!r}")
+  for name, v in (("num_classes", num_classes), ("dim", dim)):
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+      raise TypeError(f"{name} must be a Python int, got {v!r}")
   if num_classes < 1:
     raise ValueError(f"num_classes must be >= 1, got {num_classes}")
   if num_classes > dim:
