@@ -11,10 +11,13 @@ docs/theory.md §2.5:
 * variance (std²), leading order: relative |bias| ≤ R_VAR/d;
 * fused noise with the actual ReLU adjacency: relative |bias| ≤ R_FUSE.
 
-The constants are measured bounds on the next-order terms over the parameter
-box σ, s ∈ [0, 2], ρ ∈ [-0.5, 0.5] at d ≥ 8 (largest values seen: 0.4 for
-R_MEAN, 3.3 for R_VAR, 0.027 for R_FUSE at ρ ≥ 0.2); each is used with a
-safety factor of about 2–3 and documented in docs/theory.md.
+The constants are measured (not derived) bounds on the next-order terms over
+the grid σ ∈ {0, .5, 1, 2}, s ∈ {.1, .5, 1, 2}, ρ ∈ {-.5, 0, .5}, d ∈ {16, 64}
+(largest values seen: 0.46 for R_MEAN, 7.3 for R_VAR — positive pairs with
+s ≪ σ at d = 16, 5.1 at d = 64 — and 0.027 for R_FUSE); each is used with a
+safety factor of about 2 (docs/theory.md §2.5, §3.2). The win probability's
+normal-approximation error is bounded by WIN_BIAS (measured 5e-4 at the tested
+point with 1.6e5 samples).
 """
 import itertools
 import math
@@ -31,8 +34,9 @@ from tfjax import theory as T
 
 K_SE = 4.0
 R_MEAN = 1.0
-R_VAR = 8.0
+R_VAR = 16.0
 R_FUSE = 0.06
+WIN_BIAS = 0.005
 
 
 # ----------------------------------------------------------------------------
@@ -298,11 +302,11 @@ def test_margin_and_win_probability_monte_carlo(versus):
   v_th = float(T.margin_std(sigma, s, rho, d, versus=versus)) ** 2
   assert abs(v - v_th) <= K_SE * v_se + R_VAR / d * v_th
   # win probability: Gaussian approximation; its error is the normal-approximation
-  # (skewness) term, bounded in docs §2.6 by 0.02 at d >= 256.
+  # (skewness) term, bounded in docs §2.6 by WIN_BIAS at this point.
   w = float(T.win_probability(sigma, s, rho, d, versus=versus))
   p_mc = (mg > 0).mean()
   assert 0.6 < w < 0.999                  # a non-trivial operating point
-  assert abs(p_mc - w) <= K_SE * math.sqrt(w * (1 - w) / n) + 0.02
+  assert abs(p_mc - w) <= K_SE * math.sqrt(w * (1 - w) / n) + WIN_BIAS
 
 
 # ----------------------------------------------------------------------------
