@@ -123,15 +123,15 @@ def random_resized_crop(key, x, strength):
     x = _check_image(x, "random_resized_crop")
     s = _img_strength(strength, "random_resized_crop")
     H, W, _ = x.shape
-    k_area, k_ratio, k_y, k_x = jax.random.split(key, 4)
+    u = jax.random.uniform(key, (4,))  # one draw: fewer RNG kernels to compile
     lo = 1.0 - 0.92 * s
-    area = lo + jax.random.uniform(k_area) * (1.0 - lo)
-    log_r = s * math.log(4.0 / 3.0) * jax.random.uniform(k_ratio, minval=-1.0, maxval=1.0)
+    area = lo + u[0] * (1.0 - lo)
+    log_r = s * math.log(4.0 / 3.0) * (2.0 * u[1] - 1.0)
     ratio = jnp.exp(log_r)
     cw = jnp.minimum(jnp.sqrt(area * ratio), 1.0)
     ch = jnp.minimum(jnp.sqrt(area / ratio), 1.0)
-    oy = jax.random.uniform(k_y) * (1.0 - ch)
-    ox = jax.random.uniform(k_x) * (1.0 - cw)
+    oy = u[2] * (1.0 - ch)
+    ox = u[3] * (1.0 - cw)
     ry = _interp_matrix(oy, ch, H, x.dtype)
     rx = _interp_matrix(ox, cw, W, x.dtype)
     return jnp.einsum("ih,hwc,jw->ijc", ry, x, rx, precision=_HI)
@@ -199,21 +199,21 @@ def color_jitter(key, x, strength):
     if x.shape[-1] not in (1, 3):
         raise ValueError(f"color_jitter: need C in (1, 3), got image shape {x.shape}")
     s = _img_strength(strength, "color_jitter")
-    k_apply, k_perm, kb, kc, ks, kh = jax.random.split(key, 6)
-    u = lambda k, r: jax.random.uniform(k, minval=-r, maxval=r)  # noqa: E731
-    fb, fc, fs = 1.0 + u(kb, 0.8 * s), 1.0 + u(kc, 0.8 * s), 1.0 + u(ks, 0.8 * s)
-    dh = u(kh, 0.2 * s)
+    u = jax.random.uniform(key, (9,))  # [apply, 4 factors, 4 sort keys for the order]
+    sym = 2.0 * u[1:5] - 1.0  # U(-1, 1)
+    fb, fc, fs = 1.0 + 0.8 * s * sym[0], 1.0 + 0.8 * s * sym[1], 1.0 + 0.8 * s * sym[2]
+    dh = 0.2 * s * sym[3]
     ops = [
         lambda y: _brightness(y, fb),
         lambda y: _contrast(y, fc),
         lambda y: _saturation(y, fs),
         lambda y: _hue(y, dh),
     ]
-    perm = jax.random.permutation(k_perm, 4)
-    y = x
-    for step in range(4):
-        y = jax.lax.switch(perm[step], ops, y)
-    return jnp.where(jax.random.uniform(k_apply) < 0.8, y, x)
+    perm = jnp.argsort(u[5:9])  # a uniformly random order of the four ops
+    # A loop (not an unrolled Python for) keeps the compiled graph small: under
+    # vmap each switch evaluates all four ops and selects one.
+    y = jax.lax.fori_loop(0, 4, lambda step, y: jax.lax.switch(perm[step], ops, y), x)
+    return jnp.where(u[0] < 0.8, y, x)
 
 
 def random_grayscale(key, x, strength):
@@ -272,7 +272,8 @@ def random_shift(key, x, strength):
     s = jnp.minimum(_vec_strength(strength, "random_shift"), 1.0)
     L = x.shape[0]
     m = jnp.floor(s * L / 4.0).astype(jnp.int32)
-    shift = jax.random.randint(key, (), -m, m + 1)
+    # uniform integer in [-m, m]
+    shift = jnp.minimum(jnp.floor(jax.random.uniform(key) * (2 * m + 1)).astype(jnp.int32), 2 * m) - m
     return jnp.roll(x, shift, axis=0)
 
 
