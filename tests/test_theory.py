@@ -226,7 +226,7 @@ def test_cosine_mean_and_std_monte_carlo(sigma, s, rho):
     if pair == "positive" and s == 0.0:      # identical views: exactly 1
       assert lead == pytest.approx(1.0, abs=1e-6) and corr == pytest.approx(1.0, abs=1e-6)
       np.testing.assert_allclose(c, 1.0, atol=1e-12)
-      assert float(T.cosine_std(sigma, s, rho, d, pair=pair)) < 1e-3
+      assert float(T.cosine_std(sigma, s, rho, d, pair=pair)) <= 1e-6
       continue
     assert abs(c.mean() - lead) <= K_SE * se + b1_over_d + R_MEAN / d ** 2
     assert abs(c.mean() - corr) <= K_SE * se + R_MEAN / d ** 2
@@ -258,6 +258,14 @@ def test_cosine_closed_forms_and_limits():
   np.testing.assert_allclose(lead("positive"), (1 + sigma ** 2) / q, rtol=1e-6)
   np.testing.assert_allclose(lead("same_class"), 1 / q, rtol=1e-6)
   np.testing.assert_allclose(lead("other_class"), rho / q, rtol=1e-6)
+  # s = 0: the two views coincide, cos = 1 exactly with zero spread, and the
+  # margin fluctuates only through the competitor's cosine
+  sg = np.array([0.0, 0.3, 1.0, 2.0])
+  np.testing.assert_allclose(np.asarray(T.expected_cosine(sg, 0.0, rho, 256.0)), 1.0, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(T.cosine_std(sg, 0.0, rho, 256.0)), 0.0, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(T.margin_std(sg, 0.0, rho, 256.0, versus="same_class")),
+                             np.asarray(T.cosine_std(sg, 0.0, rho, 256.0, pair="same_class")),
+                             rtol=1e-5)
   # d = inf: no fluctuation
   assert np.all(np.asarray(T.cosine_std(sigma, s, rho, jnp.inf)) == 0.0)
   # closed-form leading-order variance (docs §2.3) vs the generic delta-method engine
@@ -414,6 +422,12 @@ def test_fused_noise_shrinks_like_one_over_sqrt_m():
   np.testing.assert_allclose(r, 1.3 / np.sqrt(m), rtol=1e-6)
   with pytest.raises(ValueError, match="m_other"):
     T.fused_noise_rms(1.0, 4.0, leak=0.2)
+  with pytest.raises(ValueError, match="num_classes"):
+    T.fused_noise_rms(1.0, 4.0, leak=0.2, m_other=3.0, num_classes=1)
+  with pytest.raises(ValueError, match="rho"):
+    T.fused_noise_rms(1.0, 4.0, leak=0.2, m_other=3.0, num_classes=3, rho=-0.6)
+  with pytest.raises(ValueError, match="leak"):
+    T.fused_noise_rms(1.0, 4.0, leak=1.2, m_other=3.0, num_classes=3)
 
 
 # ----------------------------------------------------------------------------

@@ -628,8 +628,13 @@ def fused_noise_rms(sigma, m, *, leak=0.0, m_other=None, rho=0.0,
     leak: ε ∈ [0, 1], attention mass on other classes.
     m_other: (effective) number of other-class neighbours (> 0), needed when
       ``leak > 0``.
-    rho: centre cosine between classes.
+    rho: centre cosine between classes, ≥ -1/(K-1).
     num_classes: K ≥ 2, needed when ``leak > 0``.
+
+  Raises:
+    ValueError: negative σ, m ≤ 0, leak outside [0, 1], K < 2, ρ < -1/(K-1),
+      or ``leak > 0`` without ``m_other``/``num_classes`` (also when ``leak``
+      is traced: pass them explicitly under jit).
 
   Example:
     >>> float(fused_noise_rms(1.0, 4.0))
@@ -646,6 +651,10 @@ def fused_noise_rms(sigma, m, *, leak=0.0, m_other=None, rho=0.0,
     m_other, num_classes = 1.0, 2.0
   _check_range("m_other", m_other, 0.0, lo_open=True)
   _check_range("num_classes", num_classes, 2.0)
+  kc, rc = _concrete(num_classes), _concrete(rho)
+  if kc is not None and rc is not None and np.any(rc < -1.0 / (kc - 1.0) - 1e-12):
+    raise ValueError(f"rho must be >= -1/(num_classes-1) for {num_classes} "
+                     f"equicorrelated centres, got {rho!r}")
   sigma, m, leak, m_other, rho, k = (jnp.asarray(x, jnp.result_type(float)) for x in
                                      (sigma, m, leak, m_other, rho, num_classes))
   var = (sigma ** 2 * ((1 - leak) ** 2 / m + leak ** 2 / m_other)
