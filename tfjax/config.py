@@ -1,0 +1,58 @@
+"""The training configuration: every field, its default, and what it means.
+
+Experiment configs (``experiments/configs/*.py``) start from
+:func:`base_config` and change fields; the dict is locked, so a misspelled
+field raises an error instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Data (tfjax.data registry name) and the data directory of real TFDS data.
+  c.dataset = "subspaces"
+  c.data_dir = ml_collections.FieldReference(None, field_type=str)
+  # Network: backbone -> BatchNorm-MLP projector -> (TransFusion head).
+  c.backbone = "mlp"
+  c.backbone_kwargs = ml_collections.ConfigDict({"hidden": (256,), "out_features": 128})
+  c.backbone_kwargs.unlock()  # each backbone takes its own attributes
+  c.embed_dim = 64
+  c.projector_hidden = (256,)
+  c.head = ml_collections.ConfigDict(dict(
+      num_layers=5, features=ml_collections.FieldReference(None, field_type=int),
+      activation="relu", implementation="dense", block_size=512))
+  # Loss: jsd | info_nce | supcon | dcl | barlow_twins | vicreg.
+  c.loss = "jsd"
+  c.temperature = 0.1
+  c.lambda_offdiag = 5e-3
+  c.num_views = 2
+  c.augment_strength = 1.0
+  # Labels: a seeded, class-balanced fraction of the training labels is known
+  # (None: none).  labels_in_loss makes two labelled samples of one class
+  # positives of the JSD/SupCon target; oar_weight > 0 adds CLOA's OAR.
+  c.label_fraction = ml_collections.FieldReference(None, field_type=float)
+  c.labels_in_loss = False
+  c.oar_weight = 0.0
+  # Optimisation.
+  c.optimizer = "adamw"
+  c.learning_rate = 1e-3
+  c.weight_decay = 1e-4
+  c.momentum = 0.9
+  c.schedule = "warmup_cosine"
+  c.warmup_steps = 50
+  c.batch_size = 256  # global, over all devices
+  c.num_steps = 1000
+  c.num_devices = 0   # 0: every local device (pmap when more than one)
+  # Bookkeeping.
+  c.log_every = 50
+  c.checkpoint_every = 500
+  # Evaluation of the backbone features.
+  c.eval = ml_collections.ConfigDict(dict(
+      knn_k=20, knn_temperature=0.07, linear_steps=500,
+      finetune_fractions=(0.1, 0.5, 1.0), finetune_steps=500))
+  c.lock()
+  return c

@@ -1,0 +1,75 @@
+"""The full network: backbone → projector → (TransFusion head).
+
+Two kinds of representation are kept apart (SPEC §1):
+
+* **inductive** — ``features`` (backbone output) and ``embeddings``
+  (per-sample projector output): independent of the rest of the batch; the
+  downstream evaluations use the backbone features.
+* **transductive** — ``fuse`` (the TransFusion head's X_{L−1}) and the
+  adjacency: they depend on the other samples in the batch.
+
+Placement of the fusion stack as a projection head after a backbone and a
+per-sample MLP projector is our choice, following the authors' code.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+
+from tfjax.backbones import MLP
+from tfjax.models import TransFusionHead
+
+Array = jax.Array
+
+
+class ContrastiveNet(nn.Module):
+  """Backbone, BatchNorm-MLP projector and an optional TransFusion head.
+
+  ``__call__(x [n, ...], train) -> (features [n, F], embeddings [n, D])``.
+  With a ``head``: ``adjacency(embeddings)``, ``fuse(embeddings)`` and
+  ``head_loss(embeddings, groups, labels)`` apply it.  Use
+  ``init(key, x, method=ContrastiveNet.init_all)`` so that the head's
+  parameters exist too.
+  """
+  backbone: nn.Module
+  embed_dim: int = 64
+  projector_hidden: Sequence[int] = (256,)
+  head: Optional[TransFusionHead] = None
+  axis_name: Optional[str] = None
+
+  def setup(self):
+    self.projector = MLP(hidden=tuple(self.projector_hidden),
+                         out_features=self.embed_dim, batch_norm=True,
+                         axis_name=self.axis_name)
+
+  def __call__(self, x: Array, train: bool = False):
+    features = self.backbone(x, train=train)
+    return features, self.projector(features, train=train)
+
+  def features(self, x: Array) -> Array:
+    """Inductive backbone features in evaluation mode [n, F]."""
+    return self.backbone(x, train=False)
+
+  def init_all(self, x: Array, train: bool = False):
+    features, z = self(x, train=train)
+    if self.head is not None:
+      self.head(z)
+    return features, z
+
+  def _require_head(self):
+    if self.head is None:
+      raise ValueError("this ContrastiveNet has no TransFusion head")
+    return self.head
+
+  def adjacency(self, z: Array) -> Array:
+    return self._require_head()(z)
+
+  def fuse(self, z: Array) -> Array:
+    return self._require_head().fuse(z)
+
+  def head_loss(self, z: Array, groups: Array,
+                labels: Optional[Array] = None) -> Array:
+    return self._require_head().loss(z, groups, labels)
