@@ -126,3 +126,27 @@ def test_registry_and_errors():
     ResNet18().init(key(0), jnp.ones((2, 8, 8)))
   with pytest.raises(ValueError, match="width"):
     ResNet18(width=0.0).init(key(0), jnp.ones((1, 8, 8, 3)))
+
+
+def test_cross_device_batch_norm_equals_single_device_global_batch():
+  """Under pmap with axis_name, BN statistics cover the global batch."""
+  n_dev = 4
+  assert jax.local_device_count() >= n_dev
+  x = np.random.default_rng(2).normal(size=(8, 10, 1)).astype(np.float32) * 3 + 1
+  single = CNN1D(channels=(4,), out_features=3)
+  multi = CNN1D(channels=(4,), out_features=3, axis_name="batch")
+  v = jax.jit(single.init)(key(0), x)
+  y_ref, upd_ref = jax.jit(lambda v_, x_: single.apply(v_, x_, train=True,
+                                                       mutable=["batch_stats"]))(v, x)
+
+  replicated = jax.tree.map(lambda a: jnp.stack([a] * n_dev), v)
+  y, upd = jax.pmap(lambda v_, x_: multi.apply(v_, x_, train=True, mutable=["batch_stats"]),
+                    axis_name="batch", devices=jax.local_devices()[:n_dev])(
+                        replicated, x.reshape(n_dev, 2, 10, 1))
+  np.testing.assert_allclose(np.asarray(y).reshape(8, 3), np.asarray(y_ref), rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(upd["batch_stats"]), jax.tree.leaves(upd_ref["batch_stats"])):
+    for d in range(n_dev):
+      np.testing.assert_allclose(np.asarray(a[d]), np.asarray(b), rtol=1e-4, atol=1e-6)
+  # eval mode ignores the axis (no collective needed outside pmap)
+  np.testing.assert_array_equal(np.asarray(jax.jit(multi.apply)(v, x)),
+                                np.asarray(jax.jit(single.apply)(v, x)))

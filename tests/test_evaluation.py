@@ -188,51 +188,59 @@ def test_balanced_subset_size_balance_and_seed():
     balanced_subset(labels.astype(float), 0.5, 0)
 
 
-def test_finetune_on_separable_data():
+@pytest.fixture(scope="module")
+def separable():
   rng = np.random.default_rng(0)
   centres = 4.0 * rng.normal(size=(5, 12))
   ytr, yte = rng.integers(0, 5, 600), rng.integers(0, 5, 200)
   xtr = centres[ytr] + rng.normal(size=(600, 12))
   xte = centres[yte] + rng.normal(size=(200, 12))
-  res = finetune_mlp(xtr, ytr, xte, yte, num_classes=5, label_fraction=0.1, hidden=(32,),
-                     steps=200, learning_rate=1e-2, batch_size=32, seed=0)
+  return xtr, ytr, xte, yte
+
+
+# One set of static settings, so that all fine-tuning calls share one compile.
+FT = dict(num_classes=5, hidden=(32,), steps=200, learning_rate=1e-2, batch_size=32)
+
+
+def test_finetune_on_separable_data(separable):
+  xtr, ytr, xte, yte = separable
+  res = finetune_mlp(xtr, ytr, xte, yte, label_fraction=0.1, seed=0, **FT)
   assert res["num_labels"] == balanced_subset(ytr, 0.1, 0).size
   assert res["accuracy"] >= 0.95, res
   assert np.isfinite(res["final_loss"]) and res["final_loss"] < 0.2
   # deterministic per seed; the protocol runs every fraction (one compile for all)
-  again = finetune_mlp(xtr, ytr, xte, yte, num_classes=5, label_fraction=0.1, hidden=(32,),
-                       steps=200, learning_rate=1e-2, batch_size=32, seed=0)
+  again = finetune_mlp(xtr, ytr, xte, yte, label_fraction=0.1, seed=0, **FT)
   assert again == res
-  out = finetune_protocol(xtr, ytr, xte, yte, num_classes=5, fractions=(0.1, 0.5, 1.0),
-                          hidden=(32,), steps=200, learning_rate=1e-2, batch_size=32)
+  out = finetune_protocol(xtr, ytr, xte, yte, fractions=(0.1, 0.5, 1.0), **FT)
   assert set(out) == {0.1, 0.5, 1.0}
   assert out[0.1] == res["accuracy"]
   assert all(a >= 0.95 for a in out.values()), out
 
 
-def test_finetune_learns_only_from_the_labelled_subset():
+def test_finetune_learns_only_from_the_labelled_subset(separable):
   """Rows outside the labelled subset are never trained on: shuffling their
   features (which keeps the labels, hence the subset, and the per-feature
   mean/std used for standardisation) leaves the result unchanged."""
+  x, y, _, _ = separable
   rng = np.random.default_rng(1)
-  x, y = clusters(rng, 120, 6, 3, spread=0.3)
-  kw = dict(num_classes=3, label_fraction=0.5, hidden=(8,), steps=30, batch_size=16, seed=3)
   subset = balanced_subset(y, 0.5, seed=3)
-  rest = np.setdiff1d(np.arange(120), subset)
+  rest = np.setdiff1d(np.arange(len(y)), subset)
   x_shuffled = x.copy()
   x_shuffled[rest] = x[rng.permutation(rest)]
   assert not np.array_equal(x_shuffled, x)
-  a = finetune_mlp(x, y, x[subset], y[subset], **kw)
-  b = finetune_mlp(x_shuffled, y, x[subset], y[subset], **kw)
+  # few steps at a small rate keep the loss away from 0, so differences would show
+  kw = {**FT, "learning_rate": 1e-3}
+  a = finetune_mlp(x, y, x[subset], y[subset], label_fraction=0.5, seed=3, **kw)
+  b = finetune_mlp(x_shuffled, y, x[subset], y[subset], label_fraction=0.5, seed=3, **kw)
   assert a["num_labels"] == b["num_labels"] == subset.size
   assert a["accuracy"] == b["accuracy"] and a["train_accuracy"] == b["train_accuracy"]
   np.testing.assert_allclose(b["final_loss"], a["final_loss"], rtol=1e-4)
-  # ...whereas changing a labelled row's label does change the training
+  # ...whereas changing labelled rows' labels does change the training
   y_changed = y.copy()
-  y_changed[subset[:10]] = (y[subset[:10]] + 1) % 3
-  c = finetune_mlp(x, y_changed, x[subset], y[subset], **kw)
+  y_changed[subset[:30]] = (y[subset[:30]] + 1) % 5
+  c = finetune_mlp(x, y_changed, x[subset], y[subset], label_fraction=0.5, seed=3, **kw)
   assert not np.isclose(c["final_loss"], a["final_loss"], rtol=1e-3)
   with pytest.raises(ValueError, match="fraction"):
-    finetune_mlp(x, y, x, y, **{**kw, "label_fraction": 0.0})
+    finetune_mlp(x, y, x, y, label_fraction=0.0, **FT)
   with pytest.raises(ValueError, match="widths"):
-    finetune_mlp(x, y, x[:, :3], y, **kw)
+    finetune_mlp(x, y, x[:, :3], y, label_fraction=0.5, **FT)

@@ -158,7 +158,13 @@ def knn_classify(train_features, train_labels, test_features, *, num_classes: in
 def knn_accuracy(train_features, train_labels, test_features, test_labels, *,
                  num_classes: int, k: int = 20, temperature: float = 0.07,
                  batch_size: int = 1024) -> float:
-  """Top-1 accuracy (a float in [0, 1]) of :func:`knn_classify` on [M] test labels."""
+  """Top-1 accuracy (a float in [0, 1]) of :func:`knn_classify` on [M] test labels.
+
+  Example::
+
+      >>> knn_accuracy(f_train, y_train, f_test, y_test, num_classes=10, k=200,
+      ...              temperature=0.1)
+  """
   test_y = _as_labels(test_labels, np.shape(test_features)[0], num_classes, "test_labels")
   pred = knn_classify(train_features, train_labels, test_features, num_classes=num_classes,
                       k=k, temperature=temperature, batch_size=batch_size)
@@ -173,7 +179,11 @@ def standardize(train: np.ndarray, *others: np.ndarray):
 
   Constant features (std < 1e-6 · (1 + |mean|)) are centred and left unscaled
   (our choice), so they map to 0 instead of NaN.  Returns the list
-  ``[train_z, *others_z]`` as float32 arrays.
+  ``[train_z, *others_z]`` as float32 arrays; train [N, d], others [M_i, d].
+
+  Example::
+
+      >>> z_train, z_test = standardize(f_train, f_test)
   """
   mu = train.astype(np.float64).mean(0)
   sd = train.astype(np.float64).std(0)
@@ -249,6 +259,12 @@ def linear_probe(train_features, train_labels, test_features, test_labels, *,
   Returns ``dict(accuracy, train_accuracy, loss, iterations, C)`` with
   Python numbers (``loss`` is the final objective, ``C`` the equivalent
   scikit-learn C).
+
+  Example::
+
+      >>> r = linear_probe(f_train, y_train, f_test, y_test, num_classes=10,
+      ...                  weight_decay=1e-4)
+      >>> r["accuracy"], r["C"]          # C = 1 / (1e-4 · N_train)
   """
   num_classes = _check_num_classes(num_classes)
   xtr = _as_features(train_features, "train_features")
@@ -374,6 +390,11 @@ def finetune_mlp(train_features, train_labels, test_features, test_labels, *,
 
   Returns ``dict(accuracy, train_accuracy, num_labels, label_fraction,
   final_loss)`` (``train_accuracy`` on the labelled subset).
+
+  Example::
+
+      >>> finetune_mlp(f_train, y_train, f_test, y_test, num_classes=10,
+      ...              label_fraction=0.1, steps=2000, learning_rate=1e-3)["accuracy"]
   """
   num_classes = _check_num_classes(num_classes)
   xtr = _as_features(train_features, "train_features")
@@ -423,6 +444,11 @@ def finetune_protocol(train_features, train_labels, test_features, test_labels, 
   Keyword arguments (``hidden``, ``steps``, ``learning_rate``, ``seed``, ...)
   are passed on; with the default fractions this is CLOA's 10% / 50% / 100%
   protocol.
+
+  Example::
+
+      >>> finetune_protocol(f_train, y_train, f_test, y_test, num_classes=10,
+      ...                   steps=2000)          # {0.1: ..., 0.5: ..., 1.0: ...}
   """
   if len(fractions) == 0:
     raise ValueError("fractions is empty")

@@ -54,6 +54,12 @@ def make_schedule(kind: str = "warmup_cosine", base_lr: float = 0.1,
   Raises ValueError for an unknown kind, a negative rate, total_steps < 1,
   warmup_steps outside [0, total_steps] (or == total_steps for the cosine)
   or end_lr_factor outside [0, 1].
+
+  Example::
+
+      >>> s = make_schedule("warmup_cosine", base_lr=1.0, total_steps=100,
+      ...                   warmup_steps=10)
+      >>> float(s(5)), float(s(10)), float(s(55)), float(s(100))   # 0.5, 1.0, 0.5, 0.0
   """
   if kind not in SCHEDULES:
     raise ValueError(f"unknown schedule {kind!r}; choices: {list(SCHEDULES)}")
@@ -147,6 +153,12 @@ def make_optimizer(name: str, learning_rate: ScalarOrSchedule, *,
 
   Raises ValueError for an unknown name (listing the choices), a negative
   weight decay or a momentum outside [0, 1).
+
+  Example::
+
+      >>> tx = make_optimizer("sgd", 0.1, weight_decay=5e-4, nesterov=True,
+      ...                     weight_decay_mask="no_bias_norm")
+      >>> state = tx.init(params)
   """
   if name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer {name!r}; choices: {list(OPTIMIZERS)}")
