@@ -133,8 +133,10 @@ def test_config_errors_before_compute():
     train.validate_config(tiny_config(dataset="cifar11"))
   with pytest.raises(ValueError, match="unknown backbone 'resnet19'"):
     train.validate_config(tiny_config(backbone="resnet19"))
-  with pytest.raises(ValueError, match=r"warmup_steps \(50\) must lie in \[0, num_steps=6\]"):
-    train.validate_config(tiny_config(warmup_steps=50))
+  with pytest.raises(ValueError, match=r"warmup_steps \(6\) must lie in \[0, num_steps=6\)"):
+    train.validate_config(tiny_config(warmup_steps=6))
+  with pytest.raises(ValueError, match=r"label_fraction must be in \(0, 1\]"):
+    train.validate_config(tiny_config(label_fraction=0.0))
   with pytest.raises(ValueError, match="needs label_fraction"):
     train.validate_config(tiny_config(oar_weight=1.0))
   with pytest.raises(ValueError, match="unknown config field 'learning_rte'"):
@@ -182,3 +184,15 @@ def test_main_job_on_mock_mnist(tmp_path):
   assert (tmp_path / "w" / "comparison.png").stat().st_size > 0
   metrics = [json.loads(l) for l in open(tmp_path / "w" / "jsd" / "metrics.jsonl")]
   assert [m["step"] for m in metrics] == [1, 2, 3]
+
+
+def test_semi_supervised_ids_match_positive_mask():
+  import tfjax
+  rng = np.random.default_rng()
+  source = rng.integers(0, 6, size=8)
+  groups = np.tile(source, 2).astype(np.int32)            # two views per source
+  per_source = np.where(rng.random(6) < 0.5, rng.integers(0, 3, 6), -1)
+  labels = per_source[groups].astype(np.int32)
+  ids = np.asarray(train.semi_supervised_ids(jnp.asarray(groups), jnp.asarray(labels)))
+  same_id = (ids[:, None] == ids[None, :]) & ~np.eye(16, dtype=bool)
+  np.testing.assert_array_equal(same_id, tfjax.positive_mask(groups, labels))

@@ -80,9 +80,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
     raise ValueError(
         f"global batch_size {config.batch_size} is not divisible by the "
         f"device count {num_devices}")
-  if not 0 <= config.warmup_steps <= config.num_steps:
+  if not 0 <= config.warmup_steps < config.num_steps:
     raise ValueError(f"warmup_steps ({config.warmup_steps}) must lie in "
-                     f"[0, num_steps={config.num_steps}]")
+                     f"[0, num_steps={config.num_steps})")
   if config.num_views < 2:
     raise ValueError(f"num_views must be >= 2, got {config.num_views}")
   if config.loss in TWO_VIEW_LOSSES and config.num_views != 2:
@@ -91,8 +91,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
   if config.oar_weight > 0 and not config.label_fraction:
     raise ValueError("oar_weight > 0 needs label_fraction > 0 (OAR pulls "
                      "the labelled samples toward their class anchors)")
-  if config.label_fraction is not None and not 0 <= config.label_fraction <= 1:
-    raise ValueError(f"label_fraction must be in [0, 1], got {config.label_fraction}")
+  if config.label_fraction is not None and not 0 < config.label_fraction <= 1:
+    raise ValueError(f"label_fraction must be in (0, 1] (or None for no "
+                     f"labels), got {config.label_fraction}")
   return spec
 
 
@@ -136,7 +137,9 @@ def create_train_state(config, model: nn.Module, tx, key: Array,
                        x_shape) -> TrainState:
   """Initialises parameters (deterministic per ``key``) and the optimiser."""
   dummy = jnp.zeros((max(4, config.num_views * 2),) + tuple(x_shape), jnp.float32)
-  variables = model.init(key, dummy, method=ContrastiveNet.init_all)
+  # Jitted: eager Flax init dispatches op by op (a minute for a small CNN).
+  variables = jax.jit(functools.partial(
+      model.init, method=ContrastiveNet.init_all))(key, dummy)
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),
@@ -167,6 +170,18 @@ def make_views(augment_fn: Callable, key: Array, x: Array, strength: float,
   return jnp.stack([one_view(v) for v in range(num_views)])
 
 
+def semi_supervised_ids(groups: Array, labels: Array) -> Array:
+  """One id per sample whose equality is the semi-supervised positive relation.
+
+  Labelled samples take their class ``c``; unlabelled ones ``−1 − source``
+  (negative, so never equal to a class).  Two samples share an id exactly
+  when they are views of one source or both labelled with one class — the
+  relation of :func:`tfjax.positive_mask` with labels, because a source's
+  views carry the same label.
+  """
+  return jnp.where(labels >= 0, labels, -1 - groups)
+
+
 def make_train_step(config, model: ContrastiveNet, tx, augment_fn: Callable,
                     anchors: Optional[Array] = None,
                     axis_name: Optional[str] = None):
@@ -193,8 +208,9 @@ def make_train_step(config, model: ContrastiveNet, tx, augment_fn: Callable,
                          labels if use_labels else None,
                          method=ContrastiveNet.head_loss)
     elif name == "supcon":
-      base = losses.supcon(z, labels if use_labels else groups,
-                           temperature=config.temperature, axis_name=axis_name)
+      base = losses.supcon(z, semi_supervised_ids(groups, labels) if use_labels
+                           else groups, temperature=config.temperature,
+                           axis_name=axis_name)
     elif name == "info_nce":
       base = losses.info_nce(z_views[0], z_views[1],
                              temperature=config.temperature, axis_name=axis_name)
