@@ -33,8 +33,9 @@ per source) forward + backward + an optax Adam update.  Reported:
 Dense configs whose compiled plan exceeds ``--max-ram-gib`` (default: 60% of
 available RAM) are reported as ``skipped: needs X GiB`` and never run.
 ``--memory-cap-gib`` finds, per width and implementation, the largest n
-(multiple of ``--cap-granularity``) whose compiled plan fits the cap, by
-doubling then bisection (compile only; nothing is run).
+(multiple of ``--cap-granularity``) whose compiled plan (temp + arguments +
+outputs − aliased) fits the cap, by doubling then bisection (compile only,
+abstract inputs; nothing is run, so this is XLA's plan, not a measured RSS).
 
 Output: ``benchmark.json`` and ``benchmark.md`` under ``--out``; the table is
 printed too.  Works on CPU, GPU and TPU (nothing here assumes a CPU, except
@@ -124,8 +125,11 @@ def _init_jax():
   return jax, jnp
 
 
-def _build_step(cfg):
-  """Returns (jitted step, example args) for one config."""
+def _build_step(cfg, abstract=False):
+  """Returns (jitted step, example args) for one config.
+
+  ``abstract``: the batch is a ShapeDtypeStruct (enough to compile and plan).
+  """
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -149,6 +153,10 @@ def _build_step(cfg):
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
+  if abstract:
+    return jax.jit(step, donate_argnums=(0, 1)), (
+        params, opt_state, jax.ShapeDtypeStruct((n, w), jnp.float32),
+        jax.ShapeDtypeStruct((n,), jnp.int32))
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((n, w), dtype=np.float32))
   groups = jnp.asarray(rng.permutation(np.arange(n) // 2).astype(np.int32))
@@ -185,11 +193,12 @@ def worker_step(cfg):
   reset = _reset_peak_rss()
   params, opt_state, x, groups = args
   times = []
-  for i in range(cfg["repeats"] + 1):
+  warmup = cfg.get("warmup", 1)
+  for i in range(cfg["repeats"] + warmup):
     t = time.perf_counter()
     params, opt_state, loss = compiled(params, opt_state, x, groups)
     jax.block_until_ready((params, loss))
-    if i:                                    # the first call is a warm-up
+    if i >= warmup:                          # the first calls warm up
       times.append(time.perf_counter() - t)
   res.update(step_s=statistics.median(times), step_times_s=times,
              loss=float(loss))
@@ -210,8 +219,21 @@ def worker_step(cfg):
 def worker_plan(cfg):
   """Compile only: XLA's planned bytes for one config."""
   _init_jax()
-  step, args = _build_step(cfg)
+  step, args = _build_step(cfg, abstract=True)
   return {"plan_bytes": _plan_bytes(step.lower(*args).compile())}
+
+
+def worker_max_n(cfg):
+  """Largest n whose XLA plan fits cfg["cap_bytes"] (compile only)."""
+  _init_jax()
+
+  def total(n):
+    return worker_plan(dict(cfg, n=n))["plan_bytes"]["total"]
+
+  n_fit, probes = largest_n_within(cfg["cap_bytes"], total,
+                                   cfg["granularity"])
+  return {"largest_n": n_fit,
+          "probes": {str(k): v for k, v in sorted(probes.items())}}
 
 
 def worker_matmul(cfg):
@@ -234,7 +256,8 @@ def worker_matmul(cfg):
           "platform": jax.devices()[0].platform}
 
 
-WORKERS = {"step": worker_step, "plan": worker_plan, "matmul": worker_matmul}
+WORKERS = {"step": worker_step, "plan": worker_plan, "matmul": worker_matmul,
+           "max_n": worker_max_n}
 
 
 def run_worker(kind: str, cfg: dict, timeout: float) -> dict:
@@ -258,16 +281,17 @@ def run_worker(kind: str, cfg: dict, timeout: float) -> dict:
 # ----------------------------------------------------------------------------
 # the driver
 # ----------------------------------------------------------------------------
-def largest_n_within(cap_bytes, base_cfg, granularity, timeout, n_max=1 << 20):
-  """Largest n (multiple of granularity) whose XLA plan total <= cap."""
+def largest_n_within(cap_bytes, plan_total, granularity, n_max=1 << 20):
+  """Largest n (multiple of granularity) with plan_total(n) <= cap_bytes.
+
+  Doubling from ``granularity``, then bisection; returns (n, {n: bytes}).
+  """
   cache = {}
 
   def fits(n):
     if n not in cache:
-      r = run_worker("plan", dict(base_cfg, n=n), timeout)
-      total = (r.get("plan_bytes") or {}).get("total")
-      cache[n] = None if total is None else total <= cap_bytes
-    return cache[n]
+      cache[n] = plan_total(n)
+    return None if cache[n] is None else cache[n] <= cap_bytes
 
   lo, hi = 0, granularity
   while hi <= n_max:
@@ -333,7 +357,7 @@ def markdown(report) -> str:
               "| impl | width | largest n |", "|---|---|---|"]
     for m in report["max_n"]:
       lines.append(f"| {m['implementation']} | {m['width']} | "
-                   f"{m['largest_n']} |")
+                   f"{m.get('largest_n', m.get('error'))} |")
   return "\n".join(lines) + "\n"
 
 
@@ -351,6 +375,9 @@ def main(argv=None):
   p.add_argument("--compute-dtype", default="none",
                  help="'none' (inputs' dtype) or e.g. bfloat16")
   p.add_argument("--repeats", type=int, default=None)
+  p.add_argument("--warmup", type=int, default=1,
+                 help="untimed steps before the timed ones (0: time the "
+                      "first run of the compiled step)")
   p.add_argument("--matmul-size", type=int, default=None)
   p.add_argument("--memory-cap-gib", type=float, default=2.0,
                  help="find the largest n whose compiled plan fits (0: skip)")
@@ -400,6 +427,7 @@ def main(argv=None):
         cfg = {"n": n, "width": width, "layers": args.layers,
                "implementation": impl, "block_size": args.block_size,
                "compute_dtype": args.compute_dtype, "repeats": repeats,
+               "warmup": args.warmup,
                "max_bytes": max_bytes}
         log(f"step {impl} n={n} width={width} ...")
         t = time.time()
@@ -426,21 +454,19 @@ def main(argv=None):
       r["executed_flops_per_s"] = r["executed_flops"] / r["step_s"]
 
   if args.memory_cap_gib > 0:
-    gran = args.cap_granularity or (512 if args.quick else 1024)
+    gran = args.cap_granularity or (1024 if args.quick else 512)
     report.update(memory_cap_gib=args.memory_cap_gib, cap_granularity=gran,
                   max_n=[])
     for width in widths:
       for impl in args.implementations:
         log(f"largest n within {args.memory_cap_gib} GiB: {impl} w={width}")
-        base = {"width": width, "layers": args.layers, "implementation": impl,
-                "block_size": args.block_size,
-                "compute_dtype": args.compute_dtype}
-        n_fit, probes = largest_n_within(args.memory_cap_gib * GIB, base,
-                                         gran, args.timeout)
-        report["max_n"].append({"implementation": impl, "width": width,
-                                "largest_n": n_fit,
-                                "probes": {str(k): v for k, v in
-                                           sorted(probes.items())}})
+        cfg = {"width": width, "layers": args.layers, "implementation": impl,
+               "block_size": args.block_size,
+               "compute_dtype": args.compute_dtype,
+               "cap_bytes": args.memory_cap_gib * GIB, "granularity": gran}
+        r = run_worker("max_n", cfg, args.timeout)
+        r.update(implementation=impl, width=width)
+        report["max_n"].append(r)
   report["load_end"] = [round(x, 2) for x in os.getloadavg()]
 
   os.makedirs(args.out, exist_ok=True)
