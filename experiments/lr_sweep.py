@@ -240,7 +240,10 @@ def _notes(rows, names, args, spec, n_train, seconds) -> str:
       f"of pre-training; a fine-tuning head of {args.eval_steps} steps instead of 100 "
       "epochs; one seed; learning rates "
       f"{', '.join(f'{lr:.3g}' for lr in learning_rates(args))}. The numbers are "
-      "comparable in trend (with vs without OAR, collapse at large lr), not in value.",
+      "comparable in trend (with vs without OAR, collapse at large lr), not in value. "
+      "Our `variance` is tfjax.train's `embedding_variance`: of the test set's "
+      "backbone features (the representation that is fine-tuned), not of the "
+      "projector's output on which the loss and OAR act.",
       "", f"Diverged runs (non-finite loss): {', '.join(diverged) or 'none'}. "
       f"Time {seconds:.0f} s."]
   return "\n".join(lines)
