@@ -517,10 +517,11 @@ def notes(cfg, baselines, s_pred, s_meas, s_bracket, n_pred, n_meas, n_bracket,
   (docs/theory.md §1.5: roughly K log(K/δ)).
 * **Deviations (our choices).** The head uses the shifted leaky-ReLU
   activation (`{cfg['activation']}`), one of the authors' variants (SPEC §1):
-  with plain ReLU, self-supervised training with one positive per row fell,
-  after a few hundred steps, to the uniform-adjacency stationary point (JSD
-  stuck at its uniform value, rows with every score ≤ 0 receive no gradient);
-  run with `--activation relu` to see it.  Q and K start tied
+  with plain ReLU, self-supervised training with one positive per row fell
+  to the uniform-adjacency stationary point (seen at s = 1 in the quick
+  setting: after ~120 steps every row's off-diagonal scores were ≤ 0, so
+  every adjacency row is uniform, the JSD is stuck at its uniform value and
+  no gradient flows back); run with `--activation relu` to see it.  Q and K start tied
   (`tie_query_key`) for the same reason.  Adam, the learning rate, the
   encoder and the number of steps are ours."""
 
