@@ -40,6 +40,9 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, tree: Any) -> None:
+    # Host numpy copies: a pmap output is a host-local array that orbax
+    # refuses to write in a multi-process run (only process 0 writes numpy).
+    tree = jax.device_get(tree)
     self._manager.save(int(step), args=ocp.args.StandardSave(tree), force=True)
     self._manager.wait_until_finished()
 
@@ -48,8 +51,9 @@ class Checkpointer:
     step = self._manager.latest_step()
     if step is None:
       return None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    restored = self._manager.restore(
+        step, args=ocp.args.StandardRestore(jax.device_get(template)))
+    return jax.tree.map(jax.numpy.asarray, restored)
 
   def close(self) -> None:
     self._manager.close()

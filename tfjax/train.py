@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from tfjax import diagnostics, losses
+from tfjax import diagnostics, distributed, losses
 from tfjax.backbones import get_backbone
 from tfjax.checkpoint import Checkpointer
 from tfjax.models import TransFusionHead
@@ -394,14 +394,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   after that many steps of this call without the final evaluation (to test
   resumption).  Returns the results dict.
   """
-  num_devices = config.num_devices or jax.local_device_count()
-  if num_devices > jax.local_device_count():
+  processes = jax.process_count()
+  num_devices = config.num_devices or jax.device_count()
+  if processes > 1 and num_devices != jax.device_count():
+    raise ValueError(f"a run of {processes} processes uses all "
+                     f"{jax.device_count()} devices; set num_devices=0, "
+                     f"not {num_devices}")
+  if num_devices > jax.device_count():
     raise ValueError(f"config asks for {num_devices} devices, but only "
-                     f"{jax.local_device_count()} are available")
+                     f"{jax.device_count()} are available")
   spec = validate_config(config, num_devices)
+  local_devices = num_devices // processes
+  primary = distributed.is_primary()
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
+  if primary:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
 
   if data is None:
     from tfjax.data import load_arrays
@@ -430,7 +438,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if restored is not None:
     state = restored
   start = int(state.step)
-  writer = MetricsWriter(os.path.join(workdir, "metrics.jsonl"), start)
+  writer = (MetricsWriter(os.path.join(workdir, "metrics.jsonl"), start)
+            if primary else None)
 
   step_fn = make_train_step(config, model, tx, get_augment_fn(spec.kind),
                             anchors, axis_name)
@@ -438,18 +447,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     step_fn = jax.jit(step_fn)
   else:
     step_fn = jax.pmap(step_fn, axis_name=axis_name, in_axes=(0, 0, None))
-    state = replicate(state, num_devices)
+    state = replicate(state, local_devices)
 
-  bar = _progress(config.num_steps, start, progress, config.loss)
+  bar = _progress(config.num_steps, start, progress and primary, config.loss)
   t0, last = time.time(), None
   end = config.num_steps if stop_after is None else min(config.num_steps, start + stop_after)
   for step in range(start, end):
-    idx = batch_indices(config.seed, step, len(x_train), config.batch_size)
+    idx = distributed.process_rows(
+        batch_indices(config.seed, step, len(x_train), config.batch_size))
     batch = {"x": x_train[idx]}
     if semi is not None:
       batch["semi_label"] = semi[idx]
     if axis_name is not None:
-      batch = shard(batch, num_devices)
+      batch = shard(batch, local_devices)
     state, metrics = step_fn(state, batch, step_key(config.seed, step))
     done = step + 1
     if done % config.log_every == 0 or done == config.num_steps:
@@ -458,7 +468,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 "elapsed_s": round(time.time() - t0, 2)}
       if not np.isfinite(record["loss"]):
         raise FloatingPointError(f"loss is {record['loss']} at step {done}")
-      writer.write(record)
+      if writer is not None:
+        writer.write(record)
       last = record
       if bar is not None:
         bar.set_postfix(loss=f"{record['loss']:.4f}")
@@ -470,7 +481,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     bar.close()
   ckpt.close()
   final = state if axis_name is None else unreplicate(state)
-  if stop_after is not None and int(final.step) < config.num_steps:
+  if not primary or (stop_after is not None and int(final.step) < config.num_steps):
     return {"step": int(final.step), "state": final}
 
   train_f = extract_features(eval_model, final.params, final.batch_stats, x_train)
