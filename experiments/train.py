@@ -70,6 +70,12 @@ def parse_args(argv=None):
   p.add_argument("--losses", default=None,
                  help="comma-separated losses to compare (default: the config's COMPARE)")
   p.add_argument("--no-progress", action="store_true")
+  g = p.add_argument_group("multi-process runs (see README 'Scaling out')")
+  g.add_argument("--coordinator_address", default=None,
+                 help="HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS)")
+  g.add_argument("--num_processes", default=None,
+                 help="number of processes, or 'auto' on TPU pods / SLURM")
+  g.add_argument("--process_id", type=int, default=None)
   return p.parse_args(argv)
 
 
@@ -95,10 +101,15 @@ def plot_comparison(rows, metrics, path):
 
 def main(argv=None):
   args = parse_args(argv)
+  from tfjax import distributed
+  distributed.initialize(args.coordinator_address, args.num_processes,
+                         args.process_id)  # before any JAX computation
   module = load_config_module(args.config)
   base = apply_overrides(module.get_config(), args.set)
   compare = (args.losses.split(",") if args.losses
              else list(getattr(module, "COMPARE", [base.loss])))
+  # An entry is a loss name or a dict of config overrides (with "loss").
+  compare = [{"loss": e} if isinstance(e, str) else dict(e) for e in compare]
   name = os.path.splitext(os.path.basename(args.config))[0]
   workdir = workdir_for(name, args.workdir)
 
@@ -109,42 +120,53 @@ def main(argv=None):
 
   # Check every run's config before any compute.
   configs = []
-  for loss in compare:
+  for overrides in compare:
     c = base.copy_and_resolve_references()
-    c.loss = loss
-    train.validate_config(c, c.num_devices or jax.local_device_count())
+    for key, value in overrides.items():
+      setattr(c, key, value)
+    train.validate_config(c, c.num_devices or jax.device_count())
     configs.append(c)
+  primary = distributed.is_primary()
 
   spec = get_dataset_spec(base.dataset)
   from tfjax.data import load_arrays
   data = (*load_arrays(base.dataset, spec.train_split, base.data_dir),
           *load_arrays(base.dataset, spec.test_split, base.data_dir))
-  print(f"dataset {base.dataset}: {len(data[0])} train / {len(data[2])} test, "
-        f"{jax.local_device_count()} {jax.default_backend()} device(s)")
+  say = print if primary else (lambda *a, **k: None)
+  say(f"dataset {base.dataset}: {len(data[0])} train / {len(data[2])} test, "
+      f"{jax.device_count()} {jax.default_backend()} device(s), "
+      f"{jax.process_count()} process(es)")
 
   rows = []
   t_job = time.time()
   for c in configs:
     t0 = time.time()
-    res = train.train_and_evaluate(c, os.path.join(workdir, c.loss), data=data,
-                                   progress=not args.no_progress)
+    res = train.train_and_evaluate(c, os.path.join(workdir, _run_dir(c)),
+                                   data=data, progress=not args.no_progress)
     res.pop("state")
     row = {"method": _method_name(c), **{k: v for k, v in res.items()
                                          if isinstance(v, float)}}
     row["minutes"] = round((time.time() - t0) / 60, 2)
     rows.append(row)
-    print(json.dumps(row))
+    say(json.dumps(row))
+  if not primary:
+    return rows
+  if getattr(module, "RANDOM_BASELINE", False):
+    rows.append({"method": f"random-init {base.backbone} (no training)",
+                 **train.evaluate_untrained(base, data, spec.num_classes)})
+    say(json.dumps(rows[-1]))
   if getattr(module, "RAW_BASELINE", False):
     raw = train.evaluate_features(data[0], data[1], data[2], data[3],
                                   num_classes=spec.num_classes, eval_config=base.eval)
     rows.append({"method": "raw inputs (no training)", **raw})
-    print(json.dumps(rows[-1]))
+    say(json.dumps(rows[-1]))
 
-  metrics = ["knn", "linear"] + [f"finetune@{f:g}" for f in base.eval.finetune_fractions]
+  metrics = (["knn"] + (["linear"] if base.eval.linear_steps > 0 else [])
+             + [f"finetune@{f:g}" for f in base.eval.finetune_fractions])
   table = write_results(
       workdir, f"{name}: {base.dataset}, backbone {base.backbone}, "
       f"{base.num_steps} steps, batch {base.batch_size}", rows,
-      ["method"] + metrics + ["embedding_variance", "minutes"],
+      ["method"] + metrics + ["feature_variance", "embedding_variance", "minutes"],
       f"Total time {(time.time() - t_job) / 60:.1f} min on "
       f"{jax.local_device_count()} {jax.default_backend()} device(s).")
   plot_comparison(rows, metrics, os.path.join(workdir, "comparison.png"))
@@ -159,6 +181,17 @@ def _method_name(c):
           "vicreg": "VICReg"}[c.loss]
   if c.oar_weight > 0:
     name = "OAR-" + name
+  if c.label_fraction is not None and (c.labels_in_loss or c.oar_weight > 0):
+    name += f", {c.label_fraction:.0%} labels"
+  return name
+
+
+def _run_dir(c):
+  name = c.loss
+  if c.oar_weight > 0:
+    name = "oar_" + name
+  if c.label_fraction is not None and c.labels_in_loss:
+    name += f"_labels{c.label_fraction:g}"
   return name
 
 

@@ -313,10 +313,16 @@ def step_key(seed: int, step) -> Array:
 # Features for evaluation (inductive representation).
 # ----------------------------------------------------------------------------
 def extract_features(model: ContrastiveNet, params, batch_stats, x: np.ndarray,
-                     batch_size: int = 512) -> np.ndarray:
-  """Backbone features of ``x`` [N, ...] in eval mode -> [N, F] (numpy)."""
+                     batch_size: int = 512, *, embeddings: bool = False) -> np.ndarray:
+  """Backbone features [N, F] of ``x`` [N, ...] in eval mode (numpy).
+
+  With ``embeddings`` the projector's output [N, D] instead (inductive too).
+  """
   variables = {"params": params, "batch_stats": batch_stats}
-  fn = jax.jit(lambda v, xb: model.apply(v, xb, method=ContrastiveNet.features))
+  if embeddings:
+    fn = jax.jit(lambda v, xb: model.apply(v, xb)[1])
+  else:
+    fn = jax.jit(lambda v, xb: model.apply(v, xb, method=ContrastiveNet.features))
   out = []
   for start in range(0, x.shape[0], batch_size):
     out.append(np.asarray(fn(variables, x[start:start + batch_size])))
@@ -329,7 +335,11 @@ def extract_features(model: ContrastiveNet, params, batch_stats, x: np.ndarray,
 def evaluate_features(train_x: np.ndarray, train_y: np.ndarray,
                       test_x: np.ndarray, test_y: np.ndarray, *,
                       num_classes: int, eval_config) -> Dict[str, float]:
-  """kNN, linear probe and MLP fine-tuning accuracies of fixed features."""
+  """kNN, linear probe and MLP fine-tuning accuracies of fixed features.
+
+  ``eval_config.linear_steps = 0`` skips the linear probe and an empty
+  ``finetune_fractions`` skips fine-tuning (cheap sweeps and tests).
+  """
   from tfjax import evaluation
 
   train_x = train_x.reshape(train_x.shape[0], -1)
@@ -338,9 +348,10 @@ def evaluate_features(train_x: np.ndarray, train_y: np.ndarray,
   out["knn"] = evaluation.knn_accuracy(
       train_x, train_y, test_x, test_y, num_classes=num_classes,
       k=eval_config.knn_k, temperature=eval_config.knn_temperature)
-  out["linear"] = evaluation.linear_probe(
-      train_x, train_y, test_x, test_y, num_classes=num_classes,
-      steps=eval_config.linear_steps, seed=0)["accuracy"]
+  if eval_config.linear_steps > 0:
+    out["linear"] = evaluation.linear_probe(
+        train_x, train_y, test_x, test_y, num_classes=num_classes,
+        steps=eval_config.linear_steps, seed=0)["accuracy"]
   if eval_config.finetune_fractions:
     ft = evaluation.finetune_protocol(
         train_x, train_y, test_x, test_y, num_classes=num_classes,
@@ -349,6 +360,18 @@ def evaluate_features(train_x: np.ndarray, train_y: np.ndarray,
     for fraction, acc in ft.items():
       out[f"finetune@{fraction:g}"] = acc
   return {k: float(v) for k, v in out.items()}
+
+
+def evaluate_untrained(config, data, num_classes: int) -> Dict[str, float]:
+  """The evaluations of a randomly initialised backbone (a baseline)."""
+  x_train, y_train, x_test, y_test = data
+  model = build_network(config)
+  state = create_train_state(config, model, build_optimizer(config),
+                             jax.random.key(config.seed), x_train.shape[1:])
+  feats = [extract_features(model, state.params, state.batch_stats, x)
+           for x in (x_train, x_test)]
+  return evaluate_features(feats[0], y_train, feats[1], y_test,
+                           num_classes=num_classes, eval_config=config.eval)
 
 
 # ----------------------------------------------------------------------------
@@ -492,7 +515,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   results.update(evaluate_features(train_f, y_train, test_f, y_test,
                                    num_classes=spec.num_classes,
                                    eval_config=config.eval))
-  results["embedding_variance"] = float(diagnostics.embedding_variance(test_f))
+  # Over-fusion diagnostics of both inductive representations: the backbone
+  # features (evaluated above) and the projector's embeddings (where the
+  # contrastive loss and OAR act).
+  test_z = extract_features(eval_model, final.params, final.batch_stats, x_test,
+                            embeddings=True)
+  results["feature_variance"] = float(diagnostics.embedding_variance(test_f))
+  results["embedding_variance"] = float(diagnostics.embedding_variance(test_z))
+  results["embedding_rank95"] = float(diagnostics.rank_at_energy(test_z))
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
   _plots(workdir, eval_model, final, x_test, y_test, test_f, config)
