@@ -240,13 +240,15 @@ def _prepare_path(path) -> str:
 
 
 def plot_affinity_heatmap(matrix, labels, path, *,
-                          title: str = "cosine affinity (ordered by class)"
-                          ) -> str:
+                          title: str = "cosine affinity (ordered by class)",
+                          vmin: float = -1.0, vmax: float = 1.0,
+                          cmap: str = "RdBu_r") -> str:
   """Writes a heatmap PNG of ``matrix`` [n, n] with class boundaries -> path.
 
   ``labels`` [n] are the (already ordered) row labels, e.g. the second output
   of :func:`class_ordered_affinity`; lines are drawn where the label changes.
-  Colours span [−1, 1].
+  Colours span [vmin, vmax] ([−1, 1] for cosines; pass e.g. ``vmin=0``,
+  ``vmax=a.max()``, ``cmap="magma"`` for an adjacency).
   """
   m = np.asarray(matrix, np.float64)
   lab = np.asarray(labels)
@@ -257,7 +259,7 @@ def plot_affinity_heatmap(matrix, labels, path, *,
         f"labels must have shape ({m.shape[0]},), got {lab.shape}")
   path = _prepare_path(path)
   fig, ax = _figure((5, 4.2))
-  im = ax.imshow(m, vmin=-1.0, vmax=1.0, cmap="RdBu_r",
+  im = ax.imshow(m, vmin=vmin, vmax=vmax, cmap=cmap,
                  interpolation="nearest")
   fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
   for b in np.nonzero(lab[1:] != lab[:-1])[0]:

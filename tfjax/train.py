@@ -553,14 +553,15 @@ def _plots(workdir, model, state, x_test, y_test, test_f, config) -> None:
   if config.loss == "jsd":
     a = model.apply(variables, z, method=ContrastiveNet.adjacency)
     order = jnp.argsort(labels, stable=True)
-    matrix, title = a[order][:, order], "TransFusion adjacency (test batch, by class)"
+    matrix = np.asarray(a[order][:, order])
+    style = dict(title="TransFusion adjacency (test batch, by class)", vmin=0.0,
+                 vmax=float(np.quantile(matrix, 0.99)) + 1e-12, cmap="magma")
     ordered = labels[order]
   else:
     matrix, ordered = diagnostics.class_ordered_affinity(z, labels)
-    title = "cosine affinity of embeddings (test batch, by class)"
+    style = dict(title="cosine affinity of embeddings (test batch, by class)")
   diagnostics.plot_affinity_heatmap(np.asarray(matrix), np.asarray(ordered),
-                                    os.path.join(workdir, "affinity.png"),
-                                    title=title)
+                                    os.path.join(workdir, "affinity.png"), **style)
   diagnostics.plot_spectrum(
       np.asarray(diagnostics.singular_values(jnp.asarray(test_f))),
       os.path.join(workdir, "spectrum.png"))
