@@ -12,13 +12,18 @@ evaluation live in submodules (``tfjax.models``, ``tfjax.losses``,
 
 from tfjax.affinity import jsd_loss, positive_mask, row_jsd, target_affinity, valid_rows
 from tfjax.attention import adjacency, cosine_similarity, l2_normalize, relu_attention
-from tfjax.backbones import MLP
+from tfjax.backbones import CNN1D, MLP, ResNet18, SmallCNN, get_backbone
+from tfjax.blockwise import blockwise_attention, blockwise_jsd_loss
 from tfjax.models import AdjacencyBlock, FusionBlock, TransFusionHead
+from tfjax import diagnostics, losses, theory  # noqa: E402  (pure JAX; no TensorFlow)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "adjacency", "relu_attention", "cosine_similarity", "l2_normalize",
     "target_affinity", "positive_mask", "jsd_loss", "row_jsd", "valid_rows",
-    "FusionBlock", "AdjacencyBlock", "TransFusionHead", "MLP",
+    "blockwise_attention", "blockwise_jsd_loss",
+    "FusionBlock", "AdjacencyBlock", "TransFusionHead",
+    "MLP", "CNN1D", "SmallCNN", "ResNet18", "get_backbone",
+    "losses", "diagnostics", "theory",
 ]
