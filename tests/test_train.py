@@ -77,6 +77,7 @@ def run_steps(config, num_devices, batches):
 
 # Each loss's pmap value and gradient are tested in test_losses_pmap.py; here
 # the whole step: views, BatchNorm, head, OAR, pmean, optimiser.
+@pytest.mark.slow
 @pytest.mark.parametrize("loss,oar", [("jsd", True), ("info_nce", False)])
 def test_pmap_equals_single_device(loss, oar):
   # SGD: Adam would blow float noise in near-zero gradients (a bias before
@@ -106,6 +107,7 @@ def test_pmap_equals_single_device(loss, oar):
   assert max(jax.tree.leaves(diff)) > 1e-4
 
 
+@pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted(tmp_path):
   config = tiny_config(num_steps=6, checkpoint_every=2)
   data = toy_data()
