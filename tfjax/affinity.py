@@ -31,13 +31,15 @@ from tfjax.attention import self_mask
 Array = jax.Array
 
 
-def _check_ids(name: str, x: Array) -> None:
+def _check_ids(name: str, x: Array, length: Optional[int] = None) -> None:
   if getattr(x, "ndim", None) != 1:
     raise ValueError(
         f"{name} must be a 1-D integer array [n], got shape "
         f"{getattr(x, 'shape', None)}")
   if not jnp.issubdtype(x.dtype, jnp.integer):
     raise TypeError(f"{name} must be integers, got dtype {x.dtype}")
+  if length is not None and x.shape[0] != length:
+    raise ValueError(f"{name} must have length {length}, got {x.shape[0]}")
 
 
 def positive_mask(groups: Array, labels: Optional[Array] = None, *,

@@ -60,7 +60,8 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from tfjax.attention import (ROW_EPS, Activation, get_activation,
+from tfjax.affinity import _check_ids
+from tfjax.attention import (ROW_EPS, Activation, _check_2d, get_activation,
                              l2_normalize)
 
 Array = jax.Array
@@ -71,26 +72,6 @@ DEFAULT_BLOCK_SIZE = 512
 # ----------------------------------------------------------------------------
 # argument checking and layout
 # ----------------------------------------------------------------------------
-def _check_2d(name: str, x) -> None:
-  if getattr(x, "ndim", None) != 2:
-    raise ValueError(
-        f"{name} must be a 2-D array [rows, features], got shape "
-        f"{getattr(x, 'shape', None)}")
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise TypeError(f"{name} must be floating point, got dtype {x.dtype}")
-
-
-def _check_ids(name: str, x, length: Optional[int] = None) -> None:
-  if getattr(x, "ndim", None) != 1:
-    raise ValueError(
-        f"{name} must be a 1-D integer array, got shape "
-        f"{getattr(x, 'shape', None)}")
-  if not jnp.issubdtype(x.dtype, jnp.integer):
-    raise TypeError(f"{name} must be integers, got dtype {x.dtype}")
-  if length is not None and x.shape[0] != length:
-    raise ValueError(f"{name} must have length {length}, got {x.shape[0]}")
-
-
 def _check_block_size(block_size) -> int:
   if (isinstance(block_size, bool) or not isinstance(block_size, int)
       or block_size < 1):

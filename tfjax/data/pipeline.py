@@ -60,24 +60,17 @@ def labelled_subset_mask(labels, fraction: float, seed: int) -> np.ndarray:
         >>> labelled_subset_mask(np.array([0, 0, 1, 1, 1, 1]), 0.5, seed=0).sum()
         3
     """
+    from tfjax.evaluation import balanced_subset  # the one implementation of the rule
+
     labels = np.asarray(labels)
-    if labels.ndim != 1:
-        raise ValueError(f"labels must be 1-D [N], got shape {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
-    if labels.size and labels.min() < 0:
-        raise ValueError(f"labels must be >= 0, got min {labels.min()}")
     fraction = float(fraction)
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
-    rng = np.random.default_rng(seed)
     mask = np.zeros(labels.shape, bool)
-    if fraction == 0.0:
-        return mask
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        m = min(len(idx), max(1, int(np.floor(fraction * len(idx) + 0.5))))
-        mask[rng.permutation(idx)[:m]] = True
+    if fraction > 0.0 and labels.size:
+        mask[balanced_subset(labels, fraction, seed)] = True
+    elif labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        balanced_subset(labels, 1.0, seed)  # raises the shape / dtype error
     return mask
 
 
