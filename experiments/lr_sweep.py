@@ -10,8 +10,8 @@ For every (loss, OAR or not, learning rate) one run of
 runs use ``label_fraction = 0.1`` and ``oar_weight = 1``; plain runs see no
 labels in training.  Each run reports CLOA's fine-tuning accuracy (an MLP head
 on the frozen backbone features, trained on 10 / 50 / 100 % of the training
-labels), kNN accuracy and the embedding variance of the backbone features on
-the test set.  A run whose loss becomes non-finite is recorded as diverged
+labels), kNN accuracy, and the embedding variance on the test set of the
+projector's output (where the loss and OAR act) and of the backbone features.  A run whose loss becomes non-finite is recorded as diverged
 (accuracies left empty).  Runs live in ``WORKDIR/runs/<loss>[_oar]_lr<lr>``
 and resume from their checkpoints when the sweep is started again.
 
@@ -133,11 +133,13 @@ def main(argv=None):
           res = train_and_evaluate(cfg, run_dir, progress=False, data=data)
         except FloatingPointError as e:
           row.update({"finetune@0.1": "", "finetune@0.5": "", "finetune@1": "",
-                      "knn": "", "variance": "", "status": f"diverged ({e})"})
+                      "knn": "", "variance": "", "feature_variance": "",
+                      "status": f"diverged ({e})"})
         else:
           row.update({k: float(res[k]) for k in
                       ("finetune@0.1", "finetune@0.5", "finetune@1", "knn")})
           row["variance"] = float(res["embedding_variance"])
+          row["feature_variance"] = float(res["feature_variance"])
           row["status"] = "ok"
         rows.append(row)
         print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
@@ -149,7 +151,7 @@ def main(argv=None):
       workdir, f"Learning-rate sweep on {args.dataset} ({args.steps} steps, batch "
       f"{args.batch}, SGD)", rows,
       ["loss", "oar", "lr", "finetune@0.1", "finetune@0.5", "finetune@1", "knn",
-       "variance", "status"], notes)
+       "variance", "feature_variance", "status"], notes)
   print(table)
   print(notes)
   return rows
@@ -242,8 +244,9 @@ def _notes(rows, names, args, spec, n_train, seconds) -> str:
       f"{', '.join(f'{lr:.3g}' for lr in learning_rates(args))}. The numbers are "
       "comparable in trend (with vs without OAR, collapse at large lr), not in value. "
       "Our `variance` is tfjax.train's `embedding_variance`: of the test set's "
-      "backbone features (the representation that is fine-tuned), not of the "
-      "projector's output on which the loss and OAR act.",
+      "projector outputs, on which the loss and OAR act (the paper's quantity, we "
+      "assume); `feature_variance` is that of the backbone features that are "
+      "fine-tuned.",
       "", f"Diverged runs (non-finite loss): {', '.join(diverged) or 'none'}. "
       f"Time {seconds:.0f} s."]
   return "\n".join(lines)
