@@ -157,9 +157,15 @@ def class_anchors(config, num_classes: int) -> Optional[Array]:
 # ----------------------------------------------------------------------------
 # The step.
 # ----------------------------------------------------------------------------
-def make_views(augment_fn: Callable, key: Array, x: Array, strength: float,
-               num_views: int, first_index) -> Array:
-  """``[V, n, ...]`` views; sample i of view v uses key fold(fold(key, v), i_global)."""
+def global_index_views(augment_fn: Callable, key: Array, x: Array,
+                       strength: float, num_views: int, first_index) -> Array:
+  """``[V, n, ...]`` views of the local batch ``x`` [n, ...].
+
+  Sample i of view v uses the key ``fold_in(fold_in(key, v), first_index + i)``:
+  keyed by the *global* sample index, so the views do not depend on how the
+  batch is split over devices (unlike ``tfjax.data.make_views``, which splits
+  one key over the local batch).
+  """
   index = first_index + jnp.arange(x.shape[0])
 
   def one_view(v):
@@ -236,8 +242,8 @@ def make_train_step(config, model: ContrastiveNet, tx, augment_fn: Callable,
     x = batch["x"]
     n = x.shape[0]
     first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
-    views = make_views(augment_fn, key, x, config.augment_strength, num_views,
-                       first)
+    views = global_index_views(augment_fn, key, x, config.augment_strength,
+                               num_views, first)
     source = first + jnp.arange(n, dtype=jnp.int32)
     groups = jnp.tile(source, num_views)
     labels = None
