@@ -42,16 +42,14 @@ def _check_ids(name: str, x: Array, length: Optional[int] = None) -> None:
     raise ValueError(f"{name} must have length {length}, got {x.shape[0]}")
 
 
-def positive_mask(groups: Array, labels: Optional[Array] = None, *,
-                  column_groups: Optional[Array] = None,
-                  column_labels: Optional[Array] = None,
-                  diagonal_offset=0) -> Array:
-  """Boolean [n, m] mask of positive pairs (see module docstring).
+def checked_ids(groups: Array, labels: Optional[Array] = None,
+                column_groups: Optional[Array] = None,
+                column_labels: Optional[Array] = None):
+  """Validates row and column ids -> (groups, labels, column_groups, column_labels).
 
-  Rows are the samples of ``groups``/``labels`` [n]; columns those of
-  ``column_groups``/``column_labels`` [m] (default: the rows themselves).
-  The entry ``(i, i + diagonal_offset)`` is the sample itself and is never
-  positive.  Labels < 0 mean unlabelled.
+  Columns default to the rows.  Raises TypeError for non-integer ids and
+  ValueError for ids that are not 1-D, for labels whose length differs from
+  their groups', and for labels given on only one side.
   """
   groups = jnp.asarray(groups)
   _check_ids("groups", groups)
@@ -73,7 +71,22 @@ def positive_mask(groups: Array, labels: Optional[Array] = None, *,
       raise ValueError(
           f"column_labels and column_groups must have the same length, got "
           f"{cl.shape} and {cg.shape}")
+  return groups, labels, cg, cl
 
+
+def positive_mask(groups: Array, labels: Optional[Array] = None, *,
+                  column_groups: Optional[Array] = None,
+                  column_labels: Optional[Array] = None,
+                  diagonal_offset=0) -> Array:
+  """Boolean [n, m] mask of positive pairs (see module docstring).
+
+  Rows are the samples of ``groups``/``labels`` [n]; columns those of
+  ``column_groups``/``column_labels`` [m] (default: the rows themselves).
+  The entry ``(i, i + diagonal_offset)`` is the sample itself and is never
+  positive.  Labels < 0 mean unlabelled.
+  """
+  groups, labels, cg, cl = checked_ids(groups, labels, column_groups,
+                                       column_labels)
   pos = groups[:, None] == cg[None, :]
   if labels is not None:
     both = (labels[:, None] >= 0) & (cl[None, :] >= 0)

@@ -60,7 +60,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from tfjax.affinity import _check_ids
+from tfjax.affinity import checked_ids
 from tfjax.attention import (ROW_EPS, Activation, _check_2d, get_activation,
                              l2_normalize)
 
@@ -373,22 +373,11 @@ _row_jsd.defvjp(_row_jsd_fwd, _row_jsd_bwd)
 
 
 def _ids(groups, labels, column_groups, column_labels):
-  groups = jnp.asarray(groups)
-  _check_ids("groups", groups)
-  n = groups.shape[0]
-  if labels is not None:
-    labels = jnp.asarray(labels)
-    _check_ids("labels", labels, n)
-  cg = groups if column_groups is None else jnp.asarray(column_groups)
-  _check_ids("column_groups", cg)
-  cl = labels if column_labels is None else jnp.asarray(column_labels)
-  if (labels is None) != (cl is None):
-    raise ValueError("give labels for both rows and columns, or for neither")
-  if cl is not None:
-    _check_ids("column_labels", cl, cg.shape[0])
-  else:
+  groups, labels, cg, cl = checked_ids(groups, labels, column_groups,
+                                       column_labels)
+  if labels is None:
     # No labels ≡ every sample unlabelled: "both labelled" is never true.
-    labels = jnp.full((n,), -1, jnp.int32)
+    labels = jnp.full(groups.shape, -1, jnp.int32)
     cl = jnp.full(cg.shape, -1, jnp.int32)
   return groups, labels, cg, cl
 
