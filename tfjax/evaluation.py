@@ -86,6 +86,17 @@ def _check_dims(a: np.ndarray, b: np.ndarray, na: str, nb: str):
 # ----------------------------------------------------------------------------
 # Weighted kNN
 # ----------------------------------------------------------------------------
+def _train_test(train_features, train_labels, test_features, test_labels,
+                num_classes: int):
+  """Checked (train features, train labels, test features, test labels)."""
+  xtr = _as_features(train_features, "train_features")
+  xte = _as_features(test_features, "test_features")
+  _check_dims(xtr, xte, "train_features", "test_features")
+  ytr = _as_labels(train_labels, xtr.shape[0], num_classes, "train_labels")
+  yte = _as_labels(test_labels, xte.shape[0], num_classes, "test_labels")
+  return xtr, ytr, xte, yte
+
+
 def _l2_normalize(x):
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), _EPS)
 
@@ -267,11 +278,8 @@ def linear_probe(train_features, train_labels, test_features, test_labels, *,
       >>> r["accuracy"], r["C"]          # C = 1 / (1e-4 · N_train)
   """
   num_classes = _check_num_classes(num_classes)
-  xtr = _as_features(train_features, "train_features")
-  xte = _as_features(test_features, "test_features")
-  _check_dims(xtr, xte, "train_features", "test_features")
-  ytr = _as_labels(train_labels, xtr.shape[0], num_classes, "train_labels")
-  yte = _as_labels(test_labels, xte.shape[0], num_classes, "test_labels")
+  xtr, ytr, xte, yte = _train_test(train_features, train_labels, test_features,
+                                   test_labels, num_classes)
   if method not in ("lbfgs", "adam"):
     raise ValueError(f"method must be 'lbfgs' or 'adam', got {method!r}")
   if int(steps) != steps or steps < 1:
@@ -397,11 +405,8 @@ def finetune_mlp(train_features, train_labels, test_features, test_labels, *,
       ...              label_fraction=0.1, steps=2000, learning_rate=1e-3)["accuracy"]
   """
   num_classes = _check_num_classes(num_classes)
-  xtr = _as_features(train_features, "train_features")
-  xte = _as_features(test_features, "test_features")
-  _check_dims(xtr, xte, "train_features", "test_features")
-  ytr = _as_labels(train_labels, xtr.shape[0], num_classes, "train_labels")
-  yte = _as_labels(test_labels, xte.shape[0], num_classes, "test_labels")
+  xtr, ytr, xte, yte = _train_test(train_features, train_labels, test_features,
+                                   test_labels, num_classes)
   if int(steps) != steps or steps < 1:
     raise ValueError(f"steps must be a positive integer, got {steps}")
   if int(batch_size) != batch_size or batch_size < 1:
