@@ -178,10 +178,19 @@ def jsd_loss(adjacency: Array, target: Array, *,
       >>> t = target_affinity(jnp.array([0, 0, 1, 1]))
       >>> jsd_loss(t, t)                           # 0.0
   """
-  per_row = row_jsd(adjacency, target)
-  valid = valid_rows(target)
-  total = jnp.sum(jnp.where(valid, per_row, 0.0))
-  count = jnp.sum(valid.astype(per_row.dtype))
+  return masked_global_mean(row_jsd(adjacency, target), valid_rows(target),
+                            axis_name)
+
+
+def masked_global_mean(values: Array, valid: Array,
+                       axis_name: Optional[str] = None) -> Array:
+  """Mean of ``values`` [n] over the ``valid`` [n] rows of the global batch.
+
+  Under pmap (``axis_name``) sums and counts are psum-ed, so every device
+  gets the same scalar; with no valid row anywhere the result is 0.
+  """
+  total = jnp.sum(jnp.where(valid, values, 0.0))
+  count = jnp.sum(valid.astype(values.dtype))
   if axis_name is not None:
     total = jax.lax.psum(total, axis_name)
     count = jax.lax.psum(count, axis_name)

@@ -60,7 +60,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from tfjax.affinity import checked_ids
+from tfjax.affinity import checked_ids, masked_global_mean
 from tfjax.attention import (ROW_EPS, Activation, _check_2d, get_activation,
                              l2_normalize)
 
@@ -473,10 +473,4 @@ def blockwise_jsd_loss(q: Array, k: Array, groups: Array,
       column_labels=column_labels, activation=activation,
       diagonal_offset=diagonal_offset, block_size=block_size,
       compute_dtype=compute_dtype)
-  valid = count > 0
-  total = jnp.sum(jnp.where(valid, jsd, 0.0))
-  n_valid = jnp.sum(valid.astype(jsd.dtype))
-  if axis_name is not None:
-    total = jax.lax.psum(total, axis_name)
-    n_valid = jax.lax.psum(n_valid, axis_name)
-  return total / jnp.maximum(n_valid, 1.0)
+  return masked_global_mean(jsd, count > 0, axis_name)
