@@ -21,7 +21,7 @@ Backward, with ``D_i = dO_i · O_i``::
     dq̂ = dC k̂,   dk̂ = dCᵀ q̂,   dv = Aᵀ dO
 
 one more pass over key blocks, recomputing ``C`` and ``W`` block by block.
-Residuals are O(n·h): q, k, v, O and s.
+Residuals are O(n·h): q̂, k̂ (with their inverse norms), v, O and s.
 
 **Adjacency + JSD** (:func:`blockwise_jsd_loss`): the truncated last block
 never needs its adjacency, only the loss against the target
@@ -34,7 +34,7 @@ never needs its adjacency, only the loss against the target
 
 with ``0·log 0 = 0`` exactly (the same terms as :func:`tfjax.affinity.row_jsd`);
 ``Σ_j ½ t log t = −½ log c_i`` is added in closed form (our choice: it is the
-same number, without an n×N log).  Residuals: q, k, s, c, E (O(n·h)).
+same number, without an n×N log).  Residuals: q̂, k̂, s, c, E (O(n·h)).
 
 Both ``jax.custom_vjp`` functions loop over key blocks with ``lax.scan``; N
 need not be a multiple of ``block_size`` (the keys are padded with masked
@@ -42,7 +42,10 @@ columns).  Optional ``compute_dtype`` (e.g. ``jnp.bfloat16``) runs the
 matmuls in that dtype with ``preferred_element_type=float32``; every sum is
 accumulated in float32 (or wider when the inputs are float64).
 
-Peak memory per call is O(n·B + (n + N)·h) instead of O(n·N).  The cost is
+Peak memory per call is O(n·B + (n + N)·h) instead of O(n·N).  (How many
+O(n·h) buffers a whole training step keeps alive is up to XLA's scheduler; on
+CPU its default concurrency-optimised schedule keeps about twice as many:
+see :mod:`tfjax.runtime`.)  The cost is
 recomputation: the attention does 7 n×N×h-sized matmuls per training step
 instead of 6, the truncated block 5 instead of 3.
 
@@ -61,8 +64,8 @@ import jax
 import jax.numpy as jnp
 
 from tfjax.affinity import checked_ids, masked_global_mean
-from tfjax.attention import (ROW_EPS, Activation, _check_2d, get_activation,
-                             l2_normalize)
+from tfjax.attention import (_NORM_EPS, ROW_EPS, Activation, _check_2d,
+                             get_activation)
 
 Array = jax.Array
 
@@ -140,6 +143,26 @@ def _safe(s: Array) -> Array:
   return jnp.where(s > 0, s, 1.0)
 
 
+def _normalize(x: Array):
+  """``l2_normalize(x)`` and what its backward needs -> (x̂ [n, h], r [n, 1], on [n, 1]).
+
+  ``x̂ = x·r``, ``r = 1/max(‖x‖, eps)``, ``on`` = (‖x‖ > eps).  The custom VJPs
+  save x̂ (not x) so that the backward does not recompute it: a recomputed
+  x̂ would be merged with the forward's by XLA's CSE and kept alive anyway,
+  next to x.
+  """
+  sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+  on = sq > _NORM_EPS * _NORM_EPS
+  r = jax.lax.rsqrt(jnp.maximum(sq, _NORM_EPS * _NORM_EPS))
+  return x * r, r, on
+
+
+def _normalize_bwd(x_hat: Array, r: Array, on: Array, d_hat: Array) -> Array:
+  """VJP of :func:`_normalize`: ``dx = r·(dx̂ − x̂ (x̂·dx̂))`` (``r·dx̂`` below eps)."""
+  radial = jnp.sum(x_hat * d_hat, axis=-1, keepdims=True)
+  return r * (d_hat - jnp.where(on, radial, 0.0) * x_hat)
+
+
 # ----------------------------------------------------------------------------
 # attention
 # ----------------------------------------------------------------------------
@@ -154,34 +177,34 @@ def _attention_fwd(act, block_size, cdt, q, k, v, offset):
   _, acc = _compute_dtype(None, q, k, v)
   n, m = q.shape[0], k.shape[0]
   b, nb, _ = _layout(m, block_size)
-  qn = l2_normalize(q).astype(cdt)
-  kb = _blocks(l2_normalize(k).astype(cdt), nb, b)
+  qn, q_r, q_on = _normalize(q)
+  kn, k_r, k_on = _normalize(k)
+  qc = qn.astype(cdt)
+  kb = _blocks(kn.astype(cdt), nb, b)
   vb = _blocks(v.astype(cdt), nb, b)
   starts = jnp.arange(nb) * b
 
   def body(carry, xs):
     s, u = carry
     k_blk, v_blk, start = xs
-    c = _dot_t(qn, k_blk, acc)
+    c = _dot_t(qc, k_blk, acc)
     w = _weights(act_fn, c, _allowed(n, b, start, m, offset))
     return (s + jnp.sum(w, axis=1), u + _dot(w.astype(cdt), v_blk, acc)), None
 
   init = (jnp.zeros((n,), acc), jnp.zeros((n, v.shape[1]), acc))
   (s, u), _ = jax.lax.scan(body, init, (kb, vb, starts))
   out = (u / _safe(s)[:, None]).astype(jnp.result_type(q, k, v))
-  return out, (q, k, v, offset, out, s)
+  return out, ((qn, q_r, q_on), (kn, k_r, k_on), v, offset, out, s)
 
 
 def _attention_bwd(act, block_size, cdt, res, d_out):
-  q, k, v, offset, out, s = res
+  (qn, q_r, q_on), (kn, k_r, k_on), v, offset, out, s = res
   act_fn = get_activation(act)
-  _, acc = _compute_dtype(None, q, k, v)
-  n, m = q.shape[0], k.shape[0]
+  _, acc = _compute_dtype(None, qn, kn, v)
+  n, m = qn.shape[0], kn.shape[0]
   b, nb, _ = _layout(m, block_size)
-  qn_f, q_pull = jax.vjp(l2_normalize, q)
-  kn_f, k_pull = jax.vjp(l2_normalize, k)
-  qn = qn_f.astype(cdt)
-  kb = _blocks(kn_f.astype(cdt), nb, b)
+  qc = qn.astype(cdt)
+  kb = _blocks(kn.astype(cdt), nb, b)
   vb = _blocks(v.astype(cdt), nb, b)
   starts = jnp.arange(nb) * b
   d_out = d_out.astype(acc)
@@ -191,7 +214,7 @@ def _attention_bwd(act, block_size, cdt, res, d_out):
 
   def body(dq, xs):
     k_blk, v_blk, start = xs
-    c = _dot_t(qn, k_blk, acc)
+    c = _dot_t(qc, k_blk, acc)
     allowed = _allowed(n, b, start, m, offset)
     w, act_pull = jax.vjp(lambda c_: _weights(act_fn, c_, allowed), c)
     a = w * inv_s[:, None]
@@ -200,17 +223,17 @@ def _attention_bwd(act, block_size, cdt, res, d_out):
     (d_c,) = act_pull(d_w)                                # zero where masked
     d_c = d_c.astype(cdt)
     dq = dq + _dot(d_c, k_blk, acc)
-    dk_blk = _tdot(d_c, qn, acc)
+    dk_blk = _tdot(d_c, qc, acc)
     dv_blk = _tdot(a.astype(cdt), d_out_c, acc)
     return dq, (dk_blk, dv_blk)
 
-  dq, (dk, dv) = jax.lax.scan(body, jnp.zeros((n, q.shape[1]), acc),
+  dq, (dk, dv) = jax.lax.scan(body, jnp.zeros((n, qn.shape[1]), acc),
                               (kb, vb, starts))
-  dk = dk.reshape(-1, k.shape[1])[:m]
+  dk = dk.reshape(-1, kn.shape[1])[:m]
   dv = dv.reshape(-1, v.shape[1])[:m]
-  (dq,) = q_pull(dq.astype(qn_f.dtype))
-  (dk,) = k_pull(dk.astype(kn_f.dtype))
-  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+  dq = _normalize_bwd(qn, q_r, q_on, dq.astype(qn.dtype))
+  dk = _normalize_bwd(kn, k_r, k_on, dk.astype(kn.dtype))
+  return dq, dk, dv.astype(v.dtype), None
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
@@ -293,28 +316,29 @@ def _row_jsd(act, block_size, cdt, q, k, gi, li, gj, lj, offset):
   return out
 
 
-def _jsd_setup(act, block_size, cdt, q, k, gj, lj):
-  _, acc = _compute_dtype(None, q, k)
-  m = k.shape[0]
+def _jsd_setup(act, block_size, cdt, qn, kn, gj, lj):
+  _, acc = _compute_dtype(None, qn, kn)
+  m = kn.shape[0]
   b, nb, _ = _layout(m, block_size)
-  kn_f, k_pull = jax.vjp(l2_normalize, k)
-  kb = _blocks(kn_f.astype(cdt), nb, b)
+  kb = _blocks(kn.astype(cdt), nb, b)
   gb = _blocks(gj, nb, b)
   lb = _blocks(lj, nb, b, fill=-1)
   starts = jnp.arange(nb) * b
-  return get_activation(act), acc, b, (kb, gb, lb, starts), kn_f, k_pull
+  return get_activation(act), acc, b, (kb, gb, lb, starts)
 
 
 def _row_jsd_fwd(act, block_size, cdt, q, k, gi, li, gj, lj, offset):
-  act_fn, acc, b, xs, _, _ = _jsd_setup(act, block_size, cdt, q, k, gj, lj)
+  qn, q_r, q_on = _normalize(q)
+  kn, k_r, k_on = _normalize(k)
+  act_fn, acc, b, xs = _jsd_setup(act, block_size, cdt, qn, kn, gj, lj)
   n, m = q.shape[0], k.shape[0]
-  qn = l2_normalize(q).astype(cdt)
+  qc = qn.astype(cdt)
 
   def pass1(carry, xs):
     s, c = carry
     k_blk, g_blk, l_blk, start = xs
     allowed = _allowed(n, b, start, m, offset)
-    w = _weights(act_fn, _dot_t(qn, k_blk, acc), allowed)
+    w = _weights(act_fn, _dot_t(qc, k_blk, acc), allowed)
     pos = _positives(gi, li, g_blk, l_blk, allowed)
     return (s + jnp.sum(w, axis=1), c + jnp.sum(pos, axis=1, dtype=acc)), None
 
@@ -327,7 +351,7 @@ def _row_jsd_fwd(act, block_size, cdt, q, k, gi, li, gj, lj, offset):
     jsd, e = carry
     k_blk, g_blk, l_blk, start = xs
     allowed = _allowed(n, b, start, m, offset)
-    w = _weights(act_fn, _dot_t(qn, k_blk, acc), allowed)
+    w = _weights(act_fn, _dot_t(qc, k_blk, acc), allowed)
     pos = _positives(gi, li, g_blk, l_blk, allowed)
     a, j, g = _jsd_terms(w, inv_s, pos, inv_c)
     return (jsd + jnp.sum(j, axis=1), e + jnp.sum(a * g, axis=1)), None
@@ -335,17 +359,16 @@ def _row_jsd_fwd(act, block_size, cdt, q, k, gi, li, gj, lj, offset):
   (jsd, e), _ = jax.lax.scan(pass2, (zeros, zeros), xs)
   # Σ_j ½ t log t = ½ Σ_{positives} (1/c) log(1/c) = −½ log c  (0 if c = 0)
   jsd = jsd - 0.5 * jnp.log(jnp.maximum(count, 1.0))
-  return (jsd, count), (q, k, gi, li, gj, lj, offset, s, count, e)
+  return (jsd, count), ((qn, q_r, q_on), (kn, k_r, k_on), gi, li, gj, lj,
+                        offset, s, count, e)
 
 
 def _row_jsd_bwd(act, block_size, cdt, res, cts):
-  q, k, gi, li, gj, lj, offset, s, count, e = res
+  (qn, q_r, q_on), (kn, k_r, k_on), gi, li, gj, lj, offset, s, count, e = res
   g_row = cts[0]                        # the counts are not differentiable
-  act_fn, acc, b, xs, kn_f, k_pull = _jsd_setup(act, block_size, cdt, q, k,
-                                                gj, lj)
-  n, m = q.shape[0], k.shape[0]
-  qn_f, q_pull = jax.vjp(l2_normalize, q)
-  qn = qn_f.astype(cdt)
+  act_fn, acc, b, xs = _jsd_setup(act, block_size, cdt, qn, kn, gj, lj)
+  n, m = qn.shape[0], kn.shape[0]
+  qc = qn.astype(cdt)
   inv_s = 1.0 / _safe(s)
   inv_c = 1.0 / jnp.maximum(count, 1.0)
   scale = (g_row.astype(acc) * inv_s)[:, None]
@@ -353,20 +376,19 @@ def _row_jsd_bwd(act, block_size, cdt, res, cts):
   def body(dq, xs):
     k_blk, g_blk, l_blk, start = xs
     allowed = _allowed(n, b, start, m, offset)
-    c = _dot_t(qn, k_blk, acc)
+    c = _dot_t(qc, k_blk, acc)
     w, act_pull = jax.vjp(lambda c_: _weights(act_fn, c_, allowed), c)
     pos = _positives(gi, li, g_blk, l_blk, allowed)
     _, _, g = _jsd_terms(w, inv_s, pos, inv_c)
     (d_c,) = act_pull((g - e[:, None]) * scale)
     d_c = d_c.astype(cdt)
-    return dq + _dot(d_c, k_blk, acc), _tdot(d_c, qn, acc)
+    return dq + _dot(d_c, k_blk, acc), _tdot(d_c, qc, acc)
 
-  dq, dk = jax.lax.scan(body, jnp.zeros((n, q.shape[1]), acc), xs)
-  dk = dk.reshape(-1, k.shape[1])[:m]
-  (dq,) = q_pull(dq.astype(qn_f.dtype))
-  (dk,) = k_pull(dk.astype(kn_f.dtype))
-  return (dq.astype(q.dtype), dk.astype(k.dtype), None, None, None, None,
-          None)
+  dq, dk = jax.lax.scan(body, jnp.zeros((n, qn.shape[1]), acc), xs)
+  dk = dk.reshape(-1, kn.shape[1])[:m]
+  dq = _normalize_bwd(qn, q_r, q_on, dq.astype(qn.dtype))
+  dk = _normalize_bwd(kn, k_r, k_on, dk.astype(kn.dtype))
+  return dq, dk, None, None, None, None, None
 
 
 _row_jsd.defvjp(_row_jsd_fwd, _row_jsd_bwd)
