@@ -2,7 +2,8 @@
 
     python -m experiments.benchmark [--quick] [--sizes 512 2048 ...]
         [--widths 512 128] [--layers 5] [--block-size 512]
-        [--memory-cap-gib 2] [--out results/benchmark/]
+        [--memory-cap-gib 2] [--xla-cpu-scheduler memory|concurrency]
+        [--out results/benchmark/]
 
 For every (width w, batch n, implementation) one fresh subprocess builds a
 ``TransFusionHead(num_layers=L, implementation=...)`` and times one jitted
@@ -37,6 +38,10 @@ available RAM) are reported as ``skipped: needs X GiB`` and never run.
 outputs − aliased) fits the cap, by doubling then bisection (compile only,
 abstract inputs; nothing is run, so this is XLA's plan, not a measured RSS).
 
+Every subprocess runs with XLA's memory-minimising CPU scheduler unless
+``--xla-cpu-scheduler concurrency`` (XLA's default; see :mod:`tfjax.runtime`:
+on CPU it holds many more buffers alive).  The choice is in the report.
+
 Output: ``benchmark.json`` and ``benchmark.md`` under ``--out``; the table is
 printed too.  Works on CPU, GPU and TPU (nothing here assumes a CPU, except
 that the RSS figure is only measured where ``/proc`` exists).
@@ -51,6 +56,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from tfjax.runtime import CPU_SCHEDULERS, use_low_memory_cpu_scheduler
 
 GIB = 2.0**30
 DEFAULT_SIZES = (512, 2048, 8192, 16384)
@@ -260,11 +267,13 @@ WORKERS = {"step": worker_step, "plan": worker_plan, "matmul": worker_matmul,
            "max_n": worker_max_n}
 
 
-def run_worker(kind: str, cfg: dict, timeout: float) -> dict:
+def run_worker(kind: str, cfg: dict, timeout: float,
+               cpu_scheduler: str = "memory") -> dict:
   """Runs one worker in a fresh Python process; returns its JSON (or error)."""
   cmd = [sys.executable, "-m", "experiments.benchmark", "--worker", kind,
          json.dumps(cfg)]
   env = dict(os.environ)
+  env["TFJAX_XLA_CPU_SCHEDULER"] = cpu_scheduler
   env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   try:
@@ -330,7 +339,8 @@ def markdown(report) -> str:
       + "). Load average at start/end: "
       f"{report['load_start']} / {report['load_end']}.", "",
       f"L = {report['layers']}, block_size = {report['block_size']}, "
-      f"compute dtype = {report['compute_dtype']}. FLOPs per step = "
+      f"compute dtype = {report['compute_dtype']}, XLA CPU scheduler = "
+      f"{report.get('xla_cpu_scheduler', 'memory')}. FLOPs per step = "
       "3·[(L−1)(2nd(2h+d) + 2n²h + 2n²d) + 4ndh + 2n²h] (model FLOPs, h = d).",
       "",
       "| impl | width | n | step s | model GFLOP | GFLOP/s | % of peak | "
@@ -387,6 +397,10 @@ def main(argv=None):
                       "60%% of available RAM)")
   p.add_argument("--timeout", type=float, default=3600.0,
                  help="seconds per subprocess")
+  p.add_argument("--xla-cpu-scheduler", default="memory",
+                 choices=list(CPU_SCHEDULERS),
+                 help="XLA's CPU scheduler in every subprocess (see "
+                      "tfjax.runtime); 'concurrency' is XLA's default")
   p.add_argument("--out", default="results/benchmark/")
   p.add_argument("--worker", nargs=2, metavar=("KIND", "JSON"),
                  help=argparse.SUPPRESS)
@@ -394,6 +408,8 @@ def main(argv=None):
 
   if args.worker:
     kind, cfg = args.worker
+    use_low_memory_cpu_scheduler(
+        os.environ.get("TFJAX_XLA_CPU_SCHEDULER", "memory"))
     print(json.dumps(WORKERS[kind](json.loads(cfg))), flush=True)
     return None
 
@@ -412,10 +428,12 @@ def main(argv=None):
 
   report = {"layers": args.layers, "block_size": args.block_size,
             "compute_dtype": args.compute_dtype,
+            "xla_cpu_scheduler": args.xla_cpu_scheduler,
             "load_start": [round(x, 2) for x in os.getloadavg()],
             "cpu_count": os.cpu_count(), "matmul": [], "results": []}
   log(f"matmul peak ({matmul_cfg}) ...")
-  report["matmul"].append(run_worker("matmul", matmul_cfg, args.timeout))
+  report["matmul"].append(run_worker("matmul", matmul_cfg, args.timeout,
+                                        args.xla_cpu_scheduler))
   report["device"] = report["matmul"][0].get("device", "?")
   platform = report["matmul"][0].get("platform", "cpu")
   if platform != "cpu":
@@ -431,7 +449,7 @@ def main(argv=None):
                "max_bytes": max_bytes}
         log(f"step {impl} n={n} width={width} ...")
         t = time.time()
-        r = run_worker("step", cfg, args.timeout)
+        r = run_worker("step", cfg, args.timeout, args.xla_cpu_scheduler)
         r.update(implementation=impl, n=n, width=width,
                  load=[round(x, 2) for x in os.getloadavg()],
                  wall_s=time.time() - t,
@@ -443,7 +461,8 @@ def main(argv=None):
                          "skipped", "error")}))
 
   log("matmul peak again ...")
-  report["matmul"].append(run_worker("matmul", matmul_cfg, args.timeout))
+  report["matmul"].append(run_worker("matmul", matmul_cfg, args.timeout,
+                                        args.xla_cpu_scheduler))
   peaks = [m["flops_per_s"] for m in report["matmul"] if "flops_per_s" in m]
   report["matmul_peak_flops_per_s"] = max(peaks) if peaks else float("nan")
   for r in report["results"]:
@@ -464,7 +483,7 @@ def main(argv=None):
                "block_size": args.block_size,
                "compute_dtype": args.compute_dtype,
                "cap_bytes": args.memory_cap_gib * GIB, "granularity": gran}
-        r = run_worker("max_n", cfg, args.timeout)
+        r = run_worker("max_n", cfg, args.timeout, args.xla_cpu_scheduler)
         r.update(implementation=impl, width=width)
         report["max_n"].append(r)
   report["load_end"] = [round(x, 2) for x in os.getloadavg()]
