@@ -70,6 +70,10 @@ def parse_args(argv=None):
   p.add_argument("--losses", default=None,
                  help="comma-separated losses to compare (default: the config's COMPARE)")
   p.add_argument("--no-progress", action="store_true")
+  p.add_argument("--xla_cpu_scheduler", default=None,
+                 choices=["memory", "concurrency"],
+                 help="XLA's CPU scheduler (tfjax.runtime); 'memory' for "
+                      "large blockwise batches on CPU (default: XLA's)")
   g = p.add_argument_group("multi-process runs (see README 'Scaling out')")
   g.add_argument("--coordinator_address", default=None,
                  help="HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS)")
@@ -102,6 +106,9 @@ def plot_comparison(rows, metrics, path):
 def main(argv=None):
   args = parse_args(argv)
   from tfjax import distributed
+  if args.xla_cpu_scheduler:
+    from tfjax.runtime import use_low_memory_cpu_scheduler
+    use_low_memory_cpu_scheduler(args.xla_cpu_scheduler)
   distributed.initialize(args.coordinator_address, args.num_processes,
                          args.process_id)  # before any JAX computation
   module = load_config_module(args.config)
