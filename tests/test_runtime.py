@@ -87,3 +87,15 @@ def test_memory_scheduler_takes_effect_and_shrinks_the_plan():
   # here: 31 vs 46 [n, w] buffers of temporaries for this 3-layer head.
   memory, concurrency = _temp_bytes("memory"), _temp_bytes("concurrency")
   assert memory < 0.8 * concurrency, (memory, concurrency)
+
+
+def test_main_job_flag_reaches_the_runtime(monkeypatch):
+  from experiments import train as main_job
+  assert main_job.parse_args(["--xla_cpu_scheduler", "memory"]) \
+      .xla_cpu_scheduler == "memory"
+  monkeypatch.setenv("XLA_FLAGS", "")
+  monkeypatch.setattr(runtime, "_backends_initialized", lambda: True)
+  # In this (already started) process "memory" is too late: a clear error
+  # before any work is done.
+  with pytest.raises(RuntimeError, match="before JAX initialises"):
+    main_job.main(["--xla_cpu_scheduler", "memory"])

@@ -24,7 +24,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.projector_hidden = (256,)
   c.head = ml_collections.ConfigDict(dict(
       num_layers=5, features=ml_collections.FieldReference(None, field_type=int),
-      activation="relu", implementation="dense", block_size=512))
+      activation="relu", implementation="dense", block_size=512,
+      # "blockwise" only: matmul dtype, e.g. "bfloat16" (None: fp32).
+      compute_dtype=ml_collections.FieldReference(None, field_type=str)))
   # Loss: jsd | info_nce | supcon | dcl | barlow_twins | vicreg.
   c.loss = "jsd"
   c.temperature = 0.1

@@ -6,9 +6,10 @@ work early so that the runtime can overlap it, and the buffers of that work
 stay alive meanwhile.  For a TransFusion training step this is costly: every
 fusion block's backward allocates its accumulators long before it runs.  On
 this project's 2-core CPU, turning it off (XLA's memory-minimising list
-scheduler instead) cut the compiled plan of the blockwise step at n = 16384,
-width 512, L = 5 from 2.71 GiB to 1.52 GiB, and made the n = 2048 step
-faster too (1.92 s → 1.45 s; README, "Large batches").
+scheduler instead) cut the compiled plan of the blockwise training step at
+n = 16384, width 512, L = 5 from 2.48 GiB to 1.52 GiB, and made the step at
+n = 2048 faster too (1.92 s → 1.45 s, measured back to back; README, "Large
+batches").
 
 XLA reads this option once per process from ``XLA_FLAGS``; with JAX 0.10 a
 per-compile ``compiler_options={...}`` is accepted but does not change the

@@ -94,6 +94,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
   if config.label_fraction is not None and not 0 < config.label_fraction <= 1:
     raise ValueError(f"label_fraction must be in (0, 1] (or None for no "
                      f"labels), got {config.label_fraction}")
+  _head_impl_kwargs(config)          # implementation / block / dtype checks
   return spec
 
 
@@ -117,10 +118,30 @@ def build_network(config, axis_name: Optional[str] = None) -> ContrastiveNet:
 
 
 def _head_impl_kwargs(config) -> dict:
+  from tfjax.models import IMPLEMENTATIONS
   impl = config.head.get("implementation", "dense")
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown head.implementation {impl!r}; choose one of "
+                     f"{IMPLEMENTATIONS}")
   if impl == "dense":
     return {}
-  return {"implementation": impl, "block_size": config.head.block_size}
+  block_size = config.head.block_size
+  if isinstance(block_size, bool) or not isinstance(block_size, int) or (
+      block_size < 1):
+    raise ValueError(f"head.block_size must be a positive int, got "
+                     f"{block_size!r}")
+  name = config.head.get("compute_dtype", None)
+  dtype = None
+  if name:
+    try:
+      dtype = jnp.dtype(name)
+    except TypeError:
+      dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+      raise ValueError(f"head.compute_dtype must name a float dtype such as "
+                       f"'bfloat16' (or be None), got {name!r}")
+  return {"implementation": impl, "block_size": block_size,
+          "compute_dtype": dtype}
 
 
 def build_optimizer(config) -> optax.GradientTransformation:
