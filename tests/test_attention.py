@@ -128,3 +128,22 @@ class AttentionErrorsTest(parameterized.TestCase):
 def test_l2_normalize_zero_row_finite_gradient():
   g = jax.grad(lambda x: tfjax.l2_normalize(x).sum())(jnp.zeros((2, 3)))
   assert np.isfinite(np.asarray(g)).all()
+
+
+def test_normalize_parts_and_its_backward_match_l2_normalize():
+  from tfjax.attention import l2_normalize, normalize_parts
+  from tfjax.blockwise import _normalize_bwd
+  rng = np.random.default_rng(7)
+  x = rng.normal(size=(6, 5)).astype(np.float32)
+  x[2] = 0.0                                         # below eps: r = 1/eps
+  x_hat, r, on = jax.jit(normalize_parts)(jnp.asarray(x))
+  chex.assert_shape([x_hat, r, on], [(6, 5), (6, 1), (6, 1)])
+  x64 = x.astype(np.float64)
+  norm = np.linalg.norm(x64, axis=1, keepdims=True)
+  np.testing.assert_allclose(x_hat, x64 / np.maximum(norm, 1e-12), rtol=1e-6)
+  np.testing.assert_array_equal(on[:, 0], norm[:, 0] > 1e-12)
+  d = jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)
+  (want,) = jax.vjp(l2_normalize, jnp.asarray(x))[1](d)
+  got = _normalize_bwd(x_hat, r, on, d)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert np.isfinite(np.asarray(got)).all()

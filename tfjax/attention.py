@@ -70,8 +70,19 @@ def l2_normalize(x: Array, axis: int = -1, eps: float = _NORM_EPS) -> Array:
 
   >>> l2_normalize(jnp.array([[3., 4.], [0., 0.]]))  # [[.6, .8], [0, 0]]
   """
+  return normalize_parts(x, axis, eps)[0]
+
+
+def normalize_parts(x: Array, axis: int = -1, eps: float = _NORM_EPS):
+  """``l2_normalize(x)`` with what its backward needs -> (x̂, r, on).
+
+  ``x̂ = x·r`` (shape of x), ``r = 1/max(‖x‖, eps)`` and ``on = ‖x‖ > eps``
+  (both with ``axis`` kept, size 1).  :mod:`tfjax.blockwise` saves these as
+  residuals and applies ``dx = r·(dx̂ − [on] x̂ (x̂·dx̂))`` itself.
+  """
   sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
+  r = jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
+  return x * r, r, sq > eps * eps
 
 
 def _check_2d(name: str, x: Array) -> None:

