@@ -291,17 +291,31 @@ def batch_sweep(cfg, centres, evals, seed, log):
   return rows
 
 
-def plot_augmentation(plt, path, rows, s_pred, s_pred_same, s_meas, tol,
-                      baselines):
+def _accuracy_sweep(plt, xs, acc, tol, baselines):
+  """Figure of a sweep's kNN accuracy, its tolerance band and the baselines."""
   fig, ax = plt.subplots(figsize=(6.4, 3.8))
-  s = [r["s"] for r in rows]
-  acc = [r["knn_acc"] for r in rows]
-  ax.plot(s, acc, "o-", color="C0", label="kNN accuracy (encoder output)")
+  ax.plot(xs, acc, "o-", color="C0", label="kNN accuracy (encoder output)")
   ax.axhspan(max(acc) - tol, max(acc), color="C0", alpha=0.12,
              label=f"within tol={tol:.3f} of best")
   for name, v, ls in (("raw input", baselines["raw"], ":"),
                       ("encoder at init", baselines["init"], "-.")):
     ax.axhline(v, color="gray", ls=ls, lw=1, label=f"kNN, {name}")
+  return fig, ax
+
+
+def _save_with_twin_legend(plt, fig, ax, twin, path, loc):
+  """One legend for both y-axes, then save and close."""
+  h1, l1 = ax.get_legend_handles_labels()
+  h2, l2 = twin.get_legend_handles_labels()
+  ax.legend(h1 + h2, l1 + l2, fontsize=6, loc=loc)
+  fig.tight_layout(), fig.savefig(path, dpi=100), plt.close(fig)
+
+
+def plot_augmentation(plt, path, rows, s_pred, s_pred_same, s_meas, tol,
+                      baselines):
+  s = [r["s"] for r in rows]
+  fig, ax = _accuracy_sweep(plt, s, [r["knn_acc"] for r in rows], tol,
+                            baselines)
   ax.axvline(s_pred, color="C3", label=f"predicted s_max (other class) {s_pred:.2f}")
   ax.axvline(s_pred_same, color="C3", ls="--", lw=1,
              label=f"predicted s_max (same class) {s_pred_same:.2f}")
@@ -314,22 +328,13 @@ def plot_augmentation(plt, path, rows, s_pred, s_pred_same, s_meas, tol,
         rows[0]["sigma"], grid, rows[0]["rho"], rows[0]["d"], versus=versus)),
         color="C2", ls=ls, lw=1, label=f"theory P(positive wins), {versus}")
   tw.set_ylabel("predicted win probability", color="C2"), tw.set_ylim(0.45, 1.01)
-  h1, l1 = ax.get_legend_handles_labels()
-  h2, l2 = tw.get_legend_handles_labels()
-  ax.legend(h1 + h2, l1 + l2, fontsize=6, loc="lower left")
-  fig.tight_layout(), fig.savefig(path, dpi=100), plt.close(fig)
+  _save_with_twin_legend(plt, fig, ax, tw, path, "lower left")
 
 
 def plot_batch(plt, path, rows, n_pred, n_meas, tol, delta, baselines):
-  fig, ax = plt.subplots(figsize=(6.4, 3.8))
   n = [r["n"] for r in rows]
-  acc = [r["knn_acc"] for r in rows]
-  ax.plot(n, acc, "o-", color="C0", label="kNN accuracy (encoder output)")
-  ax.axhspan(max(acc) - tol, max(acc), color="C0", alpha=0.12,
-             label=f"within tol={tol:.3f} of best")
-  for name, v, ls in (("raw input", baselines["raw"], ":"),
-                      ("encoder at init", baselines["init"], "-.")):
-    ax.axhline(v, color="gray", ls=ls, lw=1, label=f"kNN, {name}")
+  fig, ax = _accuracy_sweep(plt, n, [r["knn_acc"] for r in rows], tol,
+                            baselines)
   ax.axvline(n_pred, color="C3", label=f"predicted n_min (δ={delta}) {n_pred}")
   ax.axvline(n_meas, color="C0", ls="--", lw=1, label=f"measured n_min {n_meas}")
   ax.set_xlabel("batch size n (supervised, i.i.d. labels)")
@@ -340,10 +345,7 @@ def plot_batch(plt, path, rows, n_pred, n_meas, tol, delta, baselines):
   tw.plot(grid, [theory.coverage_probability(int(m), k) for m in grid],
           color="C2", lw=1, label="theory P(every row has a positive)")
   tw.set_ylabel("coverage probability", color="C2"), tw.set_ylim(0, 1.01)
-  h1, l1 = ax.get_legend_handles_labels()
-  h2, l2 = tw.get_legend_handles_labels()
-  ax.legend(h1 + h2, l1 + l2, fontsize=6, loc="lower right")
-  fig.tight_layout(), fig.savefig(path, dpi=100), plt.close(fig)
+  _save_with_twin_legend(plt, fig, ax, tw, path, "lower right")
 
 
 def plot_coverage(plt, path, rows):
