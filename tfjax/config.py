@@ -2,7 +2,9 @@
 
 Experiment configs (``experiments/configs/*.py``) start from
 :func:`base_config` and change fields; the dict is locked, so a misspelled
-field raises an error instead of being silently ignored.
+field raises an error instead of being silently ignored.  On the command line
+every field is set with ``--config.FIELD=VALUE`` (``ml_collections``'
+``config_flags``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset = "subspaces"
   c.data_dir = ml_collections.FieldReference(None, field_type=str)
   # Network: backbone -> BatchNorm-MLP projector -> (TransFusion head).
+  # backbone "identity" feeds the raw vectors on; embed_dim = 0 drops the
+  # projector (the embeddings are then the backbone features).
   c.backbone = "mlp"
   c.backbone_kwargs = ml_collections.ConfigDict({"hidden": (256,), "out_features": 128})
   c.backbone_kwargs.unlock()  # each backbone takes its own attributes
@@ -27,11 +31,19 @@ def base_config() -> ml_collections.ConfigDict:
       activation="relu", implementation="dense", block_size=512,
       # "blockwise" only: matmul dtype, e.g. "bfloat16" (None: fp32).
       compute_dtype=ml_collections.FieldReference(None, field_type=str)))
-  # Loss: jsd | info_nce | supcon | dcl | barlow_twins | vicreg.
+  # The method: a name in the registry (tfjax.methods): jsd | info_nce |
+  # supcon | dcl | barlow_twins | vicreg, or one you register.  Its
+  # hyper-parameters: the top-level fields below, or loss_options for others.
   c.loss = "jsd"
   c.temperature = 0.1
   c.lambda_offdiag = 5e-3
+  c.loss_options = ml_collections.ConfigDict()
+  c.loss_options.unlock()  # each registered method may read its own options
   c.num_views = 2
+  # Augmentation (tfjax.data.augment.AUGMENTATIONS; "" = the dataset kind's
+  # default: SimCLR's recipe for images, noise/shift/scale/mask otherwise)
+  # and its strength (0 = identity).
+  c.augment = ""
   c.augment_strength = 1.0
   # Labels: a seeded, class-balanced fraction of the training labels is known
   # (None: none).  labels_in_loss makes two labelled samples of one class
@@ -49,12 +61,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_size = 256  # global, over all devices
   c.num_steps = 1000
   c.num_devices = 0   # 0: every local device (pmap when more than one)
+  # Steps per compiled call (a lax.scan over steps): > 1 pays for small
+  # models, whose steps are shorter than the dispatch of a call.
+  c.steps_per_call = 1
+  # Input pipeline (grain over random-access sources): reader threads and
+  # batches prefetched on the host and on the devices.
+  c.input = ml_collections.ConfigDict(dict(
+      num_threads=4, host_prefetch=4, device_prefetch=2))
   # Bookkeeping.
   c.log_every = 50
   c.checkpoint_every = 500
+  c.write_plots = True
   # Evaluation of the backbone features.
   c.eval = ml_collections.ConfigDict(dict(
       knn_k=20, knn_temperature=0.07, linear_steps=500,
-      finetune_fractions=(0.1, 0.5, 1.0), finetune_steps=500))
+      finetune_fractions=(0.1, 0.5, 1.0), finetune_steps=500,
+      batch_size=512))   # feature extraction
   c.lock()
   return c

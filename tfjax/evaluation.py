@@ -1,463 +1,164 @@
-"""Downstream evaluation on fixed (inductive) features (SPEC §6).
+"""Evaluation of a network's inductive representation, and the fair baselines.
 
-Three protocols, each taking NumPy (or JAX) arrays of features [N, d] and
-integer labels [N], running jit-compiled JAX inside, and returning Python
-floats / NumPy arrays:
+* :func:`extract_features` — backbone features (or projector embeddings) of
+  a whole split in eval mode, streamed in batches through one cached jitted
+  function per network (no recompile between calls);
+* :func:`evaluate_features` — weighted kNN, the linear probe and CLOA's MLP
+  fine-tuning on fixed features (:mod:`tfjax.probes`, :mod:`tfjax.finetune`);
+* :func:`precise_batch_stats` — BatchNorm statistics re-estimated on data
+  (forward passes in train mode, no gradient step): the *fair* random
+  baseline is a randomly initialised backbone with these statistics, not with
+  BatchNorm's initial mean 0 / variance 1.
 
-* :func:`knn_classify` / :func:`knn_accuracy` — weighted kNN on cosine
-  similarity (InstDisc / DINO): each of the k nearest training samples votes
-  for its class with weight ``exp(sim / τ)``;
-* :func:`linear_probe` — multinomial logistic regression on standardised
-  features, L2-regularised, full-batch L-BFGS (or Adam);
-* :func:`finetune_mlp` / :func:`finetune_protocol` — CLOA's fine-tuning
-  protocol: a small MLP head trained on a seeded, class-balanced fraction of
-  the training labels (:func:`balanced_subset`), e.g. 10% / 50% / 100%.
-
-Only the inductive representation (backbone features, independent of the
-batch) should be passed here, never TransFusion's fused features.
+Only the inductive representation (independent of the rest of the batch) is
+evaluated here, never TransFusion's fused features.
 
 Example::
 
-    >>> acc = knn_accuracy(f_train, y_train, f_test, y_test, num_classes=10)
-    >>> linear_probe(f_train, y_train, f_test, y_test, num_classes=10)["accuracy"]
-    >>> finetune_protocol(f_train, y_train, f_test, y_test, num_classes=10)
-    {0.1: 0.63, 0.5: 0.68, 1.0: 0.70}
+    >>> feats = extract_features(model, state.variables, x_train)   # [N, F]
+    >>> evaluate_features(feats, y_train, test_feats, y_test, num_classes=10,
+    ...                   eval_config=config.eval)
+    {'knn': 0.91, 'linear': 0.93, 'finetune@0.1': 0.85, ...}
 """
 
 from __future__ import annotations
 
 import functools
-import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import optax.tree_utils as otu
 
-from tfjax.backbones import MLP
+from tfjax.finetune import balanced_subset, finetune_mlp, finetune_protocol  # noqa: F401
+from tfjax.networks import ContrastiveNet
+from tfjax.probes import knn_accuracy, knn_classify, linear_probe, standardize  # noqa: F401
 
-_EPS = 1e-12
+Array = jax.Array
+
+
+@functools.lru_cache(maxsize=32)
+def _feature_fn(model: ContrastiveNet, embeddings: bool) -> Callable:
+  """One jitted feature function per (network, kind), reused across calls."""
+  if embeddings:
+    return jax.jit(lambda v, x: model.apply(v, x)[1])
+  return jax.jit(lambda v, x: model.apply(v, x, method=ContrastiveNet.features))
+
+
+def _batches(data, batch_size: int) -> Iterable[np.ndarray]:
+  if isinstance(data, np.ndarray) or isinstance(data, jax.Array):
+    for start in range(0, data.shape[0], batch_size):
+      yield data[start:start + batch_size]
+  else:  # a random-access source (tfjax.data.pipeline)
+    from tfjax.data.pipeline import eval_batches
+    for batch in eval_batches(data, batch_size):
+      yield batch["x"]
+
+
+def extract_features(model: ContrastiveNet, variables, data, *,
+                     batch_size: int = 512, embeddings: bool = False,
+                     progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
+  """Features [N, F] of ``data`` in eval mode, as numpy.
+
+  ``data``: an array [N, ...] or a random-access source (records in order).
+  ``embeddings=True`` gives the projector's output [N, D] (inductive too).
+  ``progress(n)`` is called with the number of examples done after each batch.
+  Every full batch has the same shape, so one compile serves the whole
+  split (and later calls with the same network).
+  """
+  fn = _feature_fn(model, embeddings)
+  out, done = [], 0
+  for xb in _batches(data, batch_size):
+    n = xb.shape[0]
+    if n < batch_size and done:  # pad the tail: no second compile
+      pad = np.zeros((batch_size - n,) + tuple(xb.shape[1:]), np.asarray(xb).dtype)
+      out.append(np.asarray(fn(variables, np.concatenate([np.asarray(xb), pad])))[:n])
+    else:
+      out.append(np.asarray(fn(variables, xb)))
+    done += n
+    if progress is not None:
+      progress(done)
+  return np.concatenate(out)
+
+
+def evaluate_features(train_x: np.ndarray, train_y: np.ndarray,
+                      test_x: np.ndarray, test_y: np.ndarray, *,
+                      num_classes: int, eval_config,
+                      log: Optional[Callable[[str], None]] = None) -> Dict[str, float]:
+  """kNN, linear probe and MLP fine-tuning accuracies of fixed features.
+
+  ``eval_config`` (the config's ``eval`` block): ``knn_k``,
+  ``knn_temperature``, ``linear_steps`` (0 skips the probe),
+  ``finetune_fractions`` (empty skips fine-tuning), ``finetune_steps``.
+  ``log(message)`` reports each protocol as it starts.
+  Returns ``{"knn": acc, "linear": acc, "finetune@0.1": acc, ...}``.
+  """
+  say = log or (lambda msg: None)
+  train_x = train_x.reshape(train_x.shape[0], -1)
+  test_x = test_x.reshape(test_x.shape[0], -1)
+  out = {}
+  say(f"kNN (k={eval_config.knn_k}) on {train_x.shape[0]} × {train_x.shape[1]} features")
+  out["knn"] = knn_accuracy(
+      train_x, train_y, test_x, test_y, num_classes=num_classes,
+      k=eval_config.knn_k, temperature=eval_config.knn_temperature)
+  if eval_config.linear_steps > 0:
+    say(f"linear probe ({eval_config.linear_steps} steps)")
+    out["linear"] = linear_probe(
+        train_x, train_y, test_x, test_y, num_classes=num_classes,
+        steps=eval_config.linear_steps, seed=0)["accuracy"]
+  for fraction in eval_config.finetune_fractions:
+    say(f"fine-tuning an MLP head on {fraction:.0%} of the labels "
+        f"({eval_config.finetune_steps} steps)")
+    out[f"finetune@{fraction:g}"] = finetune_mlp(
+        train_x, train_y, test_x, test_y, num_classes=num_classes,
+        label_fraction=fraction, steps=eval_config.finetune_steps,
+        seed=0)["accuracy"]
+  return {k: float(v) for k, v in out.items()}
 
 
 # ----------------------------------------------------------------------------
-# Input checks
+# BatchNorm statistics estimated on data (the fair random baseline).
 # ----------------------------------------------------------------------------
-def _as_features(x, name: str) -> np.ndarray:
-  x = np.asarray(x)
-  if x.ndim != 2:
-    raise ValueError(f"{name} must be 2-D [N, d], got shape {x.shape}")
-  if x.shape[0] == 0 or x.shape[1] == 0:
-    raise ValueError(f"{name} is empty: shape {x.shape}")
-  if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-    raise TypeError(f"{name} must be real numbers, got dtype {x.dtype}")
-  x = x.astype(np.float32)
-  if not np.all(np.isfinite(x)):
-    raise ValueError(f"{name} contains NaN or inf")
-  return x
+@functools.lru_cache(maxsize=8)
+def _batch_stat_fn(model: ContrastiveNet) -> Callable:
+  def updated(variables, stats, x):
+    _, new = model.apply({"params": variables["params"], "batch_stats": stats},
+                         x, train=True, mutable=["batch_stats"])
+    return new["batch_stats"]
+
+  @jax.jit
+  def batch_moments(variables, x):
+    # One train-mode pass from stats 0 and one from stats 1: a BatchNorm
+    # updates ra ← m·ra + (1 − m)·b, so m = new₁ − new₀ and b = new₀/(1 − m),
+    # whatever each layer's momentum m is.
+    zeros = jax.tree.map(jnp.zeros_like, variables["batch_stats"])
+    ones = jax.tree.map(jnp.ones_like, variables["batch_stats"])
+    new0, new1 = updated(variables, zeros, x), updated(variables, ones, x)
+    return jax.tree.map(lambda a, b: a / (1.0 - (b - a)), new0, new1)
+
+  return batch_moments
 
 
-def _as_labels(y, n: int, num_classes: int, name: str) -> np.ndarray:
-  y = np.asarray(y)
-  if y.ndim != 1:
-    raise ValueError(f"{name} must be 1-D [N], got shape {y.shape}")
-  if not np.issubdtype(y.dtype, np.integer):
-    raise TypeError(f"{name} must be integers, got dtype {y.dtype}")
-  if y.shape[0] != n:
-    raise ValueError(f"{name} has {y.shape[0]} entries but the features have {n} rows")
-  if y.size and (y.min() < 0 or y.max() >= num_classes):
-    raise ValueError(f"{name} must lie in [0, num_classes={num_classes}), "
-                     f"got range [{y.min()}, {y.max()}]")
-  return y.astype(np.int32)
+def precise_batch_stats(model: ContrastiveNet, variables, data, *,
+                        batch_size: int = 256, max_batches: int = 50):
+  """BatchNorm statistics of ``model`` averaged over batches of ``data``.
 
-
-def _check_num_classes(num_classes) -> int:
-  if int(num_classes) != num_classes or num_classes < 1:
-    raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
-  return int(num_classes)
-
-
-def _check_dims(a: np.ndarray, b: np.ndarray, na: str, nb: str):
-  if a.shape[1] != b.shape[1]:
-    raise ValueError(f"{na} and {nb} have different widths: {a.shape[1]} vs {b.shape[1]}")
-
-
-# ----------------------------------------------------------------------------
-# Weighted kNN
-# ----------------------------------------------------------------------------
-def _train_test(train_features, train_labels, test_features, test_labels,
-                num_classes: int):
-  """Checked (train features, train labels, test features, test labels)."""
-  xtr = _as_features(train_features, "train_features")
-  xte = _as_features(test_features, "test_features")
-  _check_dims(xtr, xte, "train_features", "test_features")
-  ytr = _as_labels(train_labels, xtr.shape[0], num_classes, "train_labels")
-  yte = _as_labels(test_labels, xte.shape[0], num_classes, "test_labels")
-  return xtr, ytr, xte, yte
-
-
-def _l2_normalize(x):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), _EPS)
-
-
-@functools.partial(jax.jit, static_argnames=("k", "num_classes"))
-def _knn_votes(train_n, train_labels, queries, temperature, *, k, num_classes):
-  """Class votes [b, C] of queries [b, d] against unit-norm train [N, d]."""
-  q = _l2_normalize(queries)
-  sim = jnp.matmul(q, train_n.T, precision=jax.lax.Precision.HIGHEST)  # [b, N]
-  top_sim, top_idx = jax.lax.top_k(sim, k)                            # [b, k]
-  # exp(s/τ) up to the per-row factor exp(-s_max/τ): same argmax, no overflow.
-  weights = jnp.exp((top_sim - top_sim[:, :1]) / temperature)
-  onehot = jax.nn.one_hot(train_labels[top_idx], num_classes, dtype=weights.dtype)
-  return jnp.einsum("bk,bkc->bc", weights, onehot)
-
-
-def knn_classify(train_features, train_labels, test_features, *, num_classes: int,
-                 k: int = 20, temperature: float = 0.07,
-                 batch_size: int = 1024) -> np.ndarray:
-  """Weighted kNN predictions on cosine similarity -> int labels [M].
-
-  Args:
-    train_features: [N, d] reference features; train_labels: int [N] in
-      [0, num_classes).
-    test_features: [M, d] query features.
-    k: neighbours (1 ≤ k ≤ N); temperature: τ > 0.
-    batch_size: queries per jit-compiled chunk (memory is O(batch_size · N));
-      the last chunk is zero-padded so that one compilation serves all.
-
-  Math (InstDisc, Wu et al. 2018; DINO): with unit vectors,
-  ``s_ij = <q_i, t_j>``, N_k(i) the k largest ``s_ij``,
-
-      votes_ic = Σ_{j ∈ N_k(i), y_j = c} exp(s_ij / τ),   ŷ_i = argmax_c votes_ic
-
-  (ties go to the smaller class id).  Zero feature rows are left at zero
-  (similarity 0 to everything), never NaN.
-
-  Example::
-
-      >>> knn_classify(np.eye(3), np.array([0, 1, 2]), np.eye(3) + 0.1,
-      ...              num_classes=3, k=1)
-      array([0, 1, 2], dtype=int32)
+  Each BatchNorm layer's running mean and variance become the average, over
+  up to ``max_batches`` batches of ``batch_size`` examples (in record order),
+  of the statistics it sees in train mode — "precise BatchNorm".  No
+  parameter changes.  ``data``: an array [N, ...] or a random-access source.
+  Returns the new ``batch_stats`` pytree (the old one if the model has none).
   """
-  num_classes = _check_num_classes(num_classes)
-  train = _as_features(train_features, "train_features")
-  test = _as_features(test_features, "test_features")
-  _check_dims(train, test, "train_features", "test_features")
-  labels = _as_labels(train_labels, train.shape[0], num_classes, "train_labels")
-  if int(k) != k or not 1 <= k <= train.shape[0]:
-    raise ValueError(f"k must be an integer in [1, N={train.shape[0]}], got {k}")
-  if not (math.isfinite(temperature) and temperature > 0):
-    raise ValueError(f"temperature must be > 0, got {temperature}")
-  if int(batch_size) != batch_size or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-  k, batch_size = int(k), int(min(batch_size, test.shape[0]))
-
-  train_n = _l2_normalize(jnp.asarray(train))
-  labels_j = jnp.asarray(labels)
-  m = test.shape[0]
-  padded = -(-m // batch_size) * batch_size
-  test = np.concatenate([test, np.zeros((padded - m, test.shape[1]), np.float32)])
-  preds = []
-  for start in range(0, padded, batch_size):
-    votes = _knn_votes(train_n, labels_j, jnp.asarray(test[start:start + batch_size]),
-                       jnp.float32(temperature), k=k, num_classes=num_classes)
-    preds.append(np.asarray(jnp.argmax(votes, axis=-1)))
-  return np.concatenate(preds)[:m].astype(np.int32)
-
-
-def knn_accuracy(train_features, train_labels, test_features, test_labels, *,
-                 num_classes: int, k: int = 20, temperature: float = 0.07,
-                 batch_size: int = 1024) -> float:
-  """Top-1 accuracy (a float in [0, 1]) of :func:`knn_classify` on [M] test labels.
-
-  Example::
-
-      >>> knn_accuracy(f_train, y_train, f_test, y_test, num_classes=10, k=200,
-      ...              temperature=0.1)
-  """
-  test_y = _as_labels(test_labels, np.shape(test_features)[0], num_classes, "test_labels")
-  pred = knn_classify(train_features, train_labels, test_features, num_classes=num_classes,
-                      k=k, temperature=temperature, batch_size=batch_size)
-  return float(np.mean(pred == test_y))
-
-
-# ----------------------------------------------------------------------------
-# Linear probe
-# ----------------------------------------------------------------------------
-def standardize(train: np.ndarray, *others: np.ndarray):
-  """Per-feature z-scores with mean/std of ``train`` [N, d] applied to all.
-
-  Constant features (std < 1e-6 · (1 + |mean|)) are centred and left unscaled
-  (our choice), so they map to 0 instead of NaN.  Returns the list
-  ``[train_z, *others_z]`` as float32 arrays; train [N, d], others [M_i, d].
-
-  Example::
-
-      >>> z_train, z_test = standardize(f_train, f_test)
-  """
-  mu = train.astype(np.float64).mean(0)
-  sd = train.astype(np.float64).std(0)
-  sd = np.where(sd < 1e-6 * (1 + np.abs(mu)), 1.0, sd)
-  return [((x - mu) / sd).astype(np.float32) for x in (train, *others)]
-
-
-def _softmax_xent(params, x, y):
-  logits = jnp.matmul(x, params["w"], precision=jax.lax.Precision.HIGHEST) + params["b"]
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
-
-
-@functools.partial(jax.jit, static_argnames=("steps", "method"))
-def _fit_logreg(x, y, w0, weight_decay, learning_rate, tol, *, steps, method):
-  params = {"w": w0, "b": jnp.zeros((w0.shape[1],), w0.dtype)}
-
-  def objective(p):
-    return _softmax_xent(p, x, y) + 0.5 * weight_decay * jnp.sum(p["w"] ** 2)
-
-  if method == "lbfgs":
-    opt = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(objective)
-
-    def cond(carry):
-      _, state, it = carry
-      grad_norm = otu.tree_norm(otu.tree_get(state, "grad"))
-      return (it == 0) | ((it < steps) & (grad_norm >= tol))
-
-    def body(carry):
-      p, state, it = carry
-      value, grad = value_and_grad(p, state=state)
-      updates, state = opt.update(grad, state, p, value=value, grad=grad,
-                                  value_fn=objective)
-      return optax.apply_updates(p, updates), state, it + 1
-
-    params, _, iters = jax.lax.while_loop(cond, body, (params, opt.init(params), 0))
-  else:
-    opt = optax.adam(learning_rate)
-
-    def step(_, carry):
-      p, state = carry
-      grad = jax.grad(objective)(p)
-      updates, state = opt.update(grad, state, p)
-      return optax.apply_updates(p, updates), state
-
-    params, _ = jax.lax.fori_loop(0, steps, step, (params, opt.init(params)))
-    iters = jnp.asarray(steps)
-  return params, objective(params), iters
-
-
-def linear_probe(train_features, train_labels, test_features, test_labels, *,
-                 num_classes: int, steps: int = 1000, learning_rate: float = 1e-2,
-                 weight_decay: float = 1e-4, seed: int = 0, method: str = "lbfgs",
-                 tol: float = 1e-5) -> Dict[str, float]:
-  """Multinomial logistic regression on standardised frozen features.
-
-  Features are z-scored with the training mean/std (:func:`standardize`);
-  then ``W`` [d, C], ``b`` [C] minimise the full-batch objective
-
-      L(W, b) = (1/N) Σ_i CE(softmax(W^T x_i + b), y_i) + (λ/2) ‖W‖²_F
-
-  (bias not penalised).  This is scikit-learn's ``LogisticRegression``
-  objective ``C Σ_i CE_i + ½‖W‖²`` divided by ``C·N``, so
-  **λ = weight_decay ↔ C = 1 / (λ · N)**.
-
-  ``method="lbfgs"`` (default): optax L-BFGS with zoom line search, at most
-  ``steps`` iterations, stopping once the gradient norm is below ``tol``;
-  ``learning_rate`` is unused.  ``method="adam"``: ``steps`` full-batch Adam
-  steps at ``learning_rate``.  Both are deterministic; ``seed`` draws the
-  initial ``W ~ N(0, 1e-4)`` (our choice; the problem is convex, so the
-  optimum does not depend on it).
-
-  Returns ``dict(accuracy, train_accuracy, loss, iterations, C)`` with
-  Python numbers (``loss`` is the final objective, ``C`` the equivalent
-  scikit-learn C).
-
-  Example::
-
-      >>> r = linear_probe(f_train, y_train, f_test, y_test, num_classes=10,
-      ...                  weight_decay=1e-4)
-      >>> r["accuracy"], r["C"]          # C = 1 / (1e-4 · N_train)
-  """
-  num_classes = _check_num_classes(num_classes)
-  xtr, ytr, xte, yte = _train_test(train_features, train_labels, test_features,
-                                   test_labels, num_classes)
-  if method not in ("lbfgs", "adam"):
-    raise ValueError(f"method must be 'lbfgs' or 'adam', got {method!r}")
-  if int(steps) != steps or steps < 1:
-    raise ValueError(f"steps must be a positive integer, got {steps}")
-  if not (math.isfinite(weight_decay) and weight_decay >= 0):
-    raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-  if not (math.isfinite(learning_rate) and learning_rate > 0):
-    raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
-
-  xtr, xte = standardize(xtr, xte)
-  w0 = jnp.asarray(1e-2 * np.random.default_rng(seed).standard_normal(
-      (xtr.shape[1], num_classes)), jnp.float32)
-  params, loss, iters = _fit_logreg(
-      jnp.asarray(xtr), jnp.asarray(ytr), w0, jnp.float32(weight_decay),
-      jnp.float32(learning_rate), jnp.float32(tol), steps=int(steps), method=method)
-
-  def accuracy(x, y):
-    logits = jnp.asarray(x) @ params["w"] + params["b"]
-    return float(np.mean(np.asarray(jnp.argmax(logits, -1)) == y))
-
-  return dict(accuracy=accuracy(xte, yte), train_accuracy=accuracy(xtr, ytr),
-              loss=float(loss), iterations=int(iters),
-              C=(math.inf if weight_decay == 0 else 1.0 / (weight_decay * xtr.shape[0])))
-
-
-# ----------------------------------------------------------------------------
-# Fine-tuning protocol (CLOA)
-# ----------------------------------------------------------------------------
-def balanced_subset(labels, fraction: float, seed: int) -> np.ndarray:
-  """Seeded, class-balanced subset of indices: int [m], sorted.
-
-  Class c with n_c examples contributes ``m_c = floor(fraction · n_c + ½)``
-  examples (round half up, at least 1, at most n_c), chosen by a seeded
-  permutation; ``m = Σ_c m_c``, so every class keeps its share.  The same
-  (labels, fraction, seed) always give the same indices; ``fraction = 1``
-  returns every index.  The rule matches the data pipeline's labelled mask.
-
-  Example::
-
-      >>> balanced_subset(np.array([0, 0, 1, 1, 1, 1]), 0.5, seed=0).size
-      3
-  """
-  labels = np.asarray(labels)
-  if labels.ndim != 1:
-    raise ValueError(f"labels must be 1-D [N], got shape {labels.shape}")
-  if labels.size == 0:
-    raise ValueError("labels is empty")
-  if not np.issubdtype(labels.dtype, np.integer):
-    raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
-  if labels.min() < 0:
-    raise ValueError(f"labels must be >= 0, got min {labels.min()}")
-  fraction = float(fraction)
-  if not 0.0 < fraction <= 1.0:
-    raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-  rng = np.random.default_rng(seed)
-  chosen = []
-  for c in np.unique(labels):
-    idx = np.flatnonzero(labels == c)
-    m = min(idx.size, max(1, int(np.floor(fraction * idx.size + 0.5))))
-    chosen.append(rng.permutation(idx)[:m])
-  return np.sort(np.concatenate(chosen))
-
-
-@functools.partial(jax.jit, static_argnames=("model", "steps", "batch_size", "full_batch"))
-def _train_head(model, x, y, labelled, key, learning_rate, weight_decay, *,
-                steps, batch_size, full_batch):
-  """Trains ``model`` on the rows of x [N, d] where ``labelled`` [N] is 1.
-
-  Taking the whole training set plus a 0/1 mask (instead of the gathered
-  subset) keeps the shapes fixed, so all label fractions share one compile.
-  """
-  init_key, data_key = jax.random.split(key)
-  params = model.init(init_key, x[:1])["params"]
-  opt = optax.adamw(learning_rate, weight_decay=weight_decay)
-  probs = labelled / jnp.sum(labelled)
-
-  def loss_fn(p, xb, yb, wb):
-    logits = model.apply({"params": p}, xb)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
-    return jnp.sum(wb * ce) / jnp.sum(wb)
-
-  def step(carry, i):
-    p, state = carry
-    if full_batch:
-      xb, yb, wb = x, y, labelled
-    else:  # batch_size distinct labelled rows (zero-probability rows never drawn)
-      idx = jax.random.choice(jax.random.fold_in(data_key, i), x.shape[0],
-                              (batch_size,), replace=False, p=probs)
-      xb, yb, wb = x[idx], y[idx], jnp.ones((batch_size,), x.dtype)
-    loss, grad = jax.value_and_grad(loss_fn)(p, xb, yb, wb)
-    updates, state = opt.update(grad, state, p)
-    return (optax.apply_updates(p, updates), state), loss
-
-  (params, _), losses = jax.lax.scan(step, (params, opt.init(params)), jnp.arange(steps))
-  return params, losses
-
-
-def finetune_mlp(train_features, train_labels, test_features, test_labels, *,
-                 num_classes: int, label_fraction: float = 0.1,
-                 hidden: Sequence[int] = (256,), steps: int = 1000,
-                 learning_rate: float = 1e-3, weight_decay: float = 0.0,
-                 batch_size: int = 256, seed: int = 0) -> Dict[str, float]:
-  """CLOA fine-tuning protocol: an MLP head on a fraction of the labels.
-
-  Steps: (1) pick ``balanced_subset(train_labels, label_fraction, seed)``;
-  (2) z-score all features with the mean/std of the *whole* training set
-  (unlabelled statistics; our choice); (3) train
-  ``MLP(hidden, out_features=num_classes)`` (Dense→ReLU per hidden width,
-  then a linear layer; default one hidden layer of 256, our choice — the
-  papers only say "FFN head") with AdamW on mean cross-entropy for ``steps``
-  minibatch steps of ``batch_size`` distinct labelled examples (a fresh
-  seeded draw each step; the full labelled set when it is not larger than
-  ``batch_size``); (4) report test accuracy.  All label fractions and
-  learning rates share one compilation (the subset enters as a mask).
-  Deterministic for a given ``seed``.
-
-  Returns ``dict(accuracy, train_accuracy, num_labels, label_fraction,
-  final_loss)`` (``train_accuracy`` on the labelled subset).
-
-  Example::
-
-      >>> finetune_mlp(f_train, y_train, f_test, y_test, num_classes=10,
-      ...              label_fraction=0.1, steps=2000, learning_rate=1e-3)["accuracy"]
-  """
-  num_classes = _check_num_classes(num_classes)
-  xtr, ytr, xte, yte = _train_test(train_features, train_labels, test_features,
-                                   test_labels, num_classes)
-  if int(steps) != steps or steps < 1:
-    raise ValueError(f"steps must be a positive integer, got {steps}")
-  if int(batch_size) != batch_size or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-  if not (math.isfinite(learning_rate) and learning_rate > 0):
-    raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
-  if not (math.isfinite(weight_decay) and weight_decay >= 0):
-    raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-  hidden = tuple(int(h) for h in hidden)
-  if any(h < 1 for h in hidden):
-    raise ValueError(f"hidden widths must be positive, got {hidden}")
-
-  subset = balanced_subset(ytr, label_fraction, seed)
-  xtr, xte = standardize(xtr, xte)
-  xs, ys = xtr[subset], ytr[subset]
-  labelled = np.zeros(xtr.shape[0], np.float32)
-  labelled[subset] = 1.0
-  model = MLP(hidden=hidden, out_features=num_classes)
-  full_batch = int(batch_size) >= subset.size
-  params, losses = _train_head(
-      model, jnp.asarray(xtr), jnp.asarray(ytr), jnp.asarray(labelled),
-      jax.random.key(seed), jnp.float32(learning_rate), jnp.float32(weight_decay),
-      steps=int(steps), batch_size=0 if full_batch else int(batch_size),
-      full_batch=full_batch)
-
-  def accuracy(x, y):
-    logits = model.apply({"params": params}, jnp.asarray(x))
-    return float(np.mean(np.asarray(jnp.argmax(logits, -1)) == y))
-
-  return dict(accuracy=accuracy(xte, yte), train_accuracy=accuracy(xs, ys),
-              num_labels=int(subset.size), label_fraction=float(label_fraction),
-              final_loss=float(losses[-1]))
-
-
-def finetune_protocol(train_features, train_labels, test_features, test_labels, *,
-                      num_classes: int, fractions: Sequence[float] = (0.1, 0.5, 1.0),
-                      **kwargs) -> Dict[float, float]:
-  """Runs :func:`finetune_mlp` at each label fraction -> ``{fraction: test accuracy}``.
-
-  Keyword arguments (``hidden``, ``steps``, ``learning_rate``, ``seed``, ...)
-  are passed on; with the default fractions this is CLOA's 10% / 50% / 100%
-  protocol.
-
-  Example::
-
-      >>> finetune_protocol(f_train, y_train, f_test, y_test, num_classes=10,
-      ...                   steps=2000)          # {0.1: ..., 0.5: ..., 1.0: ...}
-  """
-  if len(fractions) == 0:
-    raise ValueError("fractions is empty")
-  return {float(f): finetune_mlp(train_features, train_labels, test_features, test_labels,
-                                 num_classes=num_classes, label_fraction=f,
-                                 **kwargs)["accuracy"]
-          for f in fractions}
+  if not variables.get("batch_stats"):
+    return variables.get("batch_stats", {})
+  fn = _batch_stat_fn(model)
+  total, count = None, 0
+  for xb in _batches(data, batch_size):
+    if xb.shape[0] < batch_size and count:
+      break  # a partial tail would change the compile and the weighting
+    stats = fn(variables, xb)
+    total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+    count += 1
+    if count >= max_batches:
+      break
+  return jax.tree.map(lambda t: t / count, total)

@@ -1,6 +1,6 @@
 """The full network: backbone → projector → (TransFusion head).
 
-Two kinds of representation are kept apart (SPEC §1):
+Two kinds of representation are kept apart:
 
 * **inductive** — ``features`` (backbone output) and ``embeddings``
   (per-sample projector output): independent of the rest of the batch; the
@@ -25,10 +25,20 @@ from tfjax.models import TransFusionHead
 Array = jax.Array
 
 
+class Identity(nn.Module):
+  """A backbone that passes its input on, flattened to [n, d] (for raw vectors)."""
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    del train
+    return x.reshape(x.shape[0], -1)
+
+
 class ContrastiveNet(nn.Module):
   """Backbone, BatchNorm-MLP projector and an optional TransFusion head.
 
   ``__call__(x [n, ...], train) -> (features [n, F], embeddings [n, D])``.
+  ``embed_dim = 0`` drops the projector: the embeddings are the features.
   With a ``head``: ``adjacency(embeddings)``, ``fuse(embeddings)`` and
   ``head_loss(embeddings, groups, labels)`` apply it.  Use
   ``init(key, x, method=ContrastiveNet.init_all)`` so that the head's
@@ -41,12 +51,16 @@ class ContrastiveNet(nn.Module):
   axis_name: Optional[str] = None
 
   def setup(self):
-    self.projector = MLP(hidden=tuple(self.projector_hidden),
-                         out_features=self.embed_dim, batch_norm=True,
-                         axis_name=self.axis_name)
+    self.projector = None
+    if self.embed_dim:
+      self.projector = MLP(hidden=tuple(self.projector_hidden),
+                           out_features=self.embed_dim, batch_norm=True,
+                           axis_name=self.axis_name)
 
   def __call__(self, x: Array, train: bool = False):
     features = self.backbone(x, train=train)
+    if self.projector is None:
+      return features, features
     return features, self.projector(features, train=train)
 
   def features(self, x: Array) -> Array:

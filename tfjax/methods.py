@@ -1,0 +1,241 @@
+"""The method registry: every training objective declared once.
+
+A *method* is a loss over the embeddings of a batch of views plus what the
+training step must know about it: how many views it takes, whether it can use
+class labels in its target, whether it needs the TransFusion head, the
+hyper-parameters it reads from the config, and the name under which results
+are reported.  The training step (:mod:`tfjax.step`), the loop, the
+experiment scripts and their plots read this registry; none of them switches
+on loss names.
+
+Adding a method = its loss function, its test, and one :func:`register`
+call::
+
+    >>> import jax.numpy as jnp
+    >>> from tfjax import methods
+    >>> def alignment(inputs, *, power):
+    ...   z1, z2 = inputs.views()            # [n, D] each
+    ...   return jnp.mean(jnp.sum((z1 - z2) ** 2, -1) ** (power / 2))
+    >>> methods.register(methods.Method(
+    ...     name="alignment", display_name="Alignment only", loss=alignment,
+    ...     num_views=2, options={"power": 2.0}))
+
+after which ``config.loss = "alignment"`` trains it (``power`` is read from
+``config.loss_options.power`` when set, else the default above).
+
+A loss receives a :class:`LossInputs` (the embeddings ``z`` [V·n, D] in
+view-major order, the global source ids, the semi-supervised labels, the
+pmap axis and the TransFusion head) and the method's options as keyword
+arguments, and returns a scalar.  Under ``jax.pmap`` it must reduce over the
+*global* batch (every loss in :mod:`tfjax.losses` takes ``axis_name``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+
+from tfjax import losses
+
+Array = jax.Array
+
+
+def semi_supervised_ids(groups: Array, labels: Array) -> Array:
+  """One id per sample whose equality is the semi-supervised positive relation.
+
+  ``groups`` [m] are source ids (≥ 0), ``labels`` [m] class ids or −1.
+  Labelled samples take their class ``c``; unlabelled ones ``−1 − source``
+  (negative, so never equal to a class).  Two samples share an id exactly
+  when they are views of one source or both labelled with one class — the
+  relation of :func:`tfjax.positive_mask` with labels, because a source's
+  views carry the same label.  Returns int [m].
+  """
+  return jnp.where(labels >= 0, labels, -1 - groups)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossInputs:
+  """What a method's loss sees of one (local) batch.
+
+  Attributes:
+    z: embeddings [V·n, D], view-major: rows ``v·n … v·n+n−1`` are view v of
+      the device's n sources.
+    num_views: V.
+    groups: int [V·n], the *global* index of each row's source (views of one
+      source share it; distinct across devices under pmap).
+    labels: int [V·n], the class of labelled sources and −1 elsewhere, or None
+      when the configuration puts no labels in the loss.
+    axis_name: the pmap axis (None on one device).
+    head_loss: ``head_loss(z, groups, labels) -> scalar`` of the TransFusion
+      head (None for methods without it).
+  """
+  z: Array
+  num_views: int
+  groups: Array
+  labels: Optional[Array]
+  axis_name: Optional[str]
+  head_loss: Optional[Callable[..., Array]] = None
+
+  def views(self):
+    """The embeddings as a tuple of V arrays [n, D]."""
+    n = self.z.shape[0] // self.num_views
+    return tuple(self.z[v * n:(v + 1) * n] for v in range(self.num_views))
+
+  def positive_ids(self) -> Array:
+    """Ids whose equality marks positives: sources, or sources + classes."""
+    if self.labels is None:
+      return self.groups
+    return semi_supervised_ids(self.groups, self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A training objective and what the step must know about it.
+
+  Attributes:
+    name: the registry key, ``config.loss``; also names run directories.
+    display_name: how tables and plots name it.
+    loss: ``loss(inputs: LossInputs, **options) -> scalar``.
+    num_views: the exact number of views it needs (None: any number; one view
+      only with labels in the target, so that every row can have a positive).
+    accepts_labels: its target can use class labels (``labels_in_loss``).
+    uses_head: it trains the TransFusion head (the network gets one).
+    options: hyper-parameter name -> default.  The step reads each from the
+      top-level config field of that name when there is one (``temperature``,
+      ``lambda_offdiag``), else from ``config.loss_options``, else the default.
+  """
+  name: str
+  display_name: str
+  loss: Callable[..., Array]
+  num_views: Optional[int] = None
+  accepts_labels: bool = False
+  uses_head: bool = False
+  options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    if not self.name or not self.name.isidentifier():
+      raise ValueError(f"method name must be an identifier, got {self.name!r}")
+    if self.num_views is not None and self.num_views < 1:
+      raise ValueError(f"num_views must be >= 1 or None, got {self.num_views}")
+    # A read-only mapping: a frozen method must hash and compare by value.
+    object.__setattr__(self, "options",
+                       types.MappingProxyType(dict(self.options)))
+
+  def __hash__(self):
+    return hash((self.name, self.display_name, self.loss, self.num_views,
+                 self.accepts_labels, self.uses_head,
+                 tuple(sorted(self.options.items()))))
+
+  def resolve_options(self, config) -> Dict[str, Any]:
+    """The method's hyper-parameters as set in ``config`` (see ``options``)."""
+    extra = config.get("loss_options", None) or {}
+    out = {}
+    for key, default in self.options.items():
+      if key in config:
+        out[key] = config[key]
+      elif key in extra:
+        out[key] = extra[key]
+      else:
+        out[key] = default
+    return out
+
+
+_REGISTRY: Dict[str, Method] = {}
+
+
+def register(method: Method, *, replace: bool = False) -> Method:
+  """Adds ``method`` to the registry (``replace=True`` to redefine a name)."""
+  if method.name in _REGISTRY and not replace:
+    raise ValueError(f"method {method.name!r} is already registered; pass "
+                     "replace=True to redefine it")
+  _REGISTRY[method.name] = method
+  return method
+
+
+def unregister(name: str) -> None:
+  """Removes a method (tests that register toy methods clean up with it)."""
+  _REGISTRY.pop(name, None)
+
+
+def get(name: str) -> Method:
+  """The registered method ``name``; a ValueError lists the known ones."""
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown loss {name!r}; known: {sorted(_REGISTRY)}")
+  return _REGISTRY[name]
+
+
+def names() -> tuple:
+  """Names of the registered methods, in registration order."""
+  return tuple(_REGISTRY)
+
+
+def display_name(config) -> str:
+  """A run's name in tables: the method's, with OAR and labels marked."""
+  name = get(config.loss).display_name
+  if config.oar_weight > 0:
+    name = "OAR-" + name
+  labels = config.label_fraction is not None and (
+      config.labels_in_loss or config.oar_weight > 0)
+  if labels:
+    name += f", {config.label_fraction:.0%} labels"
+  return name
+
+
+def run_name(config) -> str:
+  """A run's directory name: the method, ``oar_`` and the label fraction."""
+  name = get(config.loss).name
+  if config.oar_weight > 0:
+    name = "oar_" + name
+  if config.label_fraction is not None and config.labels_in_loss:
+    name += f"_labels{config.label_fraction:g}"
+  return name
+
+
+# ----------------------------------------------------------------------------
+# The built-in methods.
+# ----------------------------------------------------------------------------
+def _jsd(inputs: LossInputs) -> Array:
+  return inputs.head_loss(inputs.z, inputs.groups, inputs.labels)
+
+
+def _supcon(inputs: LossInputs, *, temperature) -> Array:
+  return losses.supcon(inputs.z, inputs.positive_ids(),
+                       temperature=temperature, axis_name=inputs.axis_name)
+
+
+def _info_nce(inputs: LossInputs, *, temperature) -> Array:
+  z1, z2 = inputs.views()
+  return losses.info_nce(z1, z2, temperature=temperature,
+                         axis_name=inputs.axis_name)
+
+
+def _dcl(inputs: LossInputs, *, temperature) -> Array:
+  z1, z2 = inputs.views()
+  return losses.dcl(z1, z2, temperature=temperature, axis_name=inputs.axis_name)
+
+
+def _barlow_twins(inputs: LossInputs, *, lambda_offdiag) -> Array:
+  z1, z2 = inputs.views()
+  return losses.barlow_twins(z1, z2, lambda_offdiag=lambda_offdiag,
+                             axis_name=inputs.axis_name)
+
+
+def _vicreg(inputs: LossInputs) -> Array:
+  z1, z2 = inputs.views()
+  return losses.vicreg(z1, z2, axis_name=inputs.axis_name)
+
+
+register(Method("jsd", "TransFusion (JSD)", _jsd, accepts_labels=True,
+                uses_head=True))
+register(Method("supcon", "SupCon", _supcon, accepts_labels=True,
+                options={"temperature": 0.1}))
+register(Method("info_nce", "SimCLR (InfoNCE)", _info_nce, num_views=2,
+                options={"temperature": 0.1}))
+register(Method("dcl", "DCL", _dcl, num_views=2, options={"temperature": 0.1}))
+register(Method("barlow_twins", "Barlow Twins", _barlow_twins, num_views=2,
+                options={"lambda_offdiag": 5e-3}))
+register(Method("vicreg", "VICReg", _vicreg, num_views=2))
