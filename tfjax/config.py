@@ -29,6 +29,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.head = ml_collections.ConfigDict(dict(
       num_layers=5, features=ml_collections.FieldReference(None, field_type=int),
       activation="relu", implementation="dense", block_size=512,
+      # Start each block with W_k = W_q (tfjax.models.tie_query_key).
+      tie_qk_init=False,
       # "blockwise" only: matmul dtype, e.g. "bfloat16" (None: fp32).
       compute_dtype=ml_collections.FieldReference(None, field_type=str)))
   # The method: a name in the registry (tfjax.methods): jsd | info_nce |

@@ -171,6 +171,23 @@ class FusionBlock(nn.Module):
     return a @ v_all + x_hat
 
 
+def tie_query_key(head_params):
+  """Head parameters with every block's key projection set to its query's.
+
+  An initialisation option (``head.tie_qk_init``): with independent random
+  W_q and W_k a row's score for its positive is no larger than for any other
+  row, so the initial adjacency is worse than uniform; tied, ``q_i·k_j``
+  starts as a cosine in a random projection, which already favours
+  near-duplicates.  The two are trained separately afterwards.
+  """
+  out = dict(head_params)
+  for name, block in head_params.items():
+    if "query" in block and "key" in block:
+      # A copy, not an alias: the training step donates its buffers.
+      out[name] = dict(block, key=jax.tree.map(jnp.copy, block["query"]))
+  return out
+
+
 class TransFusionHead(nn.Module):
   """TransFusion: ``num_layers − 1`` fusion blocks and a truncated last block.
 

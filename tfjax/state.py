@@ -30,7 +30,7 @@ import optax
 
 from tfjax import losses, methods
 from tfjax.backbones import BACKBONES, get_backbone
-from tfjax.models import IMPLEMENTATIONS, TransFusionHead
+from tfjax.models import IMPLEMENTATIONS, TransFusionHead, tie_query_key
 from tfjax.networks import ContrastiveNet, Identity
 from tfjax.optim import OPTIMIZERS, make_optimizer, make_schedule
 
@@ -231,6 +231,8 @@ def create_train_state(config, key: Array, x_shape, num_classes: int, *,
   variables = jax.jit(functools.partial(
       init_model.init, method=ContrastiveNet.init_all))(key, dummy)
   params = variables["params"]
+  if config.head.tie_qk_init and "head" in params:
+    params = dict(params, head=tie_query_key(params["head"]))
   embed_dim = config.embed_dim or _feature_dim(init_model, variables, dummy)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),

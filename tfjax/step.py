@@ -22,7 +22,9 @@ is (``jax.jit(train_step)``), or pmap it with ``in_axes=(0, 0, None)``.
 :func:`train_steps` runs several steps in one call (a ``lax.scan``).
 
 Metrics (scalars, global): ``loss``, ``base_loss``, ``oar_loss``,
-``grad_norm``, ``param_norm`` (of the backbone's weights), and
+``grad_norm``, ``param_norm`` (of the backbone's weights),
+``rows_without_positive`` (fraction of the global batch's rows with no
+positive under the method's target: 0 for two-view methods), and
 ``embedding_variance`` (1 − ‖mean‖² of the normalised embeddings; 0 = all
 equal).
 """
@@ -62,6 +64,14 @@ def global_index_views(augment_fn: Callable, key: Array, x: Array,
   return jnp.stack([one_view(v) for v in range(num_views)])
 
 
+def rows_without_positive(ids: Array) -> Array:
+  """Fraction of rows whose id [m] occurs nowhere else (no positive), O(m log m)."""
+  s = jnp.sort(ids)
+  count = (jnp.searchsorted(s, ids, side="right")
+           - jnp.searchsorted(s, ids, side="left"))
+  return jnp.mean((count < 2).astype(jnp.float32))
+
+
 def _backbone_norm(params) -> Array:
   return optax.global_norm(params.get("backbone", params))
 
@@ -98,20 +108,23 @@ def train_step(state: TrainState, batch: Dict[str, Array], key: Array):
         labels=labels if recipe.labels_in_loss else None, axis_name=axis,
         head_loss=head_loss if method.uses_head else None)
     base = method.loss(inputs, **options)
+    ids = inputs.positive_ids() if method.accepts_labels else groups
     oar = jnp.zeros((), base.dtype)
     if state.anchors is not None:
       oar = losses.oar_loss(z, labels, state.anchors, axis_name=axis)
     total = base + recipe.oar_weight * oar
-    return total, (new_model_state.get("batch_stats", {}), z, base, oar)
+    return total, (new_model_state.get("batch_stats", {}), z, base, oar, ids)
 
-  (loss, (batch_stats, z, base, oar)), grads = jax.value_and_grad(
+  (loss, (batch_stats, z, base, oar, ids)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   if axis is not None:
     grads = jax.lax.pmean(grads, axis)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  z_all = z if axis is None else jax.lax.all_gather(z, axis, tiled=True)
+  z_all, ids_all = (z, ids) if axis is None else jax.lax.all_gather(
+      (z, ids), axis, tiled=True)
   metrics = dict(loss=loss, base_loss=base, oar_loss=oar,
+                 rows_without_positive=rows_without_positive(ids_all),
                  grad_norm=optax.global_norm(grads),
                  param_norm=_backbone_norm(params),
                  embedding_variance=diagnostics.embedding_variance(z_all))
