@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 import tfjax
 
@@ -77,12 +78,35 @@ class TargetTest(chex.TestCase):
     np.testing.assert_allclose(part, full[4:8], atol=1e-7)
 
   def test_errors(self):
-    with pytest.raises(TypeError, match="groups must be integers"):
+    with pytest.raises(AssertionError, match="groups must be integers"):
       tfjax.target_affinity(jnp.array([0.0, 1.0]))
-    with pytest.raises(ValueError, match="same length"):
+    with pytest.raises(AssertionError, match=r"labels and groups must have the same length"):
       tfjax.target_affinity(jnp.array([0, 1, 2]), jnp.array([0, 1]))
-    with pytest.raises(ValueError, match="1-D"):
+    with pytest.raises(AssertionError, match=r"rank 2 .*groups must be a 1-D"):
       tfjax.target_affinity(jnp.zeros((2, 2), jnp.int32))
+    with pytest.raises(AssertionError, match="column_groups must be integers"):
+      tfjax.target_affinity(jnp.arange(2), column_groups=jnp.array([0.0, 1.0]))
+    with pytest.raises(AssertionError, match="column_labels must be a 1-D"):
+      tfjax.target_affinity(jnp.arange(2), jnp.arange(2),
+                            column_labels=jnp.zeros((2, 1), jnp.int32))
+    with pytest.raises(AssertionError,
+                       match="column_labels and column_groups must have the same length"):
+      tfjax.target_affinity(jnp.arange(2), jnp.arange(2),
+                            column_groups=jnp.arange(3),
+                            column_labels=jnp.arange(2))
+    with pytest.raises(ValueError, match="for both rows and columns"):
+      tfjax.target_affinity(jnp.arange(2), column_labels=jnp.arange(2))
+
+  @parameterized.parameters("groups", "labels", "column_groups", "column_labels")
+  def test_every_id_is_checked(self, name):
+    ids = dict(groups=jnp.arange(2), labels=jnp.arange(2),
+               column_groups=jnp.arange(2), column_labels=jnp.arange(2))
+    bad_rank = dict(ids, **{name: jnp.zeros((2, 1), jnp.int32)})
+    with pytest.raises(AssertionError, match=rf"rank 2 .*\[{name} must be a 1-D"):
+      tfjax.positive_mask(**bad_rank)
+    bad_dtype = dict(ids, **{name: jnp.zeros((2,), jnp.float32)})
+    with pytest.raises(AssertionError, match=rf"float32.*\[{name} must be integers"):
+      tfjax.positive_mask(**bad_dtype)
 
 
 class JSDTest(chex.TestCase):
@@ -142,9 +166,10 @@ class JSDTest(chex.TestCase):
     self.assertGreater(float(jnp.abs(grads[0][2:]).sum()), 0.0)
 
   def test_shape_errors(self):
-    with pytest.raises(ValueError, match="target must have the adjacency's shape"):
+    with pytest.raises(AssertionError,
+                       match=r"\(4, 4\), \(4, 3\).*target must have the adjacency's shape"):
       tfjax.jsd_loss(jnp.ones((4, 4)) / 4, jnp.ones((4, 3)))
-    with pytest.raises(ValueError, match="2-D"):
+    with pytest.raises(AssertionError, match=r"adjacency must be 2-D"):
       tfjax.jsd_loss(jnp.ones((4,)), jnp.ones((4,)))
 
 

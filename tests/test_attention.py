@@ -109,12 +109,21 @@ class AttentionErrorsTest(parameterized.TestCase):
       tfjax.adjacency(jnp.ones((3, 4)), jnp.ones((3, 5)))
 
   def test_not_2d(self):
-    with pytest.raises(ValueError, match="2-D"):
+    with pytest.raises(AssertionError, match=r"rank 1 .*q must be a 2-D array"):
       tfjax.adjacency(jnp.ones((3,)), jnp.ones((3, 5)))
+    with pytest.raises(AssertionError, match=r"k must be a 2-D array"):
+      tfjax.adjacency(jnp.ones((3, 5)), jnp.ones((1, 3, 5)))
+    with pytest.raises(AssertionError, match=r"v must be a 2-D array"):
+      tfjax.relu_attention(jnp.ones((3, 2)), jnp.ones((3, 2)), jnp.ones((3,)))
 
   def test_integer_input(self):
-    with pytest.raises(TypeError, match="floating"):
+    with pytest.raises(AssertionError, match=r"int32.*q must be floating point"):
       tfjax.adjacency(jnp.ones((3, 2), jnp.int32), jnp.ones((3, 2)))
+    with pytest.raises(AssertionError, match="k must be floating point"):
+      tfjax.adjacency(jnp.ones((3, 2)), jnp.ones((3, 2), jnp.int32))
+    with pytest.raises(AssertionError, match="v must be floating point"):
+      tfjax.relu_attention(jnp.ones((3, 2)), jnp.ones((3, 2)),
+                           jnp.ones((3, 2), jnp.int32))
 
   def test_value_rows(self):
     with pytest.raises(ValueError, match="same number of rows"):

@@ -120,10 +120,12 @@ def test_registry_and_errors():
   assert get_backbone("small_cnn", out_features=3).out_features == 3
   with pytest.raises(ValueError, match="known"):
     get_backbone("vgg")
-  with pytest.raises(ValueError, match="shape"):
+  with pytest.raises(AssertionError, match=r"rank 2 .*SmallCNN expects inputs shaped"):
     SmallCNN().init(key(0), jnp.ones((2, 8)))
-  with pytest.raises(ValueError, match="shape"):
+  with pytest.raises(AssertionError, match=r"ResNet18 expects inputs shaped \[n, H, W, C\]"):
     ResNet18().init(key(0), jnp.ones((2, 8, 8)))
+  with pytest.raises(AssertionError, match=r"CNN1D expects inputs shaped \[n, L, C\]"):
+    CNN1D().init(key(0), jnp.ones((2,)))
   with pytest.raises(ValueError, match="width"):
     ResNet18(width=0.0).init(key(0), jnp.ones((1, 8, 8, 3)))
 

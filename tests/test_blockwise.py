@@ -359,13 +359,17 @@ def test_bad_arguments():
     blockwise_attention(q, k, v[:5])
   with pytest.raises(ValueError, match="same width"):
     blockwise_attention(q, k[:, :2], v)
-  with pytest.raises(TypeError, match="floating"):
+  with pytest.raises(AssertionError, match=r"int32.*q must be floating point"):
     blockwise_attention(q.astype(jnp.int32), k, v)
+  with pytest.raises(AssertionError, match=r"v must be a 2-D array"):
+    blockwise_attention(q, k, v[:, 0])
+  with pytest.raises(AssertionError, match=r"k must be a 2-D array"):
+    blockwise_jsd_loss(q, k[0], jnp.arange(4))
   with pytest.raises(ValueError, match="activation"):
     blockwise_attention(q, k, v, activation="tanhh")
   with pytest.raises(ValueError, match="column_groups"):
     blockwise_jsd_loss(q, k, jnp.arange(4))         # 6 keys, 4 ids
-  with pytest.raises(TypeError, match="integers"):
+  with pytest.raises(AssertionError, match="groups must be integers"):
     blockwise_jsd_loss(q, q, jnp.arange(4.0))
   x = jnp.ones((4, 3))
   for module in (TransFusionHead(implementation="flash"),

@@ -151,15 +151,17 @@ def test_summary():
 
 def test_errors():
   z = np.ones((4, 3), np.float32)
-  with pytest.raises(ValueError, match="2-D"):
+  with pytest.raises(AssertionError, match=r"rank 1 .*z must be a 2-D array"):
     dg.embedding_variance(z[0])
-  with pytest.raises(TypeError, match="floating"):
+  with pytest.raises(AssertionError, match=r"int32.*z must be floating point"):
     dg.singular_values(z.astype(np.int32))
+  with pytest.raises(ValueError, match="non-empty"):
+    dg.embedding_variance(z[:0])
   with pytest.raises(ValueError, match="energy"):
     dg.rank_at_energy(z, 1.5)
-  with pytest.raises(TypeError, match="integers"):
+  with pytest.raises(AssertionError, match="labels must be integers"):
     dg.per_class_variance(z, np.zeros(4, np.float32), 2)
-  with pytest.raises(ValueError, match="shape"):
+  with pytest.raises(AssertionError, match=r"labels must have shape \(4,\) to match z"):
     dg.per_class_rank(z, np.zeros(3, np.int32), 2)
   with pytest.raises(ValueError, match="num_classes"):
     dg.per_class_variance(z, np.zeros(4, np.int32), 0)

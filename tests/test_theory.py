@@ -62,7 +62,8 @@ def cos_rows(a, b):
 
 
 def relu_adjacency(x, eps=1e-10):
-  """SPEC §1 adjacency with V = identity inputs: cos, relu, zero diag, rownorm."""
+  """TransFusion's adjacency (as tfjax.attention.adjacency) with V = identity:
+  cos, relu, zero diag, rownorm."""
   xn = x / np.linalg.norm(x, axis=1, keepdims=True)
   r = np.maximum(xn @ xn.T, 0.0) + eps
   np.fill_diagonal(r, 0.0)

@@ -4,7 +4,7 @@ Samples carry an integer *group* (the source id in self-supervised mode, the
 class in supervised mode) and optionally a *label* (−1 = unlabelled).  A pair
 ``(i, j)``, ``i ≠ j``, is positive when the groups agree, or when both labels
 are known and agree (semi-supervised mode).  Row ``i`` of the target is the
-uniform distribution over its positives (SPEC §2):
+uniform distribution over its positives:
 
     Y_ij = 1[pos(i, j) and i ≠ j],      T_i = Y_i / Σ_j Y_ij
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -31,15 +32,9 @@ from tfjax.attention import self_mask
 Array = jax.Array
 
 
-def _check_ids(name: str, x: Array, length: Optional[int] = None) -> None:
-  if getattr(x, "ndim", None) != 1:
-    raise ValueError(
-        f"{name} must be a 1-D integer array [n], got shape "
-        f"{getattr(x, 'shape', None)}")
-  if not jnp.issubdtype(x.dtype, jnp.integer):
-    raise TypeError(f"{name} must be integers, got dtype {x.dtype}")
-  if length is not None and x.shape[0] != length:
-    raise ValueError(f"{name} must have length {length}, got {x.shape[0]}")
+def _check_ids(name: str, x: Array) -> None:
+  chex.assert_rank(x, 1, custom_message=f"{name} must be a 1-D integer array [n]")
+  chex.assert_type(x, int, custom_message=f"{name} must be integers")
 
 
 def checked_ids(groups: Array, labels: Optional[Array] = None,
@@ -47,19 +42,18 @@ def checked_ids(groups: Array, labels: Optional[Array] = None,
                 column_labels: Optional[Array] = None):
   """Validates row and column ids -> (groups, labels, column_groups, column_labels).
 
-  Columns default to the rows.  Raises TypeError for non-integer ids and
-  ValueError for ids that are not 1-D, for labels whose length differs from
-  their groups', and for labels given on only one side.
+  Columns default to the rows.  Raises AssertionError (chex) for ids that
+  are not 1-D integer arrays or labels whose length differs from their
+  groups', and ValueError for labels given on only one side.
   """
   groups = jnp.asarray(groups)
   _check_ids("groups", groups)
   if labels is not None:
     labels = jnp.asarray(labels)
     _check_ids("labels", labels)
-    if labels.shape != groups.shape:
-      raise ValueError(
-          f"labels and groups must have the same length, got labels "
-          f"{labels.shape} and groups {groups.shape}")
+    chex.assert_equal_shape(
+        [labels, groups],
+        custom_message="labels and groups must have the same length")
   cg = groups if column_groups is None else jnp.asarray(column_groups)
   _check_ids("column_groups", cg)
   cl = labels if column_labels is None else jnp.asarray(column_labels)
@@ -67,10 +61,10 @@ def checked_ids(groups: Array, labels: Optional[Array] = None,
     raise ValueError("give labels for both rows and columns, or for neither")
   if cl is not None:
     _check_ids("column_labels", cl)
-    if cl.shape != cg.shape:
-      raise ValueError(
-          f"column_labels and column_groups must have the same length, got "
-          f"{cl.shape} and {cg.shape}")
+    chex.assert_equal_shape(
+        [cl, cg],
+        custom_message="column_labels and column_groups must have the same "
+        "length")
   return groups, labels, cg, cl
 
 
@@ -143,15 +137,11 @@ def row_jsd(adjacency: Array, target: Array) -> Array:
 
 
 def _check_pair(adjacency: Array, target: Array) -> None:
-  if getattr(adjacency, "ndim", None) != 2:
-    raise ValueError(
-        f"adjacency must be 2-D [n, m], got shape "
-        f"{getattr(adjacency, 'shape', None)}")
-  if getattr(target, "shape", None) != adjacency.shape:
-    raise ValueError(
-        f"target must have the adjacency's shape {adjacency.shape} (n×n, or a "
-        f"device's n rows of the global batch), got "
-        f"{getattr(target, 'shape', None)}")
+  chex.assert_rank(adjacency, 2, custom_message="adjacency must be 2-D [n, m]")
+  chex.assert_equal_shape(
+      [adjacency, target],
+      custom_message="target must have the adjacency's shape (n×n, or a "
+      "device's n rows of the global batch)")
 
 
 def valid_rows(target: Array) -> Array:

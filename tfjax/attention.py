@@ -1,7 +1,8 @@
 """ReLU attention across the samples of a batch: TransFusion's adjacency.
 
-The adjacency of TransFusion (SPEC §1) is a row-stochastic n×m matrix built
-from cosine similarities:
+The adjacency of TransFusion (its ReLU attention across the samples of a
+batch, ``docs/design.md``, section "Model") is a row-stochastic n×m matrix
+built from cosine similarities:
 
     C_ij = <q_i, k_j> / (‖q_i‖ ‖k_j‖)                 (no 1/sqrt(h) scaling)
     R_ij = act(C_ij), with R_{i, i+offset} = 0         (no attention to oneself)
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from typing import Callable, Union
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -86,12 +88,10 @@ def normalize_parts(x: Array, axis: int = -1, eps: float = _NORM_EPS):
 
 
 def _check_2d(name: str, x: Array) -> None:
-  if getattr(x, "ndim", None) != 2:
-    raise ValueError(
-        f"{name} must be a 2-D array [rows, features], got shape "
-        f"{getattr(x, 'shape', None)}")
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise TypeError(f"{name} must be floating point, got dtype {x.dtype}")
+  """Asserts (chex) that ``x`` is a 2-D floating-point array [rows, features]."""
+  chex.assert_rank(
+      x, 2, custom_message=f"{name} must be a 2-D array [rows, features]")
+  chex.assert_type(x, float, custom_message=f"{name} must be floating point")
 
 
 def self_mask(n: int, m: int, diagonal_offset=0) -> Array:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -64,8 +65,9 @@ def _batch_norm(train: bool, axis_name: Optional[str], name: Optional[str] = Non
 
 
 def _check_ndim(name: str, x: Array, expected: Sequence[int], layout: str):
-  if x.ndim not in expected:
-    raise ValueError(f"{name} expects inputs shaped {layout}, got shape {x.shape}")
+  """Asserts (chex) that ``x`` has one of the ranks in ``expected``."""
+  chex.assert_rank(x, set(expected),
+                   custom_message=f"{name} expects inputs shaped {layout}")
 
 
 class CNN1D(nn.Module):

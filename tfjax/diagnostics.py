@@ -1,4 +1,4 @@
-"""Over-fusion diagnostics for any embedding matrix z [n, d] (CLOA, SPEC §3).
+"""Over-fusion diagnostics for any embedding matrix z [n, d] (CLOA).
 
 Over-fusion is the collapse CLOA describes: all embeddings equal, or all on
 one line (±z*).  These measure it:
@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 from typing import Mapping, Optional, Sequence, Union
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,10 +50,8 @@ _ENERGY_SLACK = 1e-6
 def _check_z(z) -> Array:
   if not isinstance(z, jax.core.Tracer):
     z = jnp.asarray(z)
-  if z.ndim != 2:
-    raise ValueError(f"z must be a 2-D array [n, d], got shape {z.shape}")
-  if not jnp.issubdtype(z.dtype, jnp.floating):
-    raise TypeError(f"z must be floating point, got dtype {z.dtype}")
+  chex.assert_rank(z, 2, custom_message="z must be a 2-D array [n, d]")
+  chex.assert_type(z, float, custom_message="z must be floating point")
   if z.shape[0] < 1 or z.shape[1] < 1:
     raise ValueError(f"z must be non-empty [n, d], got shape {z.shape}")
   return z.astype(jnp.promote_types(z.dtype, jnp.float32))
@@ -61,11 +60,9 @@ def _check_z(z) -> Array:
 def _check_labels(labels, n: int) -> Array:
   if not isinstance(labels, jax.core.Tracer):
     labels = jnp.asarray(labels)
-  if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
-  if labels.shape != (n,):
-    raise ValueError(
-        f"labels must have shape ({n},) to match z, got {labels.shape}")
+  chex.assert_type(labels, int, custom_message="labels must be integers")
+  chex.assert_shape(labels, (n,),
+                    custom_message=f"labels must have shape ({n},) to match z")
   return labels
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Tuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,26 +62,24 @@ _YIQ_INV = np.linalg.inv(_YIQ.astype(np.float64)).astype(np.float32)
 # ----------------------------------------------------------------------------
 def _check_strength(strength, what: str):
     s = jnp.asarray(strength)
-    if s.ndim != 0:
-        raise ValueError(f"{what}: strength must be a scalar, got shape {s.shape}")
+    chex.assert_rank(s, 0, custom_message=f"{what}: strength must be a scalar")
     return s.astype(jnp.float32)
 
 
 def _check_image(x, what: str):
     x = jnp.asarray(x)
-    if x.ndim != 3:
-        raise ValueError(f"{what}: expected one image [H, W, C], got shape {x.shape}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{what}: image must be floating point in [0, 1], got dtype {x.dtype}")
+    chex.assert_rank(x, 3, custom_message=f"{what}: expected one image [H, W, C]")
+    chex.assert_type(
+        x, float,
+        custom_message=f"{what}: image dtype must be floating point in [0, 1]")
     return x
 
 
 def _check_vector(x, what: str):
     x = jnp.asarray(x)
-    if x.ndim not in (1, 2):
-        raise ValueError(f"{what}: expected a vector [d] or a signal [L, C], got shape {x.shape}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{what}: x must be floating point, got dtype {x.dtype}")
+    chex.assert_rank(
+        x, {1, 2}, custom_message=f"{what}: expected a vector [d] or a signal [L, C]")
+    chex.assert_type(x, float, custom_message=f"{what}: x dtype must be floating point")
     return x
 
 
@@ -365,3 +364,46 @@ def get_augment_fn(kind: str) -> Callable:
     if kind not in _DEFAULTS:
         raise ValueError(f"unknown data kind {kind!r}; known: {', '.join(sorted(_DEFAULTS))}")
     return _DEFAULTS[kind]
+
+
+# ----------------------------------------------------------------------------
+# absolute-scale noise (the theory's model) and CLOA's sign flip
+# ----------------------------------------------------------------------------
+def isotropic_noise(key, x, strength):
+    """Add noise of expected norm ``s``: ``x' = x + s * eps / sqrt(x.size)``.
+
+    ``eps ~ N(0, I)``, so ``E||x' - x||^2 = s^2`` whatever ``x``'s scale: the
+    view model of docs/theory.md (``v = x + s u'``, ``u' ~ N(0, I/d)``).
+    """
+    x = _check_vector(x, "isotropic_noise")
+    s = _vec_strength(strength, "isotropic_noise")
+    return x + (s / jnp.sqrt(float(x.size))) * jax.random.normal(key, x.shape, x.dtype)
+
+
+def sign_flip_noise(key, x, strength):
+    """CLOA's toy augmentation: negate with probability 1/2, then
+    :func:`isotropic_noise` of norm ``s``. Strength 0 still flips the sign."""
+    k1, k2 = jax.random.split(key)
+    x = _check_vector(x, "sign_flip_noise")
+    sign = jnp.where(jax.random.bernoulli(k1, 0.5), -1.0, 1.0).astype(x.dtype)
+    return isotropic_noise(k2, sign * x, strength)
+
+
+# Augmentations by name (the training config's ``augment`` field).
+AUGMENTATIONS = {
+    "simclr": simclr_augment,
+    "vector": vector_augment,
+    "gaussian_noise": gaussian_noise,
+    "isotropic_noise": isotropic_noise,
+    "sign_flip_noise": sign_flip_noise,
+}
+
+
+def get_augmentation(name: str, kind: str) -> Callable:
+    """The augmentation called ``name``; ``""`` gives the default of the data
+    ``kind`` (:func:`get_augment_fn`). Unknown names raise a ValueError."""
+    if not name:
+        return get_augment_fn(kind)
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {name!r}; known: {', '.join(sorted(AUGMENTATIONS))}")
+    return AUGMENTATIONS[name]

@@ -4,10 +4,12 @@ Importing this module registers three TFDS datasets (prefixed ``tfjax_`` so
 they cannot clash with TFDS's own catalogue):
 
 * ``tfjax_subspaces`` -- synthetic clusters on a union of linear subspaces
-  (the setting of SPEC §4). Configs: ``default`` (10 clusters, d=64,
-  subspace dim 4, noise 0.1), ``rank1_r3`` (CLOA's toy: 3 rank-1 subspaces in
-  R^3), ``tiny`` (3 clusters, d=8, for tests). Other configs can be made with
-  :class:`SubspacesConfig` and passed as ``tfds.builder(..., config=cfg)``.
+  (known cluster structure for the over-fusion and downstream experiments;
+  see ``docs/design.md``, section "Data"). Configs: ``default`` (10
+  clusters, d=64, subspace dim 4, noise 0.1), ``rank1_r3`` (CLOA's toy: 3
+  rank-1 subspaces in R^3), ``tiny`` (3 clusters, d=8, for tests). Other
+  configs can be made with :class:`SubspacesConfig` and passed as
+  ``tfds.builder(..., config=cfg)``.
 * ``tfjax_digits`` -- scikit-learn's 8x8 digits (ships inside the sklearn
   wheel), ``x`` ``[8, 8, 1]`` float32 in [0, 1] (pixel / 16), stratified
   1437 / 360 train / test split with ``random_state=0`` (our choice).
@@ -56,7 +58,7 @@ def generate_subspaces(
 ):
     """Sample points on a union of ``num_clusters`` random linear subspaces.
 
-    Generative model (our choice; SPEC §4's setting)::
+    Generative model (our choice)::
 
         U_k   = orthonormal basis [d, r] of subspace k (QR of a Gaussian matrix)
         c     ~ N(0, I_r / r)                 so E||U_k c||^2 = 1
@@ -117,8 +119,8 @@ class Subspaces(tfds.core.GeneratorBasedBuilder):
     """Clusters on a union of random subspaces (generated, no download)."""
 
     name = "tfjax_subspaces"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "Written as array_record (random access for grain)."}
     BUILDER_CONFIGS = [
         SubspacesConfig(name="default", description="10 clusters, d=64, subspace dim 4, noise 0.1."),
         SubspacesConfig(
@@ -190,8 +192,8 @@ class Digits(tfds.core.GeneratorBasedBuilder):
     """scikit-learn's 8x8 handwritten digits (bundled with sklearn, no download)."""
 
     name = "tfjax_digits"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "Written as array_record (random access for grain)."}
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
@@ -243,8 +245,8 @@ class Mnist1d(tfds.core.GeneratorBasedBuilder):
     """MNIST-1D (Greydanus), generated locally by the ``mnist1d`` package."""
 
     name = "tfjax_mnist1d"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "Written as array_record (random access for grain)."}
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
