@@ -43,33 +43,34 @@ def cli(run: Callable, name: str, argv: Optional[Sequence[str]] = None,
 
   argv = list(sys.argv[1:] if argv is None else argv)
   default = config_path(config_name or name) + (f":{default_arg}" if default_arg else "")
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file(
-      "config", default, f"config file (default {os.path.relpath(default)}); "
-      "a suffix :ARG is passed to its get_config; override any field with "
-      "--config.FIELD=VALUE", flag_values=fv)
-  flags.DEFINE_string("workdir", None, "work directory (default "
-                      f"workdirs/{name}[_ARG]); a rerun resumes from it",
-                      flag_values=fv)
-  flags.DEFINE_boolean("progress", True, "progress bars (--noprogress: off)",
-                       flag_values=fv)
-  flags.DEFINE_boolean("debug", False, "show the traceback of an error",
-                       flag_values=fv)
-  flags.DEFINE_enum("xla_cpu_scheduler", None, ["memory", "concurrency"],
-                    "XLA's CPU scheduler (tfjax.runtime); 'memory' for large "
-                    "blockwise batches on CPU", flag_values=fv)
-  flags.DEFINE_string("coordinator_address", None, "multi-process runs: "
-                      "HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS)",
-                      flag_values=fv)
-  flags.DEFINE_string("num_processes", None, "multi-process runs: number of "
-                      "processes, or 'auto' on TPU pods / SLURM", flag_values=fv)
-  flags.DEFINE_integer("process_id", None, "multi-process runs: this "
-                       "process's id", flag_values=fv)
-  if any(a in ("-h", "--help", "--helpfull") for a in argv):
-    print(f"{description}\n\nflags:\n{fv.get_help()}")
-    return None
   debug = "--debug" in argv
   try:
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", default, f"config file (default {os.path.relpath(default)}); "
+        "a suffix :ARG is passed to its get_config; override any field with "
+        "--config.FIELD=VALUE", flag_values=fv,
+        sys_argv=[f"experiments.{name}"] + argv)  # which overrides to define
+    flags.DEFINE_string("workdir", None, "work directory (default "
+                        f"workdirs/{name}[_ARG]); a rerun resumes from it",
+                        flag_values=fv)
+    flags.DEFINE_boolean("progress", True, "progress bars (--noprogress: off)",
+                         flag_values=fv)
+    flags.DEFINE_boolean("debug", False, "show the traceback of an error",
+                         flag_values=fv)
+    flags.DEFINE_enum("xla_cpu_scheduler", None, ["memory", "concurrency"],
+                      "XLA's CPU scheduler (tfjax.runtime); 'memory' for large "
+                      "blockwise batches on CPU", flag_values=fv)
+    flags.DEFINE_string("coordinator_address", None, "multi-process runs: "
+                        "HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS)",
+                        flag_values=fv)
+    flags.DEFINE_string("num_processes", None, "multi-process runs: number of "
+                        "processes, or 'auto' on TPU pods / SLURM", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "multi-process runs: this "
+                         "process's id", flag_values=fv)
+    if any(a in ("-h", "--help", "--helpfull") for a in argv):
+      print(f"{description}\n\nflags:\n{fv.get_help()}")
+      return None
     fv([f"experiments.{name}"] + argv)
     if fv.xla_cpu_scheduler:
       from tfjax.runtime import use_low_memory_cpu_scheduler
@@ -84,7 +85,13 @@ def cli(run: Callable, name: str, argv: Optional[Sequence[str]] = None,
   except Exception as e:  # one line for users, the traceback with --debug
     if debug:
       raise
-    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    # One line, whatever the exception (ml_collections' "did you mean" hints
+    # come as a repr with an escaped newline).
+    message = " ".join(str(e).replace("\\n", " ").strip("'\"").split())
+    if isinstance(e, AttributeError) and "Did you mean" in message:
+      message = "unknown config field " + message.replace("\\'", "'")
+    print(f"error: {type(e).__name__}: {message} (--debug for the traceback)",
+          file=sys.stderr)
     raise SystemExit(2) from None
 
 

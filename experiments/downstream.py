@@ -1,65 +1,57 @@
-"""Experiment 4: downstream accuracy of TransFusion against SimCLR and SupCon.
+"""Downstream accuracy of TransFusion against SimCLR and SupCon, per dataset.
 
-    python -m experiments.downstream --quick          # digits + MNIST-1D, CPU minutes
-    python -m experiments.downstream                  # full size
-    python -m experiments.downstream --datasets cifar10 --data_dir ~/tensorflow_datasets
+    python -m experiments.downstream --config=experiments/configs/downstream.py:quick
+    python -m experiments.downstream                    # full size
+    python -m experiments.downstream --config.datasets=cifar10 --config.data_dir=DIR
 
-For each dataset, the heads of ``experiments/configs/downstream.py`` are
-trained on the same backbone and evaluated on its (inductive) features with
-weighted kNN, a linear probe and MLP fine-tuning; raw inputs and a randomly
-initialised backbone are the baselines.  Each dataset is one run of the main
-job (``experiments/train.py``) in ``WORKDIR/<dataset>``; this script merges
-their tables into ``WORKDIR/results.md`` and ``downstream.png``.
+For each dataset of ``config.datasets`` the runs of ``config.compare`` are
+trained on that dataset's backbone (``config.backbones``) by the main job
+(:func:`experiments.train.run`) in ``WORKDIR/<dataset>`` and evaluated on
+the backbone's (inductive) features with weighted kNN, a linear probe and MLP
+fine-tuning, beside the fair random backbone and the raw inputs.  This script
+merges their tables into ``WORKDIR/results.md`` and ``downstream.png``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 from experiments import train as main_job
-from experiments.common import pyplot, workdir_for, write_results
-
-CONFIG = os.path.join(os.path.dirname(__file__), "configs", "downstream.py")
-# Backbone per dataset (our choice): the smallest that fits the data's shape.
-BACKBONES = {"digits": ("small_cnn", {"out_features": 128}),
-             "mnist1d": ("cnn1d", {"out_features": 128}),
-             "subspaces": ("mlp", {"hidden": (256,), "out_features": 128}),
-             "cifar10": ("resnet18", {}), "cifar100": ("resnet18", {}),
-             "mnist": ("small_cnn", {"out_features": 128}),
-             "fashion_mnist": ("small_cnn", {"out_features": 128})}
+from experiments.common import cli, pyplot, write_results
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--datasets", default="digits,mnist1d")
-  p.add_argument("--quick", action="store_true", help="few steps, CPU minutes")
-  p.add_argument("--workdir", default=None)
-  p.add_argument("--data_dir", default=None)
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-  args = p.parse_args(argv)
-  workdir = workdir_for("downstream", args.workdir)
+def dataset_config(config, name: str):
+  """The main-job config of one dataset: its backbone and ``dataset``."""
+  if name not in config.backbones:
+    raise ValueError(f"no backbone for dataset {name!r}; known: "
+                     f"{sorted(config.backbones)}")
+  c = config.copy_and_resolve_references()
+  c.dataset = name
+  c.backbone = config.backbones[name].backbone
+  c.backbone_kwargs = dict(config.backbones[name].backbone_kwargs)
+  return c
+
+
+def run(config, workdir: str, *, progress: bool = True):
+  names = [n.strip() for n in config.datasets.split(",") if n.strip()]
+  configs = [dataset_config(config, n) for n in names]  # all checked first
   all_rows = []
-  for name in args.datasets.split(","):
-    if name not in BACKBONES:
-      raise ValueError(f"unknown dataset {name!r}; known: {sorted(BACKBONES)}")
-    backbone, kwargs = BACKBONES[name]
-    sets = [f"dataset={name}", f"backbone={backbone}", f"backbone_kwargs={kwargs!r}"]
-    if args.data_dir:
-      sets.append(f"data_dir={args.data_dir}")
-    if args.quick:
-      sets += ["num_steps=150", "batch_size=128", "warmup_steps=15",
-               "eval.finetune_fractions=(0.1, 1.0)", "eval.finetune_steps=300",
-               "eval.linear_steps=300"]
-    rows = main_job.main(["--config", CONFIG, "--workdir", os.path.join(workdir, name),
-                          "--no-progress"] + [a for s in sets + args.set for a in ("--set", s)])
+  for name, c in zip(names, configs):
+    rows = main_job.run(c, os.path.join(workdir, name), progress=progress)
     all_rows += [{"dataset": name, **r} for r in rows]
 
   metrics = [m for m in ("knn", "linear", "finetune@0.1", "finetune@0.5", "finetune@1")
              if any(m in r for r in all_rows)]
   table = write_results(workdir, "Downstream accuracy (test set)", all_rows,
                         ["dataset", "method"] + metrics + ["minutes"])
+  plot(all_rows, metrics, os.path.join(workdir, "downstream.png"))
+  print(table)
+  return all_rows
+
+
+def plot(all_rows, metrics, path):
+  """One panel per dataset: grouped bars per metric; one legend outside."""
   plt = pyplot()
   datasets = list(dict.fromkeys(r["dataset"] for r in all_rows))
   fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 3.6),
@@ -73,13 +65,16 @@ def main(argv=None):
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))])
     ax.set_xticklabels(metrics, fontsize=8)
     ax.set_ylim(0, 1)
-    ax.set_title(ds)
-  axes[0][-1].legend(fontsize=7, loc="lower right")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{ds}: accuracy of the backbone features")
+  axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "downstream.png"), dpi=110)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
   plt.close(fig)
-  print(table)
-  return all_rows
+
+
+def main(argv=None):
+  return cli(run, "downstream", argv, __doc__)
 
 
 if __name__ == "__main__":

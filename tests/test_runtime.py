@@ -89,13 +89,14 @@ def test_memory_scheduler_takes_effect_and_shrinks_the_plan():
   assert memory < 0.8 * concurrency, (memory, concurrency)
 
 
-def test_main_job_flag_reaches_the_runtime(monkeypatch):
+def test_main_job_flag_reaches_the_runtime(monkeypatch, capsys):
   from experiments import train as main_job
-  assert main_job.parse_args(["--xla_cpu_scheduler", "memory"]) \
-      .xla_cpu_scheduler == "memory"
   monkeypatch.setenv("XLA_FLAGS", "")
   monkeypatch.setattr(runtime, "_backends_initialized", lambda: True)
   # In this (already started) process "memory" is too late: a clear error
-  # before any work is done.
+  # before any work is done (one line; --debug raises it).
   with pytest.raises(RuntimeError, match="before JAX initialises"):
-    main_job.main(["--xla_cpu_scheduler", "memory"])
+    main_job.main(["--xla_cpu_scheduler=memory", "--debug"])
+  with pytest.raises(SystemExit):
+    main_job.main(["--xla_cpu_scheduler=memory"])
+  assert "before JAX initialises" in capsys.readouterr().err

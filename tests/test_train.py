@@ -1,4 +1,4 @@
-"""Training loop: pmap equals one device, kill-and-resume, config errors, mock TFDS."""
+"""The one training path: step (jit = pmap = scan), loop (resume, metrics), registry, configs."""
 
 import json
 import os
@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from experiments import train as main_job
-from tfjax import train
+from tfjax import methods, train
 from tfjax.config import base_config
-from tfjax.data.augment import get_augment_fn
+from tfjax.data.pipeline import batch_indices
+from tfjax.state import create_train_state, validate_config
+from tfjax.step import step_key, train_step, train_steps
 
 
 def tiny_config(**overrides):
@@ -51,25 +53,23 @@ def toy_data(n_train=48, n_test=24, dim=8, classes=3, seed=0):
   return (*draw(n_train), *draw(n_test))
 
 
+def fresh_state(config, axis=None):
+  return create_train_state(config, jax.random.key(0), (8,), 3,
+                            data_kind="vector", axis_name=axis)
+
+
 def run_steps(config, num_devices, batches):
   """Runs len(batches) steps on ``num_devices`` devices; returns final state."""
   axis = "batch" if num_devices > 1 else None
-  model_1 = train.build_network(config)
-  model = train.build_network(config, axis)
-  tx = train.build_optimizer(config)
-  anchors = train.class_anchors(config, 3)
-  state = train.create_train_state(config, model_1, tx, jax.random.key(0), (8,))
-  step = train.make_train_step(config, model, tx, get_augment_fn("vector"), anchors, axis)
-  if axis is None:
-    step = jax.jit(step)
-  else:
-    step = jax.pmap(step, axis_name=axis, in_axes=(0, 0, None))
+  state = fresh_state(config, axis)
+  step = train.compile_step(num_devices)
+  if axis is not None:
     state = train.replicate(state, num_devices)
   metrics = None
   for i, batch in enumerate(batches):
     if axis is not None:
       batch = train.shard(batch, num_devices)
-    state, metrics = step(state, batch, train.step_key(0, i))
+    state, metrics = step(state, batch, step_key(0, i))
   if axis is not None:
     state, metrics = train.unreplicate(state), train.unreplicate(metrics)
   return state, metrics
@@ -89,7 +89,7 @@ def test_pmap_equals_single_device(loss, oar):
   semi = np.where(np.arange(len(y)) % 2 == 0, y, -1).astype(np.int32)
   batches = []
   for s in range(3):
-    idx = train.batch_indices(0, s, len(x), config.batch_size)
+    idx = batch_indices(0, s, len(x), config.batch_size)
     b = {"x": x[idx]}
     if oar:
       b["semi_label"] = semi[idx]
@@ -101,8 +101,7 @@ def test_pmap_equals_single_device(loss, oar):
   chex.assert_trees_all_close(single.batch_stats, multi.batch_stats, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-4)
   # The steps moved the parameters (the comparison is not trivially true).
-  fresh = train.create_train_state(config, train.build_network(config),
-                                   train.build_optimizer(config), jax.random.key(0), (8,))
+  fresh = fresh_state(config)
   diff = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), fresh.params, single.params)
   assert max(jax.tree.leaves(diff)) > 1e-4
 
@@ -112,7 +111,7 @@ def _jsd_batches(config, steps=2):
   semi = np.where(np.arange(len(y)) % 2 == 0, y, -1).astype(np.int32)
   out = []
   for s in range(steps):
-    idx = train.batch_indices(0, s, len(x), config.batch_size)
+    idx = batch_indices(0, s, len(x), config.batch_size)
     out.append({"x": x[idx], "semi_label": semi[idx]})
   return out
 
@@ -128,15 +127,13 @@ def test_blockwise_head_trains_like_dense(num_devices):
   dense = tiny_config(**options)
   block = tiny_config(**options, **{"head.implementation": "blockwise",
                                     "head.block_size": 5})
-  train.validate_config(block, num_devices)
+  validate_config(block, num_devices)
   batches = _jsd_batches(dense)
   want, m_dense = run_steps(dense, 1, batches)
   got, m_block = run_steps(block, num_devices, batches)
   np.testing.assert_allclose(m_block["loss"], m_dense["loss"], rtol=1e-5)
   chex.assert_trees_all_close(got.params, want.params, rtol=1e-4, atol=2e-5)
-  fresh = train.create_train_state(dense, train.build_network(dense),
-                                   train.build_optimizer(dense),
-                                   jax.random.key(0), (8,))
+  fresh = fresh_state(dense)
   moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
                        fresh.params["head"], got.params["head"])
   assert max(jax.tree.leaves(moved)) > 1e-4       # the head did learn
@@ -180,75 +177,110 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
 
 def test_config_errors_before_compute():
   with pytest.raises(ValueError, match="not divisible by the device count 4"):
-    train.validate_config(tiny_config(batch_size=18), num_devices=4)
+    validate_config(tiny_config(batch_size=18), num_devices=4)
   with pytest.raises(ValueError, match="unknown loss 'simclr'"):
-    train.validate_config(tiny_config(loss="simclr"))
+    validate_config(tiny_config(loss="simclr"))
   with pytest.raises(ValueError, match="unknown dataset 'cifar11'"):
-    train.validate_config(tiny_config(dataset="cifar11"))
+    validate_config(tiny_config(dataset="cifar11"))
   with pytest.raises(ValueError, match="unknown backbone 'resnet19'"):
-    train.validate_config(tiny_config(backbone="resnet19"))
+    validate_config(tiny_config(backbone="resnet19"))
   with pytest.raises(ValueError, match=r"warmup_steps \(6\) must lie in \[0, num_steps=6\)"):
-    train.validate_config(tiny_config(warmup_steps=6))
+    validate_config(tiny_config(warmup_steps=6))
   with pytest.raises(ValueError, match=r"label_fraction must be in \(0, 1\]"):
-    train.validate_config(tiny_config(label_fraction=0.0))
+    validate_config(tiny_config(label_fraction=0.0))
   with pytest.raises(ValueError, match="needs label_fraction"):
-    train.validate_config(tiny_config(oar_weight=1.0))
+    validate_config(tiny_config(oar_weight=1.0))
   with pytest.raises(ValueError, match="unknown head.implementation 'flash'"):
-    train.validate_config(tiny_config(**{"head.implementation": "flash"}))
+    validate_config(tiny_config(**{"head.implementation": "flash"}))
   with pytest.raises(ValueError, match="head.block_size must be a positive"):
-    train.validate_config(tiny_config(**{"head.implementation": "blockwise",
+    validate_config(tiny_config(**{"head.implementation": "blockwise",
                                          "head.block_size": 0}))
   with pytest.raises(ValueError, match="head.compute_dtype must name a float"):
-    train.validate_config(tiny_config(**{"head.implementation": "blockwise",
+    validate_config(tiny_config(**{"head.implementation": "blockwise",
                                          "head.compute_dtype": "int8"}))
   with pytest.raises(ValueError, match="head.compute_dtype must name a float"):
-    train.validate_config(tiny_config(**{"head.implementation": "blockwise",
+    validate_config(tiny_config(**{"head.implementation": "blockwise",
                                          "head.compute_dtype": "bfloat17"}))
-  with pytest.raises(ValueError, match="unknown config field 'learning_rte'"):
-    main_job.apply_overrides(tiny_config(), ["learning_rte=0.1"])
+  with pytest.raises(ValueError, match="takes exactly 2 views"):
+    validate_config(tiny_config(loss="info_nce", num_views=3))
+  with pytest.raises(ValueError, match="num_views must be >= 2"):
+    validate_config(tiny_config(num_views=1))
+  with pytest.raises(ValueError, match="cannot use labels"):
+    validate_config(tiny_config(loss="info_nce", label_fraction=1.0, labels_in_loss=True))
+  with pytest.raises(ValueError, match="unknown augmentation 'blur'"):
+    validate_config(tiny_config(augment="blur"))
+  with pytest.raises(ValueError, match="steps_per_call must be >= 1"):
+    validate_config(tiny_config(steps_per_call=0))
+  validate_config(tiny_config(num_views=1, label_fraction=1.0, labels_in_loss=True))
   with pytest.raises(AttributeError):
     tiny_config().learning_rte = 0.1
 
 
 def test_batch_indices_pure_function_of_step():
-  a = [train.batch_indices(3, s, 50, 16) for s in range(7)]
-  b = [train.batch_indices(3, s, 50, 16) for s in range(7)]
+  a = [batch_indices(3, s, 50, 16) for s in range(7)]
+  b = [batch_indices(3, s, 50, 16) for s in range(7)]
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x, y)
   np.testing.assert_equal(len(set(np.concatenate(a[:3]))), 48)  # one epoch, no repeats
   with pytest.raises(ValueError, match="exceeds"):
-    train.batch_indices(0, 0, 10, 16)
+    batch_indices(0, 0, 10, 16)
 
 
 @pytest.mark.slow
 def test_main_job_on_mock_mnist(tmp_path):
   """The real main job end to end on tfds.testing.mock_data (no download)."""
   import tensorflow_datasets as tfds
-  config = tmp_path / "mock.py"
-  config.write_text(
-      "from tfjax.config import base_config\n"
-      "COMPARE = ('jsd', 'info_nce')\nRAW_BASELINE = True\n"
-      "def get_config():\n"
-      "  c = base_config()\n"
-      "  c.dataset = 'mnist'\n  c.backbone = 'small_cnn'\n"
-      "  c.backbone_kwargs = {'out_features': 16}\n"
-      "  c.embed_dim = 8\n  c.projector_hidden = (16,)\n  c.head.num_layers = 2\n"
-      "  c.batch_size = 16\n  c.num_steps = 3\n  c.warmup_steps = 1\n  c.log_every = 1\n  c.num_devices = 1\n"
-      "  c.eval.linear_steps = 10\n  c.eval.finetune_steps = 10\n"
-      "  c.eval.finetune_fractions = (1.0,)\n  c.eval.knn_k = 3\n"
-      "  return c\n")
+  from experiments.configs.default import get_config
+  c = get_config()
+  c.dataset = "mnist"
+  c.backbone = "small_cnn"
+  c.backbone_kwargs = {"out_features": 16}
+  c.embed_dim, c.projector_hidden, c.head.num_layers = 8, (16,), 2
+  c.batch_size, c.num_steps, c.warmup_steps, c.log_every = 16, 3, 1, 1
+  c.num_devices = 1
+  c.eval.linear_steps, c.eval.finetune_steps = 10, 10
+  c.eval.finetune_fractions, c.eval.knn_k = (1.0,), 3
+  c.compare, c.random_baseline = "transfusion,simclr", False
   with tfds.testing.mock_data(num_examples=48):
-    rows = main_job.main(["--config", str(config), "--workdir", str(tmp_path / "w"),
-                          "--no-progress"])
-  assert [r["method"] for r in rows] == ["TransFusion (JSD)", "SimCLR (InfoNCE)",
-                                         "raw inputs (no training)"]
+    rows = main_job.run(c, str(tmp_path / "w"), progress=False)
+  assert [r["method"] for r in rows] == ["TransFusion (JSD), 100% labels",
+                                         "SimCLR (InfoNCE)", "raw inputs (no training)"]
   for r in rows:
     assert 0.0 <= r["knn"] <= 1.0
   table = (tmp_path / "w" / "results.md").read_text()
-  assert "| TransFusion (JSD) |" in table
+  assert "| TransFusion (JSD), 100% labels |" in table
   assert (tmp_path / "w" / "comparison.png").stat().st_size > 0
-  metrics = [json.loads(l) for l in open(tmp_path / "w" / "jsd" / "metrics.jsonl")]
+  metrics = [json.loads(l) for l in open(tmp_path / "w" / "transfusion" / "metrics.jsonl")]
   assert [m["step"] for m in metrics] == [1, 2, 3]
+  assert os.listdir(tmp_path / "w" / "transfusion" / "tensorboard")  # event files
+
+
+def test_cli_overrides_and_one_line_errors(tmp_path, capsys):
+  """--config.FIELD=VALUE reaches the config; a misspelt field is one line, exit 2."""
+  seen = {}
+
+  def fake_run(config, workdir, *, progress):
+    seen.update(config=config, workdir=workdir, progress=progress)
+    return "ran"
+
+  from experiments.common import cli
+  out = cli(fake_run, "train", ["--config=experiments/configs/default.py:quick",
+                                "--config.num_steps=7", "--config.compare=supcon",
+                                f"--workdir={tmp_path}", "--noprogress"],
+            config_name="default")
+  assert out == "ran" and seen["config"].num_steps == 7
+  assert seen["config"].compare == "supcon" and seen["progress"] is False
+  assert seen["workdir"] == str(tmp_path)
+  with pytest.raises(SystemExit) as e:
+    cli(fake_run, "train", ["--config.learning_rte=0.1", f"--workdir={tmp_path}"],
+        config_name="default")
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "learning_rte" in err[0]
+  with pytest.raises(ValueError, match="compare names unknown runs"):
+    cfg = seen["config"]
+    cfg.compare = "nope"
+    main_job.run_configs(cfg)
 
 
 def test_semi_supervised_ids_match_positive_mask():
@@ -258,6 +290,6 @@ def test_semi_supervised_ids_match_positive_mask():
   groups = np.tile(source, 2).astype(np.int32)            # two views per source
   per_source = np.where(rng.random(6) < 0.5, rng.integers(0, 3, 6), -1)
   labels = per_source[groups].astype(np.int32)
-  ids = np.asarray(train.semi_supervised_ids(jnp.asarray(groups), jnp.asarray(labels)))
+  ids = np.asarray(methods.semi_supervised_ids(jnp.asarray(groups), jnp.asarray(labels)))
   same_id = (ids[:, None] == ids[None, :]) & ~np.eye(16, dtype=bool)
   np.testing.assert_array_equal(same_id, tfjax.positive_mask(groups, labels))
