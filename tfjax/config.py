@@ -39,8 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = "jsd"
   c.temperature = 0.1
   c.lambda_offdiag = 5e-3
-  c.loss_options = ml_collections.ConfigDict()
-  c.loss_options.unlock()  # each registered method may read its own options
+  c.loss_options = ml_collections.ConfigDict()  # unlocked below
   c.num_views = 2
   # Augmentation (tfjax.data.augment.AUGMENTATIONS; "" = the dataset kind's
   # default: SimCLR's recipe for images, noise/shift/scale/mask otherwise)
@@ -80,4 +79,5 @@ def base_config() -> ml_collections.ConfigDict:
       finetune_fractions=(0.1, 0.5, 1.0), finetune_steps=500,
       batch_size=512))   # feature extraction
   c.lock()
+  c.loss_options.unlock()  # each registered method may read its own options
   return c

@@ -192,6 +192,13 @@ def open_splits(config, spec, data=None):
           pipeline.open_source(config.dataset, spec.test_split, data_dir=config.data_dir))
 
 
+def _num_classes(spec, train_source, data) -> int:
+  """The registry's class count; with user ``data``, at least its labels' range."""
+  if data is None:
+    return spec.num_classes
+  return max(spec.num_classes, int(pipeline.source_labels(train_source).max()) + 1)
+
+
 class _Progress:
   """tqdm on the primary process; a no-op elsewhere or when disabled."""
 
@@ -245,10 +252,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       f.write(config.to_json(indent=2))
 
   train_source, test_source = open_splits(config, spec, data)
-  labels = pipeline.source_labels(train_source)
-  semi = pipeline.semi_labels(labels, config.label_fraction, config.seed)
-  num_classes = spec.num_classes if data is None else max(
-      spec.num_classes, int(labels.max()) + 1)
+  semi = None
+  if config.label_fraction is not None:  # one pass over the labels (4 B each)
+    semi = pipeline.semi_labels(pipeline.source_labels(train_source),
+                                config.label_fraction, config.seed)
+  num_classes = _num_classes(spec, train_source, data)
 
   axis_name = "batch" if num_devices > 1 else None
   state = create_train_state(config, jax.random.key(config.seed),
@@ -324,7 +332,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
              "step": int(final.step),
              "final_loss": None if last is None else last["loss"],
              "train_seconds": round(time.time() - t0, 1)}
-  results.update(evaluate_state(final, train_source, test_source, labels,
+  results.update(evaluate_state(final, train_source, test_source,
+                                pipeline.source_labels(train_source),
                                 num_classes, config, show))
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
@@ -375,8 +384,7 @@ def evaluate_untrained(config, data=None, *, precise_bn: bool = True,
   spec = validate_config(config, 1)
   train_source, test_source = open_splits(config, spec, data)
   labels = pipeline.source_labels(train_source)
-  num_classes = spec.num_classes if data is None else max(
-      spec.num_classes, int(labels.max()) + 1)
+  num_classes = _num_classes(spec, train_source, data)
   state = create_train_state(config, jax.random.key(config.seed),
                              train_source.x_shape, num_classes, data_kind=spec.kind)
   if precise_bn:
