@@ -1,14 +1,19 @@
 """Experiment 1: how TransFusion's attention fuses a cluster, layer by layer.
 
-    python -m experiments.fusion --quick        # ~1 min on a 2-core CPU
-    python -m experiments.fusion                # full size
+    python -m experiments.fusion --config=experiments/configs/fusion.py:quick --noprogress
+    python -m experiments.fusion --config=experiments/configs/fusion.py:tiny   # smoke test
+    python -m experiments.fusion                                               # full size
 
 Data: the theory's model (docs/theory.md): K unit class centres in R^d and
 isotropic within-class noise of norm σ (``gaussian_clusters``).  Clusters on
 a union of *linear* subspaces are no use here: a point and its negative lie
-on the same subspace, but their cosine is −1, which ReLU attention ignores.  A TransFusionHead (L = 5) is trained on raw vectors with
-the supervised JSD target (positives = same cluster).  For a held-out batch,
-at initialisation and after training, we record per layer:
+on the same subspace, but their cosine is −1, which ReLU attention ignores.
+A TransFusion head (L = ``head.num_layers``) is trained on the raw vectors
+(``backbone="identity"``, ``embed_dim=0``: no backbone, no projector) by the
+one training loop, :func:`tfjax.train.train_and_evaluate`, with the
+supervised JSD target: one view, every label in the loss, so the positives of
+a row are the other points of its cluster.  For a held-out batch, at
+initialisation and after training, we record per layer:
 
 * the adjacency (heatmaps, samples ordered by cluster);
 * the attention mass each row puts on its own cluster (chance = (m−1)/(n−1));
@@ -20,21 +25,21 @@ at initialisation and after training, we record per layer:
   (``Σ_i ‖u_i − ū_{c(i)}‖² / Σ_i ‖u_i − ū‖²``; 1 = no cluster structure,
   0 = every cluster fused to one point).  Our measure, not the paper's.
 
-Writes fusion_heatmaps.png, fusion_layers.png, results.md, results.json.
+Writes fusion_heatmaps.png, fusion_layers.png, results.md, results.json (and
+the training run's files under ``WORKDIR/run``).
 """
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from experiments.common import pyplot, workdir_for, write_results
+from experiments.common import cli, pyplot, write_results
 from tfjax.models import FusionBlock, TransFusionHead
 
 
@@ -64,7 +69,11 @@ def top_cluster_mass(a: np.ndarray, labels: np.ndarray) -> float:
 
 
 def per_layer(head: TransFusionHead, params, x):
-  """Features entering each layer and each layer's adjacency."""
+  """Features entering each layer and each layer's adjacency.
+
+  ``head`` is the trained network's head (``eval_model(state).head``) and
+  ``params`` its parameters (``state.params["head"]``).
+  """
   feats, adjs = [np.asarray(x)], []
   h = x
   for i in range(head.num_layers - 1):
@@ -77,44 +86,36 @@ def per_layer(head: TransFusionHead, params, x):
   return feats, adjs
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--quick", action="store_true")
-  p.add_argument("--workdir", default=None)
-  p.add_argument("--seed", type=int, default=0)
-  args = p.parse_args(argv)
-  workdir = workdir_for("fusion", args.workdir)
-  k, d, sigma = (4, 32, 1.5) if args.quick else (10, 64, 1.5)
-  n_batch, steps, layers = (64, 200, 5) if args.quick else (200, 600, 5)
-  data_rng = np.random.default_rng(args.seed)
-  centres = unit_centres(data_rng, k, d)
-  x_tr, y_tr = gaussian_clusters(data_rng, centres, sigma, 20 * n_batch)
-  x_te, y_te = gaussian_clusters(data_rng, centres, sigma, n_batch)
+def make_data(config):
+  """Training set (``train_batches`` batches) and one held-out batch ordered by cluster."""
+  c = config.clusters
+  rng = np.random.default_rng(config.seed)
+  centres = unit_centres(rng, c.num_classes, c.dim)
+  n = config.batch_size
+  x_tr, y_tr = gaussian_clusters(rng, centres, c.sigma, config.train_batches * n)
+  x_te, y_te = gaussian_clusters(rng, centres, c.sigma, n)
   order = np.argsort(y_te, kind="stable")
-  x_te, y_te = x_te[order], y_te[order]
+  return x_tr, y_tr, x_te[order], y_te[order]
 
-  head = TransFusionHead(num_layers=layers)
-  params = head.init(jax.random.key(args.seed), jnp.asarray(x_te))["params"]
-  opt = optax.adam(3e-3)
-  opt_state = opt.init(params)
 
-  @jax.jit
-  def step(params, opt_state, x, y):
-    loss, g = jax.value_and_grad(lambda p: head.apply(
-        {"params": p}, x, y, method=TransFusionHead.loss))(params)
-    updates, opt_state = opt.update(g, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+def run(config, workdir: str, *, progress: bool = True):
+  from tfjax import train
+  from tfjax.state import create_train_state, eval_model
 
-  stats = {}
   t0 = time.time()
-  stats["init"] = per_layer(head, params, jnp.asarray(x_te))
-  rng = np.random.default_rng(args.seed)
-  for s in range(steps):
-    idx = rng.choice(len(x_tr), n_batch, replace=False)
-    params, opt_state, loss = step(params, opt_state, x_tr[idx], y_tr[idx])
-    if s % 50 == 0 or s == steps - 1:
-      print(f"step {s:4d}  JSD {float(loss):.4f}", flush=True)
-  stats["trained"] = per_layer(head, params, jnp.asarray(x_te))
+  x_tr, y_tr, x_te, y_te = data = make_data(config)
+  k, d, sigma = config.clusters.num_classes, config.clusters.dim, config.clusters.sigma
+  n_batch, layers = config.batch_size, config.head.num_layers
+  x_eval = jnp.asarray(x_te)
+
+  init = create_train_state(config, jax.random.key(config.seed), x_tr.shape[1:], k)
+  stats = {"init": per_layer(eval_model(init).head, init.params["head"], x_eval)}
+  res = train.train_and_evaluate(config, os.path.join(workdir, "run"), data=data,
+                                 progress=progress)
+  state = res["state"]
+  for r in train.read_metrics(os.path.join(workdir, "run", "metrics.jsonl")):
+    print(f"step {r['step']:4d}  JSD {r['loss']:.4f}", flush=True)
+  stats["trained"] = per_layer(eval_model(state).head, state.params["head"], x_eval)
 
   same = y_te[:, None] == y_te[None, :]
   chance = float(((same.sum(1) - 1) / (n_batch - 1)).mean())
@@ -128,46 +129,69 @@ def main(argv=None):
                    "noise_in": within_cluster_noise(feats[layer - 1], y_te)})
   for name in stats:  # noise of the transductive features X_{L-1}
     rows.append({"model": name, "layer": "out", "mass_within": "",
-                 "mass_between": "",
+                 "mass_between": "", "mass_top_cluster": "",
                  "noise_in": within_cluster_noise(stats[name][0][-1], y_te)})
 
+  plot_heatmaps(os.path.join(workdir, "fusion_heatmaps.png"), stats, layers)
+  plot_layers(os.path.join(workdir, "fusion_layers.png"), stats, rows, y_te, chance)
+  table = write_results(
+      workdir, f"Fusion on {k} Gaussian clusters (d={d}, noise norm σ={sigma}), "
+      f"batch {n_batch}, {config.num_steps} steps", rows,
+      ["model", "layer", "mass_within", "mass_between", "mass_top_cluster",
+       "noise_in"],
+      f"Chance within-cluster mass: {chance:.3f}. Final training JSD "
+      f"{res['final_loss']:.4f}. Time {time.time() - t0:.0f} s.")
+  print(table)
+  return rows
+
+
+def plot_heatmaps(path, stats, layers):
   plt = pyplot()
-  fig, axes = plt.subplots(2, layers, figsize=(2.3 * layers, 4.8))
+  fig, axes = plt.subplots(2, layers, figsize=(2.3 * layers + 0.8, 4.8), squeeze=False)
   for row, name in enumerate(stats):
     for layer, a in enumerate(stats[name][1]):
       ax = axes[row, layer]
-      ax.imshow(a, cmap="magma", vmin=0, vmax=np.quantile(a, 0.99) + 1e-9)
+      im = ax.imshow(a, cmap="magma", vmin=0, vmax=np.quantile(a, 0.99) + 1e-9,
+                     interpolation="nearest")
       ax.set_xticks([]), ax.set_yticks([])
       ax.set_title(f"{name}: layer {layer + 1}", fontsize=8)
-  fig.suptitle("adjacency per layer (held-out batch ordered by cluster)", fontsize=9)
+      cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+      cb.ax.tick_params(labelsize=6)
+      if layer == layers - 1:
+        cb.set_label("attention weight", fontsize=7)
+  fig.suptitle("adjacency per layer (held-out batch ordered by cluster; "
+               "colour scale per panel, clipped at its 99th percentile)", fontsize=9)
   fig.tight_layout()
-  fig.savefig(f"{workdir}/fusion_heatmaps.png", dpi=100)
+  fig.savefig(path, dpi=100)
   plt.close(fig)
 
-  fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.2))
+
+def plot_layers(path, stats, rows, labels, chance):
+  plt = pyplot()
+  fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.4))
   for name in stats:
     rs = [r for r in rows if r["model"] == name and r["layer"] != "out"]
     a1.plot([r["layer"] for r in rs], [r["mass_within"] for r in rs], "o-", label=name)
     a2.plot(range(len(stats[name][0])),
-            [within_cluster_noise(f, y_te) for f in stats[name][0]], "o-", label=name)
+            [within_cluster_noise(f, labels) for f in stats[name][0]], "o-", label=name)
   a1.axhline(chance, color="gray", ls="--", label="chance")
   a1.set_xlabel("layer"), a1.set_ylabel("attention mass within cluster")
-  a1.set_ylim(0, 1.02), a1.legend(fontsize=8)
+  a1.set_title("own-cluster attention", fontsize=9)
+  a1.set_ylim(0, 1.02)
   a2.set_xlabel("features after layer (0 = input)")
   a2.set_ylabel("within-cluster share of variance")
-  a2.set_ylim(0, 1.02), a2.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(f"{workdir}/fusion_layers.png", dpi=100)
+  a2.set_title("within-cluster noise of the features", fontsize=9)
+  a2.set_ylim(0, 1.02)
+  handles, names = a1.get_legend_handles_labels()
+  fig.legend(handles, names, fontsize=8, loc="lower center", ncol=len(names),
+             bbox_to_anchor=(0.5, 0.0))
+  fig.tight_layout(rect=(0, 0.08, 1, 1))
+  fig.savefig(path, dpi=100)
   plt.close(fig)
 
-  table = write_results(
-      workdir, f"Fusion on {k} Gaussian clusters (d={d}, noise norm σ={sigma}), "
-      f"batch {n_batch}, {steps} steps", rows,
-      ["model", "layer", "mass_within", "mass_between", "mass_top_cluster",
-       "noise_in"],
-      f"Chance within-cluster mass: {chance:.3f}. Time {time.time() - t0:.0f} s.")
-  print(table)
-  return rows
+
+def main(argv=None):
+  return cli(run, "fusion", argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import limits
+from experiments.configs.limits import get_config
 from tfjax import theory
 
 
@@ -44,33 +45,75 @@ def test_empirical_cosines_match_theory():
       1.0, 1.5, 0.2, 256.0, pair="other_class")), abs=0.01)
 
 
+def test_grid_point_configs_are_valid_and_views_follow_the_model():
+  """Each sweep's config passes the training checks; isotropic_noise is ``s u'``."""
+  import jax
+  from tfjax.data.augment import get_augmentation
+  from tfjax.state import validate_config
+
+  cfg = get_config("tiny")
+  aug = limits.point_config(cfg, supervised=False, batch_size=8, strength=2.5)
+  bat = limits.point_config(cfg, supervised=True, batch_size=12, strength=0.0)
+  for c in (aug, bat):
+    validate_config(c)
+    assert c.augment == "isotropic_noise" and c.head.tie_qk_init
+    assert c.embed_dim == 0 and c.schedule == "constant" and c.weight_decay == 0.0
+  assert (aug.num_views, aug.label_fraction, aug.augment_strength) == (2, None, 2.5)
+  assert (bat.num_views, bat.label_fraction, bat.labels_in_loss) == (1, 1.0, True)
+  assert bat.batch_size == 12 and cfg.batch_size == 8  # the base is untouched
+  # v − x = s u' with u' ~ N(0, I/d): E‖v − x‖² = s², per-coordinate var s²/d.
+  d, s = 256, 3.0
+  x = np.ones((d,), np.float32)
+  fn = get_augmentation("isotropic_noise", "vector")
+  keys = jax.random.split(jax.random.key(0), 2000)
+  diff = np.asarray(jax.vmap(fn, in_axes=(0, None, None))(keys, x, s)) - x
+  assert np.mean(np.sum(diff ** 2, 1)) == pytest.approx(s ** 2, rel=0.02)
+  # Sources: labels i.i.d. uniform (not balanced), noise of norm σ.
+  rng = np.random.default_rng(0)
+  c = limits.equicorrelated_centres(rng, 4, d, 0.0)
+  xs, ys = limits.sample_sources(rng, c, 2.0, 4000)
+  assert xs.dtype == np.float32 and set(np.unique(ys)) == {0, 1, 2, 3}
+  assert np.mean(np.sum((xs - c[ys]) ** 2, 1)) == pytest.approx(4.0, rel=0.02)
+  assert limits.num_sources(cfg) == cfg.num_steps * cfg.batch_size
+
+
 @pytest.mark.slow
 def test_tiny_run_writes_sane_results(tmp_path):
-  out = limits.main(["--tiny", "--workdir", str(tmp_path)])
+  cfg = get_config("tiny")
+  out = limits.run(cfg, str(tmp_path), progress=False)
   for name in ("limits_augmentation.png", "limits_batch.png",
                "limits_coverage.png", "results.md", "results.json"):
     assert os.path.getsize(tmp_path / name) > 0, name
   text = (tmp_path / "results.md").read_text()
   assert "predicted" in text and "measured" in text and "## Notes" in text
+  assert "SPEC" not in text
   data = json.loads((tmp_path / "results.json").read_text())
-  cfg = limits.SIZES["tiny"]
   aug, bat = out["augmentation"], out["batch"]
-  assert [r["s"] for r in aug["rows"]] == list(cfg["s_grid"])
-  assert [r["n"] for r in bat["rows"]] == list(cfg["n_grid"])
+  assert [r["s"] for r in aug["rows"]] == list(cfg.s_grid)
+  assert [r["n"] for r in bat["rows"]] == list(cfg.n_grid)
   for r in aug["rows"] + bat["rows"]:
     assert 0.0 <= r["knn_acc"] <= 1.0
     assert 0.0 <= r["final_jsd"] <= math.log(2) + 1e-6
-  assert aug["measured_s_max"] in cfg["s_grid"]
-  assert bat["measured_n_min"] in cfg["n_grid"]
+  assert 0.0 <= out["baselines"]["raw"] <= 1.0 and 0.0 <= out["baselines"]["init"] <= 1.0
+  assert aug["measured_s_max"] in cfg.s_grid
+  assert bat["measured_n_min"] in cfg.n_grid
+  m = cfg.model
   assert aug["predicted_s_max_other"] == pytest.approx(float(theory.max_augmentation(
-      cfg["sigma"], cfg["rho"], cfg["d"], margin_z=2.0)))
-  assert bat["predicted_n_min"] == theory.min_batch_size(cfg["k"], cfg["delta"])
+      m.sigma, m.rho, m.dim, margin_z=2.0)))
+  assert bat["predicted_n_min"] == theory.min_batch_size(m.num_classes, cfg.delta)
   # self-supervised with 2 views: every row is covered, exactly
   assert all(r["uncovered"] == 0.0 for r in aug["rows"])
   for r in bat["rows"]:
+    assert r["steps"] == cfg.num_steps   # one rows_without_positive per step
     # steps·n rows, treated as independent (the run is seeded, so this is
     # deterministic): 5 binomial standard errors
     se = math.sqrt(r["uncovered_theory"] * (1 - r["uncovered_theory"])
-                   / (cfg["steps"] * r["n"]))
+                   / (cfg.num_steps * r["n"]))
     assert abs(r["uncovered"] - r["uncovered_theory"]) <= 5 * se
   assert data["batch"]["predicted_n_min"] == bat["predicted_n_min"]
+  # Every grid point went through the one training loop with its own config.
+  for name, views, strength in (("aug_s1", 2, 1.0), ("aug_s4", 2, 4.0),
+                                ("batch_n4", 1, cfg.s_batch)):
+    run_cfg = json.loads((tmp_path / name / "config.json").read_text())
+    assert run_cfg["num_views"] == views and run_cfg["augment_strength"] == strength
+    assert (tmp_path / name / "metrics.jsonl").stat().st_size > 0
