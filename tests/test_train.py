@@ -157,9 +157,11 @@ def test_blockwise_bfloat16_compute_from_config():
 
 
 @pytest.mark.slow
-def test_kill_and_resume_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("source", ["arrays", "tfds"])
+def test_kill_and_resume_matches_uninterrupted(tmp_path, source):
+  """Arrays, or the offline TFDS dataset streamed from its array_record files."""
   config = tiny_config(num_steps=6, checkpoint_every=2)
-  data = toy_data()
+  data = toy_data() if source == "arrays" else None
   full = train.train_and_evaluate(config, str(tmp_path / "full"), data=data, progress=False)
   # "Killed" after 3 steps: the last checkpoint is at step 2.
   part = train.train_and_evaluate(config, str(tmp_path / "resumed"), data=data,
@@ -173,6 +175,56 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
   assert steps == [2, 4, 6]  # the lines after the checkpoint were replaced, not duplicated
   for name in ("results.json", "loss.png", "affinity.png", "spectrum.png"):
     assert os.path.getsize(tmp_path / "resumed" / name) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("steps_per_call", [1, 2])
+def test_loop_on_four_devices_equals_one(tmp_path, steps_per_call):
+  """The whole loop: streaming input, device prefetch (sharded over 4
+  devices), the pmapped step (or scan of steps) and checkpoints."""
+  options = dict(loss="jsd", label_fraction=0.5, labels_in_loss=True, oar_weight=1.0,
+                 optimizer="sgd", learning_rate=0.05, num_steps=4,
+                 steps_per_call=steps_per_call)
+  data = toy_data()
+  one = train.train_and_evaluate(tiny_config(num_devices=1, **options),
+                                 str(tmp_path / "one"), data=data, progress=False,
+                                 stop_after=4)
+  four = train.train_and_evaluate(tiny_config(num_devices=4, **options),
+                                  str(tmp_path / "four"), data=data, progress=False,
+                                  stop_after=4)
+  chex.assert_trees_all_close(one["state"].params, four["state"].params,
+                              rtol=1e-4, atol=2e-5)
+
+
+def test_steps_per_call_scan_equals_single_steps(tmp_path):
+  """steps_per_call=3 (a lax.scan over steps) trains the same parameters and
+  logs the same metrics as one step per call."""
+  data = toy_data()
+  one = train.train_and_evaluate(tiny_config(num_steps=6, log_every=1), str(tmp_path / "a"),
+                                 data=data, progress=False, stop_after=6)
+  three = train.train_and_evaluate(tiny_config(num_steps=6, log_every=1, steps_per_call=3),
+                                   str(tmp_path / "b"), data=data, progress=False,
+                                   stop_after=6)
+  chex.assert_trees_all_close(one["state"].params, three["state"].params,
+                              rtol=1e-5, atol=1e-6)
+  m1 = train.read_metrics(str(tmp_path / "a" / "metrics.jsonl"))
+  m3 = train.read_metrics(str(tmp_path / "b" / "metrics.jsonl"))
+  assert [r["step"] for r in m3] == [1, 2, 3, 4, 5, 6]
+  np.testing.assert_allclose([r["loss"] for r in m3], [r["loss"] for r in m1], rtol=1e-5)
+
+
+def test_diverged_run_stops_with_valid_json(tmp_path):
+  """A non-finite metric stops the run, naming the step and the quantity;
+  metrics.jsonl stays valid JSON (null, never a bare NaN)."""
+  config = tiny_config(learning_rate=1e12, optimizer="sgd", warmup_steps=0,
+                       num_steps=20, log_every=1)
+  with pytest.raises(FloatingPointError, match=r"is not finite at step \d+"):
+    train.train_and_evaluate(config, str(tmp_path), data=toy_data(), progress=False)
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  records = [json.loads(l) for l in lines]         # json.loads rejects nothing here...
+  assert "NaN" not in "".join(lines) and "Infinity" not in "".join(lines)  # ...so check
+  last = records[-1]
+  assert last["nonfinite"] and all(last[k] is None for k in last["nonfinite"])
 
 
 def test_config_errors_before_compute():
