@@ -1,6 +1,6 @@
 """TransFusion as Flax linen modules over the pure functions of ``tfjax.attention``.
 
-Layout (SPEC §1)::
+Layout (docs/design.md, "Model")::
 
     x ──▶ FusionBlock ×(L−1) ──▶ AdjacencyBlock ──▶ A_L  [n, n]
              │ fused (transductive) features X_{L−1}
