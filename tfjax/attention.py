@@ -45,14 +45,18 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "relu": jax.nn.relu,
     "sigmoid": jax.nn.sigmoid,
     "leaky_relu": _shifted_leaky_relu,
+    # The squared cosine of the authors' self-supervised loss (their
+    # src/Loss_SymNSQ.py): non-negative, and a cosine of −1 weighs like +1.
+    "square": jnp.square,
 }
 
 
 def get_activation(activation: Activation) -> Callable[[Array], Array]:
   """Returns the activation function named ``activation`` (or ``activation``).
 
-  Known names: ``"relu"`` (default of TransFusion), ``"sigmoid"`` and
-  ``"leaky_relu"`` (shifted by its slope to stay non-negative; our choice).
+  Known names: ``"relu"`` (default of TransFusion), ``"sigmoid"``,
+  ``"leaky_relu"`` (shifted by its slope to stay non-negative; our choice)
+  and ``"square"`` (the squared cosine of the authors' self-supervised loss).
   A callable must map cosines in [-1, 1] to non-negative weights.
   """
   if callable(activation):

@@ -31,6 +31,11 @@ def base_config() -> ml_collections.ConfigDict:
       activation="relu", implementation="dense", block_size=512,
       # Start each block with W_k = W_q (tfjax.models.tie_query_key).
       tie_qk_init=False,
+      # The truncated block's Q, K: "learned" (LayerNorm + separate Q, K),
+      # "tied" (Q = K) or "none" (Q = K = its input, no parameters).
+      final_projection="learned",
+      # Fusion attention within each view (the authors') or across all rows.
+      fuse_within_view=False,
       # "blockwise" only: matmul dtype, e.g. "bfloat16" (None: fp32).
       compute_dtype=ml_collections.FieldReference(None, field_type=str)))
   # The method: a name in the registry (tfjax.methods): jsd | info_nce |

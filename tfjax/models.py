@@ -75,10 +75,33 @@ def _gathered_ids(groups, labels, axis_name):
   return column_groups, column_labels, offset
 
 
+PROJECTIONS = ("learned", "tied", "none")
+
+
+def uniform_row_fraction(a: Array, diagonal_offset=0) -> Array:
+  """Fraction of rows of an adjacency [n, N] that are uniform off the diagonal.
+
+  With ReLU a row whose cosines are all ≤ 0 has no positive weight and is
+  made uniform by the ε rule: a "dead" row, which passes no gradient.  A row
+  counts as uniform when its largest and smallest off-diagonal entries agree
+  to 1e-6 of their mean.
+  """
+  n, m = a.shape
+  off = ~(jnp.arange(m)[None, :] == (jnp.arange(n) + diagonal_offset)[:, None])
+  hi = jnp.max(jnp.where(off, a, -jnp.inf), axis=1)
+  lo = jnp.min(jnp.where(off, a, jnp.inf), axis=1)
+  return jnp.mean((hi - lo <= 1e-6 / max(m - 1, 1)).astype(jnp.float32))
+
+
 class AdjacencyBlock(nn.Module):
-  """Truncated block: LayerNorm → Q, K → adjacency [n, N] (N = global batch).
+  """Truncated block: (LayerNorm → Q, K) → adjacency [n, N] (N = global batch).
 
   Attributes:
+    projection: how Q and K are made from the input x: ``"learned"``
+      (LayerNorm, then separate Q and K projections; our default),
+      ``"tied"`` (LayerNorm, one projection with Q = K) or ``"none"``
+      (Q = K = x, no parameters: the authors' self-supervised loss compares
+      the head's outputs directly).
     features: width of Q and K (default: the input width).
     activation: see :func:`tfjax.attention.adjacency`.
     axis_name: pmap axis to gather keys over (None on one device).
@@ -92,13 +115,20 @@ class AdjacencyBlock(nn.Module):
   implementation: str = "dense"
   block_size: int = DEFAULT_BLOCK_SIZE
   compute_dtype: Optional[Any] = None
+  projection: str = "learned"
 
   @nn.compact
   def _query_key(self, x: Array):
-    width = self.features or x.shape[-1]
-    x_hat = nn.LayerNorm(name="norm")(x)
-    q = nn.Dense(width, name="query")(x_hat)
-    k = nn.Dense(width, name="key")(x_hat)
+    if self.projection not in PROJECTIONS:
+      raise ValueError(f"unknown projection {self.projection!r}; choose one "
+                       f"of {PROJECTIONS}")
+    if self.projection == "none":
+      q = k = x
+    else:
+      width = self.features or x.shape[-1]
+      x_hat = nn.LayerNorm(name="norm")(x)
+      q = nn.Dense(width, name="query")(x_hat)
+      k = q if self.projection == "tied" else nn.Dense(width, name="key")(x_hat)
     k_all, offset = gather_batch(k, self.axis_name)
     return q, k_all, offset
 
@@ -215,6 +245,8 @@ class TransFusionHead(nn.Module):
   implementation: str = "dense"
   block_size: int = DEFAULT_BLOCK_SIZE
   compute_dtype: Optional[Any] = None
+  final_projection: str = "learned"
+  fuse_within_view: bool = False
 
   def setup(self):
     if self.num_layers < 1:
@@ -229,32 +261,52 @@ class TransFusionHead(nn.Module):
         for i in range(self.num_layers - 1)
     ]
     self.final = AdjacencyBlock(self.features, self.activation, self.axis_name,
-                                name="adjacency", **options)
+                                name="adjacency", projection=self.final_projection,
+                                **options)
 
-  def fuse(self, x: Array) -> Array:
-    """Transductive fused features X_{L−1} [n, d]."""
+  def fuse(self, x: Array, num_views: int = 1) -> Array:
+    """Transductive fused features X_{L−1} [n, d].
+
+    With ``fuse_within_view`` and ``num_views = V > 1`` the rows of ``x`` are
+    V view-major chunks and each chunk is fused on its own (attention spans
+    one view of the batch, as in the authors' code); otherwise attention
+    spans all rows.
+    """
     if x.ndim != 2:
       raise ValueError(f"TransFusionHead expects [n, d] inputs, got {x.shape}")
+    if self.fuse_within_view and num_views > 1:
+      if x.shape[0] % num_views:
+        raise ValueError(f"{x.shape[0]} rows do not split into {num_views} views")
+      n = x.shape[0] // num_views
+      return jnp.concatenate([self.fuse(x[v * n:(v + 1) * n])
+                              for v in range(num_views)])
     for block in self.blocks:
       x = block(x)
     return x
 
-  def __call__(self, x: Array) -> Array:
-    return self.final(self.fuse(x))
+  def __call__(self, x: Array, num_views: int = 1) -> Array:
+    return self.final(self.fuse(x, num_views))
 
   def loss(self, x: Array, groups: Array,
-           labels: Optional[Array] = None) -> Array:
+           labels: Optional[Array] = None, num_views: int = 1) -> Array:
     """JSD between this head's adjacency and the target of ``groups``/``labels``.
 
     Under pmap the groups and labels of all devices are gathered so that the
     target's columns, like the adjacency's, span the global batch.  With
     ``implementation="blockwise"`` the truncated block and the loss are fused
-    (:meth:`AdjacencyBlock.loss`): same value, O(n·block_size) memory.
+    (:meth:`AdjacencyBlock.loss`): same value, O(n·block_size) memory.  The
+    dense path also records the fraction of uniform ("dead") adjacency rows
+    in the ``diagnostics`` collection (``uniform_rows``).  ``num_views``:
+    see :meth:`fuse`.
     """
     if self.implementation == "blockwise":
-      return self.final.loss(self.fuse(x), groups, labels)
-    a = self(x)
+      return self.final.loss(self.fuse(x, num_views), groups, labels)
+    a = self(x, num_views)
     column_groups, offset = gather_batch(groups, self.axis_name)
+    frac = uniform_row_fraction(a, offset)
+    if self.axis_name is not None:
+      frac = jax.lax.pmean(frac, self.axis_name)
+    self.sow("diagnostics", "uniform_rows", frac)
     column_labels = (None if labels is None
                      else gather_batch(labels, self.axis_name)[0])
     target = target_affinity(groups, labels, column_groups=column_groups,

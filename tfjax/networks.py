@@ -81,9 +81,9 @@ class ContrastiveNet(nn.Module):
   def adjacency(self, z: Array) -> Array:
     return self._require_head()(z)
 
-  def fuse(self, z: Array) -> Array:
-    return self._require_head().fuse(z)
+  def fuse(self, z: Array, num_views: int = 1) -> Array:
+    return self._require_head().fuse(z, num_views)
 
   def head_loss(self, z: Array, groups: Array,
-                labels: Optional[Array] = None) -> Array:
-    return self._require_head().loss(z, groups, labels)
+                labels: Optional[Array] = None, num_views: int = 1) -> Array:
+    return self._require_head().loss(z, groups, labels, num_views)

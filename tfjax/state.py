@@ -151,6 +151,14 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
 
 def head_options(config) -> dict:
   """The TransFusion head's implementation fields, checked."""
+  from tfjax.attention import get_activation
+  from tfjax.models import PROJECTIONS
+  if config.head.final_projection not in PROJECTIONS:
+    raise ValueError(f"unknown head.final_projection "
+                     f"{config.head.final_projection!r}; choose one of {PROJECTIONS}")
+  if config.head.num_layers < 1:
+    raise ValueError(f"head.num_layers must be >= 1, got {config.head.num_layers}")
+  get_activation(config.head.activation)  # unknown activation -> ValueError
   impl = config.head.get("implementation", "dense")
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"unknown head.implementation {impl!r}; choose one of "
@@ -191,6 +199,8 @@ def build_network(config, axis_name: Optional[str] = None) -> ContrastiveNet:
     head = TransFusionHead(num_layers=config.head.num_layers,
                            features=config.head.features,
                            activation=config.head.activation,
+                           final_projection=config.head.final_projection,
+                           fuse_within_view=config.head.fuse_within_view,
                            axis_name=axis_name, **head_options(config))
   return ContrastiveNet(backbone=backbone, embed_dim=config.embed_dim,
                         projector_hidden=tuple(config.projector_hidden),

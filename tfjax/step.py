@@ -24,9 +24,10 @@ is (``jax.jit(train_step)``), or pmap it with ``in_axes=(0, 0, None)``.
 Metrics (scalars, global): ``loss``, ``base_loss``, ``oar_loss``,
 ``grad_norm``, ``param_norm`` (of the backbone's weights),
 ``rows_without_positive`` (fraction of the global batch's rows with no
-positive under the method's target: 0 for two-view methods), and
+positive under the method's target: 0 for two-view methods),
 ``embedding_variance`` (1 − ‖mean‖² of the normalised embeddings; 0 = all
-equal).
+equal), and for the dense TransFusion head ``uniform_rows`` (the fraction of
+"dead" adjacency rows: uniform, so they pass no gradient).
 """
 
 from __future__ import annotations
@@ -94,14 +95,20 @@ def train_step(state: TrainState, batch: Dict[str, Array], key: Array):
   if "semi_label" in batch:
     labels = jnp.tile(batch["semi_label"].astype(jnp.int32), recipe.num_views)
 
+  diagnostics_ = {}  # what the head sows (e.g. uniform_rows), out through aux
+
   def loss_fn(params):
     (_, z), new_model_state = state.model.apply(
         {"params": params, "batch_stats": state.batch_stats}, flat,
         train=True, mutable=["batch_stats"])
 
     def head_loss(z_, groups_, labels_):
-      return state.model.apply({"params": params}, z_, groups_, labels_,
-                               method=ContrastiveNet.head_loss)
+      out, sown = state.model.apply(
+          {"params": params}, z_, groups_, labels_, recipe.num_views,
+          method=ContrastiveNet.head_loss, mutable=["diagnostics"])
+      for name, values in sown.get("diagnostics", {}).get("head", {}).items():
+        diagnostics_[name] = values[0]
+      return out
 
     inputs = methods.LossInputs(
         z=z, num_views=recipe.num_views, groups=groups,
@@ -113,9 +120,10 @@ def train_step(state: TrainState, batch: Dict[str, Array], key: Array):
     if state.anchors is not None:
       oar = losses.oar_loss(z, labels, state.anchors, axis_name=axis)
     total = base + recipe.oar_weight * oar
-    return total, (new_model_state.get("batch_stats", {}), z, base, oar, ids)
+    return total, (new_model_state.get("batch_stats", {}), z, base, oar, ids,
+                   dict(diagnostics_))
 
-  (loss, (batch_stats, z, base, oar, ids)), grads = jax.value_and_grad(
+  (loss, (batch_stats, z, base, oar, ids, sown)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   if axis is not None:
     grads = jax.lax.pmean(grads, axis)
@@ -127,7 +135,8 @@ def train_step(state: TrainState, batch: Dict[str, Array], key: Array):
                  rows_without_positive=rows_without_positive(ids_all),
                  grad_norm=optax.global_norm(grads),
                  param_norm=_backbone_norm(params),
-                 embedding_variance=diagnostics.embedding_variance(z_all))
+                 embedding_variance=diagnostics.embedding_variance(z_all),
+                 **sown)
   new_state = state.replace(step=state.step + 1, params=params,
                             batch_stats=batch_stats, opt_state=opt_state)
   return new_state, metrics

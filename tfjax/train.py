@@ -199,11 +199,47 @@ def _num_classes(spec, train_source, data) -> int:
   return max(spec.num_classes, int(pipeline.source_labels(train_source).max()) + 1)
 
 
+class DeadTrainingWatch:
+  """Warns, once each, when training has stopped learning without failing.
+
+  * more than half of the TransFusion head's adjacency rows are uniform
+    (``uniform_rows`` > 0.5: "dead" ReLU rows pass no gradient);
+  * ``grad_norm`` is exactly 0 at two consecutive logged steps.
+  """
+
+  def __init__(self):
+    self._zero_grads, self._said = 0, set()
+
+  def check(self, record: Mapping[str, Any]):
+    out = []
+    rows = record.get("uniform_rows")
+    if rows is not None and rows > 0.5 and "rows" not in self._said:
+      self._said.add("rows")
+      out.append(f"warning: at step {record['step']} {rows:.0%} of the "
+                 "TransFusion adjacency rows are uniform (dead ReLU rows pass "
+                 "no gradient); see head.final_projection / head.activation")
+    grad = record.get("grad_norm")
+    self._zero_grads = self._zero_grads + 1 if grad == 0.0 else 0
+    if self._zero_grads >= 2 and "grad" not in self._said:
+      self._said.add("grad")
+      out.append(f"warning: grad_norm is 0 at two consecutive logged steps "
+                 f"(step {record['step']}): the model no longer learns")
+    return out
+
+
 class _Progress:
   """tqdm on the primary process; a no-op elsewhere or when disabled."""
 
   def __init__(self, enabled: bool):
     self.enabled = enabled
+
+  def warn(self, message: str):
+    """Always shown (on the primary process), with or without progress bars."""
+    if self.enabled:
+      self.say(message)
+    elif distributed.is_primary():
+      import sys
+      print(message, file=sys.stderr, flush=True)
 
   def bar(self, **kwargs):
     if not self.enabled:
@@ -284,6 +320,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       num_devices=local_devices if axis_name else None)
 
   t0, last, bar = time.time(), None, None
+  watch = DeadTrainingWatch()
   if start < end:
     show.say(f"{config.loss}: compiling the step (the progress bar starts after it)")
   for first, count, batch in batches:
@@ -310,6 +347,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if writer is not None:
           writer.write_scalars(s, {**scalars, "elapsed_s": record["elapsed_s"]})
         last = record
+        for message in watch.check(record):
+          show.warn(message)
         if "nonfinite" in record:
           raise FloatingPointError(
               f"{', '.join(record['nonfinite'])} is not finite at step {s}")
