@@ -14,6 +14,7 @@ merges their tables into ``WORKDIR/results.md`` and ``downstream.png``.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -41,10 +42,14 @@ def run(config, workdir: str, *, progress: bool = True):
     rows = main_job.run(c, os.path.join(workdir, name), progress=progress)
     all_rows += [{"dataset": name, **r} for r in rows]
 
-  metrics = [m for m in ("knn", "linear", "finetune@0.1", "finetune@0.5", "finetune@1")
-             if any(m in r for r in all_rows)]
-  table = write_results(workdir, "Downstream accuracy (test set)", all_rows,
-                        ["dataset", "method"] + metrics + ["minutes"])
+  metrics = [m for m in ("knn", "linear", "finetune@0.1", "finetune@0.5", "finetune@1",
+                         "knn_head") if any(m in r for r in all_rows)]
+  table = write_results(workdir, "Downstream accuracy (test set)",
+                        [main_job.formatted(r) for r in all_rows],
+                        ["dataset", "method"] + metrics + ["seeds", "minutes"],
+                        f"Mean ± std over {config.seeds} seed(s).")
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(all_rows, f, indent=2)
   plot(all_rows, metrics, os.path.join(workdir, "downstream.png"))
   print(table)
   return all_rows
@@ -61,7 +66,8 @@ def plot(all_rows, metrics, path):
     width = 0.8 / len(rows)
     for i, r in enumerate(rows):
       ax.bar([j + i * width for j in range(len(metrics))],
-             [r.get(m, 0.0) for m in metrics], width, label=r["method"])
+             [r.get(m, 0.0) for m in metrics], width, label=r["method"],
+             yerr=[r.get(f"{m}_std", 0.0) for m in metrics], capsize=2)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))])
     ax.set_xticklabels(metrics, fontsize=8)
     ax.set_ylim(0, 1)

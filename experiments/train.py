@@ -67,22 +67,31 @@ def run(config, workdir: str, *, progress: bool = True, data=None):
       f"test, {jax.device_count()} {jax.default_backend()} device(s), "
       f"{jax.process_count()} process(es)", flush=True)
 
+  seeds = [config.seed + k for k in range(config.seeds)]
   rows, t_job = [], time.time()
   for name, c in runs:
-    t0 = time.time()
-    res = train.train_and_evaluate(c, os.path.join(workdir, name), data=sources,
-                                   progress=progress)
-    res.pop("state")
-    rows.append({"method": methods.display_name(c),
-                 **{k: v for k, v in res.items() if isinstance(v, float)},
-                 "minutes": round((time.time() - t0) / 60, 2)})
-    say(json.dumps(rows[-1]), flush=True)
+    t0, per_seed = time.time(), []
+    for seed in seeds:
+      c_seed = c.copy_and_resolve_references()
+      c_seed.seed = seed
+      res = train.train_and_evaluate(c_seed, os.path.join(workdir, name, f"seed{seed}"),
+                                     data=sources, progress=progress)
+      res.pop("state")
+      per_seed.append({k: v for k, v in res.items() if isinstance(v, float)})
+      say(json.dumps({"run": name, "seed": seed, **per_seed[-1]}), flush=True)
+    rows.append({"method": methods.display_name(c), **mean_std(per_seed),
+                 "seeds": len(seeds), "minutes": round((time.time() - t0) / 60, 2)})
   if not primary:
     return rows
   if config.random_baseline:
+    per_seed = []
+    for seed in seeds:
+      c_seed = config.copy_and_resolve_references()
+      c_seed.seed = seed
+      per_seed.append(train.evaluate_untrained(c_seed, data=sources))
     rows.append({"method": f"random-init {config.backbone} (BatchNorm "
-                           "statistics of the data)",
-                 **train.evaluate_untrained(config, data=sources)})
+                           "statistics of the data)", **mean_std(per_seed),
+                 "seeds": len(seeds)})
     say(json.dumps(rows[-1]), flush=True)
   if config.raw_baseline:
     x_tr, y_tr = raw_arrays(sources[0])
@@ -90,25 +99,56 @@ def run(config, workdir: str, *, progress: bool = True, data=None):
     rows.append({"method": "raw inputs (no training)",
                  **evaluation.evaluate_features(
                      x_tr, y_tr, x_te, y_te, num_classes=spec.num_classes,
-                     eval_config=config.eval)})
+                     eval_config=config.eval), "seeds": 1})
     say(json.dumps(rows[-1]), flush=True)
 
   metrics = (["knn"] + (["linear"] if config.eval.linear_steps > 0 else [])
-             + [f"finetune@{f:g}" for f in config.eval.finetune_fractions])
+             + [f"finetune@{f:g}" for f in config.eval.finetune_fractions]
+             + (["knn_head"] if config.eval.head_knn else []))
   table = write_results(
       workdir, f"{config.dataset}, backbone {config.backbone}, "
-      f"{config.num_steps} steps, batch {config.batch_size}", rows,
-      ["method"] + metrics + ["feature_variance", "embedding_variance", "minutes"],
-      f"Total time {(time.time() - t_job) / 60:.1f} min on "
+      f"{config.num_steps} steps, batch {config.batch_size}, "
+      f"{len(seeds)} seed(s)", [formatted(r) for r in rows],
+      ["method"] + metrics + ["feature_variance", "embedding_variance", "seeds",
+                              "minutes"],
+      f"Mean ± standard deviation over {len(seeds)} seed(s) (seeds "
+      f"{seeds[0]}…{seeds[-1]}: initialisation, batches, views); kNN, linear and "
+      "fine-tuning on the backbone features (inductive); knn_head on the head's "
+      "output (TransFusion's fused features, transductive; the projector's "
+      f"output otherwise). Total time {(time.time() - t_job) / 60:.1f} min on "
       f"{jax.local_device_count()} {jax.default_backend()} device(s).")
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(rows, f, indent=2)
   plot_comparison(rows, metrics, os.path.join(workdir, "comparison.png"))
   print("\n" + table)
   print(f"wrote {workdir}/results.md, results.json, comparison.png")
   return rows
 
 
+def mean_std(per_seed):
+  """``{key: mean, key_std: std}`` over the seeds' results (floats only)."""
+  import numpy as np
+  out = {}
+  for key in per_seed[0]:
+    values = [r[key] for r in per_seed if isinstance(r.get(key), float)]
+    if len(values) == len(per_seed):
+      out[key] = float(np.mean(values))
+      out[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+  return out
+
+
+def formatted(row):
+  """A table row: ``mean ± std`` where there is a spread over seeds."""
+  out = dict(row)
+  for key, value in row.items():
+    std = row.get(f"{key}_std")
+    if isinstance(value, float) and std is not None and row.get("seeds", 1) > 1:
+      out[key] = f"{value:.3f} ± {std:.3f}"
+  return out
+
+
 def plot_comparison(rows, metrics, path):
-  """Grouped bars: one group per metric, one bar per method; legend outside."""
+  """Grouped bars (mean, ± std over seeds): one group per metric; legend outside."""
   import numpy as np
 
   plt = pyplot()
@@ -116,7 +156,8 @@ def plot_comparison(rows, metrics, path):
   width = 0.8 / max(1, len(rows))
   for i, row in enumerate(rows):
     xs = np.arange(len(metrics)) + i * width
-    ax.bar(xs, [row.get(m, 0.0) for m in metrics], width, label=row["method"])
+    ax.bar(xs, [row.get(m, 0.0) for m in metrics], width, label=row["method"],
+           yerr=[row.get(f"{m}_std", 0.0) for m in metrics], capsize=2)
   ax.set_xticks(np.arange(len(metrics)) + 0.4 - width / 2)
   ax.set_xticklabels(metrics)
   ax.set_ylabel("test accuracy")

@@ -82,7 +82,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       knn_k=20, knn_temperature=0.07, linear_steps=500,
       finetune_fractions=(0.1, 0.5, 1.0), finetune_steps=500,
-      batch_size=512))   # feature extraction
+      batch_size=512,    # feature extraction
+      # Also kNN on the head's output (TransFusion: the fused, transductive
+      # features of training-size batches; others: the projector's output).
+      head_knn=True))
   c.lock()
   c.loss_options.unlock()  # each registered method may read its own options
   return c

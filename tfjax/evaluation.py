@@ -3,6 +3,9 @@
 * :func:`extract_features` — backbone features (or projector embeddings) of
   a whole split in eval mode, streamed in batches through one cached jitted
   function per network (no recompile between calls);
+* :func:`extract_fused` — the TransFusion head's fused (transductive)
+  features, batch by batch as in training (the authors evaluate kNN on the
+  head's output);
 * :func:`evaluate_features` — weighted kNN, the linear probe and CLOA's MLP
   fine-tuning on fixed features (:mod:`tfjax.probes`, :mod:`tfjax.finetune`);
 * :func:`precise_batch_stats` — BatchNorm statistics re-estimated on data
@@ -10,8 +13,9 @@
   baseline is a randomly initialised backbone with these statistics, not with
   BatchNorm's initial mean 0 / variance 1.
 
-Only the inductive representation (independent of the rest of the batch) is
-evaluated here, never TransFusion's fused features.
+The probes are run on the inductive representation (independent of the rest
+of the batch); the head's fused features are reported beside them as what
+they are: transductive.
 
 Example::
 
@@ -79,6 +83,31 @@ def extract_features(model: ContrastiveNet, variables, data, *,
     if progress is not None:
       progress(done)
   return np.concatenate(out)
+
+
+@functools.lru_cache(maxsize=32)
+def _fused_fn(model: ContrastiveNet) -> Callable:
+  def fused(v, x):
+    _, z = model.apply(v, x)
+    return model.apply(v, z, method=ContrastiveNet.fuse)
+  return jax.jit(fused)
+
+
+def extract_fused(model: ContrastiveNet, variables, data, *,
+                  batch_size: int = 256) -> np.ndarray:
+  """The TransFusion head's fused features X_{L−1} [N, d] of ``data`` (transductive).
+
+  Each batch of ``batch_size`` consecutive records is fused together (the
+  last, smaller batch on its own), as at training time, so a sample's
+  features depend on the others in its batch.  Without a head: the
+  projector's embeddings (the output the other methods train).
+  """
+  if model.head is None:
+    return extract_features(model, variables, data, batch_size=batch_size,
+                            embeddings=True)
+  fn = _fused_fn(model)
+  return np.concatenate([np.asarray(fn(variables, xb))
+                         for xb in _batches(data, batch_size)])
 
 
 def evaluate_features(train_x: np.ndarray, train_y: np.ndarray,

@@ -406,6 +406,13 @@ def evaluate_state(state: TrainState, train_source, test_source, train_labels,
   test_z = evaluation.extract_features(model, state.variables, test_source,
                                        batch_size=config.eval.batch_size,
                                        embeddings=True)
+  if config.eval.head_knn:  # the authors' protocol: kNN on the head's output
+    fused = [evaluation.extract_fused(model, state.variables, src,
+                                      batch_size=config.batch_size)
+             for src in (train_source, test_source)]
+    out["knn_head"] = evaluation.knn_accuracy(
+        fused[0], train_labels, fused[1], test_labels, num_classes=num_classes,
+        k=config.eval.knn_k, temperature=config.eval.knn_temperature)
   out["feature_variance"] = float(diagnostics.embedding_variance(feats[1]))
   out["embedding_variance"] = float(diagnostics.embedding_variance(test_z))
   out["embedding_rank95"] = float(diagnostics.rank_at_energy(test_z))

@@ -42,6 +42,7 @@ def get_config(arg: str = ""):
     })
     c.runs.unlock()  # add runs with --config.runs.NAME... in a config file
     c.compare = "transfusion,supcon,simclr"
+    c.seeds = 1      # runs per method: seeds seed, seed+1, ...
     c.random_baseline = True
     c.raw_baseline = True
   if arg == "quick":

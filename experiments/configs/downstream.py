@@ -52,6 +52,7 @@ def get_config(arg: str = ""):
         "transfusion_ssl": {"loss": "jsd"},
     })
     c.compare = "transfusion,supcon,simclr,transfusion_ssl"
+    c.seeds = 1      # runs per method: seeds seed, seed+1, ...
     c.random_baseline = True
     c.raw_baseline = True
   if arg in ("quick", "tiny"):
