@@ -152,3 +152,27 @@ def test_offline_vectors_and_signals(data_dir, name, shape):
     b = next(make_dataset(name, "test", batch_size=10, data_dir=data_dir))
     assert b["x"].shape == (10,) + shape and b["x"].dtype == np.float32
     assert b["label"].max() < get_dataset_spec(name).num_classes
+
+
+def test_validation_split_is_balanced_disjoint_and_seeded(data_dir):
+    from tfjax.data.pipeline import open_source, source_labels, split_source
+
+    source = open_source("digits", "train", data_dir=data_dir)
+    train, val = split_source(source, 0.2, seed=3)
+    assert len(train) + len(val) == len(source)
+    assert not set(train.indices) & set(val.indices)
+    counts = np.bincount(source_labels(source), minlength=10)
+    np.testing.assert_array_equal(np.bincount(val.labels, minlength=10),
+                                  np.floor(0.2 * counts + 0.5).astype(int))
+    np.testing.assert_array_equal(val[0]["x"], source[int(val.indices[0])]["x"])
+    again, _ = split_source(source, 0.2, seed=3)
+    np.testing.assert_array_equal(again.indices, train.indices)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        split_source(source, 1.0)
+
+
+def test_mnist1d_variant_differs_from_default(data_dir):
+    x, y = load_arrays("mnist1d", "test", data_dir=data_dir)
+    xs, ys = load_arrays("mnist1d_shifted", "test", data_dir=data_dir)
+    assert x.shape == xs.shape == (1000, 40, 1)
+    assert not np.allclose(x, xs)

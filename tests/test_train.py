@@ -345,3 +345,14 @@ def test_semi_supervised_ids_match_positive_mask():
   ids = np.asarray(methods.semi_supervised_ids(jnp.asarray(groups), jnp.asarray(labels)))
   same_id = (ids[:, None] == ids[None, :]) & ~np.eye(16, dtype=bool)
   np.testing.assert_array_equal(same_id, tfjax.positive_mask(groups, labels))
+
+
+def test_validation_fraction_evaluates_on_held_out_training_data(tmp_path):
+  config = tiny_config(validation_fraction=0.25, num_steps=2, warmup_steps=0)
+  res = train.train_and_evaluate(config, str(tmp_path), data=toy_data(), progress=False)
+  assert res["evaluated_on"] == "validation"
+  spec = validate_config(config)
+  tr, val = train.open_splits(config, spec, toy_data())
+  assert (len(tr), len(val)) == (36, 12)          # 25 % of 48, class-balanced
+  with pytest.raises(ValueError, match="validation_fraction must be in"):
+    validate_config(tiny_config(validation_fraction=1.0))

@@ -18,6 +18,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Data (tfjax.data registry name) and the data directory of real TFDS data.
   c.dataset = "subspaces"
   c.data_dir = ml_collections.FieldReference(None, field_type=str)
+  # Hold out this fraction of the training split (class-balanced, fixed seed
+  # 0) and evaluate on it instead of the test split: for choosing
+  # hyper-parameters without looking at the test set.
+  c.validation_fraction = ml_collections.FieldReference(None, field_type=float)
   # Network: backbone -> BatchNorm-MLP projector -> (TransFusion head).
   # backbone "identity" feeds the raw vectors on; embed_dim = 0 drops the
   # projector (the embeddings are then the backbone features).

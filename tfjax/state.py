@@ -128,6 +128,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
   if config.embed_dim < 0:
     raise ValueError(f"embed_dim must be >= 0 (0: no projector), got "
                      f"{config.embed_dim}")
+  if config.get("validation_fraction") is not None and not (
+      0 < config.validation_fraction < 1):
+    raise ValueError(f"validation_fraction must be in (0, 1) (or None), got "
+                     f"{config.validation_fraction}")
   if config.label_fraction is not None and not 0 < config.label_fraction <= 1:
     raise ValueError(f"label_fraction must be in (0, 1] (or None for no "
                      f"labels), got {config.label_fraction}")

@@ -182,14 +182,23 @@ def _stack_keys(seed: int, first: int, count: int):
 # Data.
 # ----------------------------------------------------------------------------
 def open_splits(config, spec, data=None):
-  """``(train source, test source)``: ``data`` arrays, or the registry dataset."""
+  """``(train source, evaluation source)``: ``data``, or the registry dataset.
+
+  With ``config.validation_fraction`` the evaluation source is that held-out
+  part of the training split (and training uses the rest), not the test split.
+  Two sources given as ``data`` are taken as they are (already split).
+  """
+  if data is not None and len(data) == 2:
+    return tuple(data)
   if data is not None:
-    if len(data) == 4:
-      x_train, y_train, x_test, y_test = data
-      return pipeline.ArraySource(x_train, y_train), pipeline.ArraySource(x_test, y_test)
-    return tuple(data)  # already two sources
-  return (pipeline.open_source(config.dataset, spec.train_split, data_dir=config.data_dir),
-          pipeline.open_source(config.dataset, spec.test_split, data_dir=config.data_dir))
+    x_train, y_train, x_test, y_test = data
+    splits = pipeline.ArraySource(x_train, y_train), pipeline.ArraySource(x_test, y_test)
+  else:
+    splits = (pipeline.open_source(config.dataset, spec.train_split, data_dir=config.data_dir),
+              pipeline.open_source(config.dataset, spec.test_split, data_dir=config.data_dir))
+  if config.get("validation_fraction"):
+    return pipeline.split_source(splits[0], config.validation_fraction, seed=0)
+  return splits
 
 
 def _num_classes(spec, train_source, data) -> int:
@@ -368,6 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return {"step": int(final.step), "state": final}
 
   results = {"loss_name": config.loss, "dataset": config.dataset,
+             "evaluated_on": "validation" if config.get("validation_fraction") else "test",
              "step": int(final.step),
              "final_loss": None if last is None else last["loss"],
              "train_seconds": round(time.time() - t0, 1)}

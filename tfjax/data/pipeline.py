@@ -45,6 +45,8 @@ from tfjax.data.registry import DatasetNotFoundError, DatasetSpec, get_dataset_s
 __all__ = [
     "ArraySource",
     "TFDSSource",
+    "Subset",
+    "split_source",
     "open_source",
     "source_labels",
     "semi_labels",
@@ -193,6 +195,40 @@ class _Head:
     @property
     def labels(self):
         return np.asarray(self._source.labels[: self._n])
+
+
+class Subset:
+    """The records ``indices`` of a source, as a source of their own."""
+
+    def __init__(self, source, indices):
+        self._source, self.indices = source, np.asarray(indices, np.int64)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self._source[int(self.indices[i])]
+
+    @property
+    def x_shape(self):
+        return self._source.x_shape
+
+    @property
+    def labels(self):
+        return source_labels(self._source)[self.indices]
+
+
+def split_source(source, validation_fraction: float, seed: int = 0):
+    """``(train, validation)`` subsets of a training source, seeded and class-balanced.
+
+    The validation subset takes ``validation_fraction`` of each class
+    (:func:`labelled_subset_mask`'s rule); choose hyper-parameters on it,
+    never on the test split.
+    """
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    held_out = labelled_subset_mask(source_labels(source), validation_fraction, seed)
+    return Subset(source, np.flatnonzero(~held_out)), Subset(source, np.flatnonzero(held_out))
 
 
 def source_labels(source) -> np.ndarray:

@@ -84,7 +84,11 @@ DATASETS: Dict[str, DatasetSpec] = {
                     image_key="x", num_train=60, num_test=30),
         DatasetSpec("digits", "tfjax_digits", "image", (8, 8, 1), 10, offline=True,
                     image_key="x", num_train=1437, num_test=360),
-        DatasetSpec("mnist1d", "tfjax_mnist1d", "signal", (40, 1), 10, offline=True,
+        DatasetSpec("mnist1d", "tfjax_mnist1d/default", "signal", (40, 1), 10, offline=True,
+                    image_key="x", num_train=4000, num_test=1000),
+        # Other generation settings (seed, noise, shear, scale): for checking
+        # that recipes chosen on mnist1d transfer.
+        DatasetSpec("mnist1d_shifted", "tfjax_mnist1d/shifted", "signal", (40, 1), 10, offline=True,
                     image_key="x", num_train=4000, num_test=1000),
     ]
 }
