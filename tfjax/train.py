@@ -328,7 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       size=config.input.device_prefetch if processes == 1 else 0,
       num_devices=local_devices if axis_name else None)
 
-  t0, last, bar = time.time(), None, None
+  t0, last, bar, started = time.time(), None, None, False
   watch = DeadTrainingWatch()
   if start < end:
     show.say(f"{config.loss}: compiling the step (the progress bar starts after it)")
@@ -338,10 +338,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     else:
       state, metrics = step_fn(state, batch, _stack_keys(config.seed, first, count))
     done = first + count
-    if bar is None:
+    if not started:  # the first call compiled: rates and the bar start now
       jax.block_until_ready(metrics)
+      started, t0 = True, time.time()
       bar = show.bar(total=config.num_steps, initial=done, desc=config.loss)
-      t0 = time.time()
     elif bar is not None:
       bar.update(count)
     logged = [s for s in range(first + 1, done + 1)
@@ -380,7 +380,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
              "evaluated_on": "validation" if config.get("validation_fraction") else "test",
              "step": int(final.step),
              "final_loss": None if last is None else last["loss"],
-             "train_seconds": round(time.time() - t0, 1)}
+             "train_seconds": round(time.time() - t0, 1)}  # after compiling
   results.update(evaluate_state(final, train_source, test_source,
                                 pipeline.source_labels(train_source),
                                 num_classes, config, show))
