@@ -1,14 +1,21 @@
 """Benchmark: dense vs blockwise TransFusion training steps (time, memory, FLOP/s).
 
-    python -m experiments.benchmark [--quick] [--sizes 512 2048 ...]
-        [--widths 512 128] [--layers 5] [--block-size 512]
-        [--memory-cap-gib 2] [--xla-cpu-scheduler memory|concurrency]
-        [--out results/benchmark/]
+    python -m experiments.benchmark --config=experiments/configs/benchmark.py[:quick|bf16|tiny] \
+        [--config.sizes=512,2048] [--config.widths=512,128] \
+        [--config.head.num_layers=5] [--config.head.block_size=512] \
+        [--config.memory_cap_gib=2] [--config.xla_cpu_scheduler=memory|concurrency] \
+        [--workdir=workdirs/benchmark/]
 
-For every (width w, batch n, implementation) one fresh subprocess builds a
-``TransFusionHead(num_layers=L, implementation=...)`` and times one jitted
-training step: ``TransFusionHead.loss`` (JSD against random groups of 2 views
-per source) forward + backward + an optax Adam update.  Reported:
+Every option is a field of ``experiments/configs/benchmark.py`` (which says
+what each size gives).  For every (width w, batch n, implementation) one
+fresh subprocess builds the train state of that config
+(``tfjax.state.create_train_state``: raw vectors of width w, no backbone, no
+projector, a ``TransFusionHead(num_layers=L, implementation=...)``, Adam) and
+times the library's one jitted training step, ``tfjax.step.train_step``
+(``tfjax.train.compile_step(1)``), on a batch ``{"x": [n/2, w]}``: two views
+(the vector augmentation at strength 0, so the views equal the sources) of
+n/2 sources give the head its n rows, paired by source as the JSD target
+wants, then forward + backward + the Adam update.  Reported:
 
 * ``step_s``: median wall time of the timed steps (after one warm-up step);
 * memory: XLA's compiled plan (``memory_analysis()``: temp + arguments +
@@ -29,27 +36,29 @@ per source) forward + backward + an optax Adam update.  Reported:
   subprocess, before and after the configs; the higher is used).  The
   blockwise path executes more than ``step`` (it recomputes blocks):
   ``executed = (L−1)·[6nd(2h + d) + 2nN(4h + 3d)] + [12ndh + 10nNh]``,
-  reported as ``executed_flops``.
+  reported as ``executed_flops``.  The rest of the step (the views at
+  strength 0, the metrics, Adam) has no matmul: the tests count every
+  ``dot_general`` of the traced step against these formulas.
 
-Dense configs whose compiled plan exceeds ``--max-ram-gib`` (default: 60% of
+Dense configs whose compiled plan exceeds ``max_ram_gib`` (0: 60% of
 available RAM) are reported as ``skipped: needs X GiB`` and never run.
-``--memory-cap-gib`` finds, per width and implementation, the largest n
-(multiple of ``--cap-granularity``) whose compiled plan (temp + arguments +
+``memory_cap_gib`` finds, per width and implementation, the largest n
+(multiple of ``cap_granularity``) whose compiled plan (temp + arguments +
 outputs − aliased) fits the cap, by doubling then bisection (compile only,
-abstract inputs; nothing is run, so this is XLA's plan, not a measured RSS).
+abstract batch; nothing is run, so this is XLA's plan, not a measured RSS).
 
 Every subprocess runs with XLA's memory-minimising CPU scheduler unless
-``--xla-cpu-scheduler concurrency`` (XLA's default; see :mod:`tfjax.runtime`:
-on CPU it holds many more buffers alive).  The choice is in the report.
+``xla_cpu_scheduler="concurrency"`` (XLA's default; see :mod:`tfjax.runtime`:
+on CPU it holds many more buffers alive); it is set in the subprocess before
+JAX starts.  The choice is in the report.
 
-Output: ``benchmark.json`` and ``benchmark.md`` under ``--out``; the table is
-printed too.  Works on CPU, GPU and TPU (nothing here assumes a CPU, except
-that the RSS figure is only measured where ``/proc`` exists).
+Output: ``benchmark.json`` and ``benchmark.md`` in the work directory; the
+table is printed too.  Works on CPU, GPU and TPU (nothing here assumes a CPU,
+except that the RSS figure is only measured where ``/proc`` exists).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -60,8 +69,18 @@ import time
 from tfjax.runtime import CPU_SCHEDULERS, use_low_memory_cpu_scheduler
 
 GIB = 2.0**30
-DEFAULT_SIZES = (512, 2048, 8192, 16384)
-DEFAULT_WIDTHS = (512, 128)
+
+
+def step_description(config) -> str:
+  """What the timed step is, in words (written above the table)."""
+  return (f"tfjax.step.train_step (jitted, state donated): backbone "
+          f"{config.backbone!r}, embed_dim {config.embed_dim} (0: no "
+          f"projector), TransFusion head with the {config.loss} loss over "
+          f"{config.num_views} views (augmentation "
+          f"{config.augment or 'default'!r} at strength "
+          f"{config.augment_strength}) of n/{config.num_views} sources, "
+          f"{config.optimizer} (weight decay {config.weight_decay}, "
+          f"{config.schedule} learning rate {config.learning_rate})")
 
 
 # ----------------------------------------------------------------------------
@@ -126,48 +145,67 @@ def _available_ram() -> float | None:
 # workers (run in fresh subprocesses)
 # ----------------------------------------------------------------------------
 def _init_jax():
+  """Starts JAX and imports the library's training modules.
+
+  Done before the RSS baseline is read, so that the measured peak counts the
+  step's buffers and executable, not the imported modules.
+  """
   import jax
   import jax.numpy as jnp
+  import tfjax.state  # noqa: F401
+  import tfjax.train  # noqa: F401
   jax.block_until_ready(jnp.zeros(()) + 1)
   return jax, jnp
 
 
-def _build_step(cfg, abstract=False):
-  """Returns (jitted step, example args) for one config.
+def step_config(cfg):
+  """The training config of one benchmark config (a locked ``base_config``).
 
+  ``cfg["config"]`` holds the base fields of the benchmark's config (the
+  step: identity backbone, no projector, JSD, Adam, ...); ``cfg`` sets the
+  head's implementation.
+  """
+  from tfjax.config import base_config
+  from tfjax.state import validate_config
+
+  config = base_config()
+  config.update(cfg["config"])
+  config.head.implementation = cfg["implementation"]
+  validate_config(config, num_devices=1)
+  return config
+
+
+def _build_step(cfg, abstract=False):
+  """Returns (jitted train step, (state, batch, key)) for one config.
+
+  The step is the library's (``tfjax.train.compile_step(1)``: jitted
+  ``tfjax.step.train_step``, the state donated); the batch is
+  ``{"x": [n/V, width]}`` (V = num_views = 2 views per source: n rows for
+  the head).
   ``abstract``: the batch is a ShapeDtypeStruct (enough to compile and plan).
   """
   import jax
   import jax.numpy as jnp
   import numpy as np
-  import optax
-  from tfjax.models import TransFusionHead
+  from tfjax.state import create_train_state
+  from tfjax.train import compile_step
 
   n, w = cfg["n"], cfg["width"]
-  compute_dtype = (None if cfg.get("compute_dtype") in (None, "none")
-                   else jnp.dtype(cfg["compute_dtype"]))
-  head = TransFusionHead(num_layers=cfg["layers"],
-                         implementation=cfg["implementation"],
-                         block_size=cfg["block_size"],
-                         compute_dtype=compute_dtype)
-  params = jax.jit(head.init)(jax.random.key(0), jnp.zeros((8, w)))
-  tx = optax.adam(1e-3)
-  opt_state = jax.jit(tx.init)(params)
-
-  def step(params, opt_state, x, groups):
-    loss, grads = jax.value_and_grad(
-        lambda p: head.apply(p, x, groups, method=head.loss))(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
+  config = step_config(cfg)
+  views = config.num_views
+  if n % views:
+    raise ValueError(f"n must be a multiple of num_views = {views} (views of "
+                     f"n/{views} sources), got {n}")
+  state = create_train_state(config, jax.random.key(0), x_shape=(w,),
+                             num_classes=2, data_kind="vector")
+  key = jax.random.key(1)
   if abstract:
-    return jax.jit(step, donate_argnums=(0, 1)), (
-        params, opt_state, jax.ShapeDtypeStruct((n, w), jnp.float32),
-        jax.ShapeDtypeStruct((n,), jnp.int32))
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((n, w), dtype=np.float32))
-  groups = jnp.asarray(rng.permutation(np.arange(n) // 2).astype(np.int32))
-  return jax.jit(step, donate_argnums=(0, 1)), (params, opt_state, x, groups)
+    batch = {"x": jax.ShapeDtypeStruct((n // views, w), jnp.float32)}
+  else:
+    rng = np.random.default_rng(0)
+    batch = {"x": jnp.asarray(rng.standard_normal((n // views, w),
+                                                  dtype=np.float32))}
+  return compile_step(1), (state, batch, key)
 
 
 def _plan_bytes(compiled):
@@ -198,17 +236,17 @@ def worker_step(cfg):
     return res
   device = jax.devices()[0]
   reset = _reset_peak_rss()
-  params, opt_state, x, groups = args
+  state, batch, key = args
   times = []
   warmup = cfg.get("warmup", 1)
   for i in range(cfg["repeats"] + warmup):
     t = time.perf_counter()
-    params, opt_state, loss = compiled(params, opt_state, x, groups)
-    jax.block_until_ready((params, loss))
+    state, metrics = compiled(state, batch, key)
+    jax.block_until_ready((state, metrics))
     if i >= warmup:                          # the first calls warm up
       times.append(time.perf_counter() - t)
   res.update(step_s=statistics.median(times), step_times_s=times,
-             loss=float(loss))
+             loss=float(metrics["loss"]))
   peak = _proc_status("VmHWM")
   if peak is not None and baseline is not None:
     res["peak_rss_minus_baseline_bytes"] = peak - baseline
@@ -343,6 +381,12 @@ def markdown(report) -> str:
       f"{report.get('xla_cpu_scheduler', 'memory')}. FLOPs per step = "
       "3·[(L−1)(2nd(2h+d) + 2n²h + 2n²d) + 4ndh + 2n²h] (model FLOPs, h = d).",
       "",
+  ]
+  if report.get("step"):
+    lines += [f"Step: {report['step']}.", ""]
+  if report.get("command"):
+    lines[1:1] = ["", f"Command: `{report['command']}`"]
+  lines += [
       "| impl | width | n | step s | model GFLOP | GFLOP/s | % of peak | "
       "XLA plan GiB | peak RSS−base GiB | device peak GiB | note |",
       "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -371,98 +415,84 @@ def markdown(report) -> str:
   return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--quick", action="store_true",
-                 help="n ∈ {512, 2048}, width 128, 2 repeats: a few minutes")
-  p.add_argument("--sizes", type=int, nargs="+", default=None)
-  p.add_argument("--widths", type=int, nargs="+", default=None)
-  p.add_argument("--implementations", nargs="+",
-                 default=["dense", "blockwise"],
-                 choices=["dense", "blockwise"])
-  p.add_argument("--layers", type=int, default=5)
-  p.add_argument("--block-size", type=int, default=512)
-  p.add_argument("--compute-dtype", default="none",
-                 help="'none' (inputs' dtype) or e.g. bfloat16")
-  p.add_argument("--repeats", type=int, default=None)
-  p.add_argument("--warmup", type=int, default=1,
-                 help="untimed steps before the timed ones (0: time the "
-                      "first run of the compiled step)")
-  p.add_argument("--matmul-size", type=int, default=None)
-  p.add_argument("--memory-cap-gib", type=float, default=2.0,
-                 help="find the largest n whose compiled plan fits (0: skip)")
-  p.add_argument("--cap-granularity", type=int, default=None)
-  p.add_argument("--max-ram-gib", type=float, default=None,
-                 help="skip configs whose XLA plan exceeds this (default: "
-                      "60%% of available RAM)")
-  p.add_argument("--timeout", type=float, default=3600.0,
-                 help="seconds per subprocess")
-  p.add_argument("--xla-cpu-scheduler", default="memory",
-                 choices=list(CPU_SCHEDULERS),
-                 help="XLA's CPU scheduler in every subprocess (see "
-                      "tfjax.runtime); 'concurrency' is XLA's default")
-  p.add_argument("--out", default="results/benchmark/")
-  p.add_argument("--worker", nargs=2, metavar=("KIND", "JSON"),
-                 help=argparse.SUPPRESS)
-  args = p.parse_args(argv)
+def _csv(value, cast=str):
+  return [cast(v) for v in str(value).replace(" ", "").split(",") if v]
 
-  if args.worker:
-    kind, cfg = args.worker
-    use_low_memory_cpu_scheduler(
-        os.environ.get("TFJAX_XLA_CPU_SCHEDULER", "memory"))
-    print(json.dumps(WORKERS[kind](json.loads(cfg))), flush=True)
-    return None
 
-  sizes = args.sizes or ([512, 2048] if args.quick else list(DEFAULT_SIZES))
-  widths = args.widths or ([128] if args.quick else list(DEFAULT_WIDTHS))
-  repeats = args.repeats or (2 if args.quick else 3)
+def run(config, workdir: str, progress: bool = True,
+        command: str | None = None):
+  """Runs the benchmark of ``config`` (experiments/configs/benchmark.py).
+
+  Writes ``benchmark.json`` and ``benchmark.md`` to ``workdir``; returns the
+  report (a dict).  ``progress``: one line per subprocess on stderr;
+  ``command``: the command line, written at the top of the table.
+  """
+  if config.xla_cpu_scheduler not in CPU_SCHEDULERS:
+    raise ValueError(f"unknown xla_cpu_scheduler {config.xla_cpu_scheduler!r}"
+                     f"; choose one of {CPU_SCHEDULERS}")
+  sizes, widths = _csv(config.sizes, int), _csv(config.widths, int)
+  implementations = _csv(config.implementations)
+  for impl in implementations:
+    if impl not in ("dense", "blockwise"):
+      raise ValueError(f"unknown implementation {impl!r} in "
+                       f"{config.implementations!r}")
+  v = config.num_views
+  odd = [n for n in sizes + [config.cap_granularity] if n % v]
+  if odd:
+    raise ValueError(f"sizes and cap_granularity must be multiples of "
+                     f"num_views = {v} (views of n/{v} sources), got {odd}")
+  from tfjax.config import base_config
+  base_fields = set(base_config().keys())
+  train_fields = {k: v for k, v in json.loads(config.to_json()).items()
+                  if k in base_fields}
+  layers, block_size = config.head.num_layers, config.head.block_size
+  compute_dtype = config.head.compute_dtype or "none"
+  scheduler, timeout = config.xla_cpu_scheduler, float(config.timeout)
   avail = _available_ram()
-  max_bytes = (args.max_ram_gib * GIB if args.max_ram_gib
+  max_bytes = (config.max_ram_gib * GIB if config.max_ram_gib
                else (0.6 * avail if avail else None))
-  matmul_cfg = {"size": args.matmul_size or (2048 if args.quick else 4096),
-                "dtype": ("float32" if args.compute_dtype == "none"
-                          else args.compute_dtype)}
+  matmul_cfg = {"size": config.matmul_size,
+                "dtype": "float32" if compute_dtype == "none" else compute_dtype}
 
   def log(msg):
-    print(msg, file=sys.stderr, flush=True)
+    if progress:
+      print(msg, file=sys.stderr, flush=True)
 
-  report = {"layers": args.layers, "block_size": args.block_size,
-            "compute_dtype": args.compute_dtype,
-            "xla_cpu_scheduler": args.xla_cpu_scheduler,
+  report = {"layers": layers, "block_size": block_size,
+            "compute_dtype": compute_dtype, "xla_cpu_scheduler": scheduler,
+            "command": command,
+            "step": step_description(config),
             "load_start": [round(x, 2) for x in os.getloadavg()],
-            "cpu_count": os.cpu_count(), "matmul": [], "results": []}
+            "cpu_count": os.cpu_count(), "matmul": [], "results": [],
+            "config": json.loads(config.to_json())}
   log(f"matmul peak ({matmul_cfg}) ...")
-  report["matmul"].append(run_worker("matmul", matmul_cfg, args.timeout,
-                                        args.xla_cpu_scheduler))
+  report["matmul"].append(run_worker("matmul", matmul_cfg, timeout, scheduler))
   report["device"] = report["matmul"][0].get("device", "?")
   platform = report["matmul"][0].get("platform", "cpu")
   if platform != "cpu":
-    max_bytes = args.max_ram_gib * GIB if args.max_ram_gib else None
+    max_bytes = config.max_ram_gib * GIB if config.max_ram_gib else None
 
   for width in widths:
     for n in sizes:
-      for impl in args.implementations:
-        cfg = {"n": n, "width": width, "layers": args.layers,
-               "implementation": impl, "block_size": args.block_size,
-               "compute_dtype": args.compute_dtype, "repeats": repeats,
-               "warmup": args.warmup,
-               "max_bytes": max_bytes}
+      for impl in implementations:
+        cfg = {"config": train_fields, "n": n, "width": width,
+               "implementation": impl, "repeats": config.repeats,
+               "warmup": config.warmup, "max_bytes": max_bytes}
         log(f"step {impl} n={n} width={width} ...")
         t = time.time()
-        r = run_worker("step", cfg, args.timeout, args.xla_cpu_scheduler)
+        r = run_worker("step", cfg, timeout, scheduler)
         r.update(implementation=impl, n=n, width=width,
                  load=[round(x, 2) for x in os.getloadavg()],
                  wall_s=time.time() - t,
-                 model_flops=model_flops(n, width, args.layers),
-                 executed_flops=executed_flops(n, width, args.layers, impl))
+                 model_flops=model_flops(n, width, layers),
+                 executed_flops=executed_flops(n, width, layers, impl))
         report["results"].append(r)
         log(json.dumps({k: r.get(k) for k in
                         ("implementation", "n", "width", "step_s",
                          "skipped", "error")}))
 
   log("matmul peak again ...")
-  report["matmul"].append(run_worker("matmul", matmul_cfg, args.timeout,
-                                        args.xla_cpu_scheduler))
+  report["matmul"].append(run_worker("matmul", matmul_cfg, timeout, scheduler))
   peaks = [m["flops_per_s"] for m in report["matmul"] if "flops_per_s" in m]
   report["matmul_peak_flops_per_s"] = max(peaks) if peaks else float("nan")
   for r in report["results"]:
@@ -472,30 +502,43 @@ def main(argv=None):
           "matmul_peak_flops_per_s"]
       r["executed_flops_per_s"] = r["executed_flops"] / r["step_s"]
 
-  if args.memory_cap_gib > 0:
-    gran = args.cap_granularity or (1024 if args.quick else 512)
-    report.update(memory_cap_gib=args.memory_cap_gib, cap_granularity=gran,
+  if config.memory_cap_gib > 0:
+    gran = config.cap_granularity
+    report.update(memory_cap_gib=config.memory_cap_gib, cap_granularity=gran,
                   max_n=[])
     for width in widths:
-      for impl in args.implementations:
-        log(f"largest n within {args.memory_cap_gib} GiB: {impl} w={width}")
-        cfg = {"width": width, "layers": args.layers, "implementation": impl,
-               "block_size": args.block_size,
-               "compute_dtype": args.compute_dtype,
-               "cap_bytes": args.memory_cap_gib * GIB, "granularity": gran}
-        r = run_worker("max_n", cfg, args.timeout, args.xla_cpu_scheduler)
+      for impl in implementations:
+        log(f"largest n within {config.memory_cap_gib} GiB: {impl} w={width}")
+        cfg = {"config": train_fields, "width": width, "implementation": impl,
+               "cap_bytes": config.memory_cap_gib * GIB, "granularity": gran}
+        r = run_worker("max_n", cfg, timeout, scheduler)
         r.update(implementation=impl, width=width)
         report["max_n"].append(r)
   report["load_end"] = [round(x, 2) for x in os.getloadavg()]
 
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "benchmark.json"), "w") as f:
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "benchmark.json"), "w") as f:
     json.dump(report, f, indent=1)
   md = markdown(report)
-  with open(os.path.join(args.out, "benchmark.md"), "w") as f:
+  with open(os.path.join(workdir, "benchmark.md"), "w") as f:
     f.write(md)
   print(md)
   return report
+
+
+def main(argv=None):
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv[:1] == ["--worker"]:               # a subprocess of run_worker
+    kind, cfg = argv[1], argv[2]
+    # Before JAX starts: XLA reads its flags once per process.
+    use_low_memory_cpu_scheduler(
+        os.environ.get("TFJAX_XLA_CPU_SCHEDULER", "memory"))
+    print(json.dumps(WORKERS[kind](json.loads(cfg))), flush=True)
+    return None
+  from experiments.common import cli
+  command = " ".join(["python -m experiments.benchmark"] + argv)
+  return cli(lambda config, workdir, progress=True: run(
+      config, workdir, progress, command=command), "benchmark", argv, __doc__)
 
 
 if __name__ == "__main__":

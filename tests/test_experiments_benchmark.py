@@ -1,15 +1,18 @@
-"""experiments/benchmark.py: FLOP formulas, the memory-cap search, a tiny run."""
+"""experiments/benchmark.py and benchmark_input.py: FLOP formulas against the
+library's traced training step, the memory-cap search, tiny runs."""
 
 import json
 import os
 
 import jax
 import numpy as np
-import optax
 import pytest
 
-from experiments import benchmark
-from tfjax.models import TransFusionHead
+from experiments import benchmark, benchmark_input
+from experiments.configs.benchmark import get_config
+from experiments.configs.benchmark_input import get_config as input_config
+from tfjax.config import base_config
+from tfjax.step import train_step
 
 
 def _dot_flops(jaxpr) -> int:
@@ -31,29 +34,70 @@ def _dot_flops(jaxpr) -> int:
   return total
 
 
+def _worker_cfg(n, width, layers, block, impl, **extra):
+  config = get_config("tiny")
+  config.head.num_layers, config.head.block_size = layers, block
+  fields = {k: v for k, v in json.loads(config.to_json()).items()
+            if k in base_config()}
+  return dict({"config": fields, "n": n, "width": width,
+               "implementation": impl}, **extra)
+
+
 @pytest.mark.parametrize("n,width,layers,block", [(64, 16, 3, 16),
                                                   (48, 8, 2, 16)])
 def test_flop_formulas_count_the_traced_matmuls(n, width, layers, block):
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(n, width)).astype(np.float32)
-  groups = np.arange(n) // 2
+  # The whole training step the benchmark times (views at strength 0, the
+  # head's JSD loss and its gradient, the metrics, Adam): every matmul in
+  # it is the head's, so the formulas count all of them.
   counted = {}
   for impl in ("dense", "blockwise"):
-    head = TransFusionHead(num_layers=layers, implementation=impl,
-                           block_size=block)
-    params = head.init(jax.random.key(0), x[:4])
-    tx = optax.adam(1e-3)
-
-    def step(p, o):
-      g = jax.grad(lambda p: head.apply(p, x, groups, method=head.loss))(p)
-      return tx.update(g, o, p)
-
+    _, (state, batch, key) = benchmark._build_step(
+        _worker_cfg(n, width, layers, block, impl), abstract=True)
+    assert batch["x"].shape == (n // 2, width)       # 2 views: n head rows
     counted[impl] = _dot_flops(
-        jax.make_jaxpr(step)(params, tx.init(params)).jaxpr)
+        jax.make_jaxpr(train_step)(state, batch, key).jaxpr)
   assert counted["dense"] == benchmark.model_flops(n, width, layers)
   assert counted["blockwise"] == benchmark.executed_flops(
       n, width, layers, "blockwise")
   assert counted["blockwise"] > counted["dense"]      # it recomputes blocks
+
+
+def test_step_config_is_the_library_step_without_backbone_or_projector():
+  config = benchmark.step_config(_worker_cfg(64, 16, 2, 16, "blockwise"))
+  assert (config.backbone, config.embed_dim, config.loss) == (
+      "identity", 0, "jsd")
+  assert (config.num_views, config.augment_strength) == (2, 0.0)
+  assert (config.optimizer, config.weight_decay, config.schedule) == (
+      "adamw", 0.0, "constant")
+  assert config.head.implementation == "blockwise"
+  _, (state, _, _) = benchmark._build_step(
+      _worker_cfg(64, 16, 2, 16, "dense"), abstract=True)
+  assert set(state.params) == {"head"}                # nothing but the head
+  with pytest.raises(ValueError, match="multiple of num_views"):
+    benchmark._build_step(_worker_cfg(63, 16, 2, 16, "dense"))
+
+
+def test_worker_step_dense_and_blockwise_agree():
+  losses = {}
+  for impl in ("dense", "blockwise"):
+    r = benchmark.worker_step(_worker_cfg(64, 16, 2, 16, impl, repeats=2,
+                                          warmup=1))
+    assert r["step_s"] > 0 and len(r["step_times_s"]) == 2
+    assert r["plan_bytes"]["total"] > 0
+    losses[impl] = r["loss"]
+  assert np.isfinite(losses["dense"])
+  np.testing.assert_allclose(losses["blockwise"], losses["dense"], rtol=1e-5)
+
+
+def test_configs_reject_unknown_args():
+  for arg in ("", "quick", "bf16", "tiny"):
+    assert get_config(arg).sizes
+  for arg in ("", "quick", "tiny"):
+    assert input_config(arg).datasets
+  with pytest.raises(ValueError):
+    get_config("huge")
+  with pytest.raises(ValueError):
+    input_config("huge")
 
 
 def test_largest_n_within_doubles_then_bisects():
@@ -89,10 +133,7 @@ def test_markdown_marks_skipped_and_failed_configs():
 @pytest.mark.slow
 def test_tiny_benchmark_run_writes_json_and_markdown(tmp_path):
   out = str(tmp_path / "bench")
-  report = benchmark.main([
-      "--sizes", "64", "--widths", "16", "--layers", "2", "--block-size",
-      "16", "--repeats", "1", "--matmul-size", "256", "--memory-cap-gib",
-      "0.005", "--cap-granularity", "64", "--out", out, "--timeout", "300"])
+  report = benchmark.run(get_config("tiny"), out, progress=False)
   with open(os.path.join(out, "benchmark.json")) as f:
     saved = json.load(f)
   assert saved["xla_cpu_scheduler"] == "memory"
@@ -102,10 +143,24 @@ def test_tiny_benchmark_run_writes_json_and_markdown(tmp_path):
     assert "error" not in r and r["step_s"] > 0, r
     assert r["plan_bytes"]["total"] > 0
     assert 0 < r["fraction_of_peak"] < 5
+    assert np.isfinite(r["loss"])
   assert saved["matmul_peak_flops_per_s"] > 0
   fits = {m["implementation"]: m["largest_n"] for m in saved["max_n"]}
   # Under the same small cap the blockwise plan fits at least as many rows.
   assert fits["blockwise"] >= fits["dense"] >= 64
   with open(os.path.join(out, "benchmark.md")) as f:
-    assert "| blockwise | 16 | 64 |" in f.read()
+    md = f.read()
+  assert "| blockwise | 16 | 64 |" in md and "train_step" in md
   assert report["results"][0]["n"] == 64
+
+
+def test_tiny_input_benchmark_measures_every_path(tmp_path):
+  rows = benchmark_input.run(input_config("tiny"), str(tmp_path),
+                             progress=False)
+  assert [r["dataset"] for r in rows] == ["subspaces_tiny"]
+  for col in ("make_dataset", "train_batches", "+ device_prefetch",
+              "+ views"):
+    assert rows[0][col] > 0, col
+  assert os.path.exists(tmp_path / "results.md")
+  with open(tmp_path / "results.json") as f:
+    assert json.load(f)[0]["batch"] == 32

@@ -1,0 +1,107 @@
+r"""Benchmark of the TransFusion training step, dense vs blockwise (experiments/benchmark.py).
+
+    python -m experiments.benchmark --config=experiments/configs/benchmark.py --noprogress \
+        --workdir=workdirs/benchmark_cpu_fp32        # docs/benchmark/cpu_fp32.md
+    python -m experiments.benchmark --config=experiments/configs/benchmark.py:bf16 --noprogress \
+        --workdir=workdirs/benchmark_cpu_bf16        # docs/benchmark/cpu_bf16.md
+    python -m experiments.benchmark --config=experiments/configs/benchmark.py:quick --noprogress
+
+Gives (2-core AMD EPYC CPU shared with other jobs, load average 2.6–3.9;
+the full table and JSON: docs/benchmark/cpu_fp32.md, ~14 min; median of 3
+steps, fp32, L = 5, blocks of 512):
+
+    path       n      width  step     plan GiB  peak RSS−base GiB
+    dense      2048   512    1.06 s   0.49      0.76
+    blockwise  2048   512    1.05 s   0.23      0.46
+    dense      8192   512    18.9 s   6.33      6.62
+    blockwise  8192   512    13.9 s   0.77      1.01
+    dense      16384  512    —        24.1      (not run: plan > 60 % of RAM)
+    blockwise  16384  512    56.5 s   1.50      1.76
+    blockwise  16384  128    18.6 s   0.53      0.76
+
+Largest n whose compiled step fits 2 GiB: dense 4096 (width 512) / 4608
+(128), blockwise 21504 / 61440.  The ``jnp.dot`` 4096² peak measured
+181–233 GFLOP/s in that run, so the percentages of peak in the table are
+loose (one blockwise row exceeds 100 %).  ``:bf16`` (docs/benchmark/
+cpu_bf16.md, load 1.8–4.6, ~2 min): the blockwise step with bfloat16
+matmuls takes 0.84 s at n = 2048 and 15.6 s at n = 8192 (width 512), plans
+0.22 / 0.76 GiB; this CPU's bf16 ``jnp.dot`` measured 249–689 GFLOP/s.
+
+What is timed is the library's one training step (``tfjax.step.train_step``,
+jitted by ``tfjax.train.compile_step(1)``) of the run configured below: the
+raw vectors (``backbone="identity"``, no projector: ``embed_dim=0``) go
+straight into the TransFusion head, whose JSD loss sees two views of n/2
+sources (n rows), made by the vector augmentation at strength 0 (the views
+equal the inputs), followed by an Adam update (``adamw`` with no weight decay,
+constant learning rate).
+
+Sizes (``arg``):
+
+* ``""``: n ∈ {512, 2048, 8192, 16384}, width ∈ {512, 128}, 3 timed steps,
+  the largest n within 2 GiB per width and implementation (≈ 14 min here);
+* ``"quick"``: n ∈ {512, 2048}, width 128, 2 timed steps (a few minutes);
+* ``"bf16"``: blockwise only, bfloat16 matmuls, width 512, n ∈ {2048, 8192};
+* ``"tiny"``: n = 64, width 16, 2 layers, blocks of 16 (the smoke test).
+
+Every field below can be overridden, e.g. ``--config.sizes=512,2048``
+(sizes, widths and implementations are comma-separated strings).
+"""
+
+from tfjax.config import base_config
+
+
+def get_config(arg: str = ""):
+  c = base_config()
+  # The step: raw vectors -> TransFusion head -> JSD over 2 views; Adam.
+  c.dataset = "subspaces"   # only its kind ("vector") matters: no data is read
+  c.backbone = "identity"
+  c.embed_dim = 0
+  c.loss = "jsd"
+  c.num_views = 2
+  c.augment = ""             # the vector default; at strength 0 the identity
+  c.augment_strength = 0.0
+  c.optimizer = "adamw"
+  c.learning_rate = 1e-3
+  c.weight_decay = 0.0
+  c.schedule = "constant"
+  c.warmup_steps = 0
+  c.num_devices = 1
+  c.head.num_layers = 5
+  c.head.block_size = 512
+  c.head.compute_dtype = None   # e.g. "bfloat16" (blockwise matmuls)
+  c.write_plots = False
+  with c.unlocked():
+    # The grid: rows n of the head's input (n/2 sources × 2 views), widths d.
+    c.sizes = "512,2048,8192,16384"
+    c.widths = "512,128"
+    c.implementations = "dense,blockwise"
+    c.repeats = 3            # timed steps (the median is reported)
+    c.warmup = 1             # untimed steps first (0: time the first call)
+    c.matmul_size = 4096     # the jnp.dot that measures the matmul peak
+    # Largest n whose compiled plan fits this many GiB (0: skip the search),
+    # searched in multiples of cap_granularity.
+    c.memory_cap_gib = 2.0
+    c.cap_granularity = 512
+    # Skip configs whose plan exceeds this (0: 60 % of the available RAM on
+    # CPU, no limit on accelerators).
+    c.max_ram_gib = 0.0
+    c.timeout = 3600.0       # seconds per subprocess
+    # XLA's CPU scheduler in every subprocess (tfjax.runtime): "memory" or
+    # "concurrency" (XLA's default).
+    c.xla_cpu_scheduler = "memory"
+  if arg == "quick":
+    c.sizes, c.widths, c.repeats = "512,2048", "128", 2
+    c.matmul_size, c.cap_granularity = 2048, 1024
+  elif arg == "bf16":
+    c.head.compute_dtype = "bfloat16"
+    c.implementations, c.widths, c.sizes = "blockwise", "512", "2048,8192"
+    c.memory_cap_gib = 0.0
+  elif arg == "tiny":
+    c.sizes, c.widths, c.repeats = "64", "16", 1
+    c.head.num_layers, c.head.block_size = 2, 16
+    c.matmul_size, c.memory_cap_gib, c.cap_granularity = 256, 0.005, 64
+    c.timeout = 300.0
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r}; use '', 'quick', "
+                     "'bf16' or 'tiny'")
+  return c
