@@ -83,12 +83,7 @@ def make_data(config, seed: int) -> dict:
 
 def loss_names(config) -> list[str]:
   """The methods of ``config.losses``, checked against the registry."""
-  names = [s.strip() for s in config.losses.split(",") if s.strip()]
-  if not names:
-    raise ValueError(f"config.losses names no method; known: {methods.names()}")
-  for name in names:
-    methods.get(name)  # ValueError "unknown loss ..." listing the known ones
-  return names
+  return methods.parse_names(config.losses)
 
 
 def run_config(config, loss: str, oar: bool, seed: int):

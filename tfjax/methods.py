@@ -173,6 +173,16 @@ def names() -> tuple:
   return tuple(_REGISTRY)
 
 
+def parse_names(text: str) -> list:
+  """Registered method names from a comma-separated string, each checked."""
+  names = [s.strip() for s in text.split(",") if s.strip()]
+  if not names:
+    raise ValueError(f"no method named in {text!r}; known: {sorted(_REGISTRY)}")
+  for name in names:
+    get(name)  # ValueError "unknown loss ..." listing the known ones
+  return names
+
+
 def display_name(config) -> str:
   """A run's name in tables: the method's, with OAR and labels marked."""
   name = get(config.loss).display_name
