@@ -31,9 +31,8 @@ Example::
 """
 from __future__ import annotations
 
+import collections
 import functools
-import queue
-import threading
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import grain
@@ -378,9 +377,10 @@ def device_prefetch(iterator, size: int = 2, num_devices: Optional[int] = None):
 
     Arrays go to the default device, or — with ``num_devices=D`` and arrays
     laid out ``[D, ...]`` — one slice to each local device, the layout
-    ``jax.pmap`` takes.  Only
-    the dict in the last position of a tuple item is moved.  ``size=0``
-    passes the iterator through.  A background thread does the transfers.
+    ``jax.pmap`` takes.  Only the dict in the last position of a tuple item
+    is moved.  ``size=0`` passes the iterator through.  The transfers are
+    issued from the calling thread (JAX dispatches them asynchronously, so
+    they overlap the running step); only grain's readers use threads.
     """
     if size <= 0:
         yield from iterator
@@ -398,26 +398,13 @@ def device_prefetch(iterator, size: int = 2, num_devices: Optional[int] = None):
             batch = jax.device_put(batch)
         return head + (batch,) if isinstance(item, tuple) else batch
 
-    q: queue.Queue = queue.Queue(maxsize=size)
-    done = object()
-    errors = []
-
-    def worker():
-        try:
-            for item in iterator:
-                q.put(put(item))
-        except BaseException as e:  # re-raised in the consumer
-            errors.append(e)
-        q.put(done)
-
-    threading.Thread(target=worker, daemon=True).start()
-    while True:
-        item = q.get()
-        if item is done:
-            if errors:
-                raise errors[0]
-            return
-        yield item
+    ahead = collections.deque()
+    for item in iterator:
+        ahead.append(put(item))
+        if len(ahead) > size:
+            yield ahead.popleft()
+    while ahead:
+        yield ahead.popleft()
 
 
 # ----------------------------------------------------------------------------
