@@ -302,9 +302,10 @@ def test_main_job_on_mock_mnist(tmp_path):
   table = (tmp_path / "w" / "results.md").read_text()
   assert "| TransFusion (JSD), 100% labels |" in table
   assert (tmp_path / "w" / "comparison.png").stat().st_size > 0
-  metrics = [json.loads(l) for l in open(tmp_path / "w" / "transfusion" / "metrics.jsonl")]
+  run = tmp_path / "w" / "transfusion" / "seed0"
+  metrics = [json.loads(l) for l in open(run / "metrics.jsonl")]
   assert [m["step"] for m in metrics] == [1, 2, 3]
-  assert os.listdir(tmp_path / "w" / "transfusion" / "tensorboard")  # event files
+  assert os.listdir(run / "tensorboard")  # event files
 
 
 def test_cli_overrides_and_one_line_errors(tmp_path, capsys):
