@@ -1,0 +1,478 @@
+"""Choose each method's recipe on validation data: a coordinate search, then a transfer check.
+
+    python -m experiments.recipe_sweep --noprogress
+    python -m experiments.recipe_sweep --config=experiments/configs/recipe_sweep.py:tiny
+
+The config (``experiments/configs/recipe_sweep.py``) holds the main job's
+training fields plus the sweep's own.  Every sweep run holds out a
+class-balanced fifth of the training split (``validation_fraction``, seed 0)
+and is scored by kNN accuracy of its backbone features on it; the test split
+is never read by the sweep.  For each method of ``config.methods`` the
+search goes through four stages, each keeping the best value of the stages
+before:
+
+1. ``augment_strength``; 2. ``learning_rate``; 3. the method's own knobs
+(temperature for SupCon / SimCLR; the head's depth and final projection for
+TransFusion; the head's form and depth for self-supervised TransFusion);
+4. ``num_steps``.
+
+A setting within ``tie_tolerance`` of a stage's best is a tie; ties keep the
+incumbent (the value carried in, i.e. the pre-sweep default), else the first
+setting in grid order.  A setting that repeats an earlier run reuses it.
+Then the transfer check: each method's chosen recipe and its pre-sweep
+default on ``transfer.dataset`` (MNIST-1D generated with other settings),
+trained on its training split and evaluated on its test split, over
+``transfer.seeds`` seeds, beside the random-init backbone with BatchNorm
+statistics of the data.
+
+Runs live in ``WORKDIR/runs/<method>/<recipe>/seed<N>`` (transfer:
+``WORKDIR/transfer/...``); a finished run's results.json is reused when the
+sweep is started again.  Writes results.md, results.json, chosen.json and
+recipe_sweep.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+
+from experiments.common import cli, markdown_table, pyplot
+
+STAGES = ("augmentation", "learning rate", "method", "steps")
+SHORT = {"augment_strength": "aug", "learning_rate": "lr", "temperature": "T",
+         "head.num_layers": "L", "head.final_projection": "proj",
+         "head.activation": "act", "head.fuse_within_view": "within",
+         "num_steps": "steps"}
+
+
+# ----------------------------------------------------------------------------
+# Recipes: flat {dotted field: value} overrides of the training config.
+# ----------------------------------------------------------------------------
+def method_names(config) -> list[str]:
+  names = [n.strip() for n in config.methods.split(",") if n.strip()]
+  unknown = [n for n in names if n not in config.runs]
+  if unknown or not names:
+    raise ValueError(f"methods names unknown runs {unknown or names}; "
+                     f"defined: {sorted(config.runs)}")
+  return names
+
+
+def is_jsd(config, method) -> bool:
+  return dict(config.runs[method]).get("loss", config.loss) == "jsd"
+
+
+def uses_temperature(config, method) -> bool:
+  return dict(config.runs[method]).get("loss", config.loss) in ("supcon", "info_nce")
+
+
+def default_recipe(config, method) -> dict:
+  """The pre-sweep recipe: the fields the sweep tunes for ``method``."""
+  d = config.defaults
+  out = {"augment_strength": d.augment_strength, "learning_rate": d.learning_rate}
+  if uses_temperature(config, method):
+    out["temperature"] = d.temperature
+  if is_jsd(config, method):
+    out.update({"head.num_layers": d.num_layers,
+                "head.final_projection": d.final_projection,
+                "head.activation": d.activation,
+                "head.fuse_within_view": d.fuse_within_view})
+  out["num_steps"] = d.num_steps
+  return out
+
+
+def parse_form(form: str) -> dict:
+  """``PROJECTION/ACTIVATION[/within]`` -> head overrides."""
+  parts = form.split("/")
+  if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "within"):
+    raise ValueError(f"head form {form!r}: use PROJECTION/ACTIVATION[/within]")
+  return {"head.final_projection": parts[0], "head.activation": parts[1],
+          "head.fuse_within_view": len(parts) == 3}
+
+
+def stage_grid(config, method, stage: int) -> list[dict]:
+  """The settings (overrides of the stage's fields) of ``stage`` (0-based)."""
+  g = config.grid
+  if stage == 0:
+    return [{"augment_strength": float(v)} for v in g.augment_strength]
+  if stage == 1:
+    return [{"learning_rate": float(v)} for v in g.learning_rate]
+  if stage == 3:
+    return [{"num_steps": int(v)} for v in g.num_steps]
+  loss = dict(config.runs[method]).get("loss", config.loss)
+  if uses_temperature(config, method):
+    return [{"temperature": float(v)} for v in g.temperature]
+  if loss == "jsd" and dict(config.runs[method]).get("labels_in_loss"):
+    return [{"head.num_layers": int(n), "head.final_projection": p,
+             "head.activation": "relu", "head.fuse_within_view": False}
+            for n in g.transfusion_layers for p in g.transfusion_projection]
+  if loss == "jsd":
+    return [{**parse_form(f), "head.num_layers": int(n)}
+            for f in g.ssl_forms for n in g.ssl_layers]
+  return []  # a method without knobs of its own: stage 3 is skipped
+
+
+def recipe_key(recipe: dict) -> str:
+  """A directory name for a recipe (fields in a fixed order)."""
+  parts = []
+  for field in SHORT:
+    if field in recipe:
+      v = recipe[field]
+      v = {True: "1", False: "0"}.get(v, v) if isinstance(v, bool) else v
+      parts.append(f"{SHORT[field]}{v:g}" if isinstance(v, float) else f"{SHORT[field]}{v}")
+  return "_".join(parts)
+
+
+def setting_label(setting: dict) -> str:
+  """A short label: ``lr=0.002``; head forms as ``L3 none/square/within``
+  (projection, then the activation unless ReLU, then ``within``)."""
+  if "head.num_layers" in setting:
+    form = setting["head.final_projection"]
+    if setting.get("head.activation", "relu") != "relu":
+      form += "/" + setting["head.activation"]
+    if setting.get("head.fuse_within_view"):
+      form += "/within"
+    return f"L{setting['head.num_layers']} {form}"
+  return ", ".join(f"{SHORT[k]}={v:g}" if isinstance(v, float) else f"{SHORT[k]}={v}"
+                   for k, v in setting.items())
+
+
+def training_config(config, method, recipe: dict, **fields):
+  """The training config of ``method`` with ``recipe`` (and other ``fields``)."""
+  c = config.copy_and_resolve_references()
+  for key, value in dict(config.runs[method]).items():
+    setattr(c, key, value)
+  for key, value in {**recipe, **fields}.items():
+    *path, field = key.split(".")
+    target = c
+    for part in path:
+      target = getattr(target, part)
+    setattr(target, field, value)
+  c.warmup_steps = min(c.warmup_steps, max(1, c.num_steps // 10))
+  return c
+
+
+# ----------------------------------------------------------------------------
+# Runs.
+# ----------------------------------------------------------------------------
+def train_once(c, run_dir, progress, data=None) -> dict:
+  """One run's results (float fields, ``evaluated_on``, ``uniform_rows``);
+  a finished run's results.json is reused."""
+  from tfjax import train
+  path = os.path.join(run_dir, "results.json")
+  res = None
+  if os.path.exists(path):
+    with open(path) as f:
+      res = json.load(f)
+    if res.get("step") != c.num_steps:
+      res = None
+  if res is None:
+    res = train.train_and_evaluate(c, run_dir, progress=progress, data=data)
+    res.pop("state")
+  out = {k: v for k, v in res.items() if isinstance(v, float)}
+  out["evaluated_on"] = res["evaluated_on"]
+  metrics = os.path.join(run_dir, "metrics.jsonl")
+  rows = [r for r in train.read_metrics(metrics) if "uniform_rows" in r] \
+      if os.path.exists(metrics) else []
+  if rows:
+    out["uniform_rows"] = float(rows[-1]["uniform_rows"])
+  return out
+
+
+def mean_std(values):
+  import numpy as np
+  values = [float(v) for v in values]
+  return (float(np.mean(values)),
+          float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+
+
+def summarise(per_seed, keys):
+  out = {}
+  for key in keys:
+    values = [r[key] for r in per_seed if key in r]
+    if len(values) == len(per_seed):
+      out[key], out[f"{key}_std"] = mean_std(values)
+  return out
+
+
+class Sweep:
+  """Runs the settings of the search (each distinct recipe once)."""
+
+  def __init__(self, config, workdir, progress, say):
+    self.config, self.workdir, self.progress, self.say = config, workdir, progress, say
+    self.cache = {}
+    self.seeds = [config.seed + k for k in range(config.sweep_seeds)]
+
+  def score(self, method, recipe) -> dict:
+    key = (method, recipe_key(recipe))
+    if key not in self.cache:
+      t0, per_seed = time.time(), []
+      for seed in self.seeds:
+        c = training_config(self.config, method, recipe, seed=seed)
+        run_dir = os.path.join(self.workdir, "runs", method, key[1], f"seed{seed}")
+        per_seed.append(train_once(c, run_dir, self.progress))
+      on = {r["evaluated_on"] for r in per_seed}
+      if on != {"validation"}:
+        raise RuntimeError(f"{method} {key[1]} was evaluated on {on}, not validation")
+      self.cache[key] = {
+          **summarise(per_seed, ("knn", "final_loss", "uniform_rows")),
+          "evaluated_on": "validation", "seeds": len(per_seed),
+          "minutes": round((time.time() - t0) / 60, 2)}
+      self.say(json.dumps({"method": method, "recipe": key[1], **self.cache[key]}),
+               flush=True)
+    return self.cache[key]
+
+  def search(self, method):
+    """``(chosen recipe, rows)``: the four stages' runs of ``method``."""
+    recipe, rows = default_recipe(self.config, method), []
+    for stage, stage_name in enumerate(STAGES):
+      grid = stage_grid(self.config, method, stage)
+      if not grid:
+        continue
+      results = []
+      for setting in grid:
+        res = self.score(method, {**recipe, **setting})
+        results.append(res)
+        rows.append({"method": method, "stage": stage + 1, "stage_name": stage_name,
+                     "setting": setting_label(setting), "recipe": recipe_key({**recipe, **setting}),
+                     **res})
+      incumbent = {k: recipe.get(k) for k in grid[0]}
+      pick = choose(grid, [r["knn"] for r in results], incumbent,
+                    self.config.tie_tolerance)
+      for i, row in enumerate(rows[len(rows) - len(grid):]):
+        row["chosen"] = i == pick
+      recipe = {**recipe, **grid[pick]}
+    return recipe, rows
+
+
+def transfer_recipes(config, method, chosen) -> list:
+  """``[(label, recipe)]`` of the transfer check: the chosen recipe, with
+  ``transfer.chosen_at_default_steps`` the chosen recipe at the default
+  number of steps (when they differ: separates the gain of the other choices
+  from that of longer training), and the default."""
+  default = default_recipe(config, method)
+  out = [("chosen", chosen)]
+  if (config.transfer.chosen_at_default_steps
+      and chosen["num_steps"] != default["num_steps"]):
+    out.append((f"chosen, {default['num_steps']} steps",
+                {**chosen, "num_steps": default["num_steps"]}))
+  return out + [("default", default)]
+
+
+def choose(grid, scores, incumbent, tolerance) -> int:
+  """The chosen setting's index: the best, with ties (within ``tolerance``)
+  going to the incumbent if it is in the grid, else to the first in order."""
+  best = max(scores)
+  tied = [i for i, s in enumerate(scores) if s >= best - tolerance - 1e-9]  # inclusive
+  for i in tied:
+    if grid[i] == incumbent:
+      return i
+  return tied[0]
+
+
+# ----------------------------------------------------------------------------
+# The experiment.
+# ----------------------------------------------------------------------------
+def run(config, workdir: str, *, progress: bool = True):
+  import jax
+  from tfjax import methods, train
+  from tfjax.state import validate_config
+
+  names = method_names(config)
+  if not config.validation_fraction:
+    raise ValueError("the sweep chooses on validation data: set validation_fraction")
+  for name in names:  # every setting's config checked before any compute
+    for stage in range(len(STAGES)):
+      for setting in stage_grid(config, name, stage):
+        validate_config(training_config(config, name, {**default_recipe(config, name),
+                                                        **setting}), 1)
+  say = print
+  t_job = time.time()
+  sweep = Sweep(config, workdir, progress, say)
+  chosen, rows = {}, []
+  for name in names:
+    recipe, method_rows = sweep.search(name)
+    chosen[name] = recipe
+    rows += method_rows
+    say(json.dumps({"method": name, "chosen": recipe}), flush=True)
+  sweep_minutes = (time.time() - t_job) / 60
+
+  baseline_val = None
+  if config.random_baseline:
+    per_seed = []
+    for seed in sweep.seeds:
+      c = config.copy_and_resolve_references()
+      c.seed = seed
+      per_seed.append(train.evaluate_untrained(c))
+    baseline_val = summarise(per_seed, ("knn",))
+
+  # Transfer check: chosen vs default recipe on other data, its test split.
+  t_transfer = time.time()
+  tr = config.transfer
+  transfer_rows = []
+  seeds = [config.seed + k for k in range(tr.seeds)]
+  for name in names:
+    for which, recipe in transfer_recipes(config, name, chosen[name]):
+      fields = dict(dataset=tr.dataset, validation_fraction=None)
+      per_seed = []
+      for seed in seeds:
+        c = training_config(config, name, recipe, seed=seed, **fields)
+        c.eval.linear_steps = tr.linear_steps
+        run_dir = os.path.join(workdir, "transfer", name, recipe_key(recipe),
+                               f"seed{seed}")
+        per_seed.append(train_once(c, run_dir, progress))
+      assert {r["evaluated_on"] for r in per_seed} == {"test"}
+      transfer_rows.append({
+          "method": name, "display": methods.display_name(c), "recipe": which,
+          "overrides": recipe_key(recipe), "evaluated_on": "test",
+          **summarise(per_seed, ("knn", "linear", "final_loss", "uniform_rows")),
+          "seeds": len(seeds)})
+      say(json.dumps(transfer_rows[-1]), flush=True)
+  if config.random_baseline:
+    per_seed = []
+    for seed in seeds:
+      c = config.copy_and_resolve_references()
+      c.dataset, c.validation_fraction, c.seed = tr.dataset, None, seed
+      c.eval.linear_steps = tr.linear_steps
+      per_seed.append(train.evaluate_untrained(c))
+    transfer_rows.append({"method": "random_init", "recipe": "—",
+                          "display": f"random-init {config.backbone} (BatchNorm "
+                                     "statistics of the data)",
+                          "overrides": "", "evaluated_on": "test",
+                          **summarise(per_seed, ("knn", "linear")), "seeds": len(seeds)})
+    say(json.dumps(transfer_rows[-1]), flush=True)
+  transfer_minutes = (time.time() - t_transfer) / 60
+
+  chosen_overrides = {name: {**dict(config.runs[name]), **chosen[name]} for name in names}
+  with open(os.path.join(workdir, "chosen.json"), "w") as f:
+    json.dump(chosen_overrides, f, indent=2)
+  machine = (f"{jax.local_device_count()} {jax.default_backend()} device(s), "
+             f"{os.cpu_count()} CPU core(s), {platform.processor() or platform.machine()}")
+  summary = {
+      "dataset": config.dataset, "validation_fraction": config.validation_fraction,
+      "sweep_seeds": sweep.seeds, "tie_tolerance": config.tie_tolerance,
+      "runs": rows, "chosen": chosen_overrides,
+      "random_baseline_validation": baseline_val, "transfer": transfer_rows,
+      "sweep_minutes": round(sweep_minutes, 2),
+      "transfer_minutes": round(transfer_minutes, 2),
+      "total_minutes": round((time.time() - t_job) / 60, 2), "machine": machine}
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  md = results_markdown(config, summary)
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(md)
+  plot(summary, names, os.path.join(workdir, "recipe_sweep.png"))
+  print("\n" + md)
+  print(f"wrote {workdir}/results.md, results.json, chosen.json, recipe_sweep.png")
+  return summary
+
+
+def _pm(row, key):
+  if key not in row:
+    return ""
+  if row.get("seeds", 1) > 1:
+    return f"{row[key]:.3f} ± {row[f'{key}_std']:.3f}"
+  return f"{row[key]:.3f}"
+
+
+def results_markdown(config, s) -> str:
+  seeds = s["sweep_seeds"]
+  sweep_table = markdown_table(
+      [{**r, "knn": _pm(r, "knn"), "final_loss": _pm(r, "final_loss"),
+        "uniform_rows": _pm(r, "uniform_rows"), "chosen": "◀" if r["chosen"] else ""}
+       for r in s["runs"]],
+      ["method", "stage", "setting", "knn", "final_loss", "uniform_rows", "chosen",
+       "recipe"])
+  chosen = "\n".join(f"* `{m}`: `{json.dumps(o)}`" for m, o in s["chosen"].items())
+  tr = config.transfer
+  transfer_table = markdown_table(
+      [{**r, "knn": _pm(r, "knn"), "linear": _pm(r, "linear")} for r in s["transfer"]],
+      ["method", "recipe", "knn", "linear", "overrides", "seeds"])
+  base = s["random_baseline_validation"]
+  base_line = ("" if not base else
+               f"The random-init backbone (BatchNorm statistics of the data) gives "
+               f"validation kNN {base['knn']:.3f}.\n\n")
+  steps = "each recipe's own number of steps"
+  if tr.chosen_at_default_steps:
+    steps += ("; where the chosen number differs from the default's, the chosen "
+              "recipe also at the default number (the gain of the other choices "
+              "at equal cost)")
+  return (
+      f"# Recipe sweep: {config.dataset}, backbone {config.backbone}, chosen on "
+      f"validation data\n\n"
+      f"Every run trains on {1 - config.validation_fraction:.0%} of the training "
+      f"split and is scored by kNN (k = {config.eval.knn_k}) accuracy of its "
+      f"backbone features on the held-out, class-balanced "
+      f"{config.validation_fraction:.0%} (seed 0); the test split is not read. "
+      f"{len(seeds)} seed(s) per setting (mean"
+      f"{' ± std' if len(seeds) > 1 else ''}); ties within {s['tie_tolerance']} "
+      "keep the incumbent, else the first setting in grid order. uniform_rows: "
+      "the fraction of dead (uniform) adjacency rows at the last logged step "
+      "(JSD runs).\n\n"
+      f"## Every run\n\n{sweep_table}\n{base_line}"
+      f"## Chosen recipes (overrides of the main job's config)\n\n{chosen}\n\n"
+      f"## Transfer check: {tr.dataset}, test split\n\n"
+      f"Trained on {tr.dataset}'s training split, evaluated on its test split, "
+      f"{tr.seeds} seeds (mean ± std); {steps}; linear probe of "
+      f"{tr.linear_steps} steps.\n\n{transfer_table}\n"
+      f"Time: sweep {s['sweep_minutes']:.1f} min, transfer check "
+      f"{s['transfer_minutes']:.1f} min, total {s['total_minutes']:.1f} min on "
+      f"{s['machine']}.\n")
+
+
+def plot(s, names, path):
+  """Validation kNN of every setting, one panel per method, grouped by stage."""
+  plt = pyplot()
+  colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+  fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2),
+                           sharey=True, squeeze=False)
+  axes = axes[0]
+  base = s["random_baseline_validation"]
+  for ax, name in zip(axes, names):
+    rows = [r for r in s["runs"] if r["method"] == name]
+    x = 0
+    ticks, labels = [], []
+    for stage in range(1, len(STAGES) + 1):
+      srows = [r for r in rows if r["stage"] == stage]
+      if not srows:
+        continue
+      xs = list(range(x, x + len(srows)))
+      ax.errorbar(xs, [r["knn"] for r in srows], yerr=[r.get("knn_std", 0) for r in srows],
+                  fmt="o-", color=colors[stage - 1], ms=4, capsize=2,
+                  label=f"stage {stage}: {STAGES[stage - 1]}")
+      for xi, r in zip(xs, srows):
+        if r["chosen"]:
+          ax.plot([xi], [r["knn"]], marker="*", ms=13, color=colors[stage - 1],
+                  markeredgecolor="black", linestyle="none")
+      ticks += xs
+      labels += [r["setting"] for r in srows]
+      x += len(srows) + 1
+    if base:
+      ax.axhline(base["knn"], color="gray", ls="--", lw=1,
+                 label="random-init backbone")
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(labels, rotation=75, fontsize=6.5, ha="right")
+    ax.set_title(name, fontsize=10)
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("validation kNN accuracy (backbone features)")
+  handles, labels = axes[0].get_legend_handles_labels()
+  handles.append(plt.Line2D([], [], marker="*", ms=11, color="white",
+                            markerfacecolor="gray", markeredgecolor="black"))
+  labels.append("chosen setting")
+  fig.legend(handles, labels, fontsize=8, loc="upper center",
+             bbox_to_anchor=(0.5, 0.0), ncol=len(labels))
+  fig.suptitle("Recipe sweep: validation kNN accuracy per stage (each stage keeps "
+               "the stars of the stages before)", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+
+
+def main(argv=None):
+  return cli(run, "recipe_sweep", argv, __doc__)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

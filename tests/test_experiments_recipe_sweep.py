@@ -1,0 +1,107 @@
+"""experiments/recipe_sweep.py: the grids, the selection rule, and the tiny sweep end to end."""
+
+import json
+import os
+
+import pytest
+
+from experiments import recipe_sweep
+from experiments.configs.recipe_sweep import get_config
+
+METHODS = ("transfusion", "supcon", "simclr", "transfusion_ssl")
+
+
+def test_full_grid_is_the_protocol():
+  c = get_config("")
+  assert c.validation_fraction == 0.2 and c.dataset == "mnist1d"
+  assert c.eval.linear_steps == 0 and c.eval.finetune_fractions == ()
+  assert not c.eval.head_knn and not c.write_plots and c.steps_per_call == 1
+  assert recipe_sweep.method_names(c) == list(METHODS)
+  sizes = {m: [len(recipe_sweep.stage_grid(c, m, s)) for s in range(4)] for m in METHODS}
+  assert sizes == {"transfusion": [5, 3, 6, 3], "supcon": [5, 3, 3, 3],
+                   "simclr": [5, 3, 3, 3], "transfusion_ssl": [5, 3, 8, 3]}
+  ssl = recipe_sweep.stage_grid(c, "transfusion_ssl", 2)
+  assert {"head.final_projection": "none", "head.activation": "square",
+          "head.fuse_within_view": True, "head.num_layers": 3} in ssl
+  # The pre-sweep defaults are today's default.py values.
+  assert recipe_sweep.default_recipe(c, "transfusion") == {
+      "augment_strength": 1.0, "learning_rate": 2e-3, "head.num_layers": 3,
+      "head.final_projection": "learned", "head.activation": "relu",
+      "head.fuse_within_view": False, "num_steps": 400}
+  assert recipe_sweep.default_recipe(c, "simclr")["temperature"] == 0.1
+  assert c.transfer.dataset == "mnist1d_shifted" and c.transfer.seeds == 3
+
+
+def test_every_setting_is_a_valid_training_config():
+  from tfjax.state import validate_config
+  for arg in ("", "tiny"):
+    c = get_config(arg)
+    for m in METHODS:
+      for stage in range(4):
+        for setting in recipe_sweep.stage_grid(c, m, stage):
+          recipe = {**recipe_sweep.default_recipe(c, m), **setting}
+          t = recipe_sweep.training_config(c, m, recipe)
+          validate_config(t, 1)
+          assert t.validation_fraction == 0.2
+          for key, value in recipe.items():
+            node = t
+            for part in key.split("."):
+              node = getattr(node, part)
+            assert node == value, (m, key)
+  ssl = recipe_sweep.training_config(get_config(""), "transfusion_ssl", {})
+  assert ssl.loss == "jsd" and ssl.label_fraction is None and not ssl.labels_in_loss
+
+
+def test_choose_breaks_ties_to_the_incumbent_then_grid_order():
+  grid = [{"a": 1}, {"a": 2}, {"a": 3}]
+  assert recipe_sweep.choose(grid, [0.5, 0.6, 0.7], {"a": 2}, 0.005) == 2
+  assert recipe_sweep.choose(grid, [0.5, 0.698, 0.7], {"a": 2}, 0.005) == 1
+  assert recipe_sweep.choose(grid, [0.697, 0.6, 0.7], {"a": 9}, 0.005) == 0
+  assert recipe_sweep.choose(grid, [0.69, 0.6, 0.7], {"a": 9}, 0.005) == 2
+
+
+@pytest.mark.slow
+def test_tiny_sweep_chooses_on_validation_only(tmp_path):
+  c = get_config("tiny")
+  summary = recipe_sweep.run(c, str(tmp_path), progress=False)
+  for name in ("results.md", "results.json", "chosen.json", "recipe_sweep.png"):
+    assert os.path.getsize(tmp_path / name) > 0, name
+  runs = summary["runs"]
+  assert runs and {r["evaluated_on"] for r in runs} == {"validation"}
+  for r in runs:
+    assert 0.0 <= r["knn"] <= 1.0
+  # Every sweep run's own results say it was scored on the held-out split.
+  for path in (tmp_path / "runs").rglob("results.json"):
+    assert json.loads(path.read_text())["evaluated_on"] == "validation", path
+  for path in (tmp_path / "transfer").rglob("results.json"):
+    assert json.loads(path.read_text())["evaluated_on"] == "test", path
+  with open(tmp_path / "chosen.json") as f:
+    chosen = json.load(f)
+  assert set(chosen) == set(METHODS)
+  for m in METHODS:
+    recipe = chosen[m]
+    # Exactly one chosen setting per stage, and its values are the recipe's.
+    for stage in range(1, 5):
+      picked = [r for r in runs if r["method"] == m and r["stage"] == stage and r["chosen"]]
+      assert len(picked) == 1, (m, stage)
+    grids = [recipe_sweep.stage_grid(c, m, s) for s in range(4)]
+    for grid in grids:
+      assert {k: recipe[k] for k in grid[0]} in grid, (m, grid)
+    for key, value in dict(c.runs[m]).items():
+      assert recipe[key] == value
+  assert recipe["augment_strength"] in c.grid.augment_strength
+  assert chosen["supcon"]["temperature"] in c.grid.temperature
+  assert chosen["transfusion"]["num_steps"] in c.grid.num_steps
+  # Transfer check: chosen and default per method, then the random baseline.
+  transfer = summary["transfer"]
+  expected = []
+  for m in METHODS:
+    expected += [(m, "chosen")] + ([(m, "chosen, 10 steps")]
+                                   if chosen[m]["num_steps"] != 10 else []) + [(m, "default")]
+  assert [(r["method"], r["recipe"]) for r in transfer] == expected + [("random_init", "—")]
+  for r in transfer:
+    assert r["evaluated_on"] == "test" and r["seeds"] == c.transfer.seeds
+    assert 0.0 <= r["knn"] <= 1.0 and 0.0 <= r["linear"] <= 1.0
+    assert "knn_std" in r and "linear_std" in r
+  md = (tmp_path / "results.md").read_text()
+  assert "Transfer check" in md and "SPEC" not in md
