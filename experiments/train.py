@@ -34,12 +34,24 @@ def run_configs(config):
   out = []
   for name in names:
     c = config.copy_and_resolve_references()
-    for key, value in config.runs[name].items():
-      if key not in c:
-        raise ValueError(f"run {name!r} sets unknown config field {key!r}")
-      setattr(c, key, value)
+    apply_overrides(c, config.runs[name], f"run {name!r}")
     out.append((name, c))
   return out
+
+
+def apply_overrides(config, overrides, where: str = "overrides"):
+  """Sets ``overrides`` (nested dicts or dotted keys) on ``config``, in place."""
+  for key, value in overrides.items():
+    node, parts = config, key.split(".")
+    for part in parts[:-1]:
+      node = node[part]
+    leaf = parts[-1]
+    if leaf not in node:
+      raise ValueError(f"{where} sets unknown config field {key!r}")
+    if hasattr(value, "items") and hasattr(node[leaf], "items"):
+      apply_overrides(node[leaf], value, where)
+    else:
+      setattr(node, leaf, value)
 
 
 def raw_arrays(source):
