@@ -63,6 +63,12 @@ def test_choose_breaks_ties_to_the_incumbent_then_grid_order():
 @pytest.mark.slow
 def test_tiny_sweep_chooses_on_validation_only(tmp_path):
   c = get_config("tiny")
+  # Two of the four methods (one with the head, one without) and one transfer
+  # seed keep this under a minute; the full grid is checked above.
+  tested = ("transfusion", "simclr")
+  c.methods = ",".join(tested)
+  c.transfer.seeds = 1
+  c.transfer.chosen_at_default_steps = False
   summary = recipe_sweep.run(c, str(tmp_path), progress=False)
   for name in ("results.md", "results.json", "chosen.json", "recipe_sweep.png"):
     assert os.path.getsize(tmp_path / name) > 0, name
@@ -77,8 +83,8 @@ def test_tiny_sweep_chooses_on_validation_only(tmp_path):
     assert json.loads(path.read_text())["evaluated_on"] == "test", path
   with open(tmp_path / "chosen.json") as f:
     chosen = json.load(f)
-  assert set(chosen) == set(METHODS)
-  for m in METHODS:
+  assert set(chosen) == set(tested)
+  for m in tested:
     recipe = chosen[m]
     # Exactly one chosen setting per stage, and its values are the recipe's.
     for stage in range(1, 5):
@@ -90,14 +96,13 @@ def test_tiny_sweep_chooses_on_validation_only(tmp_path):
     for key, value in dict(c.runs[m]).items():
       assert recipe[key] == value
   assert recipe["augment_strength"] in c.grid.augment_strength
-  assert chosen["supcon"]["temperature"] in c.grid.temperature
+  assert chosen["simclr"]["temperature"] in c.grid.temperature
   assert chosen["transfusion"]["num_steps"] in c.grid.num_steps
   # Transfer check: chosen and default per method, then the random baseline.
   transfer = summary["transfer"]
   expected = []
-  for m in METHODS:
-    expected += [(m, "chosen")] + ([(m, "chosen, 10 steps")]
-                                   if chosen[m]["num_steps"] != 10 else []) + [(m, "default")]
+  for m in tested:
+    expected += [(m, "chosen"), (m, "default")]
   assert [(r["method"], r["recipe"]) for r in transfer] == expected + [("random_init", "—")]
   for r in transfer:
     assert r["evaluated_on"] == "test" and r["seeds"] == c.transfer.seeds
