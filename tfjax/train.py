@@ -9,9 +9,9 @@
   over all local devices (``steps_per_call`` steps per call as a scan);
 * orbax checkpoints every ``checkpoint_every`` steps; a rerun resumes from
   the last one and ends bit-identical to an uninterrupted run;
-* metrics go to ``metrics.jsonl`` (one JSON object per logged step; a
-  non-finite value is written as ``null`` and named under ``"nonfinite"``)
-  and to TensorBoard event files, through ``clu.metric_writers``;
+* metrics go to ``metrics.jsonl`` and TensorBoard event files through
+  ``clu.metric_writers`` (:mod:`tfjax.metrics`); a non-finite value stops
+  the run, naming the step and the quantity;
 * the inductive features are then evaluated (:mod:`tfjax.evaluation`) and
   ``results.json`` and the plots of :mod:`tfjax.plots` are written.
 
@@ -25,7 +25,6 @@ Example::
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from typing import Any, Callable, Dict, Mapping, Optional
@@ -36,6 +35,7 @@ import ml_collections
 
 from tfjax import diagnostics, distributed, evaluation
 from tfjax.checkpoint import Checkpointer
+from tfjax.metrics import _finite_record, make_metric_writer, read_metrics  # noqa: F401  (read_metrics re-exported)
 from tfjax.data import pipeline
 from tfjax.state import (TrainState, create_train_state, eval_model,
                          validate_config)
@@ -44,96 +44,6 @@ from tfjax.step import step_key, train_step, train_steps
 # Re-exported for users of the previous single-module layout.
 from tfjax.state import build_network, build_optimizer  # noqa: F401
 from tfjax.data.pipeline import batch_indices  # noqa: F401
-
-
-# ----------------------------------------------------------------------------
-# Metrics: clu's writers, with a JSON-lines writer of our own.
-# ----------------------------------------------------------------------------
-def _finite_record(step: int, scalars: Mapping[str, Any]) -> Dict[str, Any]:
-  record, bad = {"step": int(step)}, []
-  for k, v in scalars.items():
-    v = float(v)
-    if math.isfinite(v):
-      record[k] = v
-    else:
-      record[k] = None
-      bad.append(k)
-  if bad:
-    record["nonfinite"] = bad
-  return record
-
-
-def _jsonl_writer_class():
-  from clu import metric_writers
-
-  class JsonlWriter(metric_writers.MetricWriter):
-    """Scalars as one JSON object per step; on resume, lines past ``resume_step`` go.
-
-    Always valid JSON: a non-finite value is written as ``null`` and its name
-    listed under ``"nonfinite"``.
-    """
-
-    def __init__(self, path: str, resume_step: int = 0):
-      self.path = path
-      kept = []
-      if os.path.exists(path):
-        with open(path) as f:
-          kept = [l for l in f if l.strip()
-                  and json.loads(l).get("step", 0) <= resume_step]
-      with open(path, "w") as f:
-        f.writelines(kept)
-
-    def write_scalars(self, step, scalars):
-      with open(self.path, "a") as f:
-        f.write(json.dumps(_finite_record(step, scalars), allow_nan=False) + "\n")
-
-    def write_summaries(self, step, values, metadata=None):
-      pass
-
-    def write_images(self, step, images):
-      pass
-
-    def write_videos(self, step, videos):
-      pass
-
-    def write_audios(self, step, audios, *, sample_rate):
-      pass
-
-    def write_texts(self, step, texts):
-      pass
-
-    def write_histograms(self, step, arrays, num_buckets=None):
-      pass
-
-    def write_pointcloud(self, step, point_clouds, *, point_colors=None,
-                         configs=None):
-      pass
-
-    def write_hparams(self, hparams):
-      pass
-
-    def flush(self):
-      pass
-
-    def close(self):
-      pass
-
-  return JsonlWriter
-
-
-def make_metric_writer(workdir: str, resume_step: int, *, tensorboard: bool = True):
-  """``metrics.jsonl`` plus TensorBoard event files under ``workdir/tensorboard``."""
-  from clu import metric_writers
-  writers = [_jsonl_writer_class()(os.path.join(workdir, "metrics.jsonl"), resume_step)]
-  if tensorboard:
-    writers.append(metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard")))
-  return metric_writers.MultiWriter(writers)
-
-
-def read_metrics(path: str):
-  """The records of a ``metrics.jsonl`` file, in order."""
-  with open(path) as f:
-    return [json.loads(l) for l in f if l.strip()]
 
 
 # ----------------------------------------------------------------------------
