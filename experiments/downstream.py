@@ -69,10 +69,10 @@ def plot(all_rows, metrics, path):
              [r.get(m, 0.0) for m in metrics], width, label=r["method"],
              yerr=[r.get(f"{m}_std", 0.0) for m in metrics], capsize=2)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))])
-    ax.set_xticklabels(metrics, fontsize=8)
+    ax.set_xticklabels(metrics, fontsize=8, rotation=20, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"{ds}: accuracy of the backbone features")
+    ax.set_title(f"{ds} (knn_head: the head's output; others: backbone)", fontsize=9)
   axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   fig.tight_layout()
   fig.savefig(path, dpi=110, bbox_inches="tight")
