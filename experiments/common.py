@@ -129,3 +129,18 @@ def pyplot():
   """matplotlib.pyplot on the headless Agg backend."""
   from tfjax.plots import pyplot as _pyplot
   return _pyplot()
+
+
+def accuracy_bars(ax, rows: Sequence[Dict], metrics: Sequence[str], title: str):
+  """Grouped bars on ``ax``: one group per metric, one bar per row (its
+  ``method``), error bars from ``METRIC_std`` (0 where there is none)."""
+  width = 0.8 / max(1, len(rows))
+  for i, row in enumerate(rows):
+    ax.bar([j + i * width for j in range(len(metrics))],
+           [row.get(m, 0.0) for m in metrics], width, label=row["method"],
+           yerr=[row.get(f"{m}_std", 0.0) for m in metrics], capsize=2)
+  ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))])
+  ax.set_xticklabels(metrics, fontsize=8, rotation=20, ha="right")
+  ax.set_ylim(0, 1)
+  ax.set_ylabel("test accuracy (mean ± std over seeds)")
+  ax.set_title(title, fontsize=9)

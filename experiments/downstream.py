@@ -19,7 +19,7 @@ import os
 import sys
 
 from experiments import train as main_job
-from experiments.common import cli, pyplot, write_results
+from experiments.common import accuracy_bars, cli, pyplot, write_results
 
 
 def dataset_config(config, name: str):
@@ -62,17 +62,8 @@ def plot(all_rows, metrics, path):
   fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 3.6),
                            squeeze=False)
   for ax, ds in zip(axes[0], datasets):
-    rows = [r for r in all_rows if r["dataset"] == ds]
-    width = 0.8 / len(rows)
-    for i, r in enumerate(rows):
-      ax.bar([j + i * width for j in range(len(metrics))],
-             [r.get(m, 0.0) for m in metrics], width, label=r["method"],
-             yerr=[r.get(f"{m}_std", 0.0) for m in metrics], capsize=2)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))])
-    ax.set_xticklabels(metrics, fontsize=8, rotation=20, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("test accuracy")
-    ax.set_title(f"{ds} (knn_head: the head's output; others: backbone)", fontsize=9)
+    accuracy_bars(ax, [r for r in all_rows if r["dataset"] == ds], metrics,
+                  f"{ds} (knn_head: the head's output; others: backbone)")
   axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   fig.tight_layout()
   fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -21,7 +21,7 @@ import os
 import sys
 import time
 
-from experiments.common import cli, pyplot, write_results
+from experiments.common import accuracy_bars, cli, pyplot, write_results
 
 
 def run_configs(config):
@@ -161,21 +161,10 @@ def formatted(row):
 
 def plot_comparison(rows, metrics, path):
   """Grouped bars (mean, ± std over seeds): one group per metric; legend outside."""
-  import numpy as np
-
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(2.0 + 1.3 * len(metrics), 3.6))
-  width = 0.8 / max(1, len(rows))
-  for i, row in enumerate(rows):
-    xs = np.arange(len(metrics)) + i * width
-    ax.bar(xs, [row.get(m, 0.0) for m in metrics], width, label=row["method"],
-           yerr=[row.get(f"{m}_std", 0.0) for m in metrics], capsize=2)
-  ax.set_xticks(np.arange(len(metrics)) + 0.4 - width / 2)
-  ax.set_xticklabels(metrics, rotation=20, ha="right")
-  ax.set_ylabel("test accuracy (mean ± std over seeds)")
-  ax.set_ylim(0, 1)
-  ax.set_title("downstream accuracy (knn_head: the head's output; others: backbone)",
-               fontsize=9)
+  accuracy_bars(ax, rows, metrics, "downstream accuracy (knn_head: the head's "
+                "output; others: backbone)")
   ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   fig.tight_layout()
   fig.savefig(path, dpi=110, bbox_inches="tight")
