@@ -17,12 +17,18 @@
    gradient) and the optax update is applied.
 
 ``batch`` is ``{"x": [n, ...]}`` plus ``"semi_label": int [n]`` (class or −1)
-when the run has labels; under pmap it is the device's share.  Jit it as it
+when the run has labels; under pmap it is the device's share.  With
+``"labelled_x"`` [m, ...] and ``"labelled_label"`` [m] (CLOA's protocol, the
+config's ``labelled_batch_size``), OAR is taken on that separate labelled
+batch (its own views, its own forward pass) instead of the main batch's
+labelled rows.  Jit it as it
 is (``jax.jit(train_step)``), or pmap it with ``in_axes=(0, 0, None)``.
 :func:`train_steps` runs several steps in one call (a ``lax.scan``).
 
 Metrics (scalars, global): ``loss``, ``base_loss``, ``oar_loss``,
-``grad_norm``, ``param_norm`` (of the backbone's weights),
+``grad_norm``, ``base_grad_norm`` and ``oar_grad_norm`` (the gradients of the
+base loss and of the unweighted OAR loss, apart; the OAR one is 0 without
+OAR), ``param_norm`` (of the backbone's weights),
 ``rows_without_positive`` (fraction of the global batch's rows with no
 positive under the method's target: 0 for two-view methods),
 ``embedding_variance`` (1 − ‖mean‖² of the normalised embeddings; 0 = all
@@ -65,6 +71,10 @@ def global_index_views(augment_fn: Callable, key: Array, x: Array,
   return jnp.stack([one_view(v) for v in range(num_views)])
 
 
+# fold_in data of the labelled batch's augmentation key (views use 0 … V−1).
+LABELLED_KEY = 1 << 20
+
+
 def rows_without_positive(ids: Array) -> Array:
   """Fraction of rows whose id [m] occurs nowhere else (no positive), O(m log m)."""
   s = jnp.sort(ids)
@@ -95,6 +105,16 @@ def train_step(state: TrainState, batch: Dict[str, Array], key: Array):
   if "semi_label" in batch:
     labels = jnp.tile(batch["semi_label"].astype(jnp.int32), recipe.num_views)
 
+  separate = "labelled_x" in batch  # CLOA's protocol: OAR on its own batch
+  if separate:
+    xl = batch["labelled_x"]
+    nl = xl.shape[0]
+    first_l = 0 if axis is None else jax.lax.axis_index(axis) * nl
+    views_l = global_index_views(augment, jax.random.fold_in(key, LABELLED_KEY), xl,
+                                 recipe.augment_strength, recipe.num_views, first_l)
+    flat_l = views_l.reshape((recipe.num_views * nl,) + views_l.shape[2:])
+    labels_l = jnp.tile(batch["labelled_label"].astype(jnp.int32), recipe.num_views)
+
   diagnostics_ = {}  # what the head sows (e.g. uniform_rows), out through aux
 
   def loss_fn(params):
@@ -117,16 +137,33 @@ def train_step(state: TrainState, batch: Dict[str, Array], key: Array):
     base = method.loss(inputs, **options)
     ids = inputs.positive_ids() if method.accepts_labels else groups
     oar = jnp.zeros((), base.dtype)
-    if state.anchors is not None:
+    stats = new_model_state.get("batch_stats", {})
+    if state.anchors is not None and separate:
+      # A second forward pass in train mode, as the authors' two loaders do:
+      # its BatchNorm uses the labelled batch's statistics and updates the
+      # running averages once more.
+      (_, z_l), labelled_state = state.model.apply(
+          {"params": params, "batch_stats": stats}, flat_l,
+          train=True, mutable=["batch_stats"])
+      stats = labelled_state.get("batch_stats", {})
+      oar = losses.oar_loss(z_l, labels_l, state.anchors, axis_name=axis)
+    elif state.anchors is not None:
       oar = losses.oar_loss(z, labels, state.anchors, axis_name=axis)
-    total = base + recipe.oar_weight * oar
-    return total, (new_model_state.get("batch_stats", {}), z, base, oar, ids,
-                   dict(diagnostics_))
+    return (base, oar), (stats, z, ids, dict(diagnostics_))
 
-  (loss, (batch_stats, z, base, oar, ids, sown)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+  (base, oar), vjp, (batch_stats, z, ids, sown) = jax.vjp(
+      loss_fn, state.params, has_aux=True)
+  one, zero = jnp.ones_like(base), jnp.zeros_like(base)
+  base_grads, = vjp((one, zero))
+  if state.anchors is None:
+    oar_grads = jax.tree.map(jnp.zeros_like, base_grads)
+    grads = base_grads
+  else:  # a second backward pass: the two losses' gradients logged apart
+    oar_grads, = vjp((zero, one))
+    grads = jax.tree.map(lambda b, o: b + recipe.oar_weight * o, base_grads, oar_grads)
+  loss = base + recipe.oar_weight * oar
   if axis is not None:
-    grads = jax.lax.pmean(grads, axis)
+    grads, base_grads, oar_grads = jax.lax.pmean((grads, base_grads, oar_grads), axis)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   z_all, ids_all = (z, ids) if axis is None else jax.lax.all_gather(
@@ -134,6 +171,8 @@ def train_step(state: TrainState, batch: Dict[str, Array], key: Array):
   metrics = dict(loss=loss, base_loss=base, oar_loss=oar,
                  rows_without_positive=rows_without_positive(ids_all),
                  grad_norm=optax.global_norm(grads),
+                 base_grad_norm=optax.global_norm(base_grads),
+                 oar_grad_norm=optax.global_norm(oar_grads),
                  param_norm=_backbone_norm(params),
                  embedding_variance=diagnostics.embedding_variance(z_all),
                  **sown)

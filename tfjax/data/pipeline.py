@@ -51,6 +51,7 @@ __all__ = [
     "source_labels",
     "semi_labels",
     "batch_indices",
+    "labelled_batch",
     "read_batch",
     "train_batches",
     "eval_batches",
@@ -80,26 +81,52 @@ from tfjax.data.sources import (  # noqa: F401  (the sources, re-exported)
 # ----------------------------------------------------------------------------
 # Sampling: which examples a step reads
 # ----------------------------------------------------------------------------
-@functools.lru_cache(maxsize=4)
-def _epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+@functools.lru_cache(maxsize=8)
+def _epoch_permutation(seed: int, epoch: int, num_examples: int, stream: int = 0) -> np.ndarray:
+    entropy = [seed, epoch] if stream == 0 else [seed, epoch, stream]
+    return np.random.default_rng(entropy).permutation(num_examples)
 
 
 def batch_indices(seed: int, step: int, num_examples: int, batch_size: int,
-                  shuffle: bool = True) -> np.ndarray:
+                  shuffle: bool = True, stream: int = 0) -> np.ndarray:
     """Example indices of global step ``step``: a pure function of its arguments.
 
     Each epoch is a fresh seeded permutation (the identity without
     ``shuffle``); the tail that does not fill a batch is dropped.  Because
     the order depends on nothing but the step, a resumed run sees exactly the
-    batches an uninterrupted run would.
+    batches an uninterrupted run would.  ``stream`` > 0 draws an independent
+    order from the same seed (the separate labelled batch uses stream 1).
     """
     per_epoch = num_examples // batch_size
     if per_epoch == 0:
         raise ValueError(f"batch_size {batch_size} exceeds the {num_examples} training examples")
     epoch, pos = divmod(int(step), per_epoch)
-    order = _epoch_permutation(seed, epoch, num_examples) if shuffle else np.arange(num_examples)
+    order = (_epoch_permutation(seed, epoch, num_examples, stream) if shuffle
+             else np.arange(num_examples))
     return order[pos * batch_size:(pos + 1) * batch_size]
+
+
+LABELLED_STREAM = 1  # the ``stream`` of the separate labelled batches
+
+
+def labelled_batch(source, labelled: np.ndarray, *, seed: int, step: int,
+                   batch_size: int) -> Dict[str, np.ndarray]:
+    """This process's rows of step ``step``'s separate labelled batch.
+
+    ``labelled`` [m] holds the indices of the labelled subset; the batch is
+    ``batch_size`` of them, in epochs over the subset (its own seeded order,
+    independent of the main batch's).  Returns ``{"labelled_x": [b, ...],
+    "labelled_label": int32 [b]}``.  CLOA's protocol: every step pairs the
+    unlabelled batch with a labelled one, on which OAR is averaged.
+    """
+    if len(labelled) < batch_size:
+        raise ValueError(f"labelled_batch_size {batch_size} exceeds the {len(labelled)} "
+                         "labelled training examples (raise label_fraction or lower "
+                         "labelled_batch_size)")
+    pick = batch_indices(seed, step, len(labelled), batch_size, stream=LABELLED_STREAM)
+    rows = _process_rows(np.asarray(labelled)[pick])
+    part = read_batch(source, rows)
+    return {"labelled_x": part["x"], "labelled_label": part["label"]}
 
 
 def read_batch(source, indices: Sequence[int], semi: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
@@ -139,7 +166,8 @@ def _grain_iter(ds: "grain.MapDataset", num_threads: int, prefetch: int):
 def train_batches(source, *, seed: int, batch_size: int, start_step: int, end_step: int,
                   steps_per_call: int = 1, semi: Optional[np.ndarray] = None,
                   num_devices: Optional[int] = None, num_threads: int = 4,
-                  prefetch: int = 4) -> Iterator[Tuple[int, int, Dict[str, np.ndarray]]]:
+                  prefetch: int = 4, labelled_batch_size: int = 0
+                  ) -> Iterator[Tuple[int, int, Dict[str, np.ndarray]]]:
     """This process's training batches of steps ``[start_step, end_step)``.
 
     Yields ``(first_step, num_steps, batch)``: ``num_steps`` consecutive
@@ -149,12 +177,26 @@ def train_batches(source, *, seed: int, batch_size: int, start_step: int, end_st
     ``[D, b/D, ...]`` with ``num_devices=D`` (stacked: ``[S, b, ...]``, or
     ``[D, S, b/D, ...]`` with devices — the layout the pmapped scan takes).
     The batches are a pure function of (seed, step): see :func:`batch_indices`.
+    ``labelled_batch_size`` > 0 (needs ``semi``) adds a separate batch of that
+    many labelled examples to every step (:func:`labelled_batch`).
     """
     n = len(source)
+    labelled = None
+    if labelled_batch_size > 0:
+        if semi is None:
+            raise ValueError("labelled_batch_size > 0 needs labels (semi)")
+        labelled = np.flatnonzero(np.asarray(semi) >= 0)
+        if len(labelled) < labelled_batch_size:  # fail now, not in a reader thread
+            labelled_batch(source, labelled, seed=seed, step=0,
+                           batch_size=labelled_batch_size)
 
     def load(step):
         rows = _process_rows(batch_indices(seed, step, n, batch_size))
-        return _device_layout(read_batch(source, rows, semi), num_devices)
+        batch = read_batch(source, rows, semi)
+        if labelled is not None:
+            batch.update(labelled_batch(source, labelled, seed=seed, step=step,
+                                        batch_size=labelled_batch_size))
+        return _device_layout(batch, num_devices)
 
     def load_call(first):
         count = min(steps_per_call, end_step - first)
