@@ -61,6 +61,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.label_fraction = ml_collections.FieldReference(None, field_type=float)
   c.labels_in_loss = False
   c.oar_weight = 0.0
+  # > 0: every step also reads a separate batch of this many labelled
+  # examples for the OAR loss (CLOA's protocol: the base loss sees the
+  # unlabelled batch, OAR the labelled one); 0: OAR on the main batch's
+  # labelled rows.
+  c.labelled_batch_size = 0
   # Optimisation.
   c.optimizer = "adamw"
   c.learning_rate = 1e-3

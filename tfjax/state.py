@@ -135,6 +135,15 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
   if config.label_fraction is not None and not 0 < config.label_fraction <= 1:
     raise ValueError(f"label_fraction must be in (0, 1] (or None for no "
                      f"labels), got {config.label_fraction}")
+  if config.labelled_batch_size < 0:
+    raise ValueError(f"labelled_batch_size must be >= 0, got {config.labelled_batch_size}")
+  if config.labelled_batch_size > 0:
+    if not config.oar_weight > 0:
+      raise ValueError("labelled_batch_size > 0 feeds the OAR loss: set oar_weight > 0 "
+                       "(and label_fraction)")
+    if config.labelled_batch_size % num_devices:
+      raise ValueError(f"labelled_batch_size {config.labelled_batch_size} must be "
+                       f"divisible by the {num_devices} devices")
   if config.oar_weight > 0 and not config.label_fraction:
     raise ValueError("oar_weight > 0 needs label_fraction > 0 (OAR pulls "
                      "the labelled samples toward their class anchors)")

@@ -234,7 +234,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           train_source, seed=config.seed, batch_size=config.batch_size,
           start_step=start, end_step=end, steps_per_call=per_call, semi=semi,
           num_devices=local_devices if axis_name else None,
-          num_threads=config.input.num_threads, prefetch=config.input.host_prefetch),
+          num_threads=config.input.num_threads, prefetch=config.input.host_prefetch,
+          labelled_batch_size=config.labelled_batch_size),
       size=config.input.device_prefetch if processes == 1 else 0,
       num_devices=local_devices if axis_name else None)
 
