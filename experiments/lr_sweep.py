@@ -1,43 +1,51 @@
-"""CLOA Table 3 / Fig. 2 protocol: base losses ± OAR over a learning-rate grid.
+"""CLOA's collapse and OAR's rescue, under the authors' protocol, with the mechanism logged.
 
     python -m experiments.lr_sweep --config=experiments/configs/lr_sweep.py:quick --noprogress
-    python -m experiments.lr_sweep               # digits, lr decades 1e-7 … 1
-    python -m experiments.lr_sweep --config=experiments/configs/lr_sweep.py:cifar10 \\
-        --config.data_dir=/path/to/tfds
+    python -m experiments.lr_sweep               # 4 losses, lr decades 1e-7 … 1 (GPU)
 
-The config (``experiments/configs/lr_sweep.py``) holds every option; its
-docstring gives the measured result of the quick size.  For every (method of
-``config.losses``, OAR or not, learning rate of ``config.lrs``) one run of
-``tfjax.train.train_and_evaluate`` (SGD + momentum, cosine schedule).  OAR
-runs use ``label_fraction = 0.1`` and ``oar_weight = 1`` (``config.oar``);
-plain runs see no labels in training.  Each run reports CLOA's fine-tuning
-accuracy (an MLP head on the frozen backbone features, trained on 10 / 50 /
-100 % of the training labels), kNN accuracy, and the embedding variance on
-the test set of the projector's output (where the loss and OAR act) and of
-the backbone features.  A run whose loss becomes non-finite is recorded as
-diverged (accuracies left empty).  Once per sweep the randomly initialised
-backbone with BatchNorm statistics of the training data
-(``tfjax.train.evaluate_untrained``) is evaluated the same way: the fair
-baseline a trained backbone should beat.  Runs live in
-``WORKDIR/runs/<method run name>_lr<lr>`` and resume from their checkpoints
-when the sweep is started again.
+The config (``experiments/configs/lr_sweep.py``) holds every option and the
+protocol (the authors' temperature 1, a separate labelled batch per step,
+weight decay 5e-4); its docstring gives the measured result of the quick size.
 
-Default data: the offline ``digits`` dataset (8×8 images, small CNN);
-``mnist1d`` (1-D CNN) is offline too.  ``cifar10`` / ``cifar100``
-(ResNet-18) need the TFDS data already on disk (``--config.data_dir``);
-otherwise the pipeline raises DatasetNotFoundError.
+Two stages, per dataset of ``config.datasets``:
 
-Writes lr_sweep_accuracy.png, lr_sweep_variance.png, results.md,
-results.json.
+1. **Sweep** (on a validation split: training uses the other 80 % of the
+   training split).  For every method of ``config.losses``, without and with
+   OAR, at every learning rate of ``config.lrs`` and every seed: one run of
+   ``tfjax.train.train_and_evaluate``.  If no learning rate made InfoNCE or
+   DCL collapse, the grid grows upward (×10) until one does or
+   ``config.extend_to`` is passed.  Each run reports CLOA's fine-tuning
+   accuracy at 10 / 50 / 100 % labels, kNN, the embedding variance of the
+   projector outputs (where the loss and OAR act) at the end and its minimum
+   over training, and its per-step mechanism (base-loss and OAR gradient
+   norms, backbone weight norm, embedding variance) in its ``metrics.jsonl``.
+2. **Test** (Table 3's shape).  For every method ± OAR, the learning rate
+   with the best mean fine-tuning accuracy at 10 % labels on the validation
+   split is retrained on the whole training split, every seed, and evaluated
+   on the test split.  The fair random baseline (the random-init backbone
+   with BatchNorm statistics of the data) is evaluated on both splits.
+
+Then each of CLOA's claims gets a verdict — *reproduced*, *not reproduced in
+the region searched*, or *untestable here* — from the numbers (rules in
+:func:`verdicts`).  Runs live in ``WORKDIR/DATASET/{sweep,test}/<run>_lr<lr>_s<seed>``
+and resume when the sweep is started again.
+
+Writes lr_sweep_table3.png, lr_sweep_accuracy.png, lr_sweep_variance.png,
+lr_sweep_mechanism_DATASET.png, results.md, results.json.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
+from typing import Dict, List, Sequence
 
-from experiments.common import cli, pyplot, write_results
+import numpy as np
+
+from experiments.common import cli, markdown_table, pyplot
+from experiments.configs.lr_sweep import BACKBONE
 from tfjax import methods
 
 # The CLOA draft's Table 3: best top-1 over the sweep at 10 / 50 / 100 %
@@ -49,7 +57,11 @@ PAPER = {
     "barlow_twins": ((.415, .502, .539), (.676, .697, .700)),
     "vicreg": ((.420, .467, .524), (.663, .673, .691)),
 }
+# InfoNCE at lr = 1 in the draft: (accuracy, embedding variance), plain / OAR.
+PAPER_LR1 = {"no": (.10, .05), "yes": (.665, .89)}
 FINETUNE = ("finetune@0.1", "finetune@0.5", "finetune@1")
+METRICS = FINETUNE + ("knn", "variance", "min_variance", "feature_variance")
+COLLAPSING = ("info_nce", "dcl")   # the losses CLOA says collapse
 
 
 def learning_rates(config) -> list[float]:
@@ -59,7 +71,7 @@ def learning_rates(config) -> list[float]:
   out = [float(v) for v in values if str(v).strip()]
   if not out or any(not lr > 0 for lr in out):
     raise ValueError(f"config.lrs must list positive learning rates, got {lrs!r}")
-  return out
+  return sorted(out)
 
 
 def loss_names(config) -> list[str]:
@@ -67,219 +79,476 @@ def loss_names(config) -> list[str]:
   return methods.parse_names(config.losses)
 
 
-def run_config(config, loss: str, oar: bool, lr: float):
+def dataset_names(config) -> list[str]:
+  """The datasets of ``config.datasets``, each with a known backbone."""
+  names = [d.strip() for d in str(config.datasets).split(",") if d.strip()]
+  unknown = [d for d in names if d not in BACKBONE]
+  if not names or unknown:
+    raise ValueError(f"config.datasets must list datasets of {sorted(BACKBONE)}, "
+                     f"got {config.datasets!r}")
+  return names
+
+
+def run_config(config, loss: str, oar: bool, lr: float, *, dataset: str = None,
+               seed: int = None, stage: str = "sweep"):
   """The training config of one run (a resolved copy of ``config``)."""
   c = config.copy_and_resolve_references()
+  if dataset is not None and dataset != c.dataset:
+    c.dataset = dataset
+    c.backbone, c.backbone_kwargs = BACKBONE[dataset]
   c.loss = loss
   c.learning_rate = lr
+  c.seed = config.seed if seed is None else seed
+  c.validation_fraction = config.sweep_validation_fraction if stage == "sweep" else None
   c.warmup_steps = min(c.warmup_steps, c.num_steps // 10)
   c.log_every = max(1, min(c.log_every, c.num_steps // 4))
   if oar:
     c.label_fraction = config.oar.label_fraction
     c.oar_weight = config.oar.weight
+    c.labelled_batch_size = config.oar.labelled_batch_size if config.oar.separate_batch else 0
   else:
     c.label_fraction = None
     c.oar_weight = 0.0
+    c.labelled_batch_size = 0
   return c
 
 
-def load_data(config, spec):
-  """``data=`` of the runs: None (the pipeline reads ``config.dataset``), or
-  the first ``max_*_examples`` records as arrays."""
+def _load_data(config, dataset, spec):
+  """``data=`` of the runs: None (the pipeline reads the dataset), or the
+  first ``max_*_examples`` records as arrays."""
   if not (config.max_train_examples or config.max_test_examples):
     return None
   from tfjax.data.pipeline import load_arrays
   take = lambda n: n or None  # noqa: E731  (0 = the whole split)
-  x_tr, y_tr = load_arrays(config.dataset, spec.train_split, config.data_dir,
+  x_tr, y_tr = load_arrays(dataset, spec.train_split, config.data_dir,
                            take=take(config.max_train_examples))
-  x_te, y_te = load_arrays(config.dataset, spec.test_split, config.data_dir,
+  x_te, y_te = load_arrays(dataset, spec.test_split, config.data_dir,
                            take=take(config.max_test_examples))
   return x_tr, y_tr, x_te, y_te
 
 
+def _one_run(cfg, run_dir, data, progress) -> Dict:
+  """The numbers of one run (``status`` "ok" or "diverged (…)")."""
+  from tfjax import train
+  try:
+    res = train.train_and_evaluate(cfg, run_dir, progress=progress, data=data)
+  except FloatingPointError as e:
+    return {"status": f"diverged ({e})", "curve": _curve(run_dir)}
+  curve = _curve(run_dir)
+  return {**{k: float(res[k]) for k in FINETUNE + ("knn",)},
+          "variance": float(res["embedding_variance"]),
+          "min_variance": min([float(res["embedding_variance"])]
+                              + [v for v in curve["embedding_variance"] if v is not None]),
+          "feature_variance": float(res["feature_variance"]),
+          "status": "ok", "curve": curve}
+
+
+CURVE_KEYS = ("embedding_variance", "param_norm", "base_grad_norm", "oar_grad_norm",
+              "base_loss", "oar_loss")
+
+
+def _curve(run_dir) -> Dict[str, list]:
+  from tfjax.train import read_metrics
+  path = os.path.join(run_dir, "metrics.jsonl")
+  rows = read_metrics(path) if os.path.exists(path) else []
+  out = {"step": [r["step"] for r in rows]}
+  for k in CURVE_KEYS:
+    out[k] = [r.get(k) for r in rows]
+  return out
+
+
+def _summary(runs: Sequence[Dict]) -> Dict:
+  """Mean and std over seeds of each metric (the ok runs), and the status."""
+  ok = [r for r in runs if r["status"] == "ok"]
+  out = {"seeds": len(runs), "diverged": len(runs) - len(ok)}
+  for k in METRICS:
+    vals = [r[k] for r in ok]
+    out[k] = float(np.mean(vals)) if vals else None
+    out[k + "_std"] = float(np.std(vals)) if vals else None
+  out["status"] = ("ok" if not out["diverged"] else
+                   "diverged" if not ok else f"{out['diverged']}/{len(runs)} diverged")
+  return out
+
+
+def collapsed(summary: Dict, threshold: float) -> bool:
+  """A setting collapsed: every seed diverged-free with mean end variance
+  below ``threshold``."""
+  return summary["variance"] is not None and summary["variance"] < threshold
+
+
 def run(config, workdir: str, *, progress: bool = True):
-  """The sweep: every method ± OAR at every learning rate, then the baseline."""
+  """Both stages on every dataset, then the figures, tables and verdicts."""
   import jax
   from tfjax import train
   from tfjax.state import validate_config
 
   names = loss_names(config)
   lrs = learning_rates(config)
+  datasets = dataset_names(config)
   devices = config.num_devices or jax.device_count()
-  for loss in names:  # every run's config checked before any compute
-    for oar in (False, True):
-      validate_config(run_config(config, loss, oar, lrs[0]), devices)
-  base_config = run_config(config, names[0], False, lrs[0])
-  spec = validate_config(base_config, devices)
-  data = load_data(config, spec)
-  n_train = len(train.open_splits(base_config, spec, data)[0])
-
+  for dataset in datasets:       # every run's config checked before any compute
+    for loss in names:
+      for oar in (False, True):
+        for stage in ("sweep", "test"):
+          validate_config(run_config(config, loss, oar, lrs[0], dataset=dataset,
+                                     stage=stage), devices)
+  seeds = [config.seed + i for i in range(config.seeds)]
   t0 = time.time()
-  rows = []
+  report = {"datasets": {}, "config": {"losses": names, "seeds": seeds,
+                                       "temperature": config.temperature,
+                                       "num_steps": config.num_steps},
+            "collapse_variance": config.collapse_variance}
+  for dataset in datasets:
+    base_cfg = run_config(config, names[0], False, lrs[0], dataset=dataset)
+    spec = validate_config(base_cfg, devices)
+    data = _load_data(config, dataset, spec)
+
+    def train_all(loss, oar, lr, stage):
+      out = []
+      for seed in seeds:
+        cfg = run_config(config, loss, oar, lr, dataset=dataset, seed=seed, stage=stage)
+        run_dir = os.path.join(workdir, dataset, stage,
+                               f"{methods.run_name(cfg)}_lr{lr:.3g}_s{seed}")
+        r = _one_run(cfg, run_dir, data, progress)
+        out.append(r)
+        print(f"{dataset} {stage} {methods.display_name(cfg)} lr={lr:.3g} seed={seed}: "
+              + (" ".join(f"{k}={r[k]:.3f}" for k in ("finetune@0.1", "knn", "variance",
+                                                      "min_variance"))
+                 if r["status"] == "ok" else r["status"]), flush=True)
+      return out
+
+    sweep: Dict = {}           # (loss, oar) -> {lr: summary}
+    curves: Dict = {}          # (loss, oar, lr) -> seed 0's curve
+    grid = list(lrs)
+    for loss in names:
+      for oar in ("no", "yes"):
+        sweep[(loss, oar)] = {}
+    i = 0
+    while i < len(grid):
+      lr = grid[i]
+      for loss in names:
+        for oar in ("no", "yes"):
+          runs = train_all(loss, oar == "yes", lr, "sweep")
+          sweep[(loss, oar)][lr] = _summary(runs)
+          curves[(loss, oar, lr)] = runs[0]["curve"]
+      last = i == len(grid) - 1
+      if last and config.extend_to and lr * 10 <= config.extend_to * (1 + 1e-9):
+        probe = [l for l in names if l in COLLAPSING]
+        if probe and not any(collapsed(sweep[(l, "no")][x], config.collapse_variance)
+                             for l in probe for x in grid):
+          grid.append(lr * 10)
+      i += 1
+
+    base_val = train.evaluate_untrained(base_cfg, data=data)
+    test_cfg = run_config(config, names[0], False, lrs[0], dataset=dataset, stage="test")
+    base_test = train.evaluate_untrained(test_cfg, data=data)
+
+    chosen, test = {}, {}
+    for loss in names:
+      for oar in ("no", "yes"):
+        ok = {lr: s for lr, s in sweep[(loss, oar)].items() if s["finetune@0.1"] is not None}
+        if not ok:
+          continue
+        lr = max(ok, key=lambda x: ok[x]["finetune@0.1"])
+        chosen[(loss, oar)] = lr
+        test[(loss, oar)] = _summary(train_all(loss, oar == "yes", lr, "test"))
+
+    report["datasets"][dataset] = {
+        "grid": grid, "num_classes": spec.num_classes,
+        "sweep": {f"{l}|{o}|{lr:g}": s for (l, o), d in sweep.items() for lr, s in d.items()},
+        "chosen_lr": {f"{l}|{o}": lr for (l, o), lr in chosen.items()},
+        "test": {f"{l}|{o}": s for (l, o), s in test.items()},
+        "random_validation": {k: float(base_val[k]) for k in FINETUNE + ("knn",)},
+        "random_test": {k: float(base_test[k]) for k in FINETUNE + ("knn",)},
+        "verdicts": verdicts(sweep, test, names, grid, config.collapse_variance),
+    }
+    _plot_mechanism(workdir, dataset, sweep, curves, names, grid, config.collapse_variance)
+
+  report["seconds"] = round(time.time() - t0, 1)
+  _plot(workdir, report, names)
+  md = _markdown(report, names, config)
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(md)
+  import json
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(report, f, indent=2, default=float)
+  print(md)
+  return report
+
+
+def _fmt(mean, std=None, digits=3):
+  if mean is None:
+    return "—"
+  return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+
+
+def verdicts(sweep, test, names, grid, threshold) -> List[Dict]:
+  """CLOA's three claims, judged from the sweep (validation) and test runs.
+
+  * "InfoNCE / DCL collapse at a high learning rate": *reproduced* when some
+    learning rate gives a mean end variance below ``threshold``; otherwise
+    *not reproduced in the region searched*.
+  * "OAR prevents the collapse": *untestable here* when nothing collapsed;
+    *reproduced* when, at every learning rate where the plain loss collapsed,
+    the OAR run did not (mean end variance ≥ ``threshold``) and its
+    fine-tuning accuracy at 10 % labels is higher by more than two standard
+    deviations of the difference; else *not reproduced*.
+  * "OAR improves accuracy at 10 % labels" (Table 3): on the test split, at
+    each variant's validation-chosen learning rate, OAR's mean fine-tuning
+    accuracy at 10 % labels exceeds the plain loss's by more than two
+    standard deviations of the difference: *reproduced*; below it by more
+    than that: *reversed*; otherwise *not reproduced (within the seed spread)*.
+  """
+  out = []
+  region = f"lr {min(grid):.3g} … {max(grid):.3g}"
   for loss in names:
-    for oar in (False, True):
-      for lr in lrs:
-        cfg = run_config(config, loss, oar, lr)
-        run_dir = os.path.join(workdir, "runs", f"{methods.run_name(cfg)}_lr{lr:.3g}")
-        row = {"method": methods.display_name(cfg), "loss": loss,
-               "oar": "yes" if oar else "no", "lr": f"{lr:.3g}"}
-        try:
-          res = train.train_and_evaluate(cfg, run_dir, progress=progress, data=data)
-        except FloatingPointError as e:
-          row.update({k: "" for k in FINETUNE + ("knn",) + _linear(config)
-                      + ("variance", "feature_variance")})
-          row["status"] = f"diverged ({e})"
-        else:
-          row.update({k: float(res[k]) for k in FINETUNE + ("knn",) + _linear(config)})
-          row["variance"] = float(res["embedding_variance"])
-          row["feature_variance"] = float(res["feature_variance"])
-          row["status"] = "ok"
-        rows.append(row)
-        print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in row.items()), flush=True)
+    if loss not in COLLAPSING:
+      continue
+    plain = sweep[(loss, "no")]
+    where = [lr for lr, s in plain.items() if collapsed(s, threshold)]
+    low = min((s["variance"] for s in plain.values() if s["variance"] is not None),
+              default=None)
+    name = methods.get(loss).display_name
+    if where:
+      out.append({"claim": f"{name} collapses at a high learning rate",
+                  "verdict": "reproduced",
+                  "evidence": f"end variance < {threshold} at lr "
+                              + ", ".join(f"{lr:.3g}" for lr in where)})
+    else:
+      out.append({"claim": f"{name} collapses at a high learning rate",
+                  "verdict": "not reproduced in the region searched",
+                  "evidence": f"{region}: lowest mean end variance {_fmt(low)}"})
+    if not where:
+      out.append({"claim": f"OAR prevents {name}'s collapse", "verdict": "untestable here",
+                  "evidence": f"{name} did not collapse in {region}"})
+    else:
+      rescued = []
+      for lr in where:
+        o, p = sweep[(loss, "yes")].get(lr), plain[lr]
+        ok = (o is not None and o["variance"] is not None and o["variance"] >= threshold
+              and _gap(o, p, "finetune@0.1") > 0)
+        rescued.append((lr, ok, o))
+      verdict = "reproduced" if all(ok for _, ok, _ in rescued) else "not reproduced"
+      out.append({"claim": f"OAR prevents {name}'s collapse", "verdict": verdict,
+                  "evidence": "; ".join(
+                      f"lr {lr:.3g}: OAR variance {_fmt(o and o['variance'])}, "
+                      f"finetune@10% {_fmt(o and o['finetune@0.1'])} vs "
+                      f"{_fmt(plain[lr]['finetune@0.1'])}" for lr, _, o in rescued)})
+  for loss in names:
+    o, p = test.get((loss, "yes")), test.get((loss, "no"))
+    name = methods.get(loss).display_name
+    claim = f"OAR improves {name}'s accuracy at 10 % labels"
+    if o is None or p is None or o["finetune@0.1"] is None or p["finetune@0.1"] is None:
+      out.append({"claim": claim, "verdict": "untestable here",
+                  "evidence": "a variant diverged at every learning rate"})
+      continue
+    gap = _gap(o, p, "finetune@0.1")
+    diff = o["finetune@0.1"] - p["finetune@0.1"]
+    verdict = ("reproduced" if gap > 0 else
+               "reversed" if _gap(p, o, "finetune@0.1") > 0 else
+               "not reproduced (within the seed spread)")
+    out.append({"claim": claim, "verdict": verdict,
+                "evidence": f"test finetune@10%: OAR {_fmt(o['finetune@0.1'], o['finetune@0.1_std'])}"
+                            f" vs {_fmt(p['finetune@0.1'], p['finetune@0.1_std'])} "
+                            f"(difference {diff:+.3f})"})
+  return out
 
-  base = train.evaluate_untrained(base_config, data=data)
-  rows.append({"method": f"random-init {config.backbone} (BatchNorm statistics "
-                         "of the data)", "loss": "", "oar": "", "lr": "",
-               **{k: float(base[k]) for k in FINETUNE + ("knn",) + _linear(config)},
-               "variance": "", "feature_variance": float(base["feature_variance"]),
-               "status": "no training"})
-  print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                   for k, v in rows[-1].items()), flush=True)
 
-  _plot(workdir, rows, names, lrs)
-  notes = _notes(rows, names, config, spec, n_train, time.time() - t0)
-  table = write_results(
-      workdir, f"Learning-rate sweep on {config.dataset} ({config.num_steps} steps, "
-      f"batch {config.batch_size}, {config.optimizer.upper()})", rows,
-      ["method", "lr", *FINETUNE, "knn", *_linear(config), "variance",
-       "feature_variance", "status"],
-      notes)
-  print(table)
-  print(notes)
-  return rows
-
-
-def _linear(config) -> tuple:
-  return ("linear",) if config.eval.linear_steps > 0 else ()
+def _gap(a, b, key) -> float:
+  """``mean_a − mean_b − 2·sd`` of the difference (sd from the seeds' stds):
+  positive when a beats b by more than two standard deviations."""
+  if a is None or b is None or a[key] is None or b[key] is None:
+    return -math.inf
+  sd = math.sqrt((a[key + "_std"] or 0) ** 2 + (b[key + "_std"] or 0) ** 2)
+  return a[key] - b[key] - 2 * sd
 
 
 def _label(loss, oar):
   return ("OAR-" if oar == "yes" else "") + methods.get(loss).display_name
 
 
-def _series(rows, loss, oar, key):
-  pts = [(float(r["lr"]), r[key]) for r in rows
-         if r["loss"] == loss and r["oar"] == oar and isinstance(r[key], float)]
-  return [p[0] for p in pts], [p[1] for p in pts]
+COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
+          "tab:brown", "tab:pink", "tab:olive"]
 
 
-def _plot(workdir, rows, names, lrs):
+def _sweep_series(entry, loss, oar, key):
+  pts = sorted((float(k.split("|")[2]), s) for k, s in entry["sweep"].items()
+               if k.startswith(f"{loss}|{oar}|"))
+  pts = [(lr, s[key], s[key + "_std"]) for lr, s in pts if s[key] is not None]
+  return [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]
+
+
+def _plot(workdir, report, names):
   plt = pyplot()
-  colors = dict(zip(names, ["tab:blue", "tab:orange", "tab:green", "tab:red",
-                            "tab:purple", "tab:brown", "tab:pink", "tab:olive"]))
-  baseline = [r for r in rows if r["status"] == "no training"]
-  fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
-  for ax, key in zip(axes, ("finetune@0.1", "finetune@1")):
-    for loss in names:
-      for oar, ls in (("no", "--"), ("yes", "-")):
-        x, y = _series(rows, loss, oar, key)
-        ax.plot(x, y, ls, marker="o", color=colors[loss], label=_label(loss, oar))
-    if baseline:
-      ax.axhline(baseline[0][key], color="gray", ls=":",
-                 label="random init (no training)")
-    ax.set_xscale("log")
-    ax.set_xlim(min(lrs) / 2, max(lrs) * 2)
-    ax.set_xlabel("learning rate")
-    ax.set_title(f"fine-tuning accuracy, {float(key.split('@')[1]):.0%} of labels",
-                 fontsize=10)
-    ax.set_ylim(0, 1)
-  axes[0].set_ylabel("test accuracy")
-  axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-                 handlelength=3.5)
-  fig.suptitle("Learning-rate sweep: accuracy of a fine-tuned head on the "
-               "backbone features (dashed: base loss, solid: with OAR)", fontsize=9)
+  datasets = list(report["datasets"])
+  colors = dict(zip(names, COLORS))
+  for key, fname, ylabel, title in (
+      ("finetune@0.1", "lr_sweep_accuracy.png", "fine-tuning accuracy, 10 % labels\n"
+       "(validation split)", "Accuracy across the learning-rate sweep"),
+      ("variance", "lr_sweep_variance.png", "embedding variance at the end\n"
+       "(validation projector outputs)", "Collapse across the sweep (0 = one point)")):
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 3.8),
+                             squeeze=False, sharey=True)
+    for ax, dataset in zip(axes[0], datasets):
+      entry = report["datasets"][dataset]
+      for loss in names:
+        for oar, ls in (("no", "--"), ("yes", "-")):
+          x, y, e = _sweep_series(entry, loss, oar, key)
+          ax.errorbar(x, y, yerr=e, fmt=ls, marker="o", ms=4, capsize=3,
+                      color=colors[loss], label=_label(loss, oar))
+      if key == "finetune@0.1":
+        ax.axhline(entry["random_validation"][key], color="gray", ls=":",
+                   label="random init (BatchNorm of the data)")
+        ax.axhline(1 / entry["num_classes"], color="black", lw=0.8, ls="-.", label="chance")
+      else:
+        ax.axhline(report.get("collapse_variance", 0.1), color="gray", ls=":",
+                   label="collapse threshold")
+      ax.set_xscale("log")
+      ax.set_ylim(0, 1.02)
+      ax.set_xlabel("learning rate")
+      ax.set_title(dataset, fontsize=10)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(f"{title}: mean ± std over {len(report['config']['seeds'])} seeds "
+                 "(dashed: base loss, solid: with OAR)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, fname), dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+  # Table 3's shape: test accuracy at 10 / 50 / 100 % labels, ours vs paper.
+  groups = [(loss, oar) for loss in names for oar in ("no", "yes")]
+  fig, axes = plt.subplots(1, len(datasets) + 1, figsize=(4.6 * (len(datasets) + 1), 3.8),
+                           squeeze=False, sharey=True)
+  width = 0.8 / len(groups)
+  for ax, dataset in zip(axes[0], datasets + ["paper"]):
+    for i, (loss, oar) in enumerate(groups):
+      if dataset == "paper":
+        ref = PAPER.get(loss)
+        vals, errs = (ref[oar == "yes"] if ref else (0, 0, 0)), (0, 0, 0)
+      else:
+        s = report["datasets"][dataset]["test"].get(f"{loss}|{oar}")
+        vals = [s[k] or 0 if s else 0 for k in FINETUNE]
+        errs = [s[k + "_std"] or 0 if s else 0 for k in FINETUNE]
+      ax.bar([j + i * width for j in range(3)], vals, width, yerr=errs, capsize=2,
+             color=colors[loss], alpha=1.0 if oar == "yes" else 0.45,
+             label=_label(loss, oar))
+    if dataset != "paper":
+      rnd = report["datasets"][dataset]["random_test"]
+      ax.plot([-0.1, 2.9], [rnd["finetune@0.1"]] * 2, ":", color="gray",
+              label="random init (BatchNorm of the data)")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(3)], ["10 %", "50 %", "100 %"])
+    ax.set_xlabel("labels for fine-tuning")
+    ax.set_title("CLOA draft, CIFAR-10 (Table 3)" if dataset == "paper"
+                 else f"ours, {dataset} (test, lr chosen on validation)", fontsize=9)
+    ax.set_ylim(0, 1.05)
+  axes[0][0].set_ylabel("test accuracy")
+  axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+  fig.suptitle("Table 3's comparison: fine-tuned accuracy with and without OAR "
+               "(pale: base loss, solid: with OAR; error bars: std over seeds)", fontsize=9)
   fig.tight_layout()
-  fig.savefig(f"{workdir}/lr_sweep_accuracy.png", dpi=100, bbox_inches="tight")
+  fig.savefig(os.path.join(workdir, "lr_sweep_table3.png"), dpi=100, bbox_inches="tight")
   plt.close(fig)
 
-  fig, ax = plt.subplots(figsize=(7.0, 3.8))
-  for loss in names:
+
+def _plot_mechanism(workdir, dataset, sweep, curves, names, grid, threshold):
+  """Per-step mechanism of the runs at the learning rate where the base loss's
+  variance was lowest (seed 0): variance, weight norm, both gradient norms."""
+  probe = [l for l in names if l in COLLAPSING] or names[:1]
+  loss = probe[0]
+  plain = sweep[(loss, "no")]
+  ok = {lr: s for lr, s in plain.items() if s["min_variance"] is not None}
+  lr = min(ok, key=lambda x: ok[x]["min_variance"]) if ok else max(grid)
+  plt = pyplot()
+  fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
+  panels = (("embedding_variance", "embedding variance (batch)"),
+            ("param_norm", "backbone weight norm"),
+            ("base_grad_norm", "base-loss gradient norm"),
+            ("oar_grad_norm", "OAR gradient norm"))
+  for ax, (key, title) in zip(axes, panels):
     for oar, ls in (("no", "--"), ("yes", "-")):
-      x, y = _series(rows, loss, oar, "variance")
-      ax.plot(x, y, ls, marker="o", color=colors[loss], label=_label(loss, oar))
-  ax.set_xscale("log")
-  ax.set_xlim(min(lrs) / 2, max(lrs) * 2)
-  ax.set_ylim(0, 1)
-  ax.set_xlabel("learning rate")
-  ax.set_ylabel("embedding variance\n(test projector outputs)")
-  ax.set_title("Collapse across the sweep: variance of the normalised "
-               "embeddings (0 = one point)", fontsize=9)
-  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-            handlelength=3.5)
+      c = curves.get((loss, oar, lr))
+      if not c or not c["step"]:
+        continue
+      ys = [np.nan if v is None else v for v in c[key]]
+      ax.plot(c["step"], ys, ls, color="tab:blue" if oar == "no" else "tab:red",
+              label=_label(loss, oar))
+    if key == "embedding_variance":
+      ax.axhline(threshold, color="gray", ls=":", label="collapse threshold")
+      ax.set_ylim(0, 1.02)
+    elif key != "param_norm":
+      ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("step")
+  axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+  fig.suptitle(f"{dataset}: the mechanism at lr {lr:.3g} (the lowest variance of "
+               f"{methods.get(loss).display_name} in the sweep; seed 0)", fontsize=9)
   fig.tight_layout()
-  fig.savefig(f"{workdir}/lr_sweep_variance.png", dpi=100, bbox_inches="tight")
+  fig.savefig(os.path.join(workdir, f"lr_sweep_mechanism_{dataset}.png"), dpi=100,
+              bbox_inches="tight")
   plt.close(fig)
 
 
-def _best(rows, loss, oar):
-  ok = [r for r in rows if r["loss"] == loss and r["oar"] == oar and r["status"] == "ok"]
-  if not ok:
-    return None
-  return tuple(max(r[k] for r in ok) for k in FINETUNE)
-
-
-def _fmt(t):
-  return "—" if t is None else "/".join(f"{v:.3f}" for v in t)
-
-
-def _notes(rows, names, config, spec, n_train, seconds) -> str:
-  lines = ["## Notes", "",
-           "Best fine-tuning accuracy over the sweep at 10 / 50 / 100 % labels, ours "
-           "vs the CLOA draft's Table 3:", "",
-           "| loss | ours | ours + OAR | paper | paper + OAR |", "|---|---|---|---|---|"]
-  for loss in names:
-    ref = PAPER.get(loss, (None, None))
-    lines.append(f"| {methods.get(loss).display_name} | {_fmt(_best(rows, loss, 'no'))} | "
-                 f"{_fmt(_best(rows, loss, 'yes'))} | {_fmt(ref[0])} | {_fmt(ref[1])} |")
-  baseline = [r for r in rows if r["status"] == "no training"]
-  if baseline:
-    b = baseline[0]
-    lines += ["", f"A randomly initialised {config.backbone} (BatchNorm statistics "
-              f"of the training data, no training) gives "
-              f"{_fmt(tuple(b[k] for k in FINETUNE))} and kNN {b['knn']:.3f}: "
-              "the floor a trained backbone should beat."]
-  lines += ["", "The paper also reports InfoNCE at lr = 1: accuracy .10 and embedding "
-            "variance ≈ .05 (collapse); OAR-InfoNCE at lr = 1: .665 and ≈ .89."]
-  top = [r for r in rows if r["loss"] == "info_nce" and r["lr"] == f"{1.0:.3g}"]
-  for r in top:
-    if r["status"] == "ok":
-      lines.append(f"Ours at lr = 1, info_nce, OAR {r['oar']}: finetune@0.1 "
-                   f"{r['finetune@0.1']:.3f}, variance {r['variance']:.3f}.")
-    else:
-      lines.append(f"Ours at lr = 1, info_nce, OAR {r['oar']}: {r['status']}.")
-  diverged = [f"{r['loss']}{'+OAR' if r['oar'] == 'yes' else ''}@{r['lr']}"
-              for r in rows if r["status"].startswith("diverged")]
-  chance = 1.0 / spec.num_classes
-  steps, batch = config.num_steps, config.batch_size
-  lines += [
-      "", "How our setting differs from the paper's: dataset "
-      f"`{config.dataset}` ({n_train} training examples, {spec.num_classes} classes, "
-      f"chance {chance:.2f}) instead of CIFAR-10 unless the config argument is "
-      f"`cifar10`; backbone `{config.backbone}` instead of ResNet-18 (except CIFAR); "
-      f"{steps} {config.optimizer.upper()} steps of batch {batch} (≈ "
-      f"{steps * batch / max(n_train, 1):.0f} epochs) instead of 100 epochs "
-      f"of pre-training; a fine-tuning head of {config.eval.finetune_steps} steps "
-      "instead of 100 epochs; one seed; learning rates "
-      f"{', '.join(f'{lr:.3g}' for lr in learning_rates(config))}. The numbers are "
-      "comparable in trend (with vs without OAR, collapse at large lr), not in value. "
-      "Our `variance` is tfjax.train's `embedding_variance`: of the test set's "
-      "projector outputs, on which the loss and OAR act (the paper's quantity, we "
-      "assume); `feature_variance` is that of the backbone features that are "
-      "fine-tuned.",
-      "", f"Diverged runs (non-finite loss): {', '.join(diverged) or 'none'}. "
-      f"Time {seconds:.0f} s."]
-  return "\n".join(lines)
+def _markdown(report, names, config) -> str:
+  seeds = report["config"]["seeds"]
+  lines = [f"# CLOA's learning-rate protocol: collapse and OAR "
+           f"({len(seeds)} seeds, mean ± std)", "",
+           f"Protocol: temperature {config.temperature}, SGD momentum {config.momentum}, "
+           f"weight decay {config.weight_decay}, cosine schedule with "
+           f"{config.warmup_steps} warm-up steps, {config.num_steps} steps of batch "
+           f"{config.batch_size}"
+           + (f" plus a separate labelled batch of {config.oar.labelled_batch_size}"
+              if config.oar.separate_batch else "")
+           + f" for OAR (λ = {config.oar.weight}, {config.oar.label_fraction:.0%} "
+           f"labels); fine-tuning head {config.eval.finetune_steps} steps. Sweep on "
+           f"a {config.sweep_validation_fraction:.0%} validation split; the Table-3 "
+           "rows retrain each variant at its validation-chosen learning rate and "
+           "report the test split.", ""]
+  lines += ["## Verdicts", "", "| dataset | claim | verdict | evidence |", "|---|---|---|---|"]
+  for dataset, entry in report["datasets"].items():
+    for v in entry["verdicts"]:
+      lines.append(f"| {dataset} | {v['claim']} | **{v['verdict']}** | {v['evidence']} |")
+  lines += ["", "## Table 3's comparison (test split; fine-tuning accuracy at "
+            "10 / 50 / 100 % labels)", "",
+            "| dataset | method | lr (chosen on validation) | 10 % | 50 % | 100 % | "
+            "paper (CIFAR-10, ResNet-18) |", "|---|---|---|---|---|---|---|"]
+  for dataset, entry in report["datasets"].items():
+    for loss in names:
+      for oar in ("no", "yes"):
+        s = entry["test"].get(f"{loss}|{oar}")
+        ref = PAPER.get(loss)
+        paper = "/".join(f"{v:.3f}" for v in ref[oar == "yes"]) if ref else "—"
+        cells = [_fmt(s and s[k], s and s[k + "_std"]) for k in FINETUNE]
+        lr = entry["chosen_lr"].get(f"{loss}|{oar}")
+        lines.append(f"| {dataset} | {_label(loss, oar)} | "
+                     f"{'—' if lr is None else f'{lr:.3g}'} | {' | '.join(cells)} | {paper} |")
+    rnd = entry["random_test"]
+    lines.append(f"| {dataset} | random init (BatchNorm of the data) | — | "
+                 + " | ".join(_fmt(rnd[k]) for k in FINETUNE) + " | — |")
+  lines += ["", "## The sweep (validation split)", ""]
+  for dataset, entry in report["datasets"].items():
+    rows = []
+    for key, s in entry["sweep"].items():
+      loss, oar, lr = key.split("|")
+      rows.append({"method": _label(loss, oar), "lr": lr,
+                   **{k: _fmt(s[k], s[k + "_std"]) for k in
+                      ("finetune@0.1", "knn", "variance", "min_variance")},
+                   "status": s["status"]})
+    rnd = entry["random_validation"]
+    rows.append({"method": "random init (BatchNorm of the data)", "lr": "—",
+                 "finetune@0.1": _fmt(rnd["finetune@0.1"]), "knn": _fmt(rnd["knn"]),
+                 "variance": "—", "min_variance": "—", "status": "no training"})
+    lines += [f"### {dataset} (chance {1 / entry['num_classes']:.2f}; learning rates "
+              + ", ".join(f"{lr:.3g}" for lr in entry["grid"]) + ")", "",
+              markdown_table(rows, ["method", "lr", "finetune@0.1", "knn", "variance",
+                                    "min_variance", "status"]), ""]
+  lines += ["`variance`: 1 − ‖mean‖² of the normalised projector outputs of the "
+            "evaluation split at the end (0 = one point); `min_variance`: its "
+            "lowest value over training (the logged training batches and the end), "
+            "which shows a transient collapse the run recovered from. The paper "
+            "reports InfoNCE at lr = 1 at accuracy .10 and variance ≈ .05, "
+            "OAR-InfoNCE at .665 and ≈ .89 (CIFAR-10).",
+            "", f"Time {report['seconds']:.0f} s."]
+  return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
