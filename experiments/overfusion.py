@@ -2,6 +2,7 @@
 
     python -m experiments.overfusion --config=experiments/configs/overfusion.py:quick --noprogress
     python -m experiments.overfusion             # full size (3 seeds)
+    python -m experiments.overfusion --config=experiments/configs/overfusion.py:search
 
 The config (``experiments/configs/overfusion.py``) holds every option; its
 docstring gives the measured result of the quick size.
@@ -131,7 +132,10 @@ def train_run(c, data: dict, workdir: str, progress: bool):
 
 
 def run(config, workdir: str, *, progress: bool = True):
-  """Every loss of ``config.losses`` ± OAR on ``config.seeds`` seeds."""
+  """Every loss of ``config.losses`` ± OAR on ``config.seeds`` seeds (or, with
+  ``config.search.enabled``, the collapse search: :func:`search`)."""
+  if config.get("search") is not None and config.search.enabled:
+    return search(config, workdir, progress=progress)
   names = loss_names(config)
   from tfjax.state import validate_config
   for name in names:  # every run's config checked before any compute
@@ -183,6 +187,161 @@ def run(config, workdir: str, *, progress: bool = True):
 
 def main(argv=None):
   return cli(run, "overfusion", argv, __doc__)
+
+
+# ----------------------------------------------------------------------------
+# The collapse search (config argument "search").
+# ----------------------------------------------------------------------------
+SEARCH_FIELDS = ("noise", "hidden", "temperature", "optimizer", "learning_rate")
+
+
+def search_grid(config) -> list[dict]:
+  """Every combination of the comma-separated values of ``config.search``."""
+  import itertools
+  values = []
+  for field in SEARCH_FIELDS:
+    raw = [v.strip() for v in str(config.search[field]).split(",") if v.strip()]
+    if not raw:
+      raise ValueError(f"config.search.{field} lists no value")
+    cast = str if field == "optimizer" else (int if field == "hidden" else float)
+    try:
+      values.append([cast(v) for v in raw])
+    except ValueError as e:
+      raise ValueError(f"config.search.{field}: {e}") from None
+  return [dict(zip(SEARCH_FIELDS, combo)) for combo in itertools.product(*values)]
+
+
+def _setting_config(config, setting: dict):
+  c = config.copy_and_resolve_references()
+  for field, value in setting.items():
+    c[field] = value
+  return c
+
+
+def _setting_name(setting: dict) -> str:
+  return (f"noise{setting['noise']:g}_h{setting['hidden']}_t{setting['temperature']:g}_"
+          f"{setting['optimizer']}_lr{setting['learning_rate']:g}")
+
+
+def _search_run(config, setting, loss, oar, data, workdir, progress) -> dict:
+  c = run_config(_setting_config(config, setting), loss, oar, config.seed)
+  label = ("OAR-" if oar else "") + methods.get(loss).display_name
+  row = {"run": label, **{k: setting[k] for k in SEARCH_FIELDS}}
+  run_dir = os.path.join(workdir, "search", _setting_name(setting), methods.run_name(c))
+  try:
+    tr_z, te_z, _, _ = train_run(c, data, run_dir, progress)
+  except FloatingPointError as e:
+    return {**row, "variance": "", "rank95": "", "top1_energy": "", "knn": "",
+            "status": f"diverged ({e})"}
+  summ = diagnostics.summary(jnp.asarray(te_z), jnp.asarray(data["y_test"]), NUM_CLASSES)
+  return {**row, "variance": summ["variance"], "rank95": int(summ["rank95"]),
+          "top1_energy": summ["top1_energy"],
+          "knn": knn_accuracy(tr_z, data["y_train"], te_z, data["y_test"]),
+          "status": "ok"}
+
+
+def line_collapse(row: dict) -> bool:
+  """Collapsed onto one line: 95 % of the energy in one direction (rank95 = 1)."""
+  return row["status"] == "ok" and row["rank95"] == 1
+
+
+def search(config, workdir: str, *, progress: bool = True):
+  """Searches ``config.search`` for a setting where a base loss collapses onto
+  a line (CLOA's figure), then reruns the first few such settings with OAR.
+
+  Writes ``search.md`` / ``search.json`` (one row per run) and
+  ``overfusion_search.png`` (rank95 and kNN of every setting).
+  """
+  names = methods.parse_names(config.search.losses)
+  grid = search_grid(config)
+  from tfjax.state import validate_config
+  for setting in grid:
+    for name in names:
+      for oar in (False, True):
+        validate_config(run_config(_setting_config(config, setting), name, oar,
+                                   config.seed), config.num_devices or jax.device_count())
+  t0 = time.time()
+  rows, data_by_noise = [], {}
+  for setting in grid:
+    if setting["noise"] not in data_by_noise:
+      data_by_noise[setting["noise"]] = make_data(
+          _setting_config(config, setting), config.seed)
+    data = data_by_noise[setting["noise"]]
+    for name in names:
+      row = _search_run(config, setting, name, False, data, workdir, progress)
+      rows.append(row)
+      print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in row.items()), flush=True)
+  collapsed = [r for r in rows if line_collapse(r)]
+  rescued = []
+  seen = []
+  for r in collapsed:
+    setting = {k: r[k] for k in SEARCH_FIELDS}
+    if setting in seen:
+      continue
+    seen.append(setting)
+    if len(seen) > config.search.max_oar_settings:
+      break
+    for name in names:
+      row = _search_run(config, setting, name, True, data_by_noise[setting["noise"]],
+                        workdir, progress)
+      rescued.append(row)
+      print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in row.items()), flush=True)
+  rows += rescued
+  _plot_search(workdir, rows, names)
+  region = "; ".join(f"{f} ∈ {{{config.search[f]}}}" for f in SEARCH_FIELDS)
+  notes = ["## Notes", "",
+           f"Searched: {region}; {config.num_steps} steps of batch {config.batch_size}, "
+           f"seed {config.seed}, {len(grid)} settings × {len(names)} base losses. "
+           "A run collapsed onto a line when rank95 = 1 (95 % of its normalised test "
+           "embeddings' energy in one direction), as in CLOA's figure.", ""]
+  if collapsed:
+    notes.append(f"Collapsed base runs: {len(collapsed)} of "
+                 f"{sum(r['run'] in [methods.get(n).display_name for n in names] for r in rows)}"
+                 f"; the first {len(seen[:config.search.max_oar_settings])} such "
+                 "settings were rerun with OAR (rows marked OAR-).")
+  else:
+    notes.append("No base run collapsed onto a line in the region searched: CLOA's "
+                 "3-D figure is **not reproduced** there.")
+  notes.append(f"\nTime {time.time() - t0:.0f} s.")
+  from experiments.common import markdown_table
+  import json
+  columns = ["run", *SEARCH_FIELDS, "variance", "rank95", "top1_energy", "knn", "status"]
+  table = markdown_table(rows, columns)
+  with open(os.path.join(workdir, "search.md"), "w") as f:
+    f.write(f"# Over-fusion: searching for InfoNCE's collapse onto a line\n\n{table}\n"
+            + "\n".join(notes) + "\n")
+  with open(os.path.join(workdir, "search.json"), "w") as f:
+    json.dump(rows, f, indent=2, default=float)
+  print(table)
+  print("\n".join(notes))
+  return rows
+
+
+def _plot_search(workdir, rows, names):
+  plt = pyplot()
+  base = [r for r in rows if not r["run"].startswith("OAR-")]
+  labels = [f"{r['run'].split(' ')[0]} σ{r['noise']:g} h{r['hidden']} τ{r['temperature']:g}"
+            f" {'Adam' if r['optimizer'] == 'adamw' else 'SGD'} {r['learning_rate']:g}"
+            for r in base]
+  top1 = [r["top1_energy"] if r["status"] == "ok" else np.nan for r in base]
+  knn = [r["knn"] if r["status"] == "ok" else np.nan for r in base]
+  y = np.arange(len(base))
+  fig, axes = plt.subplots(1, 2, figsize=(10, 0.22 * len(base) + 1.5), sharey=True)
+  axes[0].barh(y, top1, color=["tab:red" if line_collapse(r) else "tab:gray" for r in base])
+  axes[0].axvline(0.95, color="black", ls=":", lw=0.8)
+  axes[0].set_xlabel("energy in the top direction\n(red: rank95 = 1, on one line)")
+  axes[1].barh(y, knn, color="tab:blue")
+  axes[1].axvline(1 / 3, color="black", ls=":", lw=0.8)
+  axes[1].set_xlabel("kNN accuracy (dotted: chance)")
+  axes[0].set_yticks(y, labels, fontsize=6)
+  axes[0].set_xlim(0, 1), axes[1].set_xlim(0, 1)
+  fig.suptitle("Collapse search on three lines in R³: every base run "
+               "(diverged runs left blank)", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "overfusion_search.png"), dpi=100, bbox_inches="tight")
+  plt.close(fig)
 
 
 def _plot_embeddings(workdir, shown, labels):

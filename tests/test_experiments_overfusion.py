@@ -89,3 +89,30 @@ def test_make_data_is_seeded_balanced_lines():
   x = a["x_train"]
   resid = x - (x * d).sum(1, keepdims=True) * d
   assert np.sqrt((resid ** 2).sum(1)).mean() < 2 * config.noise
+
+
+@pytest.mark.slow
+def test_collapse_search_tiny_writes_a_row_per_setting(tmp_path):
+  c = get_config("search_tiny")
+  rows = overfusion.run(c, str(tmp_path), progress=False)
+  grid = overfusion.search_grid(c)
+  assert len(grid) == 2 and {g["learning_rate"] for g in grid} == {0.1, 10.0}
+  base = [r for r in rows if not r["run"].startswith("OAR-")]
+  assert [r["learning_rate"] for r in base] == [0.1, 10.0]
+  for r in base:
+    if r["status"] == "ok":
+      assert 0 <= r["variance"] <= 1 and r["rank95"] in (1, 2, 3)
+      assert 0 <= r["knn"] <= 1
+  # OAR reruns exactly the collapsed settings (at most max_oar_settings)
+  collapsed = [r for r in base if overfusion.line_collapse(r)]
+  assert len(rows) - len(base) == min(len(collapsed), c.search.max_oar_settings)
+  for name in ("search.md", "search.json", "overfusion_search.png"):
+    assert os.path.getsize(tmp_path / name) > 0
+  assert "Searched: noise" in (tmp_path / "search.md").read_text()
+
+
+def test_search_grid_rejects_bad_values():
+  c = get_config("search_tiny")
+  c.search.hidden = "8,wide"
+  with pytest.raises(ValueError, match="search.hidden"):
+    overfusion.search_grid(c)

@@ -63,6 +63,9 @@ from tfjax.config import base_config
 
 SIZES = {
     "tiny": dict(num_steps=100, seeds=1, n_train=512, n_test=150, batch_size=128),
+    # The search for a collapsing setting (``search``, below): short runs.
+    "search": dict(num_steps=400, seeds=1, n_train=1500, n_test=600, batch_size=256),
+    "search_tiny": dict(num_steps=50, seeds=1, n_train=512, n_test=150, batch_size=128),
     "quick": dict(num_steps=400, seeds=1, n_train=1500, n_test=600, batch_size=256),
     "": dict(num_steps=3000, seeds=3, n_train=6000, n_test=1500, batch_size=256),
 }
@@ -70,8 +73,8 @@ SIZES = {
 
 def get_config(arg: str = ""):
   if arg not in SIZES:
-    raise ValueError(f"unknown config argument {arg!r}; use 'tiny', 'quick' "
-                     "or '' (full size)")
+    raise ValueError(f"unknown config argument {arg!r}; use 'tiny', 'quick', "
+                     "'search', 'search_tiny' or '' (full size)")
   c = base_config()
   c.dataset = "subspaces_rank1"   # 3-D vectors, 3 classes: the spec of our data
   c.backbone = "mlp"
@@ -101,6 +104,24 @@ def get_config(arg: str = ""):
     c.n_train = 1500
     c.n_test = 600
     c.oar = ml_collections.ConfigDict({"label_fraction": 0.1, "weight": 1.0})
+    # The collapse search: every combination of these (comma-separated)
+    # values trains the base losses of ``search.losses``; the settings where
+    # one collapses onto a line (rank95 = 1) are rerun with OAR.  Off unless
+    # the config argument is "search" (or ``search.enabled``).
+    c.search = ml_collections.ConfigDict({
+        "enabled": arg.startswith("search"),
+        "losses": "info_nce",
+        "noise": "0.05,0.5",
+        "hidden": "8,64",
+        "temperature": "0.1,1",
+        "optimizer": "adamw,sgd",
+        "learning_rate": "0.001,0.1,10",
+        "max_oar_settings": 3,
+    })
+    if arg == "search_tiny":
+      c.search.losses, c.search.noise, c.search.hidden = "info_nce", "0.05", "8"
+      c.search.temperature, c.search.optimizer = "0.1", "sgd"
+      c.search.learning_rate = "0.1,10"
   for key, value in SIZES[arg].items():
     c[key] = value
   return c
