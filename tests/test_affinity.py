@@ -182,3 +182,31 @@ def test_jsd_global_mean_under_pmap():
   per_device = jax.pmap(lambda a, t: tfjax.jsd_loss(a, t, axis_name="d"),
                         axis_name="d")(a.reshape(n_dev, 4, 16), t.reshape(n_dev, 4, 16))
   np.testing.assert_allclose(per_device, np.full(n_dev, np_jsd_loss(a, t)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16, jnp.bfloat16])
+def test_eager_probability_check_accepts_real_adjacencies(dtype):
+  # No false alarm: the adjacency of a wide batch, in each dtype, passes the
+  # eager row check, and the loss equals float64 on the same (rounded) rows.
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=(64, 8)), dtype)
+  groups = jnp.arange(64, dtype=jnp.int32) // 4
+  a = tfjax.adjacency(x[:16], x, diagonal_offset=0)
+  t = tfjax.target_affinity(groups[:16], column_groups=groups)
+  t = t.astype(dtype)
+  got = tfjax.jsd_loss(a, t)
+  want = np_jsd_loss(np.asarray(a, np.float64), np.asarray(t, np.float64))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert 0.0 <= float(got) <= np.log(2)
+
+
+def test_traced_jsd_is_nan_for_negative_entries_not_checked():
+  # Under jit the values cannot be checked; a negative entry must not give a
+  # plausible number: x·log x of a negative entry is NaN.
+  t = tfjax.target_affinity(jnp.array([0, 0, 1, 1]))
+  a = np.asarray(t, np.float32) * 1.5
+  a[:, 0] -= 0.5 * (np.arange(4) != 0)      # rows still sum to 1
+  loss = jax.jit(tfjax.jsd_loss)(a, t)
+  assert np.isnan(float(loss))
+  with pytest.raises(ValueError, match="negative entry"):
+    tfjax.jsd_loss(a, t)

@@ -139,6 +139,47 @@ def test_l2_normalize_zero_row_finite_gradient():
   assert np.isfinite(np.asarray(g)).all()
 
 
+def test_l2_normalize_is_scale_safe_and_exact_for_nonzero_rows():
+  rng = np.random.default_rng(11)
+  x = rng.normal(size=(5, 7))
+  want = x / np.linalg.norm(x, axis=1, keepdims=True)
+  for scale in (1e-30, 1e-20, 1.0, 1e30, 1e37):   # float32 normal range
+    got = tfjax.l2_normalize(jnp.asarray(x * scale, jnp.float32))
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  # float16: a row of norm 300 has a squared norm above float16's maximum.
+  x16 = jnp.asarray(x * 300 / np.abs(x).max(), jnp.float16)
+  got = tfjax.l2_normalize(x16)
+  assert got.dtype == jnp.float16
+  x64 = np.asarray(x16, np.float64)
+  np.testing.assert_allclose(got, x64 / np.linalg.norm(x64, axis=1,
+                                                        keepdims=True),
+                             rtol=1e-3, atol=1e-3)
+
+
+def test_l2_normalize_zero_row_and_eps_floor():
+  # Without eps: a zero row stays zero with a zero gradient (our choice).
+  x = jnp.array([[3.0, 4.0], [0.0, 0.0]])
+  d = jnp.array([[1.0, 2.0], [5.0, -1.0]])
+  out, pull = jax.vjp(tfjax.l2_normalize, x)
+  np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]], atol=1e-7)
+  (g,) = pull(d)
+  # d/dx (x/‖x‖) = (I − x̂x̂ᵀ)/‖x‖ on the first row.
+  u = np.array([0.6, 0.8])
+  np.testing.assert_allclose(g[0], (np.eye(2) - np.outer(u, u)) @ [1, 2] / 5,
+                             atol=1e-7)
+  np.testing.assert_array_equal(g[1], 0.0)
+  # With eps: x / max(‖x‖, eps), so a row below eps is scaled by 1/eps.
+  small = jnp.array([[3e-3, 4e-3]])
+  np.testing.assert_allclose(tfjax.l2_normalize(small, eps=0.1), small / 0.1,
+                             rtol=1e-6)
+  np.testing.assert_allclose(tfjax.l2_normalize(small, eps=1e-6),
+                             [[0.6, 0.8]], rtol=1e-6)
+  np.testing.assert_allclose(
+      jax.grad(lambda z: tfjax.l2_normalize(z, eps=0.1).sum())(small),
+      [[10.0, 10.0]], rtol=1e-6)
+
+
 def test_normalize_parts_and_its_backward_match_l2_normalize():
   from tfjax.attention import l2_normalize, normalize_parts
   from tfjax.blockwise import _normalize_bwd

@@ -14,6 +14,12 @@ and the loss is the mean over rows with a positive of
 
 in nats, so each row lies in [0, log 2].  0·log 0 is exactly 0.
 
+Bad inputs are never hidden: a NaN or inf anywhere in the adjacency or the
+target makes the loss (and its gradient) NaN, even in a row that is left out
+of the mean, and a negative entry gives NaN (x·log x of a negative number).
+Eager calls (concrete arrays) also check that the rows are probabilities
+(ValueError); see :func:`jsd_loss`.
+
 Our choice (documented, not the paper's): the authors' code squared the
 cosine, kept the target's diagonal and did not normalise the target rows; we
 use the proper row-wise JSD between two probability rows above.
@@ -26,6 +32,7 @@ from typing import Optional
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tfjax.attention import self_mask
 
@@ -118,16 +125,38 @@ def target_affinity(groups: Array, labels: Optional[Array] = None, *,
 
 def _xlogx(x: Array) -> Array:
   # x·log x with 0·log 0 = 0 exactly and a finite gradient at 0 (the inner
-  # where keeps log's -inf out of the backward pass).
-  positive = x > 0
-  return jnp.where(positive, x * jnp.log(jnp.where(positive, x, 1.0)), 0.0)
+  # where keeps log's -inf out of the backward pass).  Only an exact 0 is
+  # special: NaN and inf give NaN, a negative entry gives NaN (log < 0).
+  zero = x == 0
+  return jnp.where(zero, 0.0, x * jnp.log(jnp.where(zero, 1.0, x)))
+
+
+def nan_unless_finite(value: Array, *arrays, axis_name=None) -> Array:
+  """``value`` if every entry of ``arrays`` is finite, else NaN (same shape).
+
+  Multiplies by exactly 1 or NaN, so the value is unchanged when all is
+  finite, and a NaN/inf anywhere (on any device, with ``axis_name``) makes
+  the value *and every gradient through it* NaN: masks, means over valid
+  rows and ``where``s downstream cannot hide a bad input.  Integer arrays
+  are skipped.
+  """
+  bad = jnp.zeros((), jnp.int32)
+  for a in arrays:
+    if a is not None and jnp.issubdtype(jnp.result_type(a), jnp.inexact):
+      bad = bad + jnp.sum(~jnp.isfinite(a), dtype=jnp.int32)
+  if axis_name is not None:
+    bad = jax.lax.psum(bad, axis_name)
+  return value * jnp.where(bad > 0, jnp.nan, 1.0).astype(value.dtype)
 
 
 def row_jsd(adjacency: Array, target: Array) -> Array:
   """Jensen–Shannon divergence (nats) of each row pair -> [n], in [0, log 2].
 
   ``JSD(a, t) = ½ Σ [a log a + t log t] − Σ m log m`` with ``m = (a + t)/2``,
-  which equals ½ KL(a‖m) + ½ KL(t‖m) for probability rows.
+  which equals ½ KL(a‖m) + ½ KL(t‖m) for probability rows.  Computed in
+  float32 or wider.  No value check here: a negative entry gives NaN (as
+  does a NaN/inf), and rows that are not probabilities give a meaningless
+  number (:func:`jsd_loss` checks concrete inputs).
   """
   _check_pair(adjacency, target)
   a = adjacency.astype(jnp.promote_types(adjacency.dtype, jnp.float32))
@@ -163,13 +192,77 @@ def jsd_loss(adjacency: Array, target: Array, *,
 
       loss = Σ_{i valid} JSD(A_i, T_i) / #valid,    0 ≤ loss ≤ log 2
 
+  Inputs: every row of ``adjacency`` must be a probability row (entries
+  ≥ 0 summing to 1), every row of ``target`` one or all zeros.  When the
+  arrays are concrete (an eager call) this is checked and a violation raises
+  ValueError (tolerance: see :func:`check_probability_rows`); rows holding
+  NaN/inf are not an error there, they make the loss NaN.  Under
+  jit/pmap/grad the values are traced and cannot be checked: a negative
+  entry then gives NaN, rows that do not sum to 1 give a meaningless number
+  (possibly outside [0, log 2]).  A NaN or inf anywhere makes the loss and
+  its gradient NaN (see :func:`nan_unless_finite`).
+
   Example::
 
       >>> t = target_affinity(jnp.array([0, 0, 1, 1]))
       >>> jsd_loss(t, t)                           # 0.0
   """
-  return masked_global_mean(row_jsd(adjacency, target), valid_rows(target),
+  _check_pair(adjacency, target)
+  check_probability_rows("adjacency", adjacency)
+  check_probability_rows("target", target, allow_zero_rows=True)
+  loss = masked_global_mean(row_jsd(adjacency, target), valid_rows(target),
                             axis_name)
+  return nan_unless_finite(loss, adjacency, target, axis_name=axis_name)
+
+
+def _row_sum_tolerance(dtype) -> float:
+  # Rounding each entry of a probability row moves its sum by at most eps
+  # (relative errors of entries summing to 1); sqrt(eps) leaves a wide margin.
+  return float(np.sqrt(float(jnp.finfo(dtype).eps)))
+
+
+def check_probability_rows(name: str, x, *, allow_zero_rows: bool = False
+                           ) -> None:
+  """ValueError unless every finite row of a concrete ``x`` [n, m] is a probability row.
+
+  Entries must be ≥ −tol and each row sum within tol of 1 (or exactly 0 with
+  ``allow_zero_rows``), with ``tol = sqrt(eps)`` of the array's float dtype
+  (3.5e-4 for float32, 0.031 for float16, 0.088 for bfloat16; our choice:
+  rounding the entries of a probability row moves its sum by at most eps,
+  and anything that is not a distribution is caught).  Rows with a NaN/inf
+  are skipped (they propagate to a NaN loss instead).  Traced arrays are not
+  checked.
+  """
+  if isinstance(x, jax.core.Tracer):
+    return
+  x = x if isinstance(x, jax.Array) else np.asarray(x)
+  if x.ndim != 2 or x.size == 0 or not jnp.issubdtype(x.dtype, jnp.floating):
+    return                            # shape/dtype errors are raised elsewhere
+  tol = _row_sum_tolerance(x.dtype)
+  acc = jnp.promote_types(x.dtype, jnp.float32)
+  # Reduced on the device (only [n] vectors come back), eagerly even when
+  # the concrete array is a constant inside someone's jit trace.
+  with jax.ensure_compile_time_eval():
+    xa = jnp.asarray(x).astype(acc)
+    finite = jnp.all(jnp.isfinite(xa), axis=-1)
+    lo = jnp.min(jnp.where(finite[:, None], xa, 0.0), axis=-1)
+    sums = jnp.sum(jnp.where(finite[:, None], xa, 0.0), axis=-1)
+  finite, lo, sums = (np.asarray(v) for v in (finite, lo, sums))
+  neg = finite & (lo < -tol)
+  off = finite & (np.abs(sums - 1.0) > tol)
+  if allow_zero_rows:
+    off &= ~((sums == 0) & (lo >= 0))
+  if neg.any():
+    i = int(np.argmax(neg))
+    raise ValueError(
+        f"{name} must hold probabilities, but row {i} has a negative entry "
+        f"({lo[i]:.4g})")
+  if off.any():
+    i = int(np.argmax(off))
+    what = "1 (or 0 for a row without positives)" if allow_zero_rows else "1"
+    raise ValueError(
+        f"{name} rows must be probabilities summing to {what} (tolerance "
+        f"{tol:.2g}), but row {i} sums to {sums[i]:.6g}")
 
 
 def masked_global_mean(values: Array, valid: Array,

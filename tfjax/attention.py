@@ -12,6 +12,31 @@ built from cosine similarities:
 or ReLU of all-negative cosines): that row becomes uniform over its allowed
 entries instead of 0/0.  For any other row it changes nothing measurable.
 
+Numerics (our choices):
+
+* Scale: each row is divided by its largest |entry| before it is squared, and
+  norms are accumulated in float32 (float64 for float64 inputs), so the
+  cosines, hence the adjacency, are the same for ``x`` and ``1e30·x`` or
+  ``1e-30·x``, and a float16 row of norm ≥ 256 (whose squared norm overflows
+  float16) is fine.
+* Dtypes: rows are normalised in float32 (float64 for float64 inputs) and
+  cast back to the inputs' dtype; the cosine matmul accumulates in float32,
+  and the activations and the row normalisation run in float32, where
+  ε = 1e-10 is representable, so the "never NaN" promise for zero rows holds
+  for float16/bfloat16 inputs too; the adjacency is cast back to the inputs'
+  dtype at the end (for float16 inputs the cosines carry float16 rounding of
+  the normalised rows, about 1e-3).
+* Non-finite inputs are never masked: a NaN or inf in a query row makes
+  that adjacency row NaN, and one in a key row makes every row that can
+  attend to it NaN (its normalisation sums over that column).
+* An activation must map cosines in [-1, 1] to finite non-negative weights.
+  A callable is checked once on a grid of cosines (ValueError naming it);
+  on concrete inputs the dense adjacency also checks its actual weights; a
+  negative weight that still occurs under jit becomes NaN (never a negative
+  "probability").
+* A row needs at least one column besides its own: one key that is the row's
+  own sample (n = m = 1) raises ValueError.
+
 Everything here is a pure function of arrays, jit-able, and works with traced
 ``diagonal_offset`` (under ``jax.pmap`` a device holds rows
 ``[offset, offset + n)`` of a global adjacency whose keys were all-gathered).
@@ -19,17 +44,18 @@ Everything here is a pure function of arrays, jit-able, and works with traced
 
 from __future__ import annotations
 
-from typing import Callable, Union
+import functools
+from typing import Callable, Optional, Union
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 Activation = Union[str, Callable[[Array], Array]]
 
 ROW_EPS = 1e-10
-_NORM_EPS = 1e-12
 LEAKY_SLOPE = 0.01
 
 
@@ -38,7 +64,9 @@ def _shifted_leaky_relu(c: Array) -> Array:
   # negative cosine is negative.  Cosines lie in [-1, 1], so adding the slope
   # keeps every weight >= 0 while keeping leaky-ReLU's shape (our choice: the
   # papers do not say how the authors' leaky-ReLU variant was normalised).
-  return jnp.maximum(c, LEAKY_SLOPE * c) + LEAKY_SLOPE
+  # The outer maximum only absorbs a rounded cosine a few ulp below −1 (it
+  # keeps NaN: jnp.maximum propagates it).
+  return jnp.maximum(jnp.maximum(c, LEAKY_SLOPE * c) + LEAKY_SLOPE, 0.0)
 
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
@@ -57,10 +85,21 @@ def get_activation(activation: Activation) -> Callable[[Array], Array]:
   Known names: ``"relu"`` (default of TransFusion), ``"sigmoid"``,
   ``"leaky_relu"`` (shifted by its slope to stay non-negative; our choice)
   and ``"square"`` (the squared cosine of the authors' self-supervised loss).
-  A callable must map cosines in [-1, 1] to non-negative weights.
+  A callable must map cosines in [-1, 1] elementwise to finite non-negative
+  weights: it is evaluated once on 201 cosines spanning [-1, 1] and a
+  negative or non-finite weight there raises ValueError naming it (a
+  callable that cannot be evaluated on its own, e.g. one that closes over
+  traced values, is not checked here).
   """
   if callable(activation):
+    try:
+      _check_callable_activation(activation)
+    except TypeError:                 # unhashable callable: check uncached
+      _check_callable_activation.__wrapped__(activation)
     return activation
+  if not isinstance(activation, str):
+    raise TypeError(
+        f"activation must be a name or a callable, got {activation!r}")
   try:
     return ACTIVATIONS[activation]
   except KeyError:
@@ -69,26 +108,103 @@ def get_activation(activation: Activation) -> Callable[[Array], Array]:
         "or a callable") from None
 
 
-def l2_normalize(x: Array, axis: int = -1, eps: float = _NORM_EPS) -> Array:
+def activation_name(activation: Activation) -> str:
+  """A readable name of ``activation`` for error messages."""
+  if isinstance(activation, str):
+    return repr(activation)
+  return repr(getattr(activation, "__name__", activation))
+
+
+_COSINE_GRID = np.linspace(-1.0, 1.0, 201, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=256)
+def _check_callable_activation(fn) -> None:
+  try:
+    with jax.ensure_compile_time_eval():
+      out = fn(jnp.asarray(_COSINE_GRID))
+  except Exception:  # pylint: disable=broad-except
+    return  # cannot be evaluated alone: the NaN guard still applies
+  if isinstance(out, jax.core.Tracer):
+    return
+  out = np.asarray(out, np.float64)
+  if out.shape != _COSINE_GRID.shape:
+    raise ValueError(
+        f"activation {activation_name(fn)} must be elementwise: cosines of "
+        f"shape {_COSINE_GRID.shape} gave shape {out.shape}")
+  bad = ~np.isfinite(out) | (out < 0)
+  if bad.any():
+    c = float(_COSINE_GRID[np.argmax(bad)])
+    raise ValueError(
+        f"activation {activation_name(fn)} must map cosines in [-1, 1] to "
+        f"finite non-negative weights, but gives {out[np.argmax(bad)]} at "
+        f"cosine {c:.3g}")
+
+
+def guard_weights(w: Array) -> Array:
+  """Activation weights with every negative entry replaced by NaN.
+
+  The weights of a probability row must be ≥ 0; a negative one (an
+  activation breaking its contract on traced data) would silently give a
+  negative "probability", so it becomes NaN instead (NaN stays NaN).
+  """
+  return jnp.where(w < 0, jnp.nan, w)
+
+
+def _acc_dtype(*dtypes):
+  """float32, or float64 when an input is float64: where norms and sums live."""
+  return jnp.promote_types(jnp.result_type(*dtypes), jnp.float32)
+
+
+def l2_normalize(x: Array, axis: int = -1,
+                 eps: Optional[float] = None) -> Array:
   """Scales ``x`` to unit L2 norm along ``axis``; a zero vector stays zero.
 
-  ``x / max(‖x‖, eps)``: the value and the gradient are finite for a zero row.
+  ``x / ‖x‖`` for every row that is not exactly zero, at any scale (the row
+  is divided by its largest |entry| before squaring, and the norm is summed
+  in float32 or wider), so ``l2_normalize(c·x) == l2_normalize(x)`` for any
+  c > 0 from 1e-30 to 1e30 in float32 and no float16 row overflows.  A zero
+  row gives zeros with a zero gradient (our choice: it has no direction).
+  With ``eps`` given, the old floor ``x / max(‖x‖, eps)`` instead (rows below
+  ``eps`` are scaled by 1/eps, gradient 1/eps).  NaN/inf entries give NaN.
+  The result has ``x``'s shape and dtype.
 
   >>> l2_normalize(jnp.array([[3., 4.], [0., 0.]]))  # [[.6, .8], [0, 0]]
   """
   return normalize_parts(x, axis, eps)[0]
 
 
-def normalize_parts(x: Array, axis: int = -1, eps: float = _NORM_EPS):
+def normalize_parts(x: Array, axis: int = -1, eps: Optional[float] = None):
   """``l2_normalize(x)`` with what its backward needs -> (x̂, r, on).
 
-  ``x̂ = x·r`` (shape of x), ``r = 1/max(‖x‖, eps)`` and ``on = ‖x‖ > eps``
-  (both with ``axis`` kept, size 1).  :mod:`tfjax.blockwise` saves these as
-  residuals and applies ``dx = r·(dx̂ − [on] x̂ (x̂·dx̂))`` itself.
+  ``x̂`` (shape and dtype of x), ``r = 1/‖x‖`` (``1/max(‖x‖, eps)`` with
+  ``eps``; 0 for a zero row without ``eps``) and ``on`` (the row is not
+  zero, resp. ``‖x‖ > eps``); ``r`` and ``on`` keep ``axis`` with size 1,
+  ``r`` in float32 or wider (it can exceed float16's range).
+  :mod:`tfjax.blockwise` saves these as residuals and applies
+  ``dx = r·(dx̂ − [on] x̂ (x̂·dx̂))`` itself.
   """
-  sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-  r = jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
-  return x * r, r, sq > eps * eps
+  acc = _acc_dtype(x.dtype)
+  xa = x.astype(acc)
+  # x̂ does not depend on the row scale m, so m is a constant for autodiff.
+  m = jax.lax.stop_gradient(jnp.max(jnp.abs(xa), axis=axis, keepdims=True))
+  zero = m == 0                       # False for NaN: NaN propagates
+  scale = jnp.where(zero, 1.0, m)
+  y = xa / scale                      # largest |entry| is 1
+  sq = jnp.sum(jnp.square(y), axis=axis, keepdims=True)
+  norm = jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, sq)))
+  if eps is None:
+    on = ~zero
+    denom = jnp.where(zero, 1.0, norm)
+    x_hat = jnp.where(zero, 0.0, y / denom)
+    r = jnp.where(zero, 0.0, 1.0 / (scale * denom))
+  else:
+    floor = eps / scale
+    on = norm > floor
+    denom = jnp.maximum(norm, floor)
+    x_hat = y / denom
+    r = 1.0 / (scale * denom)
+  return x_hat.astype(x.dtype), r, on
 
 
 def _check_2d(name: str, x: Array) -> None:
@@ -104,24 +220,64 @@ def self_mask(n: int, m: int, diagonal_offset=0) -> Array:
   return rows == jnp.arange(m)[None, :]
 
 
-def cosine_similarity(q: Array, k: Array) -> Array:
-  """Cosine similarity of every row of ``q`` [n, h] with every row of ``k`` [m, h] -> [n, m]."""
+def _check_pair(q: Array, k: Array) -> None:
   _check_2d("q", q)
   _check_2d("k", k)
   if q.shape[1] != k.shape[1]:
     raise ValueError(
         f"q and k must have the same width, got q {q.shape} and k {k.shape}")
-  return l2_normalize(q) @ l2_normalize(k).T
+
+
+def _cosines(q: Array, k: Array) -> Array:
+  """Cosines [n, m] in float32 or wider (the dtype the adjacency works in)."""
+  acc = _acc_dtype(q.dtype, k.dtype)
+  return jnp.matmul(l2_normalize(q), l2_normalize(k).T,
+                    preferred_element_type=acc).astype(acc)
+
+
+def cosine_similarity(q: Array, k: Array) -> Array:
+  """Cosine similarity of every row of ``q`` [n, h] with every row of ``k`` [m, h] -> [n, m].
+
+  Scale-safe (see :func:`l2_normalize`; a zero row has cosine 0 with
+  everything), summed in float32 or wider, returned in the inputs' dtype.
+  """
+  _check_pair(q, k)
+  return _cosines(q, k).astype(jnp.result_type(q, k))
+
+
+def check_columns(n: int, m: int, diagonal_offset=0) -> None:
+  """ValueError unless every one of n rows has a column besides its own.
+
+  With m ≥ 2 keys every row has one.  With m = 1 a row whose own index is
+  the only column (always when the offset is traced) has nothing to attend
+  to; m = 0 has no column at all.
+  """
+  if m >= 2 or n == 0:
+    return
+  if m == 1 and not isinstance(diagonal_offset, jax.core.Tracer):
+    off = int(np.asarray(diagonal_offset))
+    if not 0 <= -off < n:
+      return                          # no row of this device owns column 0
+  raise ValueError(
+      f"the adjacency of n = {n} row(s) against m = {m} key(s) has a row "
+      "with no column besides its own (the diagonal is excluded): it needs "
+      "at least 2 samples")
 
 
 def normalize_rows(weights: Array, mask: Array, eps: float = ROW_EPS) -> Array:
   """Row-normalises non-negative ``weights`` [n, m], zero where ``mask``.
 
-  ``(w + ε) / Σ(w + ε)`` over the unmasked entries: an all-zero row becomes
-  uniform over its unmasked entries, never NaN.
+  ``(w + ε) / Σ(w + ε)`` over the unmasked entries, computed in float32 (or
+  float64 for float64 weights, where ε = 1e-10 is representable) and cast
+  back to the weights' dtype: an all-zero row becomes uniform over its
+  unmasked entries, never NaN.  A NaN/inf weight in an unmasked entry gives
+  NaN (it is not masked); a negative weight gives NaN (see
+  :func:`guard_weights`).
   """
-  w = jnp.where(mask, 0.0, weights + eps)
-  return w / jnp.sum(w, axis=-1, keepdims=True)
+  acc = _acc_dtype(weights.dtype)
+  w = guard_weights(weights.astype(acc)) + eps
+  w = jnp.where(mask, 0.0, w)
+  return (w / jnp.sum(w, axis=-1, keepdims=True)).astype(weights.dtype)
 
 
 def adjacency(q: Array, k: Array, *, activation: Activation = "relu",
@@ -142,14 +298,18 @@ def adjacency(q: Array, k: Array, *, activation: Activation = "relu",
   nothing on that row).
 
   Args:
-    q: [n, h] queries (any scale: they are L2-normalised here).
-    k: [m, h] keys.
+    q: [n, h] queries (any scale from 1e-30 to 1e30: they are L2-normalised
+      here, scale-safely).
+    k: [m, h] keys (m ≥ 2, or m = 1 when no row owns that column:
+      ValueError otherwise).
     activation: "relu" (default), "sigmoid", "leaky_relu" or a callable
-      mapping cosines to non-negative weights.
+      mapping cosines to finite non-negative weights (checked, see the
+      module docstring).
     diagonal_offset: column of row 0's own entry (int, may be traced).
 
   Returns:
-    [n, m] row-stochastic matrix in q's dtype.
+    [n, m] row-stochastic matrix in the inputs' dtype (computed in float32,
+    or float64 for float64 inputs).  NaN/inf in q or k give NaN entries.
 
   Example::
 
@@ -158,9 +318,17 @@ def adjacency(q: Array, k: Array, *, activation: Activation = "relu",
       >>> a.shape, a.sum(-1)            # (6, 6), all ones; diag(a) == 0
   """
   act = get_activation(activation)
-  c = cosine_similarity(q, k)
-  n, m = c.shape
-  return normalize_rows(act(c), self_mask(n, m, diagonal_offset))
+  _check_pair(q, k)
+  n, m = q.shape[0], k.shape[0]
+  check_columns(n, m, diagonal_offset)
+  c = _cosines(q, k)
+  w = act(c)
+  if not isinstance(w, jax.core.Tracer) and bool(jnp.any(w < 0)):
+    raise ValueError(
+        f"activation {activation_name(activation)} gave negative weights "
+        f"(min {float(jnp.min(w)):.3g}); the adjacency needs weights >= 0")
+  a = normalize_rows(w, self_mask(n, m, diagonal_offset))
+  return a.astype(jnp.result_type(q, k))
 
 
 def relu_attention(q: Array, k: Array, v: Array, *,

@@ -17,8 +17,12 @@ one line (±z*).  These measure it:
 * :func:`summary` — a dict of Python floats for metrics logging.
 
 All array functions are pure and jit-able; the plotting helpers and
-:func:`summary` run on the host.  Embeddings are L2-normalised with a safe
-epsilon (a zero row stays zero, no NaN).
+:func:`summary` run on the host.  Embeddings are L2-normalised scale-safely
+(:func:`tfjax.attention.l2_normalize`, in float32 or wider: the numbers are
+the same for ``z`` and ``1e±30·z``, and a zero row stays zero, no NaN), and
+spectra are divided by their largest value before squaring.  Non-finite
+embeddings are reported, never hidden: variances become NaN and ranks −1
+(NaN in :func:`summary`).
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ def embedding_variance(z: Array) -> Array:
   ``u_i = z_i/‖z_i‖``:  Σ_j Var(u_·j) = mean_i ‖u_i‖² − ‖mean_i u_i‖²,
   which is 1 − ‖ū‖² when no row is zero (a zero row stays zero and counts
   with ‖u_i‖ = 0; an all-zero z gives 0).  Clipped to [0, 1] against
-  rounding.  0 = all embeddings equal.
+  rounding (a NaN stays NaN).  0 = all embeddings equal.  Scale-invariant.
 
   Example::
 
@@ -105,7 +109,9 @@ def singular_values(z: Array, *, normalize: bool = True) -> Array:
   By default of the L2-normalised, *uncentred* rows (our choice: the
   normalised embeddings are what the cosine losses see, and a collapse to
   one vector then shows as a single non-zero value, √n).  Their squares sum
-  to n (the number of non-zero rows).
+  to n (the number of non-zero rows).  With ``normalize=False`` the raw
+  values, computed as ``max|z| · svd(z / max|z|)`` (no overflow at any
+  scale).
 
   Example::
 
@@ -113,17 +119,29 @@ def singular_values(z: Array, *, normalize: bool = True) -> Array:
   """
   z = _check_z(z)
   if normalize:
-    z = l2_normalize(z)
-  return jnp.linalg.svd(z, compute_uv=False)
+    return jnp.linalg.svd(l2_normalize(z), compute_uv=False)
+  # Raw values: factor out the largest |entry| so the SVD sees entries in
+  # [−1, 1] at any scale (1e±30 included), then scale back.
+  top = jnp.max(jnp.abs(z))
+  top = jnp.where(top == 0, 1.0, top)
+  return jnp.linalg.svd(z / top, compute_uv=False) * top
+
+
+def _energy_shares(s: Array) -> Array:
+  """``(s_i / max s)²``: squares that neither overflow nor underflow."""
+  top = jnp.max(jnp.abs(s), axis=-1, keepdims=True)
+  return jnp.square(s / jnp.where(top == 0, 1.0, top))
 
 
 def _rank_from_sv(s: Array, energy) -> Array:
-  e = jnp.square(s)
+  e = _energy_shares(s)
   total = jnp.sum(e)
   cum = jnp.cumsum(e)
   short = cum < (energy - _ENERGY_SLACK) * total
   r = jnp.sum(short.astype(jnp.int32)) + 1
-  return jnp.where(total > 0, jnp.minimum(r, s.shape[0]), 0).astype(jnp.int32)
+  r = jnp.where(total > 0, jnp.minimum(r, s.shape[0]), 0)
+  # NaN/inf singular values (non-finite embeddings): −1, not a fake rank.
+  return jnp.where(jnp.all(jnp.isfinite(s)), r, -1).astype(jnp.int32)
 
 
 def rank_at_energy(z: Array, energy: float = 0.95, *,
@@ -132,8 +150,10 @@ def rank_at_energy(z: Array, energy: float = 0.95, *,
 
   ``s`` = :func:`singular_values` (of the normalised rows by default).  1 for
   all-equal and for rank-1 (±z*) embeddings; ⌈energy·n⌉ for n orthonormal
-  rows.  A zero matrix gives 0.  The comparison allows a relative slack of
-  1e-6 for float rounding (our choice).
+  rows.  A zero matrix gives 0; a non-finite z gives −1 (our choice: an int
+  cannot be NaN).  The comparison allows a relative slack of 1e-6 for float
+  rounding (our choice).  Scale-invariant (the spectrum is divided by its
+  largest value before squaring).
 
   Example::
 
@@ -163,11 +183,15 @@ def per_class_variance(z: Array, labels: Array, num_classes: int) -> Array:
   labels = _check_labels(labels, z.shape[0])
   k = _check_num_classes(num_classes)
   u = l2_normalize(z)
-  m = _class_masks(labels, k).astype(u.dtype)                    # [k, n]
-  count = jnp.sum(m, axis=1)
-  mean = (m @ u) / jnp.maximum(count, 1.0)[:, None]              # [k, d]
+  # Segment sums, not a mask product: a NaN row stays in its own class (a
+  # 0·NaN product would spread it to all).  Rows outside [0, k) go to an
+  # extra segment that is dropped.
+  ids = jnp.where((labels >= 0) & (labels < k), labels, k)
+  seg = lambda v: jax.ops.segment_sum(v, ids, num_segments=k + 1)[:k]
+  count = seg(jnp.ones(u.shape[0], u.dtype))
+  mean = seg(u) / jnp.maximum(count, 1.0)[:, None]               # [k, d]
   # Mean of ‖u_i‖² (1, or 0 for a zero row) minus ‖mean‖².
-  sq = (m @ jnp.sum(jnp.square(u), axis=1)) / jnp.maximum(count, 1.0)
+  sq = seg(jnp.sum(jnp.square(u), axis=1)) / jnp.maximum(count, 1.0)
   var = jnp.clip(sq - jnp.sum(jnp.square(mean), axis=1), 0.0, 1.0)
   return jnp.where(count > 0, var, 0.0)
 
@@ -190,8 +214,9 @@ def per_class_rank(z: Array, labels: Array, num_classes: int,
   _check_energy(energy)
   if normalize:
     z = l2_normalize(z)
-  m = _class_masks(labels, k).astype(z.dtype)                    # [k, n]
-  zs = m[:, :, None] * z[None]                                   # [k, n, d]
+  m = _class_masks(labels, k)                                    # [k, n]
+  # where, not a product: a NaN row stays in its own class.
+  zs = jnp.where(m[:, :, None], z[None], 0.0)                    # [k, n, d]
   s = jnp.linalg.svd(zs, compute_uv=False)                       # [k, r]
   return jax.vmap(lambda sv: _rank_from_sv(sv, energy))(s)
 
@@ -245,12 +270,18 @@ def plot_affinity_heatmap(matrix, labels, path, *,
   ``labels`` [n] are the (already ordered) row labels, e.g. the second output
   of :func:`class_ordered_affinity`; lines are drawn where the label changes.
   Colours span [vmin, vmax] ([−1, 1] for cosines; pass e.g. ``vmin=0``,
-  ``vmax=a.max()``, ``cmap="magma"`` for an adjacency).
+  ``vmax=a.max()``, ``cmap="magma"`` for an adjacency).  ValueError for an
+  empty matrix or one with NaN/inf entries.
   """
   m = np.asarray(matrix, np.float64)
   lab = np.asarray(labels)
   if m.ndim != 2 or m.shape[0] != m.shape[1]:
     raise ValueError(f"matrix must be square [n, n], got shape {m.shape}")
+  if m.size == 0:
+    raise ValueError("matrix is empty: nothing to plot")
+  if not np.all(np.isfinite(m)):
+    raise ValueError("matrix has NaN/inf entries: the heatmap would hide "
+                     "them")
   if lab.shape != (m.shape[0],):
     raise ValueError(
         f"labels must have shape ({m.shape[0]},), got {lab.shape}")
@@ -278,20 +309,34 @@ def plot_spectrum(values: Union[Sequence[float], Array,
 
   ``values`` is a 1-D array or a dict ``name -> 1-D array`` (one line each,
   with a legend).  With ``normalize`` each spectrum is shown as the share of
-  energy ``s_i² / Σ s²`` on a log axis; otherwise the raw ``s_i``.
+  energy ``s_i² / Σ s²`` on a log axis (computed as ``(s_i/max s)²`` over its
+  sum, so any scale works); otherwise the raw ``s_i``.  ValueError for no
+  spectrum, an empty one, or one with NaN/inf values (an empty or broken
+  figure would look like a result).
   """
   series = dict(values) if isinstance(values, Mapping) else {"": values}
   if not series:
     raise ValueError("values must hold at least one spectrum")
-  path = _prepare_path(path)
-  fig, ax = _figure((5, 3.6))
-  for name, s in series.items():
+  curves = {}
+  for name, s in series.items():       # validate all before writing anything
     s = np.asarray(s, np.float64)
     if s.ndim != 1:
       raise ValueError(
           f"spectrum {name!r} must be 1-D, got shape {s.shape}")
-    y = s ** 2 / max(np.sum(s ** 2), 1e-30) if normalize else s
-    ax.semilogy(np.arange(1, len(s) + 1), np.maximum(y, 1e-12), marker=".",
+    if s.size == 0:
+      raise ValueError(f"spectrum {name!r} is empty: nothing to plot")
+    if not np.all(np.isfinite(s)):
+      raise ValueError(f"spectrum {name!r} has NaN/inf values")
+    if normalize:
+      top = np.max(np.abs(s))
+      e = (s / top) ** 2 if top > 0 else np.zeros_like(s)
+      curves[name] = e / e.sum() if top > 0 else e
+    else:
+      curves[name] = s
+  path = _prepare_path(path)
+  fig, ax = _figure((5, 3.6))
+  for name, y in curves.items():
+    ax.semilogy(np.arange(1, len(y) + 1), np.maximum(y, 1e-12), marker=".",
                 label=name or None)
   ax.set_xlabel("index i")
   ax.set_ylabel("energy share $s_i^2/\\sum s^2$" if normalize else "$s_i$")
@@ -312,8 +357,9 @@ def summary(z: Array, labels: Optional[Array] = None,
   (share of the largest singular value's energy); with ``labels`` and
   ``num_classes`` also ``class_variance_mean``, ``class_variance_min``,
   ``class_rank95_mean`` over the classes present (0.0 when no sample has a
-  label in [0, num_classes)).  Runs on the host (it
-  returns Python floats; call it outside jit).
+  label in [0, num_classes)).  Non-finite embeddings give NaN values (never
+  a fake "collapse" of 0).  Runs on the host (it returns Python floats; call
+  it outside jit).
 
   Example::
 
@@ -321,11 +367,14 @@ def summary(z: Array, labels: Optional[Array] = None,
   """
   z = _check_z(z)
   s = singular_values(z)
-  e = np.asarray(s, np.float64) ** 2
+  e = np.asarray(_energy_shares(s), np.float64)
+  finite = bool(np.all(np.isfinite(e)))
+  rank = float(_rank_from_sv(s, energy))
   out = {
       "variance": float(embedding_variance(z)),
-      "rank95": float(_rank_from_sv(s, energy)),
-      "top1_energy": float(e[0] / e.sum()) if e.sum() > 0 else 0.0,
+      "rank95": rank if rank >= 0 else float("nan"),
+      "top1_energy": (float(e[0] / e.sum()) if e.sum() > 0 else 0.0)
+                     if finite else float("nan"),
   }
   if (labels is None) != (num_classes is None):
     raise ValueError("give both labels and num_classes, or neither")
@@ -338,5 +387,6 @@ def summary(z: Array, labels: Optional[Array] = None,
     has = bool(present.any())
     out["class_variance_mean"] = float(var.mean()) if has else 0.0
     out["class_variance_min"] = float(var.min()) if has else 0.0
+    rank = np.where(rank < 0, np.nan, rank.astype(np.float64))
     out["class_rank95_mean"] = float(rank.mean()) if has else 0.0
   return out

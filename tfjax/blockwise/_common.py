@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from tfjax.attention import ROW_EPS, normalize_parts
+from tfjax.attention import ROW_EPS, guard_weights, normalize_parts
 
 Array = jax.Array
 
@@ -80,14 +80,18 @@ def _tdot(x: Array, y: Array, acc) -> Array:
 
 
 def _weights(act, c: Array, allowed: Array) -> Array:
-  # Same expression as tfjax.attention.normalize_rows before the division.
-  return jnp.where(allowed, act(c) + ROW_EPS, 0.0).astype(c.dtype)
+  # Same expression as tfjax.attention.normalize_rows before the division
+  # (c is already in the float32-or-wider accumulation dtype); a negative
+  # weight becomes NaN there and here.
+  return jnp.where(allowed, guard_weights(act(c)) + ROW_EPS,
+                   0.0).astype(c.dtype)
 
 
 def _safe(s: Array) -> Array:
-  # s_i > 0 whenever row i has an allowed column; a row with none (N = 1)
-  # gets zeros instead of 0/0.
-  return jnp.where(s > 0, s, 1.0)
+  # s_i > 0 whenever row i has an allowed column (the callers reject inputs
+  # with a row that has none); a zero sum would give zeros instead of 0/0.
+  # A NaN sum stays NaN.
+  return jnp.where(s == 0, 1.0, s)
 
 
 def _normalize(x: Array):
@@ -98,6 +102,16 @@ def _normalize(x: Array):
 
 
 def _normalize_bwd(x_hat: Array, r: Array, on: Array, d_hat: Array) -> Array:
-  """VJP of ``l2_normalize``: ``dx = r·(dx̂ − x̂ (x̂·dx̂))`` (``r·dx̂`` below eps)."""
+  """VJP of ``l2_normalize``: ``dx = r·(dx̂ − x̂ (x̂·dx̂))`` -> x̂'s dtype.
+
+  ``r = 1/‖x‖`` (float32 or wider) and ``on`` come from
+  :func:`tfjax.attention.normalize_parts`; a zero row has ``r = 0`` (zero
+  gradient).  Computed in r's dtype, returned in x̂'s.
+  """
+  out_dtype = x_hat.dtype
+  acc = jnp.promote_types(r.dtype, out_dtype)
+  x_hat = x_hat.astype(acc)
+  d_hat = d_hat.astype(acc)
   radial = jnp.sum(x_hat * d_hat, axis=-1, keepdims=True)
-  return r * (d_hat - jnp.where(on, radial, 0.0) * x_hat)
+  # Multiplying by on (not where) keeps a NaN radial part visible.
+  return (r * (d_hat - on.astype(acc) * radial * x_hat)).astype(out_dtype)

@@ -22,7 +22,8 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from tfjax.attention import Activation, _check_2d, get_activation
+from tfjax.attention import (Activation, _check_2d, check_columns,
+                             get_activation)
 from tfjax.blockwise._common import (DEFAULT_BLOCK_SIZE, _allowed, _blocks,
                                      _check_block_size, _compute_dtype, _dot,
                                      _dot_t, _layout, _normalize,
@@ -98,8 +99,8 @@ def _attention_bwd(act, block_size, cdt, res, d_out):
                               (kb, vb, starts))
   dk = dk.reshape(-1, kn.shape[1])[:m]
   dv = dv.reshape(-1, v.shape[1])[:m]
-  dq = _normalize_bwd(qn, q_r, q_on, dq.astype(qn.dtype))
-  dk = _normalize_bwd(kn, k_r, k_on, dk.astype(kn.dtype))
+  dq = _normalize_bwd(qn, q_r, q_on, dq)
+  dk = _normalize_bwd(kn, k_r, k_on, dk)
   return dq, dk, dv.astype(v.dtype), None
 
 
@@ -146,6 +147,7 @@ def blockwise_attention(q: Array, k: Array, v: Array, *,
     raise ValueError(
         f"k and v must have the same number of rows, got k {k.shape} and "
         f"v {v.shape}")
+  check_columns(q.shape[0], k.shape[0], diagonal_offset)
   block_size = _check_block_size(block_size)
   get_activation(activation)  # fail early on an unknown name
   cdt, _ = _compute_dtype(compute_dtype, q, k, v)

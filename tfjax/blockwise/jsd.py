@@ -24,8 +24,10 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from tfjax.affinity import checked_ids, masked_global_mean
-from tfjax.attention import Activation, _check_2d, get_activation
+from tfjax.affinity import (checked_ids, masked_global_mean,
+                            nan_unless_finite)
+from tfjax.attention import (Activation, _check_2d, check_columns,
+                             get_activation)
 from tfjax.blockwise._common import (DEFAULT_BLOCK_SIZE, _allowed, _blocks,
                                      _check_block_size, _compute_dtype, _dot,
                                      _dot_t, _layout, _normalize,
@@ -133,8 +135,8 @@ def _row_jsd_bwd(act, block_size, cdt, res, cts):
 
   dq, dk = jax.lax.scan(body, jnp.zeros((n, qn.shape[1]), acc), xs)
   dk = dk.reshape(-1, kn.shape[1])[:m]
-  dq = _normalize_bwd(qn, q_r, q_on, dq.astype(qn.dtype))
-  dk = _normalize_bwd(kn, k_r, k_on, dk.astype(kn.dtype))
+  dq = _normalize_bwd(qn, q_r, q_on, dq)
+  dk = _normalize_bwd(kn, k_r, k_on, dk)
   return dq, dk, None, None, None, None, None
 
 
@@ -200,6 +202,7 @@ def blockwise_row_jsd(q: Array, k: Array, groups: Array,
     raise ValueError(
         f"column_groups must have one id per key row ({k.shape[0]}), got "
         f"{gj.shape[0]} (pass column_groups when keys are gathered)")
+  check_columns(q.shape[0], k.shape[0], diagonal_offset)
   block_size = _check_block_size(block_size)
   get_activation(activation)
   cdt, _ = _compute_dtype(compute_dtype, q, k)
@@ -227,7 +230,9 @@ def blockwise_jsd_loss(q: Array, k: Array, groups: Array,
 
   i.e. the mean of the row-wise JSD over rows with ≥ 1 positive (0 if none;
   under pmap the mean over all devices' valid rows, via ``psum``), with
-  memory O(n·block_size) instead of O(n·m) in forward and backward.
+  memory O(n·block_size) instead of O(n·m) in forward and backward.  Like
+  the dense loss it is NaN (value and gradient) as soon as q or k holds a
+  NaN/inf anywhere, even in a row without positives.
 
   Args: as :func:`blockwise_row_jsd`, plus ``axis_name`` (pmap axis or None).
 
@@ -242,4 +247,5 @@ def blockwise_jsd_loss(q: Array, k: Array, groups: Array,
       column_labels=column_labels, activation=activation,
       diagonal_offset=diagonal_offset, block_size=block_size,
       compute_dtype=compute_dtype)
-  return masked_global_mean(jsd, count > 0, axis_name)
+  loss = masked_global_mean(jsd, count > 0, axis_name)
+  return nan_unless_finite(loss, q, k, axis_name=axis_name)

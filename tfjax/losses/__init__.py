@@ -32,8 +32,17 @@ info_nce`` etc.):
 * :func:`jsd_loss` — TransFusion's JSD loss (re-exported from
   :mod:`tfjax.affinity`).
 
-Cosine-based losses L2-normalise the embeddings inside with a safe epsilon
-(``x / max(‖x‖, 1e-12)``): a zero row gives a finite loss and gradient.
+Cosine-based losses L2-normalise the embeddings inside, scale-safely
+(:func:`tfjax.attention.l2_normalize`: each row divided by its largest
+|entry| before squaring, norms summed in float32 or wider), so they are the
+same for ``z`` and ``1e±30·z`` and finite for float16/bfloat16 inputs; a zero
+row gives a finite loss and a finite (zero) gradient for that row.
+
+Bad inputs never give a silently wrong number: a NaN or inf anywhere in an
+input makes the loss and its gradient NaN (nothing masks it, not even a row
+that is otherwise left out of a mean), and bad hyper-parameters (a
+temperature, eps or weight out of range or not finite, a batch too small for
+a statistic) raise ValueError when they are concrete.
 
 Each loss validates its inputs in Python, then runs one jit-compiled body
 (``axis_name`` static), so eager calls from a notebook are fast; inside a

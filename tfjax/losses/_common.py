@@ -4,7 +4,8 @@ Checks run in Python on static shapes (and on values only when they are
 concrete): ranks, dtypes and shapes through ``chex`` (``AssertionError``),
 bad values through ``ValueError``.  The pmap helpers gather rows and sum
 statistics over ``axis_name`` (or do nothing when it is ``None``) so that
-each loss sees the global batch.
+each loss sees the global batch.  :func:`nan_unless_finite` (from
+:mod:`tfjax.affinity`) makes a loss NaN when any input entry is NaN/inf.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from tfjax.affinity import nan_unless_finite  # noqa: F401  (re-exported)
 
 Array = jax.Array
 
@@ -59,6 +62,27 @@ def _check_temperature(temperature) -> None:
       raise ValueError(f"temperature must be > 0 and finite, got {float(t)}")
 
 
+def _check_scalar(name: str, value, *, positive: bool = False,
+                  nonnegative: bool = False) -> None:
+  """ValueError unless a concrete ``value`` is a finite real scalar (> 0 / ≥ 0).
+
+  A traced value cannot be checked and is accepted as is.
+  """
+  if not _is_concrete(value):
+    return
+  v = np.asarray(value)
+  if v.ndim != 0 or not (np.issubdtype(v.dtype, np.floating)
+                         or np.issubdtype(v.dtype, np.integer)):
+    raise ValueError(f"{name} must be a real scalar, got {value!r}")
+  v = float(v)
+  if not np.isfinite(v):
+    raise ValueError(f"{name} must be finite, got {v}")
+  if positive and not v > 0:
+    raise ValueError(f"{name} must be > 0, got {v}")
+  if nonnegative and not v >= 0:
+    raise ValueError(f"{name} must be >= 0, got {v}")
+
+
 def _gather(x: Array, axis_name: Optional[str]) -> Array:
   """All rows of the global batch (this device's rows when axis_name is None)."""
   if axis_name is None:
@@ -68,6 +92,10 @@ def _gather(x: Array, axis_name: Optional[str]) -> Array:
 
 def _psum(x: Array, axis_name: Optional[str]) -> Array:
   return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def _pmax(x: Array, axis_name: Optional[str]) -> Array:
+  return x if axis_name is None else jax.lax.pmax(x, axis_name)
 
 
 def _row_offset(n_local: int, axis_name: Optional[str]):

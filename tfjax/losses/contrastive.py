@@ -3,7 +3,10 @@
 Cosine-similarity losses with a temperature, over the global batch under
 pmap (see :mod:`tfjax.losses` for the ``axis_name`` and gradient
 conventions).  Each checks its inputs in Python, then runs one jit-compiled
-body.
+body.  The embeddings are normalised scale-safely
+(:func:`tfjax.attention.l2_normalize`), in float32 or wider, so each loss is
+the same for ``z`` and ``1e±30·z`` and finite for float16/bfloat16 inputs; a
+NaN/inf in any input entry makes the loss and its gradient NaN.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import jax.numpy as jnp
 from tfjax.attention import l2_normalize
 from tfjax.losses._common import (_check_embeddings, _check_labels,
                                   _check_temperature, _check_views, _float,
-                                  _gather, _global_rows, _psum, _row_offset)
+                                  _gather, _global_rows, _psum, _row_offset,
+                                  nan_unless_finite)
 
 Array = jax.Array
 
@@ -70,8 +74,8 @@ def info_nce(z1: Array, z2: Array, *, temperature: float = 0.1,
     axis_name: pmap axis; negatives then span the global batch and the
       result is the global mean, identical on every device.
 
-  Normalisation ``z / max(‖z‖, 1e-12)`` (our choice of epsilon) keeps a zero
-  row finite.
+  Normalisation ``z / ‖z‖`` is scale-safe; a zero row stays zero (cosine 0
+  with everything, zero gradient: our choice).
 
   Example::
 
@@ -90,7 +94,8 @@ def _info_nce(z1, z2, temperature, axis_name):
   masked = jnp.where(self_mask, -jnp.inf, logits)
   lse = jax.nn.logsumexp(masked, axis=-1)
   pos = jnp.sum(jnp.where(pos_mask, logits, 0.0), axis=-1)
-  return _psum(jnp.sum(lse - pos), axis_name) / (2 * big_n)
+  loss = _psum(jnp.sum(lse - pos), axis_name) / (2 * big_n)
+  return nan_unless_finite(loss, z1, z2, temperature, axis_name=axis_name)
 
 
 def dcl(z1: Array, z2: Array, *, temperature: float = 0.1,
@@ -131,7 +136,8 @@ def _dcl(z1, z2, temperature, axis_name):
   masked = jnp.where(self_mask | pos_mask, -jnp.inf, logits)
   lse = jax.nn.logsumexp(masked, axis=-1)
   pos = jnp.sum(jnp.where(pos_mask, logits, 0.0), axis=-1)
-  return _psum(jnp.sum(lse - pos), axis_name) / (2 * big_n)
+  loss = _psum(jnp.sum(lse - pos), axis_name) / (2 * big_n)
+  return nan_unless_finite(loss, z1, z2, temperature, axis_name=axis_name)
 
 
 def supcon(z: Array, labels: Array, *, temperature: float = 0.1,
@@ -146,7 +152,8 @@ def supcon(z: Array, labels: Array, *, temperature: float = 0.1,
       ℓ_i = −(1/|P(i)|) Σ_{p∈P(i)} log  exp(u_i·u_p/τ) / Σ_{a∈A(i)} exp(u_i·u_a/τ)
 
   The loss is the mean of ℓ_i over anchors with |P(i)| ≥ 1; rows without a
-  positive are left out, and a batch with none gives exactly 0.  With
+  positive are left out, and a batch with none gives exactly 0 (NaN if an
+  input entry is NaN/inf, like every loss here).  With
   ``labels`` = source ids it is the multi-view SimCLR loss (two views: equal
   to :func:`info_nce`).  Every integer value is a group id, negative ones
   included (our choice: there is no "unlabelled" value here).
@@ -185,4 +192,5 @@ def _supcon(z, labels, temperature, axis_name):
   valid = n_pos > 0
   total = _psum(jnp.sum(jnp.where(valid, lse - pos_mean, 0.0)), axis_name)
   count = _psum(jnp.sum(valid.astype(logits.dtype)), axis_name)
-  return total / jnp.maximum(count, 1.0)
+  return nan_unless_finite(total / jnp.maximum(count, 1.0), z, temperature,
+                           axis_name=axis_name)

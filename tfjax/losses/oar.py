@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from tfjax.attention import l2_normalize
-from tfjax.losses._common import (_check_embeddings, _check_labels, _float,
-                                  _is_concrete, _psum)
+from tfjax.losses._common import (_check_embeddings, _check_labels,
+                                  _check_scalar, _float, _is_concrete, _psum,
+                                  nan_unless_finite)
 
 Array = jax.Array
 
@@ -42,6 +43,8 @@ def orthonormal_anchors(key: Array, num_classes: int, dim: int, *,
     key: a PRNG key.
     num_classes: k, a static int with 1 ≤ k ≤ dim (ValueError otherwise).
     dim: D, the embedding width.
+    dtype: a floating dtype for the result (TypeError otherwise: an integer
+      dtype would round every entry to 0).  Drawn in float32 and cast.
 
   Example::
 
@@ -57,6 +60,13 @@ def orthonormal_anchors(key: Array, num_classes: int, dim: int, *,
     raise ValueError(
         f"cannot draw {num_classes} orthonormal anchors in R^{dim}: "
         f"num_classes must be <= dim")
+  try:
+    floating = jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+  except TypeError:
+    floating = False
+  if not floating:
+    raise TypeError(
+        f"orthonormal_anchors needs a floating dtype, got dtype={dtype!r}")
   return _anchors(key, int(num_classes), int(dim)).astype(dtype)
 
 
@@ -87,6 +97,9 @@ def oar_loss(z: Array, labels: Array, anchors: Array, *,
   [0, k) is masked out like −1 (our choice: never clipped onto another
   class's anchor).  The anchors are L2-normalised too, which changes
   nothing for orthonormal anchors (our choice, for arbitrary anchors).
+  Normalisation is scale-safe (``1e±30·z`` gives the same loss) and in
+  float32 or wider.  A NaN/inf anywhere in ``z`` or ``anchors`` — even in an
+  unlabelled row — makes the loss and its gradient NaN.
 
   Args:
     z: [n, D] float embeddings.
@@ -128,7 +141,8 @@ def _oar_loss(z, labels, anchors, axis_name):
   cos = jnp.sum(u * c, axis=-1)
   total = _psum(jnp.sum(jnp.where(valid, 1.0 - cos, 0.0)), axis_name)
   count = _psum(jnp.sum(valid.astype(cos.dtype)), axis_name)
-  return total / jnp.maximum(count, 1.0)
+  return nan_unless_finite(total / jnp.maximum(count, 1.0), z, anchors,
+                           axis_name=axis_name)
 
 
 def with_oar(base_loss: Array, z: Array, labels: Array, anchors: Array, *,
@@ -138,8 +152,9 @@ def with_oar(base_loss: Array, z: Array, labels: Array, anchors: Array, *,
   ``base_loss`` is any scalar loss already computed on the batch (InfoNCE,
   DCL, Barlow Twins, VICReg, TransFusion's JSD...); λ = ``weight`` = 1 by
   default (base loss and anchor regression weighted equally; see
-  ``docs/design.md``, section "Losses").  Pass the same ``axis_name`` as for
-  the base loss.
+  ``docs/design.md``, section "Losses"); it must be finite and ≥ 0
+  (ValueError when concrete).  Pass the same ``axis_name`` as for the base
+  loss.
 
   Example::
 
@@ -149,4 +164,5 @@ def with_oar(base_loss: Array, z: Array, labels: Array, anchors: Array, *,
       >>> with_oar(info_nce(z1, z2), jnp.concatenate([z1, z2]),
       ...          jnp.concatenate([y, y]), a)
   """
+  _check_scalar("weight", weight, nonnegative=True)
   return base_loss + weight * oar_loss(z, labels, anchors, axis_name=axis_name)
