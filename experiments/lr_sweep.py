@@ -131,7 +131,9 @@ def _one_run(cfg, run_dir, data, progress) -> Dict:
   """The numbers of one run (``status`` "ok" or "diverged (…)")."""
   from tfjax import train
   try:
-    res = train.train_and_evaluate(cfg, run_dir, progress=progress, data=data)
+    res = _finished(cfg, run_dir)
+    if res is None:
+      res = train.train_and_evaluate(cfg, run_dir, progress=progress, data=data)
   except FloatingPointError as e:
     return {"status": f"diverged ({e})", "curve": _curve(run_dir)}
   curve = _curve(run_dir)
@@ -141,6 +143,22 @@ def _one_run(cfg, run_dir, data, progress) -> Dict:
                               + [v for v in curve["embedding_variance"] if v is not None]),
           "feature_variance": float(res["feature_variance"]),
           "status": "ok", "curve": curve}
+
+
+def _finished(cfg, run_dir):
+  """The saved results of a run that already finished with this config, or None
+  (a rerun of the sweep re-reads them instead of re-evaluating)."""
+  import json
+  paths = [os.path.join(run_dir, n) for n in ("results.json", "config.json")]
+  if not all(os.path.exists(p) for p in paths):
+    return None
+  with open(paths[0]) as f:
+    res = json.load(f)
+  with open(paths[1]) as f:
+    saved = json.load(f)
+  if res.get("step") != cfg.num_steps or saved != json.loads(cfg.to_json()):
+    return None
+  return res
 
 
 CURVE_KEYS = ("embedding_variance", "param_norm", "base_grad_norm", "oar_grad_norm",
@@ -160,7 +178,8 @@ def _curve(run_dir) -> Dict[str, list]:
 def _summary(runs: Sequence[Dict]) -> Dict:
   """Mean and std over seeds of each metric (the ok runs), and the status."""
   ok = [r for r in runs if r["status"] == "ok"]
-  out = {"seeds": len(runs), "diverged": len(runs) - len(ok)}
+  out = {"seeds": len(runs), "diverged": len(runs) - len(ok),
+         "seed_variances": [r["variance"] for r in ok]}
   for k in METRICS:
     vals = [r[k] for r in ok]
     out[k] = float(np.mean(vals)) if vals else None
@@ -309,15 +328,27 @@ def verdicts(sweep, test, names, grid, threshold) -> List[Dict]:
     low = min((s["variance"] for s in plain.values() if s["variance"] is not None),
               default=None)
     name = methods.get(loss).display_name
+    some = [f"{sum(v < threshold for v in s.get('seed_variances', []))} of "
+            f"{s['seeds']} seeds at lr {lr:.3g}" for lr, s in sorted(plain.items())
+            if any(v < threshold for v in s.get("seed_variances", []))]
+    seeds_note = ("; single seeds below it: " + ", ".join(some)) if some else ""
+    transient = [f"{lr:.3g}" for lr, s in sorted(plain.items())
+                 if s["min_variance"] is not None and s["min_variance"] < threshold
+                 and lr not in where]
+    if transient:
+      seeds_note += ("; a transient collapse (mean lowest variance during training "
+                     f"< {threshold}) that training recovered from at lr "
+                     + ", ".join(transient))
     if where:
       out.append({"claim": f"{name} collapses at a high learning rate",
                   "verdict": "reproduced",
-                  "evidence": f"end variance < {threshold} at lr "
-                              + ", ".join(f"{lr:.3g}" for lr in where)})
+                  "evidence": f"mean end variance < {threshold} at lr "
+                              + ", ".join(f"{lr:.3g}" for lr in where) + seeds_note})
     else:
       out.append({"claim": f"{name} collapses at a high learning rate",
                   "verdict": "not reproduced in the region searched",
-                  "evidence": f"{region}: lowest mean end variance {_fmt(low)}"})
+                  "evidence": f"{region}: lowest mean end variance {_fmt(low)}"
+                              + seeds_note})
     if not where:
       out.append({"claim": f"OAR prevents {name}'s collapse", "verdict": "untestable here",
                   "evidence": f"{name} did not collapse in {region}"})
