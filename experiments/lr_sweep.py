@@ -62,6 +62,10 @@ PAPER_LR1 = {"no": (.10, .05), "yes": (.665, .89)}
 FINETUNE = ("finetune@0.1", "finetune@0.5", "finetune@1")
 METRICS = FINETUNE + ("knn", "variance", "min_variance", "feature_variance")
 COLLAPSING = ("info_nce", "dcl")   # the losses CLOA says collapse
+# The sweep's own fields (experiments/configs/lr_sweep.py), not a run's.
+EXPERIMENT_FIELDS = ("datasets", "losses", "lrs", "extend_to", "seeds",
+                     "sweep_validation_fraction", "oar", "collapse_variance",
+                     "max_train_examples", "max_test_examples")
 
 
 def learning_rates(config) -> list[float]:
@@ -93,6 +97,10 @@ def run_config(config, loss: str, oar: bool, lr: float, *, dataset: str = None,
                seed: int = None, stage: str = "sweep"):
   """The training config of one run (a resolved copy of ``config``)."""
   c = config.copy_and_resolve_references()
+  with c.unlocked():   # a run's config holds training fields only
+    for field in EXPERIMENT_FIELDS:
+      if field in c:
+        del c[field]
   if dataset is not None and dataset != c.dataset:
     c.dataset = dataset
     c.backbone, c.backbone_kwargs = BACKBONE[dataset]
@@ -228,12 +236,14 @@ def run(config, workdir: str, *, progress: bool = True):
         cfg = run_config(config, loss, oar, lr, dataset=dataset, seed=seed, stage=stage)
         run_dir = os.path.join(workdir, dataset, stage,
                                f"{methods.run_name(cfg)}_lr{lr:.3g}_s{seed}")
+        started = time.time()
         r = _one_run(cfg, run_dir, data, progress)
         out.append(r)
         print(f"{dataset} {stage} {methods.display_name(cfg)} lr={lr:.3g} seed={seed}: "
               + (" ".join(f"{k}={r[k]:.3f}" for k in ("finetune@0.1", "knn", "variance",
                                                       "min_variance"))
-                 if r["status"] == "ok" else r["status"]), flush=True)
+                 if r["status"] == "ok" else r["status"])
+              + f" ({time.time() - started:.0f} s; {time.time() - t0:.0f} s in all)", flush=True)
       return out
 
     sweep: Dict = {}           # (loss, oar) -> {lr: summary}
@@ -350,8 +360,14 @@ def verdicts(sweep, test, names, grid, threshold) -> List[Dict]:
                   "evidence": f"{region}: lowest mean end variance {_fmt(low)}"
                               + seeds_note})
     if not where:
+      evidence = f"{name} did not collapse (mean end variance) in {region}"
+      if transient:
+        evidence += "; during training, at lr " + ", ".join(
+            f"{lr}: lowest variance {_fmt(plain[float(lr)]['min_variance'])} without OAR, "
+            f"{_fmt(sweep[(loss, 'yes')][float(lr)]['min_variance'])} with"
+            for lr in transient if float(lr) in sweep[(loss, "yes")])
       out.append({"claim": f"OAR prevents {name}'s collapse", "verdict": "untestable here",
-                  "evidence": f"{name} did not collapse in {region}"})
+                  "evidence": evidence})
     else:
       rescued = []
       for lr in where:
@@ -418,7 +434,7 @@ def _plot(workdir, report, names):
        "(validation split)", "Accuracy across the learning-rate sweep"),
       ("variance", "lr_sweep_variance.png", "embedding variance at the end\n"
        "(validation projector outputs)", "Collapse across the sweep (0 = one point)")):
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 3.8),
+    fig, axes = plt.subplots(1, len(datasets), figsize=(max(7.0, 5.2 * len(datasets)), 3.8),
                              squeeze=False, sharey=True)
     for ax, dataset in zip(axes[0], datasets):
       entry = report["datasets"][dataset]
@@ -455,7 +471,7 @@ def _plot(workdir, report, names):
     for i, (loss, oar) in enumerate(groups):
       if dataset == "paper":
         ref = PAPER.get(loss)
-        vals, errs = (ref[oar == "yes"] if ref else (0, 0, 0)), (0, 0, 0)
+        vals, errs = (ref[oar == "yes"] if ref else (0, 0, 0)), None
       else:
         s = report["datasets"][dataset]["test"].get(f"{loss}|{oar}")
         vals = [s[k] or 0 if s else 0 for k in FINETUNE]
@@ -465,15 +481,18 @@ def _plot(workdir, report, names):
              label=_label(loss, oar))
     if dataset != "paper":
       rnd = report["datasets"][dataset]["random_test"]
-      ax.plot([-0.1, 2.9], [rnd["finetune@0.1"]] * 2, ":", color="gray",
-              label="random init (BatchNorm of the data)")
+      for j, k in enumerate(FINETUNE):   # one mark over each group of bars
+        ax.plot([j - width / 2, j + 0.8 - width / 2], [rnd[k]] * 2, "--", color="black",
+                lw=1.2, label="random init (BatchNorm of the data)" if j == 0 else None)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(3)], ["10 %", "50 %", "100 %"])
     ax.set_xlabel("labels for fine-tuning")
     ax.set_title("CLOA draft, CIFAR-10 (Table 3)" if dataset == "paper"
                  else f"ours, {dataset} (test, lr chosen on validation)", fontsize=9)
     ax.set_ylim(0, 1.05)
   axes[0][0].set_ylabel("test accuracy")
-  axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+  handles, labels = axes[0][0].get_legend_handles_labels()
+  axes[0][-1].legend(handles, labels, fontsize=7, loc="upper left",
+                     bbox_to_anchor=(1.02, 1.0))
   fig.suptitle("Table 3's comparison: fine-tuned accuracy with and without OAR "
                "(pale: base loss, solid: with OAR; error bars: std over seeds)", fontsize=9)
   fig.tight_layout()
