@@ -274,14 +274,15 @@ def search(config, workdir: str, *, progress: bool = True):
                        for k, v in row.items()), flush=True)
   collapsed = [r for r in rows if line_collapse(r)]
   rescued = []
-  seen = []
-  for r in collapsed:
+  seen, groups = [], set()
+  for r in collapsed:   # one collapsed setting per (noise, width): the first
     setting = {k: r[k] for k in SEARCH_FIELDS}
-    if setting in seen:
+    if setting in seen or (r["noise"], r["hidden"]) in groups:
       continue
-    seen.append(setting)
-    if len(seen) > config.search.max_oar_settings:
+    if len(seen) == config.search.max_oar_settings:
       break
+    seen.append(setting)
+    groups.add((r["noise"], r["hidden"]))
     for name in names:
       row = _search_run(config, setting, name, True, data_by_noise[setting["noise"]],
                         workdir, progress)
@@ -299,8 +300,8 @@ def search(config, workdir: str, *, progress: bool = True):
   if collapsed:
     notes.append(f"Collapsed base runs: {len(collapsed)} of "
                  f"{sum(r['run'] in [methods.get(n).display_name for n in names] for r in rows)}"
-                 f"; the first {len(seen[:config.search.max_oar_settings])} such "
-                 "settings were rerun with OAR (rows marked OAR-).")
+                 f"; {len(seen)} of them (the first of each data noise and width) "
+                 "were rerun with OAR (rows marked OAR-).")
   else:
     notes.append("No base run collapsed onto a line in the region searched: CLOA's "
                  "3-D figure is **not reproduced** there.")

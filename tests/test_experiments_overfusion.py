@@ -105,7 +105,7 @@ def test_collapse_search_tiny_writes_a_row_per_setting(tmp_path):
       assert 0 <= r["knn"] <= 1
   # OAR reruns exactly the collapsed settings (at most max_oar_settings)
   collapsed = [r for r in base if overfusion.line_collapse(r)]
-  assert len(rows) - len(base) == min(len(collapsed), c.search.max_oar_settings)
+  assert len(rows) - len(base) == min(len(collapsed), 1)  # one (noise, width) pair
   for name in ("search.md", "search.json", "overfusion_search.png"):
     assert os.path.getsize(tmp_path / name) > 0
   assert "Searched: noise" in (tmp_path / "search.md").read_text()

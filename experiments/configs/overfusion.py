@@ -105,8 +105,9 @@ def get_config(arg: str = ""):
     c.n_test = 600
     c.oar = ml_collections.ConfigDict({"label_fraction": 0.1, "weight": 1.0})
     # The collapse search: every combination of these (comma-separated)
-    # values trains the base losses of ``search.losses``; the settings where
-    # one collapses onto a line (rank95 = 1) are rerun with OAR.  Off unless
+    # values trains the base losses of ``search.losses``; settings where one
+    # collapses onto a line (rank95 = 1) are rerun with OAR: the first of
+    # each (noise, hidden) pair, at most ``max_oar_settings``.  Off unless
     # the config argument is "search" (or ``search.enabled``).
     c.search = ml_collections.ConfigDict({
         "enabled": arg.startswith("search"),
@@ -116,7 +117,7 @@ def get_config(arg: str = ""):
         "temperature": "0.1,1",
         "optimizer": "adamw,sgd",
         "learning_rate": "0.001,0.1,10",
-        "max_oar_settings": 3,
+        "max_oar_settings": 4,
     })
     if arg == "search_tiny":
       c.search.losses, c.search.noise, c.search.hidden = "info_nce", "0.05", "8"
