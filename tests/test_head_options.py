@@ -60,10 +60,86 @@ class ProjectionTest(chex.TestCase):
     np.testing.assert_allclose(a, _np_adjacency(q, q, lambda c: np.maximum(c, 0)),
                                rtol=1e-4, atol=1e-6)
 
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_norm_projection_is_layernorm_then_cosine_against_float64(self):
+    # "norm": q = k = LayerNorm(x) with its scale and bias, no Q/K matrices.
+    head = TransFusionHead(num_layers=1, final_projection="norm")
+    x = jax.random.normal(jax.random.key(8), (11, 7)) * 3.0 + 1.5
+    params = head.init(jax.random.key(9), x)
+    block = params["params"]["adjacency"]
+    assert set(block) == {"norm"}                       # no query/key
+    chex.assert_shape([block["norm"]["scale"], block["norm"]["bias"]], [(7,), (7,)])
+    # Move the LayerNorm's affine parameters off their initial 1 / 0.
+    k1, k2 = jax.random.split(jax.random.key(10))
+    scale = 1.0 + 0.5 * jax.random.normal(k1, (7,))
+    bias = 0.3 * jax.random.normal(k2, (7,))
+    params = {"params": {"adjacency": {"norm": {"scale": scale, "bias": bias}}}}
+    a = self.variant(head.apply)(params, x)
+    chex.assert_shape(a, (11, 11))
+    chex.assert_type(a, jnp.float32)
+    # float64 reference: two-pass LayerNorm (eps 1e-6), cosine, ReLU, zero
+    # diagonal, rows normalised with the ε rule.
+    x64 = np.asarray(x, np.float64)
+    mu = x64.mean(1, keepdims=True)
+    var = ((x64 - mu) ** 2).mean(1, keepdims=True)
+    ln = (x64 - mu) / np.sqrt(var + 1e-6) * np.asarray(scale, np.float64) \
+        + np.asarray(bias, np.float64)
+    want = _np_adjacency(ln, ln, lambda c: np.maximum(c, 0))
+    np.testing.assert_allclose(a, want, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(a).sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(np.diag(np.asarray(a)), 0.0)
+    # It differs from comparing the raw inputs ("none"): LayerNorm centres.
+    raw = _np_adjacency(x64, x64, lambda c: np.maximum(c, 0))
+    assert np.abs(want - raw).max() > 1e-2
+
+  def test_norm_projection_at_init_is_the_correlation_adjacency(self):
+    # Scale 1, bias 0: the cosine of two LayerNormed rows is their Pearson
+    # correlation, whatever the rows' offsets and scales.
+    x = np.random.default_rng(0).normal(size=(9, 6))
+    y = x * np.random.default_rng(1).uniform(0.5, 3.0, size=(9, 1)) + 4.0
+    head = TransFusionHead(num_layers=1, final_projection="norm")
+    params = head.init(jax.random.key(0), jnp.asarray(y, jnp.float32))
+    a = head.apply(params, jnp.asarray(y, jnp.float32))
+    corr = np.corrcoef(x)
+    w = np.maximum(corr, 0) + 1e-10
+    np.fill_diagonal(w, 0.0)
+    want = w / w.sum(1, keepdims=True)
+    np.testing.assert_allclose(a, want, rtol=1e-4, atol=1e-6)
+
+  def test_norm_projection_trains_its_layernorm(self):
+    head = TransFusionHead(num_layers=2, final_projection="norm")
+    x = jax.random.normal(jax.random.key(11), (12, 5))
+    groups = jnp.tile(jnp.arange(6), 2)
+    params = head.init(jax.random.key(12), x)
+    loss_fn = lambda p: head.apply(p, x, groups, method=TransFusionHead.loss)
+    loss = loss_fn(params)
+    assert 0.0 <= float(loss) <= np.log(2) + 1e-6
+    g = jax.grad(loss_fn)(params)["params"]["adjacency"]["norm"]
+    for leaf in (g["scale"], g["bias"]):
+      chex.assert_shape(leaf, (5,))
+      chex.assert_tree_all_finite(leaf)
+      assert float(jnp.abs(leaf).max()) > 0.0
+
   def test_unknown_projection(self):
     head = TransFusionHead(num_layers=1, final_projection="random")
     with pytest.raises(ValueError, match="unknown projection 'random'"):
       head.init(jax.random.key(0), jnp.ones((4, 3)))
+
+
+def test_config_accepts_every_projection():
+  from tfjax.config import base_config
+  from tfjax.models import PROJECTIONS
+  from tfjax.state import build_network, validate_config
+  assert PROJECTIONS == ("learned", "tied", "norm", "none")
+  for projection in PROJECTIONS:
+    c = base_config()
+    c.head.final_projection = projection
+    validate_config(c, 1)
+    assert build_network(c).head.final_projection == projection
+  c = base_config()
+  c.head.final_projection = "layernorm"
+  with pytest.raises(ValueError, match="unknown head.final_projection 'layernorm'.*'norm'"):
+    validate_config(c, 1)
 
 
 def test_fusion_within_each_view():

@@ -76,6 +76,37 @@ class HeadTest(chex.TestCase):
       TransFusionHead(num_layers=0).init(jax.random.key(0), jnp.ones((2, 3)))
 
 
+@pytest.mark.parametrize("implementation", ["dense", "blockwise"])
+def test_layer_norm_is_two_pass_at_a_large_offset(implementation):
+  # x = 300 ± 1: the one-pass variance E[x²] − E[x]² cancels catastrophically
+  # in float32 (about 2e-2 relative error after one block); the two-pass
+  # variance keeps the block within 1e-3 of float64.
+  from tests.test_attention import np_adjacency
+  x = 300.0 + np.random.default_rng(3).normal(size=(16, 8)).astype(np.float32)
+  block = FusionBlock(implementation=implementation, block_size=5)
+  p = block.init(jax.random.key(1), x)["params"]
+  x64 = np.asarray(x, np.float64)
+  mu = x64.mean(1, keepdims=True)
+  var = ((x64 - mu) ** 2).mean(1, keepdims=True)
+  xh = ((x64 - mu) / np.sqrt(var + 1e-6) * np.asarray(p["norm"]["scale"])
+        + np.asarray(p["norm"]["bias"]))
+  dense = lambda name: xh @ np.asarray(p[name]["kernel"], np.float64) + np.asarray(
+      p[name]["bias"], np.float64)
+  want = np_adjacency(dense("query"), dense("key")) @ dense("value") + xh
+  out = np.asarray(block.apply({"params": p}, x), np.float64)
+  assert np.max(np.abs(out - want)) / np.max(np.abs(want)) < 1e-3
+  # The truncated block's LayerNorm too: its adjacency against float64.
+  final = TransFusionHead(num_layers=1, implementation=implementation)
+  pf = final.init(jax.random.key(2), x)["params"]["adjacency"]
+  ln = ((x64 - mu) / np.sqrt(var + 1e-6) * np.asarray(pf["norm"]["scale"])
+        + np.asarray(pf["norm"]["bias"]))
+  proj = lambda name: ln @ np.asarray(pf[name]["kernel"], np.float64) + np.asarray(
+      pf[name]["bias"], np.float64)
+  a = final.apply({"params": {"adjacency": pf}}, x)
+  np.testing.assert_allclose(a, np_adjacency(proj("query"), proj("key")),
+                             atol=1e-4)
+
+
 def test_pmap_rows_and_loss_equal_single_device():
   n_dev, n_local = 4, 3
   head_1 = TransFusionHead(num_layers=3)
