@@ -73,7 +73,7 @@ SIZES = {
                  losses="info_nce", datasets="subspaces_tiny", seeds=1,
                  extend_to=0.0),
     "quick": dict(num_steps=200, batch_size=128, eval_steps=100,
-                  lrs="0.1,1,10,100", losses="info_nce",
+                  lrs="0.1,1,10,1000", losses="info_nce",
                   datasets="digits", seeds=3, extend_to=1000.0),
     # The README's CPU run: quick on both datasets.
     "cpu": dict(num_steps=200, batch_size=128, eval_steps=100,
