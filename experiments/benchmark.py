@@ -53,7 +53,8 @@ on CPU it holds many more buffers alive); it is set in the subprocess before
 JAX starts.  The choice is in the report.
 
 Output: ``benchmark.json`` and ``benchmark.md`` in the work directory; the
-table is printed too.  Works on CPU, GPU and TPU (nothing here assumes a CPU,
+table is printed too.  Nothing resumes: every call measures afresh and
+replaces them.  Works on CPU, GPU and TPU (nothing here assumes a CPU,
 except that the RSS figure is only measured where ``/proc`` exists).
 """
 

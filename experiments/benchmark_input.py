@@ -21,7 +21,8 @@ examples per second of
 
 Each measurement starts a fresh iterator, skips ``warmup`` batches (threads
 start, compiles) and times ``steps`` batches.  Writes ``results.md`` and
-``results.json`` to the work directory and prints the table.
+``results.json`` to the work directory and prints the table.  Nothing
+resumes: every call measures afresh and replaces them.
 """
 from __future__ import annotations
 

@@ -9,7 +9,9 @@ trained on that dataset's backbone (``config.backbones``) by the main job
 (:func:`experiments.train.run`) in ``WORKDIR/<dataset>`` and evaluated on
 the backbone's (inductive) features with weighted kNN, a linear probe and MLP
 fine-tuning, beside the fair random backbone and the raw inputs.  This script
-merges their tables into ``WORKDIR/results.md`` and ``downstream.png``.
+merges their tables into ``WORKDIR/results.md`` and ``downstream.png``.  A
+rerun resumes every run from its checkpoints (a changed config is refused,
+naming the fields); ``--overwrite`` starts afresh.
 """
 
 from __future__ import annotations

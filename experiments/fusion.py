@@ -26,7 +26,9 @@ initialisation and after training, we record per layer:
   0 = every cluster fused to one point).  Our measure, not the paper's.
 
 Writes fusion_heatmaps.png, fusion_layers.png, results.md, results.json (and
-the training run's files under ``WORKDIR/run``).
+the training run's files under ``WORKDIR/run``; a rerun resumes that run
+from its checkpoint, a changed config or data is refused, naming what
+differs, and ``--overwrite`` starts afresh).
 """
 
 from __future__ import annotations

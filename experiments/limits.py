@@ -52,8 +52,10 @@ training steps at every grid point (so larger batches also see more data).
 
 Writes limits_augmentation.png, limits_batch.png, limits_coverage.png,
 results.md and results.json; each grid point's training run (config,
-metrics.jsonl, checkpoint; a rerun resumes) under ``WORKDIR/aug_s<s>`` and
-``WORKDIR/batch_n<n>``.
+metrics.jsonl, checkpoint) under ``WORKDIR/aug_s<s>`` and
+``WORKDIR/batch_n<n>``.  A rerun resumes every grid point from its
+checkpoint; a changed config or data model is refused, naming what differs;
+``--overwrite`` starts afresh.
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ statistics of the data.
 
 Runs live in ``WORKDIR/runs/<method>/<recipe>/seed<N>`` (transfer:
 ``WORKDIR/transfer/...``); a finished run's results.json is reused when the
-sweep is started again.  Writes results.md, results.json, chosen.json and
+sweep is started again (``--overwrite`` deletes every run and starts
+afresh).  Writes results.md, results.json, chosen.json and
 recipe_sweep.png.
 """
 

@@ -2,15 +2,19 @@
 
     python -m experiments.train                                  # configs/default.py
     python -m experiments.train --config=experiments/configs/default.py:quick \\
-        --config.num_steps=2000 --config.compare=transfusion,supcon
+        --config.compare=transfusion,supcon --config.runs.supcon.num_steps=2000
 
 The config (``experiments/configs/default.py``) holds the training fields,
 ``runs`` (each run's overrides), ``compare`` (which runs, in order) and the
 baselines to evaluate: ``random_baseline`` (the randomly initialised backbone
 with BatchNorm statistics estimated on the training data) and
-``raw_baseline`` (the raw inputs).  Each run lives in ``WORKDIR/<run>`` and
-resumes from its checkpoints when started again.  Writes
-``WORKDIR/results.md`` (a markdown table), ``results.json`` and
+``raw_baseline`` (the raw inputs).  A run's own fields (``runs.NAME.*``)
+override the top-level ones: set them as ``--config.runs.NAME.FIELD=VALUE``
+(a top-level override that every compared run sets again is an error).
+Each run lives in ``WORKDIR/<run>/seed<N>`` and resumes from its checkpoints
+when started again; a rerun with a config that changes a run's result is
+refused, naming the fields, and ``--overwrite`` starts every run afresh.
+Writes ``WORKDIR/results.md`` (a markdown table), ``results.json`` and
 ``comparison.png``.
 """
 

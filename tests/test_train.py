@@ -218,13 +218,34 @@ def test_diverged_run_stops_with_valid_json(tmp_path):
   metrics.jsonl stays valid JSON (null, never a bare NaN)."""
   config = tiny_config(learning_rate=1e12, optimizer="sgd", warmup_steps=0,
                        num_steps=20, log_every=1)
-  with pytest.raises(FloatingPointError, match=r"is not finite at step \d+"):
+  with pytest.raises(FloatingPointError, match=r"training diverged: loss.* not "
+                     r"finite at step \d+ \(learning_rate=1e\+12\)"):
     train.train_and_evaluate(config, str(tmp_path), data=toy_data(), progress=False)
   lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
   records = [json.loads(l) for l in lines]         # json.loads rejects nothing here...
   assert "NaN" not in "".join(lines) and "Infinity" not in "".join(lines)  # ...so check
   last = records[-1]
   assert last["nonfinite"] and all(last[k] is None for k in last["nonfinite"])
+
+
+def test_nonfinite_state_names_the_leaves_in_order():
+  state = fresh_state(tiny_config())
+  assert train.nonfinite_state(state) == []
+  kernel = state.params["backbone"]["Dense_0"]["kernel"]
+  params = jax.tree.map(lambda x: x, state.params)
+  params["backbone"]["Dense_0"]["kernel"] = kernel.at[0, 0].set(jnp.inf)
+  stats = jax.tree.map(lambda x: x * jnp.nan, state.batch_stats)
+  bad = train.nonfinite_state(state.replace(params=params, batch_stats=stats))
+  assert bad[0] == "params/backbone/Dense_0/kernel"
+  assert bad[1:] and all(b.startswith("batch_stats/") for b in bad[1:])
+  assert len(bad) == 1 + len(jax.tree.leaves(state.batch_stats))
+  # The pmapped loop's replicated state: one device's bad copy is enough.
+  both = train.replicate(state.replace(params=params), 2)
+  assert train.nonfinite_state(both, replicated=True) == bad[:1]
+  good = train.replicate(state, 2)
+  assert train.nonfinite_state(good, replicated=True) == []
+  one_bad = jax.tree.map(lambda g, b: np.stack([g[0], b[1]]), good, both)
+  assert train.nonfinite_state(one_bad, replicated=True) == bad[:1]
 
 
 def test_config_errors_before_compute():
@@ -261,8 +282,25 @@ def test_config_errors_before_compute():
     validate_config(tiny_config(loss="info_nce", label_fraction=1.0, labels_in_loss=True))
   with pytest.raises(ValueError, match="unknown augmentation 'blur'"):
     validate_config(tiny_config(augment="blur"))
-  with pytest.raises(ValueError, match="steps_per_call must be >= 1"):
+  with pytest.raises(ValueError, match="steps_per_call must be an integer >= 1"):
     validate_config(tiny_config(steps_per_call=0))
+  # num_steps = 0 blames num_steps (not warmup_steps); fields are named as in the config.
+  with pytest.raises(ValueError, match="^num_steps must be an integer >= 1, got 0$"):
+    validate_config(tiny_config(num_steps=0))
+  with pytest.raises(ValueError, match=r"^learning_rate must be finite and >= 0, got -0.1$"):
+    validate_config(tiny_config(learning_rate=-0.1))
+  with pytest.raises(ValueError, match=r"^weight_decay must be finite and >= 0, got inf$"):
+    validate_config(tiny_config(weight_decay=float("inf")))
+  with pytest.raises(ValueError, match=r"^checkpoint_every must be an integer >= 1"):
+    validate_config(tiny_config(checkpoint_every=0))
+  with pytest.raises(ValueError, match=r"^batch_size must be an integer >= 1, got 0$"):
+    validate_config(tiny_config(batch_size=0))
+  with pytest.raises(ValueError, match=r"^eval.knn_k must be an integer >= 1, got 0$"):
+    validate_config(tiny_config(**{"eval.knn_k": 0}))
+  with pytest.raises(ValueError, match=r"eval.finetune_fractions must lie in \(0, 1\], got \[1.5\]"):
+    validate_config(tiny_config(**{"eval.finetune_fractions": (0.5, 1.5)}))
+  with pytest.raises(ValueError, match=r"^augment_strength must be finite and >= 0"):
+    validate_config(tiny_config(augment_strength=-1.0))
   validate_config(tiny_config(num_views=1, label_fraction=1.0, labels_in_loss=True))
   with pytest.raises(AttributeError):
     tiny_config().learning_rte = 0.1
@@ -320,10 +358,12 @@ def test_cli_overrides_and_one_line_errors(tmp_path, capsys):
 
   from experiments.common import cli
   out = cli(fake_run, "train", ["--config=experiments/configs/default.py:quick",
-                                "--config.num_steps=7", "--config.compare=supcon",
+                                "--config.runs.supcon.num_steps=7",
+                                "--config.warmup_steps=7", "--config.compare=supcon",
                                 f"--workdir={tmp_path}", "--noprogress"],
             config_name="default")
-  assert out == "ran" and seen["config"].num_steps == 7
+  assert out == "ran" and seen["config"].runs.supcon.num_steps == 7
+  assert seen["config"].warmup_steps == 7
   assert seen["config"].compare == "supcon" and seen["progress"] is False
   assert seen["workdir"] == str(tmp_path)
   with pytest.raises(SystemExit) as e:
@@ -331,7 +371,25 @@ def test_cli_overrides_and_one_line_errors(tmp_path, capsys):
         config_name="default")
   assert e.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and "learning_rte" in err[0]
+  assert len(err) == 1 and "unknown config field 'learning_rte'" in err[0]
+  assert "did you mean learning_rate?" in err[0] and "seed" not in err[0]  # no dump
+  # A top-level field every compared run sets again is an error (it would
+  # change nothing); one some runs set is a one-line warning.
+  with pytest.raises(SystemExit):
+    cli(fake_run, "train", ["--config=experiments/configs/default.py:quick",
+                            "--config.num_steps=7", "--config.compare=supcon",
+                            f"--workdir={tmp_path}"], config_name="default")
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "--config.num_steps changes no run" in err[0]
+  assert "--config.runs.supcon.num_steps" in err[0]
+  with pytest.warns(UserWarning, match=r"--config.temperature is replaced by "
+                    r"the own temperature of runs supcon \(set "
+                    r"--config.runs.supcon.temperature"):
+    cli(fake_run, "train", ["--config=experiments/configs/default.py:quick",
+                            "--config.temperature=0.2",
+                            "--config.compare=transfusion,supcon",
+                            f"--workdir={tmp_path}"], config_name="default")
+  assert seen["config"].temperature == 0.2
   with pytest.raises(ValueError, match="compare names unknown runs"):
     cfg = seen["config"]
     cfg.compare = "nope"

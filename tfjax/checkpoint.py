@@ -4,15 +4,66 @@ A run that is killed and started again with the same command restores the
 last checkpoint and, because the batches and keys are pure functions of the
 step (``tfjax.train.batch_indices`` / ``step_key``), ends with the same
 parameters as an uninterrupted run.
+
+Never a silent wrong restore:
+
+* :meth:`Checkpointer.save` refuses a tree with a non-finite float
+  (``FloatingPointError`` naming the leaves), so a diverged run never
+  leaves a NaN checkpoint behind;
+* :meth:`Checkpointer.restore_latest` tries the checkpoints newest first: an
+  unreadable (truncated, corrupt) or non-finite one is moved aside to
+  ``checkpoints/<step>.unreadable`` with a one-line
+  :class:`CheckpointWarning`, and the previous one is restored
+  (``max_to_keep=2`` keeps one); when none is readable,
+  :class:`CheckpointError` says so;
+* opening a :class:`Checkpointer` removes the temporary directories
+  (``*.orbax-checkpoint-tmp*``) a killed write leaves behind.
+
+The primary process (``jax.process_index() == 0``) alone removes or moves
+directories.
 """
 
 from __future__ import annotations
 
+import glob
 import os
-from typing import Any, Optional
+import shutil
+import warnings
+from typing import Any, List, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+__all__ = ["Checkpointer", "CheckpointError", "CheckpointWarning",
+           "nonfinite_leaves"]
+
+TMP_PATTERN = "*.orbax-checkpoint-tmp*"
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint of the directory can be restored."""
+
+
+class CheckpointWarning(UserWarning):
+  """A checkpoint was skipped (unreadable or not finite)."""
+
+
+def nonfinite_leaves(tree: Any) -> List[str]:
+  """Paths (``jax.tree_util.keystr``) of the float leaves of ``tree`` that
+  hold a NaN or an infinity (host arrays: the tree is fetched first)."""
+  bad = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]:
+    leaf = np.asarray(leaf)
+    if np.issubdtype(leaf.dtype, np.inexact) and not np.isfinite(leaf).all():
+      bad.append(jax.tree_util.keystr(path))
+  return bad
+
+
+def _one_line(error: BaseException) -> str:
+  text = " ".join(str(error).split())
+  text = text if len(text) <= 200 else text[:197] + "..."
+  return f"{type(error).__name__}: {text}"
 
 
 class Checkpointer:
@@ -30,30 +81,102 @@ class Checkpointer:
 
   def __init__(self, directory: str, max_to_keep: int = 2):
     self.directory = os.path.abspath(directory)
-    self._manager = ocp.CheckpointManager(
+    self.max_to_keep = max_to_keep
+    self.removed_tmp = self._remove_tmp() if jax.process_index() == 0 else []
+    self._manager = self._open()
+
+  def _open(self):
+    return ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True,
+            max_to_keep=self.max_to_keep, create=True,
             enable_async_checkpointing=False))
+
+  def _remove_tmp(self) -> List[str]:
+    """Removes what killed writes left: ``*.orbax-checkpoint-tmp*`` directories
+    (at the top and inside step directories)."""
+    stale = sorted(glob.glob(os.path.join(self.directory, TMP_PATTERN))
+                   + glob.glob(os.path.join(self.directory, "*", TMP_PATTERN)))
+    for path in stale:
+      shutil.rmtree(path, ignore_errors=True)
+    return stale
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
+  def all_steps(self) -> List[int]:
+    return sorted(self._manager.all_steps())
+
   def save(self, step: int, tree: Any) -> None:
+    """Writes ``tree`` as checkpoint ``step``; raises FloatingPointError
+    (writing nothing) if a float leaf is not finite."""
     # Host numpy copies: a pmap output is a host-local array that orbax
     # refuses to write in a multi-process run (only process 0 writes numpy).
     tree = jax.device_get(tree)
+    bad = nonfinite_leaves(tree)
+    if bad:
+      raise FloatingPointError(
+          f"not writing checkpoint {int(step)}: {_names(bad)} not finite")
     self._manager.save(int(step), args=ocp.args.StandardSave(tree), force=True)
     self._manager.wait_until_finished()
 
   def restore_latest(self, template: Any) -> Optional[Any]:
-    """The latest checkpoint restored into ``template``'s structure, or None."""
-    step = self._manager.latest_step()
-    if step is None:
+    """The newest readable checkpoint, restored into ``template``'s structure.
+
+    None when there is no checkpoint.  A checkpoint that fails to restore
+    or holds a non-finite float is skipped with a one-line
+    :class:`CheckpointWarning` (and moved aside to ``<step>.unreadable``);
+    :class:`CheckpointError` when none is left.
+    """
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
       return None
-    restored = self._manager.restore(
-        step, args=ocp.args.StandardRestore(jax.device_get(template)))
-    return jax.tree.map(jax.numpy.asarray, restored)
+    host_template = jax.device_get(template)
+    skipped = []
+    for step in steps:
+      try:
+        restored = self._manager.restore(
+            step, args=ocp.args.StandardRestore(host_template))
+        bad = nonfinite_leaves(restored)
+        if bad:
+          raise FloatingPointError(f"{_names(bad)} not finite")
+      except Exception as e:  # noqa: BLE001  (any failure: try the previous one)
+        reason = _one_line(e)
+        skipped.append(f"step {step}: {reason}")
+        older = [s for s in steps if s < step]
+        warnings.warn(
+            f"checkpoint {step} in {self.directory} cannot be restored "
+            f"({reason}); "
+            + (f"falling back to checkpoint {older[0]}" if older
+               else "no older checkpoint"), CheckpointWarning, stacklevel=2)
+        continue
+      if skipped:
+        self._set_aside(steps[:len(skipped)])
+      return jax.tree.map(jax.numpy.asarray, restored)
+    raise CheckpointError(
+        f"no checkpoint in {self.directory} can be restored ("
+        + "; ".join(skipped) + "); start afresh with --overwrite "
+        "(overwrite=True)")
+
+  def _set_aside(self, steps: List[int]) -> None:
+    """Moves unreadable step directories out of orbax's sight (primary
+    process), so that the next save of that step and the clean-up of old
+    checkpoints see only readable ones."""
+    if jax.process_index() == 0:
+      for step in steps:
+        src = os.path.join(self.directory, str(step))
+        dst, k = f"{src}.unreadable", 1
+        while os.path.exists(dst):
+          dst, k = f"{src}.unreadable{k}", k + 1
+        if os.path.isdir(src):
+          os.rename(src, dst)
+    self._manager.close()
+    self._manager = self._open()
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _names(paths: List[str], n: int = 3) -> str:
+  more = f" and {len(paths) - n} more" if len(paths) > n else ""
+  return ", ".join(paths[:n]) + more

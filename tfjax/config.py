@@ -4,7 +4,15 @@ Experiment configs (``experiments/configs/*.py``) start from
 :func:`base_config` and change fields; the dict is locked, so a misspelled
 field raises an error instead of being silently ignored.  On the command line
 every field is set with ``--config.FIELD=VALUE`` (``ml_collections``'
-``config_flags``).
+``config_flags``).  :func:`tfjax.state.validate_config` checks the values
+before any compute, naming the field.
+
+A run's work directory remembers its config (``config.json``): resuming
+with a config that changes the result is refused (:mod:`tfjax.workdir`).
+Raising ``num_steps`` continues training; the *free* fields, which cannot
+change the trained parameters, may change on any rerun: ``input.*``,
+``log_every``, ``checkpoint_every``, ``write_plots``, ``data_dir`` and
+``eval.*`` (the evaluations are recomputed).
 """
 
 from __future__ import annotations
@@ -85,7 +93,9 @@ def base_config() -> ml_collections.ConfigDict:
   # batches prefetched on the host and on the devices.
   c.input = ml_collections.ConfigDict(dict(
       num_threads=4, host_prefetch=4, device_prefetch=2))
-  # Bookkeeping.
+  # Bookkeeping.  A logged step also checks that the loss, the gradient norm
+  # and the state are finite (a diverged run stops there); checkpoints are
+  # checked before they are written.
   c.log_every = 50
   c.checkpoint_every = 500
   c.write_plots = True

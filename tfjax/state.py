@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Optional, Tuple
 
 import flax
@@ -32,7 +33,7 @@ from tfjax import losses, methods
 from tfjax.backbones import BACKBONES, get_backbone
 from tfjax.models import IMPLEMENTATIONS, TransFusionHead, tie_query_key
 from tfjax.networks import ContrastiveNet, Identity
-from tfjax.optim import OPTIMIZERS, make_optimizer, make_schedule
+from tfjax.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
 
 Array = jax.Array
 
@@ -102,6 +103,16 @@ class TrainState:
 def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
   """Raises ValueError for names or sizes that cannot work, before compute.
 
+  Checks the names (dataset, loss, backbone, optimizer, schedule,
+  augmentation, head options), the sizes (``batch_size``, ``num_steps``,
+  ``steps_per_call``, ``log_every``, ``checkpoint_every`` >= 1;
+  ``warmup_steps`` in [0, num_steps); batch sizes divisible by the
+  ``num_devices`` devices), the optimisation numbers (``learning_rate``,
+  ``weight_decay``, ``augment_strength`` finite and >= 0, ``momentum`` in
+  [0, 1)), the label options and the evaluation sizes.  It reads no data:
+  the data checks are :func:`tfjax.workdir.check_dataset`'s.  Each message
+  names the config field.
+
   Returns the dataset's :class:`tfjax.data.DatasetSpec`.
   """
   from tfjax.data.augment import get_augmentation
@@ -115,7 +126,14 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
   if config.optimizer not in OPTIMIZERS:
     raise ValueError(
         f"unknown optimizer {config.optimizer!r}; known: {sorted(OPTIMIZERS)}")
+  if config.schedule not in SCHEDULES:
+    raise ValueError(
+        f"unknown schedule {config.schedule!r}; known: {list(SCHEDULES)}")
   get_augmentation(config.augment, spec.kind)  # unknown augmentation
+  for name in ("batch_size", "num_steps", "steps_per_call", "log_every",
+               "checkpoint_every"):
+    _check_int(config, name, 1)
+  _check_int(config, "num_devices", 0)
   if config.batch_size % num_devices:
     raise ValueError(
         f"global batch_size {config.batch_size} is not divisible by the "
@@ -123,8 +141,17 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
   if not 0 <= config.warmup_steps < config.num_steps:
     raise ValueError(f"warmup_steps ({config.warmup_steps}) must lie in "
                      f"[0, num_steps={config.num_steps})")
-  if config.steps_per_call < 1:
-    raise ValueError(f"steps_per_call must be >= 1, got {config.steps_per_call}")
+  _check_real(config, "learning_rate", low=0.0)
+  _check_real(config, "weight_decay", low=0.0)
+  _check_real(config, "momentum", low=0.0, high=1.0)
+  _check_real(config, "augment_strength", low=0.0)
+  for name in ("eval.batch_size", "eval.knn_k"):
+    _check_int(config, name, 1)
+  for name in ("eval.linear_steps", "eval.finetune_steps"):
+    _check_int(config, name, 0)
+  bad = [f for f in config.eval.finetune_fractions if not 0 < f <= 1]
+  if bad:
+    raise ValueError(f"eval.finetune_fractions must lie in (0, 1], got {bad}")
   if config.embed_dim < 0:
     raise ValueError(f"embed_dim must be >= 0 (0: no projector), got "
                      f"{config.embed_dim}")
@@ -160,6 +187,31 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
                      f"every label is in the loss), got {config.num_views}")
   head_options(config)          # implementation / block / dtype checks
   return spec
+
+
+def _field(config, name: str):
+  node = config
+  for part in name.split("."):
+    node = node[part]
+  return node
+
+
+def _check_int(config, name: str, low: int) -> None:
+  value = _field(config, name)
+  if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_real(config, name: str, low: float, high: Optional[float] = None
+                ) -> None:
+  """``low <= value`` (``< high`` when given), finite."""
+  value = _field(config, name)
+  ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+        and math.isfinite(value) and value >= low
+        and (high is None or value < high))
+  if not ok:
+    where = (f"in [{low:g}, {high:g})" if high is not None else f">= {low:g}")
+    raise ValueError(f"{name} must be finite and {where}, got {value!r}")
 
 
 def head_options(config) -> dict:

@@ -7,11 +7,19 @@
   and on the devices;
 * :func:`tfjax.step.train_step` runs jitted on one device or ``jax.pmap``-ed
   over all local devices (``steps_per_call`` steps per call as a scan);
+* the work directory (:mod:`tfjax.workdir`) is checked before any data is
+  read: writable, locked against a second run, and holding no run of
+  another config (a rerun may raise ``num_steps`` or change free fields;
+  ``overwrite=True`` starts afresh);
 * orbax checkpoints every ``checkpoint_every`` steps; a rerun resumes from
-  the last one and ends bit-identical to an uninterrupted run;
+  the last readable one (:mod:`tfjax.checkpoint` falls back past a corrupt
+  one) and ends bit-identical to an uninterrupted run;
 * metrics go to ``metrics.jsonl`` and TensorBoard event files through
-  ``clu.metric_writers`` (:mod:`tfjax.metrics`); a non-finite value stops
-  the run, naming the step and the quantity;
+  ``clu.metric_writers`` (:mod:`tfjax.metrics`); a non-finite metric (loss,
+  gradient norm, ...) at a logged step, or a non-finite parameter,
+  BatchNorm statistic or optimiser state at a logged step or before a
+  checkpoint, stops the run, naming the step and the quantity: no
+  checkpoint ever holds a NaN;
 * the inductive features are then evaluated (:mod:`tfjax.evaluation`) and
   ``results.json`` and the plots of :mod:`tfjax.plots` are written.
 
@@ -34,6 +42,7 @@ import numpy as np
 import ml_collections
 
 from tfjax import diagnostics, distributed, evaluation
+from tfjax import workdir as workdirs
 from tfjax.checkpoint import Checkpointer
 from tfjax.metrics import _finite_record, make_metric_writer, read_metrics  # noqa: F401  (read_metrics re-exported)
 from tfjax.data import pipeline
@@ -118,6 +127,91 @@ def _num_classes(spec, train_source, data) -> int:
   return max(spec.num_classes, int(pipeline.source_labels(train_source).max()) + 1)
 
 
+def _check_batch_fits(config, train_source) -> None:
+  """The batch fits in the training split (checked before any compute)."""
+  if config.batch_size > len(train_source):
+    held = (f" (after holding out validation_fraction="
+            f"{config.validation_fraction})" if config.get("validation_fraction") else "")
+    raise ValueError(f"batch_size {config.batch_size} exceeds the "
+                     f"{len(train_source)} training examples{held}")
+
+
+# ----------------------------------------------------------------------------
+# Divergence: never a silent NaN, never a NaN checkpoint.
+# ----------------------------------------------------------------------------
+def _leaf_finite(x):
+  if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact):
+    return jax.numpy.isfinite(x).all()
+  return jax.numpy.ones((), bool)
+
+
+def _leaf_flags(tree):
+  """One bool per leaf of ``tree``: all its entries are finite."""
+  return jax.tree.map(_leaf_finite, tree)
+
+
+_finite_flags = jax.jit(_leaf_flags)
+_finite_flags_pmap = jax.pmap(_leaf_flags)   # per device, no gather
+
+
+def nonfinite_state(state: TrainState, *, replicated: bool = False) -> list:
+  """Paths of the leaves of ``state``'s params, batch_stats and opt_state
+  that hold a NaN or an infinity, parameters first (``params/backbone/...``).
+
+  One jitted reduction per leaf, on device; only a bool per leaf comes back.
+  ``replicated``: ``state`` carries a leading device axis (the pmapped
+  loop's); every device's copy is checked, without gathering it.
+  """
+  tree = [{"params": state.params}, {"batch_stats": state.batch_stats},
+          {"opt_state": state.opt_state}]   # a list: reported in this order
+  flags = jax.device_get((_finite_flags_pmap if replicated else _finite_flags)(tree))
+  return [_path_name(path)
+          for path, ok in jax.tree_util.tree_flatten_with_path(flags)[0]
+          if not np.all(ok)]
+
+
+def _path_name(path) -> str:
+  """``params/backbone/Dense_0/kernel`` for a pytree key path."""
+  parts = []
+  for k in path[1:]:   # path[0] is the list index of nonfinite_state's tree
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return "/".join(parts)
+
+
+_FIRST = ("loss", "grad_norm", "param_norm")
+
+
+def _diverged(config, quantities, step: int, saved: Optional[int]) -> str:
+  quantities = sorted(quantities, key=lambda q: (
+      _FIRST.index(q) if q in _FIRST else len(_FIRST), q))
+  where = (f"the last checkpoint (step {saved}) is finite" if saved is not None
+           else "no checkpoint was written")
+  return (f"training diverged: {', '.join(quantities)} not finite at step "
+          f"{step} (learning_rate={config.learning_rate:g}); {where}")
+
+
+def _check_state_finite(config, state, axis_name, step: int,
+                        saved: Optional[int]) -> None:
+  bad = nonfinite_state(state, replicated=axis_name is not None)
+  if bad:   # parameters first, then BatchNorm statistics, then optimiser state
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    raise FloatingPointError(_diverged(
+        config, [f"the state ({', '.join(bad[:3])}{more})"], step, saved))
+
+
+def _logged_record(workdir: str, step: int) -> Optional[Dict[str, Any]]:
+  """The ``metrics.jsonl`` record of ``step`` (None if there is none)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return None
+  return next((r for r in read_metrics(path) if r.get("step") == step), None)
+
+
 class DeadTrainingWatch:
   """Warns, once each, when training has stopped learning without failing.
 
@@ -177,16 +271,29 @@ class _Progress:
 # ----------------------------------------------------------------------------
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        progress: bool = True, data=None,
-                       stop_after: Optional[int] = None) -> Dict[str, Any]:
+                       stop_after: Optional[int] = None,
+                       overwrite: bool = False) -> Dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming from its last checkpoint).
 
-  Writes ``config.json``, ``metrics.jsonl``, ``tensorboard/``,
+  Writes ``config.json``, ``run.json``, ``metrics.jsonl``, ``tensorboard/``,
   ``checkpoints/``, ``results.json`` and (``write_plots``) the plots to
   ``workdir``.  ``data`` may give ``(x_train, y_train, x_test, y_test)``
   arrays (or ``(train_source, test_source)``) instead of
   ``config.dataset``.  ``stop_after`` ends the run after that many steps of
   this call, without the evaluation (to test resumption).  Returns the
   results dict, with the final ``"state"``.
+
+  Before any data is read: :func:`tfjax.state.validate_config`, the
+  registry dataset on disk and the batch size against its split
+  (:func:`tfjax.workdir.check_dataset`), and the work directory
+  (:class:`tfjax.workdir.RunDirectory`): writable, not in use by another
+  run (``WorkdirBusyError``), and holding no run of another config
+  (``ConfigMismatchError``: a rerun may only raise ``num_steps`` or change
+  the free fields of :data:`tfjax.workdir.FREE_FIELDS`).  ``overwrite``
+  deletes the run the directory holds and starts afresh.  Training stops
+  with ``FloatingPointError`` at the first logged step (or checkpoint) whose
+  metrics or parameters are not finite, naming the step and the quantity;
+  no checkpoint is ever written with a non-finite value.
   """
   processes = jax.process_count()
   num_devices = config.num_devices or jax.device_count()
@@ -198,15 +305,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise ValueError(f"config asks for {num_devices} devices, but only "
                      f"{jax.device_count()} are available")
   spec = validate_config(config, num_devices)
+  if data is None:
+    workdirs.check_dataset(config, spec)
+  show = _Progress(progress and distributed.is_primary())
+  with workdirs.RunDirectory(workdir, config, overwrite=overwrite,
+                             say=show.warn) as run:
+    return _train_and_evaluate(config, workdir, spec, run, show, data=data,
+                               stop_after=stop_after)
+
+
+def _train_and_evaluate(config, workdir, spec, run, show, *, data, stop_after):
+  """:func:`train_and_evaluate` once the work directory is checked and locked."""
+  processes = jax.process_count()
+  num_devices = config.num_devices or jax.device_count()
   local_devices = num_devices // processes
   primary = distributed.is_primary()
-  show = _Progress(progress and primary)
-  os.makedirs(workdir, exist_ok=True)
-  if primary:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
 
   train_source, test_source = open_splits(config, spec, data)
+  _check_batch_fits(config, train_source)
+  run.start(train_source, test_source)   # checks the data; writes config.json
   semi = None
   if config.label_fraction is not None:  # one pass over the labels (4 B each)
     semi = pipeline.semi_labels(pipeline.source_labels(train_source),
@@ -222,6 +339,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if restored is not None:
     state = restored
   start = int(state.step)
+  saved = ckpt.latest_step()   # the newest (finite) checkpoint on disk
   writer = make_metric_writer(workdir, start) if primary else None
 
   end = config.num_steps if stop_after is None else min(config.num_steps, start + stop_after)
@@ -270,13 +388,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         for message in watch.check(record):
           show.warn(message)
         if "nonfinite" in record:
-          raise FloatingPointError(
-              f"{', '.join(record['nonfinite'])} is not finite at step {s}")
+          raise FloatingPointError(_diverged(config, record["nonfinite"], s, saved))
+      _check_state_finite(config, state, axis_name, done, saved)
       if bar is not None:
         bar.set_postfix(loss=f"{last['loss']:.4f}")
     if any(s % config.checkpoint_every == 0 or s == config.num_steps
            for s in range(first + 1, done + 1)):
+      if not logged:  # never a non-finite checkpoint
+        _check_state_finite(config, state, axis_name, done, saved)
       ckpt.save(done, state if axis_name is None else unreplicate(state))
+      saved = done
   if bar is not None:
     bar.close()
   if writer is not None:
@@ -287,6 +408,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if not primary or (stop_after is not None and int(final.step) < config.num_steps):
     return {"step": int(final.step), "state": final}
 
+  if last is None:  # nothing left to train (a finished run): its logged loss
+    last = _logged_record(workdir, int(final.step))
   results = {"loss_name": config.loss, "dataset": config.dataset,
              "evaluated_on": "validation" if config.get("validation_fraction") else "test",
              "step": int(final.step),
@@ -349,6 +472,8 @@ def evaluate_untrained(config, data=None, *, precise_bn: bool = True,
   BatchNorm keeps its initial mean 0 / variance 1 (a handicapped baseline).
   """
   spec = validate_config(config, 1)
+  if data is None:
+    workdirs.check_dataset(config, spec, batch_size=False)
   train_source, test_source = open_splits(config, spec, data)
   labels = pipeline.source_labels(train_source)
   num_classes = _num_classes(spec, train_source, data)

@@ -1,0 +1,559 @@
+"""A run's work directory: what it remembers, who may write it, starting afresh.
+
+:func:`tfjax.train.train_and_evaluate` keeps one run in a work directory
+(``config.json``, ``run.json``, ``metrics.jsonl``, ``checkpoints/``,
+``tensorboard/``, ``results.json``, plots).  A rerun in the same directory
+resumes from the last checkpoint, so the directory must keep meaning one
+run:
+
+* **the config is remembered.**  Once a checkpoint exists, a rerun whose
+  config differs in a field that changes the result is refused, with one
+  line naming the fields (:class:`ConfigMismatchError`); start afresh with
+  ``overwrite=True`` (``--overwrite`` on the command line) or use another
+  directory.  Allowed: raising ``num_steps`` (training continues from the
+  last checkpoint under the new schedule; a warning says when the schedule
+  depends on ``num_steps``, i.e. is not ``constant``) and changing a *free*
+  field, one that cannot change the trained parameters (:data:`FREE_FIELDS`:
+  ``input.*``, ``log_every``, ``checkpoint_every``, ``write_plots``,
+  ``data_dir``, and ``eval.*``, whose evaluations are simply recomputed).
+  Only the training fields (those of :func:`tfjax.config.base_config`) are
+  compared; an experiment's own fields reach a run through its data, which
+  is compared by fingerprint (:func:`data_fingerprint`).  ``config.json``
+  always holds the config of the latest start; ``run.json`` lists every
+  start with the fields it changed.
+* **one writer at a time.**  A run holds an exclusive ``fcntl.flock`` on
+  ``WORKDIR/.lock`` while it works; a second run in the same directory fails
+  at once (:class:`WorkdirBusyError`).  The lock goes with the process (a
+  killed run leaves no stale lock), and is re-entrant within one process.
+  Where ``fcntl`` does not exist (Windows) there is no lock.
+* **checks before compute.**  :func:`check_writable` and
+  :func:`check_dataset` (registry data on disk, batch size against the
+  split size) run before any data is read.
+
+In a run of several processes only process 0 touches the directory; the
+others learn its verdict through :func:`agree` (a broadcast), so every
+process stops together instead of waiting on a collective.
+
+Example::
+
+    >>> from tfjax import workdir
+    >>> with workdir.RunDirectory("/tmp/run", config) as run:
+    ...   run.start(train_source, test_source)   # checks the data, writes config.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import difflib
+import errno
+import glob
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import warnings
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = [
+    "FREE_FIELDS", "RUN_FILES", "WorkdirError", "WorkdirBusyError",
+    "ConfigMismatchError", "RunDirectory", "agree", "check_writable",
+    "check_dataset", "clear", "clear_tree", "config_fields", "config_diff",
+    "data_fingerprint", "lock", "latest_checkpoint_step", "suggest_fields",
+]
+
+# Fields whose value cannot change the trained parameters: a rerun may change
+# them freely (prefixes of dotted names).
+FREE_FIELDS = ("input", "log_every", "checkpoint_every", "write_plots",
+               "data_dir", "eval")
+# What a run writes into its directory (``clear`` removes exactly these).
+RUN_FILES = ("config.json", "run.json", "metrics.jsonl", "results.json",
+             "checkpoints", "tensorboard", "loss.png", "affinity.png",
+             "spectrum.png")
+LOCK_FILE = ".lock"
+
+
+class WorkdirError(RuntimeError):
+  """The work directory cannot hold this run (see the subclasses)."""
+
+
+class WorkdirBusyError(WorkdirError):
+  """Another process is running in the same work directory."""
+
+
+class ConfigMismatchError(WorkdirError, ValueError):
+  """The work directory holds a run of another config."""
+
+
+# ----------------------------------------------------------------------------
+# Processes.
+# ----------------------------------------------------------------------------
+def _primary() -> bool:
+  import jax
+  return jax.process_index() == 0
+
+
+def agree(fn, what: str = "preparing the work directory"):
+  """Runs ``fn()`` on process 0; every process raises if it raised.
+
+  Returns ``fn()``'s value on process 0 (None elsewhere).  With one process
+  this is just ``fn()``.  With several, process 0's outcome is broadcast, so
+  the other processes stop at once (with a line pointing at process 0's
+  error) instead of waiting on the next collective.
+  """
+  import jax
+  error, out = None, None
+  if _primary():
+    try:
+      out = fn()
+    except Exception as e:  # noqa: BLE001  (re-raised below, on every process)
+      error = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    failed = int(multihost_utils.broadcast_one_to_all(
+        np.int32(error is not None)))
+    if failed and error is None:
+      raise WorkdirError(f"process 0 failed while {what} (its error says why)")
+  if error is not None:
+    raise error
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Writable, locked.
+# ----------------------------------------------------------------------------
+def check_writable(workdir: str) -> None:
+  """Creates ``workdir`` and writes (then removes) a file in it.
+
+  Raises :class:`WorkdirError` naming the directory and the OS error, before
+  any data is read (a read-only or full file system, a parent that is a
+  file, no permission).
+  """
+  probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise WorkdirError(f"work directory {workdir!r} is not writable: "
+                       f"{e.strerror or e} ({type(e).__name__}); choose "
+                       "another --workdir") from None
+
+
+_HELD: Dict[str, List[Any]] = {}   # realpath -> [file object, depth]
+
+
+@contextlib.contextmanager
+def lock(workdir: str) -> Iterator[None]:
+  """Holds an exclusive lock on ``workdir`` (``WORKDIR/.lock``) inside the block.
+
+  Raises :class:`WorkdirBusyError` at once when another process holds it
+  (the message gives that process's id and start time).  Re-entrant within
+  a process; released on exit, also on an exception, and by the OS when the
+  process dies (``flock``), so a killed run never blocks the next one.
+  """
+  try:
+    import fcntl
+  except ImportError:  # Windows: no lock
+    yield
+    return
+  key = os.path.realpath(workdir)
+  if key in _HELD:
+    _HELD[key][1] += 1
+    try:
+      yield
+    finally:
+      _HELD[key][1] -= 1
+    return
+  path = os.path.join(workdir, LOCK_FILE)
+  f = open(path, "a+")
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError as e:
+    if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+      f.close()   # a file system without locks (some network ones)
+      warnings.warn(f"cannot lock {path} ({e.strerror}): a second run in "
+                    "this work directory would not be detected", stacklevel=3)
+      yield
+      return
+    f.seek(0)
+    holder = f.read().strip() or "unknown"
+    f.close()
+    raise WorkdirBusyError(
+        f"work directory {workdir!r} is in use by another run ({holder}); "
+        "wait for it to finish or use another --workdir") from None
+  f.seek(0)
+  f.truncate()
+  f.write(f"pid {os.getpid()} since "
+          f"{datetime.datetime.now().isoformat(timespec='seconds')}")
+  f.flush()
+  _HELD[key] = [f, 1]
+  try:
+    yield
+  finally:
+    _HELD[key][1] -= 1
+    if _HELD[key][1] == 0:
+      del _HELD[key]
+      fcntl.flock(f, fcntl.LOCK_UN)
+      f.close()
+
+
+# ----------------------------------------------------------------------------
+# Starting afresh.
+# ----------------------------------------------------------------------------
+def clear(workdir: str) -> List[str]:
+  """Removes the run files (:data:`RUN_FILES`) of ``workdir``; returns them.
+
+  Nothing else in the directory is touched (the lock file stays).
+  """
+  removed = []
+  for name in RUN_FILES:
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path)
+    elif os.path.lexists(path):
+      os.remove(path)
+    else:
+      continue
+    removed.append(path)
+  return removed
+
+
+def _is_run_dir(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, "config.json")) and (
+      os.path.isdir(os.path.join(path, "checkpoints"))
+      or os.path.isfile(os.path.join(path, "metrics.jsonl")))
+
+
+def clear_tree(root: str,
+               extra: Sequence[str] = ("results.md", "results.json")) -> List[str]:
+  """``--overwrite``: clears every run directory under ``root`` (inclusive)
+  and removes ``root``'s own ``extra`` files (an experiment's tables).
+
+  Only what runs write goes (:data:`RUN_FILES`); other files stay.
+  Returns the removed paths.
+  """
+  removed = []
+  for path, dirs, _ in os.walk(root):
+    if _is_run_dir(path):
+      removed += clear(path)
+      dirs[:] = [d for d in dirs if d not in RUN_FILES]
+  for name in extra:
+    path = os.path.join(root, name)
+    if os.path.isfile(path):
+      os.remove(path)
+      removed.append(path)
+  return removed
+
+
+# ----------------------------------------------------------------------------
+# The config a run remembers.
+# ----------------------------------------------------------------------------
+def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict) and v:
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def _training_keys() -> frozenset:
+  from tfjax.config import base_config
+  return frozenset(base_config().keys())
+
+
+def config_fields(config) -> Dict[str, Any]:
+  """The training fields of ``config`` (a ConfigDict or the dict of a
+  ``config.json``) as ``{dotted name: JSON value}``.
+
+  Only the fields of :func:`tfjax.config.base_config` count: an
+  experiment's own fields reach a run through its data, not its config.
+  """
+  if not isinstance(config, dict):
+    config = json.loads(config.to_json())
+  keys = _training_keys()
+  return {k: v for k, v in _flatten(config).items() if k.split(".")[0] in keys}
+
+
+def _free(key: str) -> bool:
+  return any(key == f or key.startswith(f + ".") for f in FREE_FIELDS)
+
+
+_MISSING = "(absent)"
+
+
+def config_diff(old: Dict[str, Any], new: Dict[str, Any]
+                ) -> Tuple[List[Tuple[str, Any, Any]], List[Tuple[str, Any, Any]]]:
+  """``(fixed, free)``: the differing fields of two :func:`config_fields`
+  dicts as ``(name, old, new)``, split into those that change the result
+  and the free ones (:data:`FREE_FIELDS`).  ``num_steps`` counts as fixed
+  here; :class:`RunDirectory` allows raising it.  A training field the old
+  config lacks (added to :func:`tfjax.config.base_config` since) is
+  unchanged when the new config holds its default.
+  """
+  fixed, free = [], []
+  defaults = None
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key, _MISSING), new.get(key, _MISSING)
+    if a == b:
+      continue
+    if a is _MISSING:   # a field added since the run started: its default is
+      if defaults is None:   # what the run trained with
+        from tfjax.config import base_config
+        defaults = config_fields(base_config())
+      if key in defaults and defaults[key] == b:
+        continue
+    (free if _free(key) else fixed).append((key, a, b))
+  return fixed, free
+
+
+def _short(value) -> str:
+  text = json.dumps(value) if value is not _MISSING else value
+  return text if len(text) <= 40 else text[:37] + "..."
+
+
+def latest_checkpoint_step(workdir: str) -> Optional[int]:
+  """The newest checkpoint step under ``WORKDIR/checkpoints`` (None if none)."""
+  steps = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
+           if d.isdigit()] if os.path.isdir(os.path.join(workdir, "checkpoints")) else []
+  return max(steps) if steps else None
+
+
+def _read_json(path: str):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
+  except ValueError as e:
+    raise WorkdirError(f"{path} is not valid JSON ({e}); start afresh with "
+                       "--overwrite") from None
+
+
+def _now() -> str:
+  return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+class RunDirectory:
+  """The work directory of one run, as a context manager.
+
+  On entry (process 0; the others learn the verdict through :func:`agree`):
+  :func:`check_writable`, :func:`lock`, ``overwrite`` (:func:`clear`), and
+  the config check against the run the directory holds (once it has a
+  checkpoint).  :meth:`start`, called once the data is open, checks the
+  data fingerprint and writes ``config.json`` and ``run.json``.  The lock
+  is released on exit, also on an exception.
+
+  Attributes:
+    resumed_from: the newest checkpoint step found (None: a fresh run).
+    changes: ``[(field, old, new)]`` this start changes (free fields and a
+      raised ``num_steps``).
+  """
+
+  def __init__(self, workdir: str, config, *, overwrite: bool = False,
+               say=None):
+    self.workdir, self.config, self.overwrite = workdir, config, overwrite
+    self.resumed_from: Optional[int] = None
+    self.changes: List[Tuple[str, Any, Any]] = []
+    self._record: Optional[dict] = None
+    self._stack = contextlib.ExitStack()
+    self._say = say or (lambda message: warnings.warn(message, stacklevel=3))
+
+  def __enter__(self) -> "RunDirectory":
+    try:
+      agree(self._enter)
+    except BaseException:
+      self._stack.close()
+      raise
+    return self
+
+  def __exit__(self, *exc):
+    self._stack.close()
+    return False
+
+  def _enter(self):
+    check_writable(self.workdir)
+    self._stack.enter_context(lock(self.workdir))
+    if self.overwrite:
+      clear(self.workdir)
+    self.resumed_from = latest_checkpoint_step(self.workdir)
+    if self.resumed_from is None:
+      return
+    old = _read_json(os.path.join(self.workdir, "config.json"))
+    if old is None:
+      self._say(f"{self.workdir}: checkpoints but no config.json: the config "
+                "of the run it holds cannot be checked")
+      return
+    old, new = config_fields(old), config_fields(self.config)
+    fixed, free = config_diff(old, new)
+    steps = [c for c in fixed if c[0] == "num_steps"]
+    fixed = [c for c in fixed if c[0] != "num_steps"]
+    if steps and not (isinstance(steps[0][2], int) and steps[0][1] != _MISSING
+                      and steps[0][2] > steps[0][1]):
+      fixed.insert(0, steps[0])   # only raising num_steps continues a run
+      steps = []
+    if fixed:
+      raise ConfigMismatchError(
+          f"work directory {self.workdir!r} holds a run (checkpoint at step "
+          f"{self.resumed_from}) of another config: "
+          + "; ".join(f"{k} {_short(a)} -> {_short(b)}" for k, a, b in fixed)
+          + ". Rerun with --overwrite (overwrite=True) to start afresh, or "
+          "use another --workdir")
+    self.changes = steps + free
+    if steps and self.config.schedule != "constant":
+      self._say(f"{self.workdir}: num_steps raised from {steps[0][1]} to "
+                f"{steps[0][2]}: training continues from step "
+                f"{self.resumed_from} under the {self.config.schedule} "
+                f"schedule of {steps[0][2]} steps (not the same as a fresh "
+                f"{steps[0][2]}-step run; --overwrite for that)")
+
+  def start(self, *sources) -> None:
+    """Checks the data against the run's (once it has a checkpoint) and
+    writes ``config.json`` and ``run.json`` (process 0)."""
+    agree(lambda: self._start(sources), "checking the data")
+
+  def _start(self, sources):
+    path = os.path.join(self.workdir, "run.json")
+    record = (_read_json(path) if self.resumed_from is not None else None) or {}
+    fingerprint = data_fingerprint(*sources) if sources else None
+    old = record.get("data_fingerprint")
+    if self.resumed_from is not None and old and fingerprint and old != fingerprint:
+      raise ConfigMismatchError(
+          f"work directory {self.workdir!r} holds a run (checkpoint at step "
+          f"{self.resumed_from}) trained on other data (fingerprint {old} -> "
+          f"{fingerprint}: another dataset, size, split or generator "
+          "setting). Rerun with --overwrite (overwrite=True) to start afresh, "
+          "or use another --workdir")
+    if self.resumed_from is None or self.changes or not os.path.exists(
+        os.path.join(self.workdir, "config.json")):
+      with open(os.path.join(self.workdir, "config.json"), "w") as f:
+        f.write(self.config.to_json(indent=2))
+    record.setdefault("data_fingerprint", fingerprint)
+    record.setdefault("starts", []).append(
+        {"time": _now(), "resumed_from": self.resumed_from,
+         "changed": {k: [a, b] for k, a, b in self.changes}})
+    with open(path, "w") as f:
+      json.dump(record, f, indent=1, default=str)
+
+
+# ----------------------------------------------------------------------------
+# The data.
+# ----------------------------------------------------------------------------
+_SAMPLES = 16
+
+
+def _hash_source(h, source) -> None:
+  from tfjax.data.pipeline import ArraySource
+  n = len(source)
+  h.update(f"{type(source).__name__}:{n}:{tuple(source.x_shape)};".encode())
+  if isinstance(source, ArraySource):       # in memory: every byte
+    h.update(np.ascontiguousarray(source.x).tobytes())
+    h.update(np.ascontiguousarray(source.labels).tobytes())
+    return
+  inner, indices = getattr(source, "_source", None), getattr(source, "indices", None)
+  if inner is not None and isinstance(indices, np.ndarray):   # a Subset
+    h.update(np.ascontiguousarray(indices).tobytes())
+    _hash_source(h, inner)
+    return
+  for i in np.unique(np.linspace(0, n - 1, _SAMPLES).astype(np.int64)) if n else ():
+    record = source[int(i)]
+    h.update(np.asarray(record["x"], np.float32).tobytes())
+    h.update(np.asarray(record["label"], np.int64).tobytes())
+
+
+def data_fingerprint(*sources) -> str:
+  """A 32-hex-digit digest of the sources a run trains and evaluates on.
+
+  In-memory sources (:class:`tfjax.data.pipeline.ArraySource`) are hashed
+  whole; others by size, shape and 16 records spread over them (TFDS data
+  is named by ``config.dataset``; the fingerprint catches another size,
+  split or generator setting).
+  """
+  h = hashlib.blake2b(digest_size=16)
+  for source in sources:
+    _hash_source(h, source)
+  return h.hexdigest()
+
+
+def _tfds_mocked() -> bool:
+  """True inside ``tfds.testing.mock_data`` (no files on disk there)."""
+  if "tensorflow_datasets" not in sys.modules:
+    return False
+  try:
+    from tensorflow_datasets.core import dataset_builder
+  except ImportError:
+    return False
+  fn = getattr(dataset_builder.DatasetBuilder, "as_data_source", None)
+  return getattr(fn, "__module__", "").startswith("tensorflow_datasets.testing")
+
+
+def _data_dir(config) -> str:
+  return (config.get("data_dir") or os.environ.get("TFDS_DATA_DIR")
+          or os.path.join("~", "tensorflow_datasets"))
+
+
+def check_dataset(config, spec=None, *, batch_size: bool = True) -> None:
+  """Checks, without reading data, that ``config.dataset`` can be trained on.
+
+  * real (non-offline) TFDS datasets: prepared as ``array_record`` under the
+    data directory (``config.data_dir``, else ``$TFDS_DATA_DIR``, else
+    ``~/tensorflow_datasets``); otherwise
+    :class:`tfjax.data.DatasetNotFoundError` naming that directory (offline
+    datasets are generated on first use; remote ``gs://`` directories and
+    ``tfds.testing.mock_data`` are not checked);
+  * (``batch_size``) ``config.batch_size`` at most the registry's
+    training-split size (less the held-out ``validation_fraction``).
+
+  Raises ValueError for an unknown dataset.  For data passed as arrays or
+  sources, the loop checks the batch size once they are open.
+  """
+  from tfjax.data.registry import DatasetNotFoundError, get_dataset_spec
+  spec = spec or get_dataset_spec(config.dataset)
+  if _tfds_mocked():
+    return
+  if not spec.offline:
+    data_dir = _data_dir(config)
+    if "://" not in data_dir:
+      root = os.path.join(os.path.expanduser(data_dir), *spec.tfds_name.split("/"))
+      base = spec.tfds_name.split("/")[0]
+      missing = [s for s in (spec.train_split, spec.test_split)
+                 if not glob.glob(os.path.join(
+                     root, "*", f"{base}-{s.split('[')[0]}.array_record*"))]
+      if missing:
+        raise DatasetNotFoundError(
+            f"dataset {spec.name!r} is not prepared under data_dir "
+            f"{data_dir!r} (no array_record files of its "
+            f"{'/'.join(missing)} split in {root}): on a machine with "
+            f"network run `tfds build {base} --file_format=array_record "
+            f"--data_dir=DIR`, then set --config.data_dir=DIR (or "
+            "$TFDS_DATA_DIR)")
+  if batch_size and spec.num_train:
+    fraction = config.get("validation_fraction") or 0.0
+    n = spec.num_train - int(math.floor(spec.num_train * fraction))
+    if config.batch_size > n:
+      held = (f" after holding out validation_fraction={fraction}"
+              if fraction else "")
+      raise ValueError(f"batch_size {config.batch_size} exceeds the {n} "
+                       f"training examples of {spec.name!r}{held}")
+
+
+# ----------------------------------------------------------------------------
+# Misspelt fields.
+# ----------------------------------------------------------------------------
+def suggest_fields(name: str, config=None, n: int = 3) -> List[str]:
+  """Up to ``n`` field names of ``config`` (default the training fields)
+  closest to ``name`` (a dotted or a last-part name)."""
+  from tfjax.config import base_config
+  config = base_config() if config is None else config
+  names = list(_flatten(json.loads(config.to_json())))
+  if "." not in name:
+    names = sorted(set(config.keys()) | {k for k in names if "." not in k})
+  return difflib.get_close_matches(name, names, n=n, cutoff=0.6)
