@@ -104,6 +104,8 @@ def run(config, workdir: str, *, progress: bool = True):
   from tfjax import train
   from tfjax.state import create_train_state, eval_model
 
+  from tfjax.state import validate_config
+  validate_config(config, config.num_devices or jax.device_count())  # before any compute
   t0 = time.time()
   x_tr, y_tr, x_te, y_te = data = make_data(config)
   k, d, sigma = config.clusters.num_classes, config.clusters.dim, config.clusters.sigma

@@ -342,6 +342,8 @@ def plot_coverage(plt, path, rows):
 
 
 def run(config, workdir: str, *, progress: bool = True):
+  from tfjax.state import validate_config
+  validate_config(config, config.num_devices or jax.device_count())  # before any compute
   k, d = config.model.num_classes, config.model.dim
   sigma, rho = config.model.sigma, config.model.rho
   t_start = time.time()

@@ -164,11 +164,16 @@ def train_once(c, run_dir, progress, data=None) -> dict:
   from tfjax import train
   path = os.path.join(run_dir, "results.json")
   res = None
-  if os.path.exists(path):
+  saved = os.path.join(run_dir, "config.json")
+  if os.path.exists(path) and os.path.exists(saved):
+    from tfjax import workdir
     with open(path) as f:
       res = json.load(f)
-    if res.get("step") != c.num_steps:
-      res = None
+    with open(saved) as f:
+      changed, _ = workdir.config_diff(workdir.config_fields(json.load(f)),
+                                       workdir.config_fields(c))
+    if res.get("step") != c.num_steps or changed:
+      res = None  # train_and_evaluate refuses a real mismatch in one line
   if res is None:
     res = train.train_and_evaluate(c, run_dir, progress=progress, data=data)
     res.pop("state")

@@ -76,6 +76,10 @@ def run(config, workdir: str, *, progress: bool = True, data=None):
   for _, c in runs:  # every run's config checked before any compute
     validate_config(c, c.num_devices or jax.device_count())
   spec = validate_config(config, config.num_devices or jax.device_count())
+  if data is None:  # data prepared and batches fit, before any data is read
+    from tfjax.workdir import check_dataset
+    for _, c in runs:
+      check_dataset(c)
   primary = distributed.is_primary()
   say = print if primary else (lambda *a, **k: None)
   sources = train.open_splits(config, spec, data)

@@ -33,26 +33,12 @@ constant learning rate, no warm-up) on the views of
 names, :mod:`tfjax.methods`) without and with OAR (``oar.weight`` on a
 class-balanced ``oar.label_fraction`` labelled subset, seeded by ``seed``).
 
-The options of the old command line, as fields:
+Fields: ``hidden`` (width of both hidden layers), ``noise`` (data noise norm
+σ), ``augment_strength`` (augmentation noise norm), ``seeds``, ``losses``
+(comma-separated registry names), ``oar.label_fraction``, ``n_train`` /
+``n_test``, and ``search`` (the collapse search, below).
 
-=======================  ============================================
-old option               field
-=======================  ============================================
-``--hidden``             ``hidden`` (width of both hidden layers)
-``--lr``                 ``learning_rate``
-``--temperature``        ``temperature``
-``--noise``              ``noise`` (data noise norm σ)
-``--aug-noise``          ``augment_strength``
-``--steps``              ``num_steps``
-``--seed`` / ``--seeds`` ``seed`` (first seed) / ``seeds`` (how many)
-``--batch``              ``batch_size``
-``--losses``             ``losses`` (comma-separated registry names)
-``--label-fraction``     ``oar.label_fraction``
-(sizes)                  ``n_train``, ``n_test``
-=======================  ============================================
-
-``--optimizer sgd`` is ``--config.optimizer=sgd`` (momentum ``momentum``;
-the old script used 0.9, the default here too).  ``dataset`` only names the
+``--config.optimizer=sgd`` trains with SGD (momentum ``momentum``, 0.9).  ``dataset`` only names the
 data's shape and kind (3-D vectors, 3 classes): the script generates the
 points per seed and passes them as ``data=``.
 """
