@@ -77,7 +77,7 @@ SIZES = {
                   datasets="digits", seeds=3, extend_to=1000.0),
     # The README's CPU run: quick on both datasets.
     "cpu": dict(num_steps=200, batch_size=128, eval_steps=100,
-                lrs="0.01,0.1,1,10,100", losses="info_nce",
+                lrs="0.001,0.01,0.1,1,10,100", losses="info_nce",
                 datasets="digits,mnist1d", seeds=3, extend_to=1000.0),
     "": dict(num_steps=1500, batch_size=256, eval_steps=1000, lrs=FULL_LRS,
              losses="info_nce,dcl,barlow_twins,vicreg", datasets="digits,mnist1d",
