@@ -2,7 +2,22 @@ r"""CLOA's learning-rate sweep under the authors' protocol (experiments/lr_sweep
 
     python -m experiments.lr_sweep --config=experiments/configs/lr_sweep.py:quick --noprogress
 
-Gives (2-core CPU): RESULT_PLACEHOLDER
+Gives (2-core CPU, 10 min 17 s wall, 16 min CPU; digits, SmallCNN, InfoNCE ± OAR,
+3 seeds, lr 0.01 … 1000, 200 steps of batch 128; test split at the learning
+rate chosen on validation, fine-tuning accuracy at 10 / 50 / 100 % labels):
+
+=====================  ========  ===================  ===================  ===================
+run                    lr        10 %                 50 %                 100 %
+=====================  ========  ===================  ===================  ===================
+InfoNCE                0.1       0.880 ± 0.005        0.935 ± 0.003        0.939 ± 0.006
+OAR-InfoNCE            0.1       0.933 ± 0.007        0.964 ± 0.006        0.968 ± 0.003
+random init            —         0.900                0.947                0.944
+=====================  ========  ===================  ===================  ===================
+
+Verdicts: InfoNCE's collapse at high lr *not reproduced* (lowest mean end
+variance 0.317 at lr 1000, where 1 of 3 seeds collapsed; during training the
+variance falls to 0.001 and recovers); OAR's rescue *untestable here*; OAR
+improves accuracy at 10 % labels *reproduced* (+0.054, > 2 std).
 
     python -m experiments.lr_sweep --config=experiments/configs/lr_sweep.py:tiny    # smoke test
     python -m experiments.lr_sweep             # full: 4 losses, lr 1e-7 … 1 (+ extension), GPU
