@@ -43,7 +43,9 @@ RECIPES = {
 }
 
 
-def get_config(arg: str = ""):
+def training_fields():
+  """The main job's shared training fields (every run's recipe overrides some);
+  other experiments on MNIST-1D start from them too."""
   c = base_config()
   c.dataset = "mnist1d"
   c.backbone = "cnn1d"
@@ -60,6 +62,11 @@ def get_config(arg: str = ""):
   c.eval.linear_steps = 300
   c.eval.finetune_fractions = (0.1, 1.0)
   c.eval.finetune_steps = 300
+  return c
+
+
+def get_config(arg: str = ""):
+  c = training_fields()
   with c.unlocked():
     c.runs = ml_collections.ConfigDict(RECIPES)
     c.runs.unlock()  # add runs in a config file of your own

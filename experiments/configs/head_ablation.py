@@ -71,7 +71,7 @@ The experiment's own fields:
 
 import ml_collections
 
-from tfjax.config import base_config
+from experiments.configs import default
 
 # The main job's recipes (experiments/configs/default.py RECIPES when this
 # experiment was written), head fields left to the ablation.
@@ -88,20 +88,8 @@ TARGETS = {
 def get_config(arg: str = ""):
   if arg not in ("", "quick", "tiny"):
     raise ValueError(f"unknown config argument {arg!r}; use '', 'quick' or 'tiny'")
-  c = base_config()
-  c.dataset = "mnist1d"
-  c.backbone = "cnn1d"
-  c.backbone_kwargs = {"out_features": 128}
-  c.embed_dim = 64
-  c.batch_size = 128
-  c.num_steps = 800
-  c.warmup_steps = 40
-  c.learning_rate = 2e-3
-  c.augment_strength = 0.1
-  c.head.num_layers = 1
-  c.log_every = 50
+  c = default.training_fields()    # the main job's fields, then ours
   c.validation_fraction = 0.2
-  c.eval.linear_steps = 300
   c.eval.finetune_fractions = ()
   c.eval.head_knn = True
   c.write_plots = False
