@@ -152,7 +152,7 @@ def margin_sigma(row, base) -> float:
 # ----------------------------------------------------------------------------
 # The experiment.
 # ----------------------------------------------------------------------------
-def run(config, workdir: str, *, progress: bool = True):
+def _run(config, workdir: str, *, progress: bool = True):
   import jax
   from tfjax import train
   from tfjax.state import validate_config
@@ -400,6 +400,21 @@ def plot(s, path):
   fig.savefig(path, dpi=110, bbox_inches="tight")
   plt.close(fig)
 
+
+
+def run(config, workdir: str, *, progress: bool = True):
+  """The ablation (see the module docstring).  JAX's persistent compilation
+  cache (``config.compilation_cache``) is on only while it runs: the global
+  setting is restored afterwards, so a notebook or test session that calls
+  ``run`` keeps its own."""
+  import jax
+  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+  before = {k: getattr(jax.config, k) for k in keys}
+  try:
+    return _run(config, workdir, progress=progress)
+  finally:
+    for k, v in before.items():
+      jax.config.update(k, v)
 
 def main(argv=None):
   return cli(run, "head_ablation", argv, __doc__)
