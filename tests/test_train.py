@@ -331,10 +331,6 @@ def test_main_job_on_mock_mnist(tmp_path):
   c.eval.linear_steps, c.eval.finetune_steps = 10, 10
   c.eval.finetune_fractions, c.eval.knn_k = (1.0,), 3
   c.compare, c.random_baseline, c.seeds = "transfusion,simclr", False, 1
-  # The mocked TFDS source generates its records with TensorFlow on read; it
-  # is not meant for grain's concurrent reader threads (a real array_record
-  # source is, and the TFDS resume test reads one with threads).
-  c.input.num_threads = 0
   for run in c.runs.values():   # the recipes set their own number of steps
     run.num_steps = 3
   with tfds.testing.mock_data(num_examples=48):
