@@ -9,6 +9,10 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# No persistent compilation cache in tests: an experiment that turns it on
+# (head_ablation) must not leave later tests compiling through it (XLA
+# segfaulted compiling the mock main job with the cache on).
+os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
 # Never let a test wait on a download: TFDS must fail fast offline.
 os.environ.setdefault("TFDS_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", ".tfds_test_data"))
 
