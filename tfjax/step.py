@@ -154,16 +154,15 @@ def train_step(state: TrainState, batch: Dict[str, Array], key: Array):
   (base, oar), vjp, (batch_stats, z, ids, sown) = jax.vjp(
       loss_fn, state.params, has_aux=True)
   one, zero = jnp.ones_like(base), jnp.zeros_like(base)
-  base_grads, = vjp((one, zero))
+  mean = (lambda g: g) if axis is None else (lambda g: jax.lax.pmean(g, axis))
+  base_grads = mean(vjp((one, zero))[0])
   if state.anchors is None:
-    oar_grads = jax.tree.map(jnp.zeros_like, base_grads)
-    grads = base_grads
+    grads, oar_grad_norm = base_grads, jnp.zeros((), jnp.float32)
   else:  # a second backward pass: the two losses' gradients logged apart
-    oar_grads, = vjp((zero, one))
+    oar_grads = mean(vjp((zero, one))[0])
     grads = jax.tree.map(lambda b, o: b + recipe.oar_weight * o, base_grads, oar_grads)
+    oar_grad_norm = optax.global_norm(oar_grads)
   loss = base + recipe.oar_weight * oar
-  if axis is not None:
-    grads, base_grads, oar_grads = jax.lax.pmean((grads, base_grads, oar_grads), axis)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   z_all, ids_all = (z, ids) if axis is None else jax.lax.all_gather(
@@ -172,7 +171,7 @@ def train_step(state: TrainState, batch: Dict[str, Array], key: Array):
                  rows_without_positive=rows_without_positive(ids_all),
                  grad_norm=optax.global_norm(grads),
                  base_grad_norm=optax.global_norm(base_grads),
-                 oar_grad_norm=optax.global_norm(oar_grads),
+                 oar_grad_norm=oar_grad_norm,
                  param_norm=_backbone_norm(params),
                  embedding_variance=diagnostics.embedding_variance(z_all),
                  **sown)
