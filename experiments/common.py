@@ -305,6 +305,28 @@ def write_results(workdir: str, title: str, rows: List[Dict],
   return table
 
 
+def finished_results(config, run_dir: str) -> Optional[Dict]:
+  """The ``results.json`` of a run in ``run_dir`` that finished with exactly
+  ``config``'s training fields, or None (train or evaluate it again).
+
+  Sweeps call this to re-read a finished run instead of re-evaluating it;
+  any difference, even in a field a rerun may change, means None (an
+  evaluation field changes the results; ``train_and_evaluate`` then decides).
+  """
+  from tfjax import workdir
+  paths = [os.path.join(run_dir, n) for n in ("results.json", "config.json")]
+  if not all(os.path.exists(p) for p in paths):
+    return None
+  with open(paths[0]) as f:
+    res = json.load(f)
+  with open(paths[1]) as f:
+    fixed, free = workdir.config_diff(workdir.config_fields(json.load(f)),
+                                      workdir.config_fields(config))
+  if res.get("step") != config.num_steps or fixed or free:
+    return None
+  return res
+
+
 def pyplot():
   """matplotlib.pyplot on the headless Agg backend."""
   from tfjax.plots import pyplot as _pyplot

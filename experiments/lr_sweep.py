@@ -44,7 +44,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from experiments.common import cli, markdown_table, pyplot
+from experiments.common import cli, finished_results, markdown_table, pyplot
 from experiments.configs.lr_sweep import BACKBONE
 from tfjax import methods
 
@@ -139,7 +139,7 @@ def _one_run(cfg, run_dir, data, progress) -> Dict:
   """The numbers of one run (``status`` "ok" or "diverged (…)")."""
   from tfjax import train
   try:
-    res = _finished(cfg, run_dir)
+    res = finished_results(cfg, run_dir)
     if res is None:
       res = train.train_and_evaluate(cfg, run_dir, progress=progress, data=data)
   except FloatingPointError as e:
@@ -151,22 +151,6 @@ def _one_run(cfg, run_dir, data, progress) -> Dict:
                               + [v for v in curve["embedding_variance"] if v is not None]),
           "feature_variance": float(res["feature_variance"]),
           "status": "ok", "curve": curve}
-
-
-def _finished(cfg, run_dir):
-  """The saved results of a run that already finished with this config, or None
-  (a rerun of the sweep re-reads them instead of re-evaluating)."""
-  import json
-  paths = [os.path.join(run_dir, n) for n in ("results.json", "config.json")]
-  if not all(os.path.exists(p) for p in paths):
-    return None
-  with open(paths[0]) as f:
-    res = json.load(f)
-  with open(paths[1]) as f:
-    saved = json.load(f)
-  if res.get("step") != cfg.num_steps or saved != json.loads(cfg.to_json()):
-    return None
-  return res
 
 
 CURVE_KEYS = ("embedding_variance", "param_norm", "base_grad_norm", "oar_grad_norm",

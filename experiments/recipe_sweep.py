@@ -40,7 +40,7 @@ import platform
 import sys
 import time
 
-from experiments.common import cli, markdown_table, pyplot
+from experiments.common import cli, finished_results, markdown_table, pyplot
 
 STAGES = ("augmentation", "learning rate", "method", "steps")
 SHORT = {"augment_strength": "aug", "learning_rate": "lr", "temperature": "T",
@@ -162,19 +162,8 @@ def train_once(c, run_dir, progress, data=None) -> dict:
   """One run's results (float fields, ``evaluated_on``, ``uniform_rows``);
   a finished run's results.json is reused."""
   from tfjax import train
-  path = os.path.join(run_dir, "results.json")
-  res = None
-  saved = os.path.join(run_dir, "config.json")
-  if os.path.exists(path) and os.path.exists(saved):
-    from tfjax import workdir
-    with open(path) as f:
-      res = json.load(f)
-    with open(saved) as f:
-      changed, _ = workdir.config_diff(workdir.config_fields(json.load(f)),
-                                       workdir.config_fields(c))
-    if res.get("step") != c.num_steps or changed:
-      res = None  # train_and_evaluate refuses a real mismatch in one line
-  if res is None:
+  res = finished_results(c, run_dir)
+  if res is None:  # train_and_evaluate refuses a real mismatch in one line
     res = train.train_and_evaluate(c, run_dir, progress=progress, data=data)
     res.pop("state")
   out = {k: v for k, v in res.items() if isinstance(v, float)}
