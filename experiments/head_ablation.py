@@ -408,13 +408,16 @@ def run(config, workdir: str, *, progress: bool = True):
   setting is restored afterwards, so a notebook or test session that calls
   ``run`` keeps its own."""
   import jax
+  from jax.experimental.compilation_cache import compilation_cache
   keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
   before = {k: getattr(jax.config, k) for k in keys}
   try:
     return _run(config, workdir, progress=progress)
   finally:
-    for k, v in before.items():
-      jax.config.update(k, v)
+    if config.compilation_cache:
+      for k, v in before.items():
+        jax.config.update(k, v)
+      compilation_cache.reset_cache()   # JAX opened the cache once: close it
 
 def main(argv=None):
   return cli(run, "head_ablation", argv, __doc__)

@@ -117,7 +117,6 @@ def get_config(arg: str = ""):
     c.budget = ml_collections.ConfigDict(dict(
         target="transfusion_ssl", forms=1, steps=(1000,), seeds=1))
   elif arg == "tiny":  # seconds: every code path once
-    c.compilation_cache = False
     c.dataset = "subspaces_tiny"
     c.backbone = "mlp"
     c.backbone_kwargs = {"hidden": (32,), "out_features": 16}
