@@ -298,11 +298,16 @@ def write_results(workdir: str, title: str, rows: List[Dict],
                   columns: Sequence[str], notes: str = "") -> str:
   """Writes ``results.md`` (title, table, notes) and ``results.json``."""
   table = markdown_table(rows, columns)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(f"# {title}\n\n{table}\n{notes}\n")
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(rows, f, indent=2, default=float)
+  write_report(workdir, f"# {title}\n\n{table}\n{notes}\n", rows)
   return table
+
+
+def write_report(workdir: str, markdown: str, data, name: str = "results") -> None:
+  """Writes ``NAME.md`` (the markdown as given) and ``NAME.json`` (``data``)."""
+  with open(os.path.join(workdir, f"{name}.md"), "w") as f:
+    f.write(markdown)
+  with open(os.path.join(workdir, f"{name}.json"), "w") as f:
+    json.dump(data, f, indent=2, default=float)
 
 
 def finished_results(config, run_dir: str) -> Optional[Dict]:

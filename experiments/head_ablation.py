@@ -40,7 +40,7 @@ import platform
 import sys
 import time
 
-from experiments.common import cli, markdown_table, pyplot
+from experiments.common import cli, markdown_table, pyplot, write_report
 from experiments.recipe_sweep import (recipe_key, summarise, train_once,
                                       training_config)
 
@@ -245,11 +245,8 @@ def _run(config, workdir: str, *, progress: bool = True):
       "best_relu": {n: best_relu[n]["form"] for n in names},
       "random_baseline": base, "total_minutes": round((time.time() - t_job) / 60, 2),
       "machine": machine}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(summary, f, indent=2)
   md = results_markdown(config, summary)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(md)
+  write_report(workdir, md, summary)
   plot(summary, os.path.join(workdir, "head_ablation.png"))
   print("\n" + md)
   print(f"wrote {workdir}/results.md, results.json, head_ablation.png")

@@ -69,7 +69,7 @@ import time
 import jax
 import numpy as np
 
-from experiments.common import cli, markdown_table, pyplot
+from experiments.common import cli, markdown_table, pyplot, write_report
 from tfjax import theory
 from tfjax.evaluation import extract_features, knn_accuracy
 
@@ -447,10 +447,7 @@ def run(config, workdir: str, *, progress: bool = True):
         f"binomial SE of the failure rate over {config.num_steps} batches: {cov_se:.4f}).\n"
         f"\n## Notes\n\n{notes(config, baselines, s_pred, s_meas, s_bracket, n_pred, n_meas, n_bracket, cov_err, fail_err, cov_se, best_aug)}"
         f"\n\nTime {time.time() - t_start:.0f} s.\n")
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(md)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(summary, f, indent=2, default=float)
+  write_report(workdir, md, summary)
   print(md)
   return summary
 

@@ -44,7 +44,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from experiments.common import cli, finished_results, markdown_table, pyplot
+from experiments.common import (cli, finished_results, markdown_table, pyplot,
+                                write_report)
 from experiments.configs.lr_sweep import BACKBONE
 from tfjax import methods
 
@@ -280,11 +281,7 @@ def run(config, workdir: str, *, progress: bool = True):
   report["seconds"] = round(time.time() - t0, 1)
   _plot(workdir, report, names)
   md = _markdown(report, names, config)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(md)
-  import json
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(report, f, indent=2, default=float)
+  write_report(workdir, md, report)
   print(md)
   return report
 

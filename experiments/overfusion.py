@@ -306,15 +306,11 @@ def search(config, workdir: str, *, progress: bool = True):
     notes.append("No base run collapsed onto a line in the region searched: CLOA's "
                  "3-D figure is **not reproduced** there.")
   notes.append(f"\nTime {time.time() - t0:.0f} s.")
-  from experiments.common import markdown_table
-  import json
+  from experiments.common import markdown_table, write_report
   columns = ["run", *SEARCH_FIELDS, "variance", "rank95", "top1_energy", "knn", "status"]
   table = markdown_table(rows, columns)
-  with open(os.path.join(workdir, "search.md"), "w") as f:
-    f.write(f"# Over-fusion: searching for InfoNCE's collapse onto a line\n\n{table}\n"
-            + "\n".join(notes) + "\n")
-  with open(os.path.join(workdir, "search.json"), "w") as f:
-    json.dump(rows, f, indent=2, default=float)
+  write_report(workdir, f"# Over-fusion: searching for InfoNCE's collapse onto a line\n\n"
+               f"{table}\n" + "\n".join(notes) + "\n", rows, name="search")
   print(table)
   print("\n".join(notes))
   return rows

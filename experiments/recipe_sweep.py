@@ -40,7 +40,8 @@ import platform
 import sys
 import time
 
-from experiments.common import cli, finished_results, markdown_table, pyplot
+from experiments.common import (cli, finished_results, markdown_table, pyplot,
+                                write_report)
 
 STAGES = ("augmentation", "learning rate", "method", "steps")
 SHORT = {"augment_strength": "aug", "learning_rate": "lr", "temperature": "T",
@@ -353,11 +354,8 @@ def run(config, workdir: str, *, progress: bool = True):
       "sweep_minutes": round(sweep_minutes, 2),
       "transfer_minutes": round(transfer_minutes, 2),
       "total_minutes": round((time.time() - t_job) / 60, 2), "machine": machine}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(summary, f, indent=2)
   md = results_markdown(config, summary)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(md)
+  write_report(workdir, md, summary)
   plot(summary, names, os.path.join(workdir, "recipe_sweep.png"))
   print("\n" + md)
   print(f"wrote {workdir}/results.md, results.json, chosen.json, recipe_sweep.png")
