@@ -156,16 +156,6 @@ class ShadowedOverrideError(ValueError):
   """A --config.FIELD override that no run sees (each run sets FIELD)."""
 
 
-def _flat(d, prefix=""):
-  out = {}
-  for k, v in (d.items() if hasattr(d, "items") else ()):
-    if hasattr(v, "items") and len(v):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def _overridden_fields(argv: Sequence[str]) -> List[str]:
   out = []
   for a in argv:
@@ -187,7 +177,8 @@ def shadowed_overrides(config, argv: Sequence[str]) -> List[str]:
     return []
   names = [n.strip() for n in str(config.get("compare") or "").split(",")
            if n.strip() in runs] or list(runs.keys())
-  per_run = {n: _flat(runs[n]) for n in names}
+  from tfjax.workdir import flatten  # lazily: --help must not import JAX
+  per_run = {n: flatten(runs[n]) if hasattr(runs[n], "items") else {} for n in names}
   messages = []
   for field in _overridden_fields(argv):
     if field.split(".")[0] == "runs":

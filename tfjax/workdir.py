@@ -254,12 +254,14 @@ def clear_tree(root: str,
 # ----------------------------------------------------------------------------
 # The config a run remembers.
 # ----------------------------------------------------------------------------
-def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+def flatten(d, prefix: str = "") -> Dict[str, Any]:
+  """``{dotted name: leaf}`` of a nested mapping (a dict or a ConfigDict);
+  an empty mapping is a leaf."""
   out = {}
   for k, v in d.items():
     key = f"{prefix}{k}"
-    if isinstance(v, dict) and v:
-      out.update(_flatten(v, key + "."))
+    if hasattr(v, "items") and len(v):
+      out.update(flatten(v, key + "."))
     else:
       out[key] = v
   return out
@@ -280,7 +282,7 @@ def config_fields(config) -> Dict[str, Any]:
   if not isinstance(config, dict):
     config = json.loads(config.to_json())
   keys = _training_keys()
-  return {k: v for k, v in _flatten(config).items() if k.split(".")[0] in keys}
+  return {k: v for k, v in flatten(config).items() if k.split(".")[0] in keys}
 
 
 def _free(key: str) -> bool:
@@ -553,7 +555,7 @@ def suggest_fields(name: str, config=None, n: int = 3) -> List[str]:
   closest to ``name`` (a dotted or a last-part name)."""
   from tfjax.config import base_config
   config = base_config() if config is None else config
-  names = list(_flatten(json.loads(config.to_json())))
+  names = list(flatten(json.loads(config.to_json())))
   if "." not in name:
     names = sorted(set(config.keys()) | {k for k in names if "." not in k})
   return difflib.get_close_matches(name, names, n=n, cutoff=0.6)
