@@ -11,7 +11,7 @@ is never read by the sweep.  For each method of ``config.methods`` the
 search goes through four stages, each keeping the best value of the stages
 before:
 
-1. ``augment_strength``; 2. ``learning_rate``; 3. the method's own knobs
+1. the augmentation (``augment`` × ``augment_strength``); 2. ``learning_rate``; 3. the method's own knobs
 (temperature for SupCon / SimCLR; the head's depth and final projection for
 TransFusion; the head's form and depth for self-supervised TransFusion);
 4. ``num_steps``.
@@ -44,7 +44,7 @@ from experiments.common import (cli, finished_results, markdown_table, pyplot,
                                 write_report)
 
 STAGES = ("augmentation", "learning rate", "method", "steps")
-SHORT = {"augment_strength": "aug", "learning_rate": "lr", "temperature": "T",
+SHORT = {"augment": "", "augment_strength": "aug", "learning_rate": "lr", "temperature": "T",
          "head.num_layers": "L", "head.final_projection": "proj",
          "head.activation": "act", "head.fuse_within_view": "within",
          "num_steps": "steps"}
@@ -73,7 +73,8 @@ def uses_temperature(config, method) -> bool:
 def default_recipe(config, method) -> dict:
   """The pre-sweep recipe: the fields the sweep tunes for ``method``."""
   d = config.defaults
-  out = {"augment_strength": d.augment_strength, "learning_rate": d.learning_rate}
+  out = {"augment": d.augment, "augment_strength": d.augment_strength,
+         "learning_rate": d.learning_rate}
   if uses_temperature(config, method):
     out["temperature"] = d.temperature
   if is_jsd(config, method):
@@ -98,7 +99,8 @@ def stage_grid(config, method, stage: int) -> list[dict]:
   """The settings (overrides of the stage's fields) of ``stage`` (0-based)."""
   g = config.grid
   if stage == 0:
-    return [{"augment_strength": float(v)} for v in g.augment_strength]
+    return [{"augment": a, "augment_strength": float(v)}
+            for a in g.augment for v in g.augment_strength]
   if stage == 1:
     return [{"learning_rate": float(v)} for v in g.learning_rate]
   if stage == 3:
@@ -137,6 +139,8 @@ def setting_label(setting: dict) -> str:
     if setting.get("head.fuse_within_view"):
       form += "/within"
     return f"L{setting['head.num_layers']} {form}"
+  if "augment" in setting:
+    return f"{setting['augment']} {setting['augment_strength']:g}"
   return ", ".join(f"{SHORT[k]}={v:g}" if isinstance(v, float) else f"{SHORT[k]}={v}"
                    for k, v in setting.items())
 

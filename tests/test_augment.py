@@ -9,7 +9,8 @@ from absl.testing import parameterized
 from tfjax.data import augment as A
 
 IMAGE_FNS = [A.random_resized_crop, A.random_flip, A.color_jitter, A.random_grayscale, A.simclr_augment]
-VECTOR_FNS = [A.gaussian_noise, A.random_shift, A.random_scale, A.random_mask, A.vector_augment]
+VECTOR_FNS = [A.gaussian_noise, A.random_shift, A.random_scale, A.random_mask, A.vector_augment,
+              A.signal_crop, A.random_trend, A.signal_augment]
 
 
 def _image(seed, shape=(12, 10, 3)):
@@ -189,6 +190,54 @@ def test_vector_ops_against_numpy():
         y = np.asarray(mask(key, x, 1.0), np.float64)
         zero = np.all(y == 0, axis=1)
         np.testing.assert_array_equal(y[~zero], xn[~zero])
+
+
+def _np_crop(x, r, t):
+    """float64 reference of signal_crop keeping fraction r, shifted by t."""
+    L = x.shape[0]
+    c = 0.5 * (L - 1)
+    p = np.mod(c + (np.arange(L) - c) * r + t, L)
+    lo = np.floor(p).astype(int) % L
+    w = (p - np.floor(p))[:, None]
+    return (1 - w) * x[lo] + w * x[(lo + 1) % L]
+
+
+def test_signal_crop_and_trend_against_numpy():
+    x = _vec(12, (40, 2))
+    xn = np.asarray(x, np.float64)
+    crop, trend = jax.jit(A.signal_crop), jax.jit(A.random_trend)
+    for k in range(10):
+        key = jax.random.key(k)
+        for s in [0.3, 1.0]:
+            k1, k2 = jax.random.split(key)  # the uniforms the function draws
+            r = 1.0 - 0.4 * s * float(jax.random.uniform(k1))
+            t = float(jax.random.uniform(k2, minval=-0.5, maxval=0.5)) * s * 40
+            assert 1 - 0.4 * s - 1e-6 <= r <= 1 and abs(t) <= 20 * s
+            np.testing.assert_allclose(np.asarray(crop(key, x, s), np.float64), _np_crop(xn, r, t),
+                                       rtol=1e-4, atol=1e-4)
+        # trend: x plus a * rms * ramp with |a| <= s
+        d = np.asarray(trend(key, x, 0.5), np.float64) - xn
+        ramp = np.linspace(-0.5, 0.5, 40)[:, None]
+        rms = np.sqrt(np.mean(xn**2))
+        a = (d * ramp).sum() / (ramp * ramp).sum() / 2 / rms
+        assert abs(a) <= 0.5 + 1e-5
+        np.testing.assert_allclose(d, a * rms * np.broadcast_to(ramp, d.shape), atol=1e-5)
+    # the reference itself: r = 1 with an integer shift is a circular roll
+    np.testing.assert_allclose(_np_crop(xn, 1.0, 3.0), np.roll(xn, -3, axis=0))
+    with pytest.raises(ValueError, match=r"signal_crop: expected a signal \[L, C\]"):
+        A.signal_crop(jax.random.key(0), jnp.zeros((5,)), 1.0)
+
+
+def test_signal_augment_by_name_and_finite_gradient():
+    assert A.get_augmentation("signal", "signal") is A.signal_augment
+    with pytest.raises(ValueError, match="augmentation 'signal' is for signal data, not vector data"):
+        A.get_augmentation("signal", "vector")
+    with pytest.raises(ValueError, match="augmentation 'simclr' is for image data, not signal data"):
+        A.get_augmentation("simclr", "signal")
+    y = jax.jit(A.signal_augment)(jax.random.key(0), _vec(3, (40, 1)), 1.0)
+    chex.assert_shape(y, (40, 1))
+    g = jax.grad(lambda x: jnp.sum(A.signal_augment(jax.random.key(1), x, 1.0) ** 2))(jnp.zeros((40, 1)))
+    assert bool(jnp.all(jnp.isfinite(g)))
 
 
 def test_mask_rate_and_noise_scale_statistics():

@@ -38,7 +38,10 @@ The experiment's own fields:
 * ``tie_tolerance``: a setting within this of the stage's best counts as a
   tie; ties keep the incumbent (the value carried in from the stages before,
   i.e. the default) when it is in the grid, else the first setting in grid order.
-* ``grid``: the values of each stage (1: ``augment_strength``,
+* ``grid``: the values of each stage (1: ``augment`` × ``augment_strength``
+  — ``vector`` masks, shifts by up to L/4, scales and adds noise at SNR 1/s;
+  ``signal`` crops and resizes circularly, scales, adds a linear trend and
+  noise at SNR 10/s (tfjax.data.augment) —,
   2: ``learning_rate``, 3: ``temperature`` for SupCon / SimCLR,
   ``transfusion_layers`` × ``transfusion_projection`` for TransFusion,
   ``ssl_forms`` × ``ssl_layers`` for self-supervised TransFusion — a form is
@@ -69,14 +72,14 @@ METHOD_RUNS = {
 }
 
 TINY_GRID = dict(  # 2-value grids where a stage has a choice to test
-    augment_strength=(0.5, 1.0), learning_rate=(2e-3,),
+    augment=("vector",), augment_strength=(0.5, 1.0), learning_rate=(2e-3,),
     temperature=(0.1, 0.5), transfusion_layers=(1,),
     transfusion_projection=("learned", "none"),
     ssl_forms=("learned/relu", "none/square"), ssl_layers=(1,),
     num_steps=(10,))
 
 FULL_GRID = dict(
-    augment_strength=(0.1, 0.2, 0.3, 0.5, 1.0),
+    augment=("vector", "signal"), augment_strength=(0.1, 0.3, 0.5, 1.0),
     learning_rate=(1e-3, 2e-3, 4e-3),
     temperature=(0.1, 0.2, 0.5),
     transfusion_layers=(1, 2, 3),
@@ -118,7 +121,7 @@ def get_config(arg: str = ""):
     c.tie_tolerance = 0.005
     c.grid = ml_collections.ConfigDict(FULL_GRID)
     c.defaults = ml_collections.ConfigDict(dict(
-        augment_strength=1.0, learning_rate=2e-3, temperature=0.1,
+        augment="vector", augment_strength=1.0, learning_rate=2e-3, temperature=0.1,
         num_layers=3, final_projection="learned", activation="relu",
         fuse_within_view=False, num_steps=400))
     c.transfer = ml_collections.ConfigDict(dict(

@@ -44,6 +44,9 @@ __all__ = [
     "random_scale",
     "random_mask",
     "vector_augment",
+    "signal_crop",
+    "random_trend",
+    "signal_augment",
     "augment_batch",
     "make_views",
     "get_augment_fn",
@@ -250,6 +253,16 @@ def _vec_strength(strength, what):
     return jnp.maximum(_check_strength(strength, what), 0.0)
 
 
+def _rms(x):
+    """Root mean square of ``x``, scale-safe (divided by max |x| before
+    squaring) and with a finite gradient at x = 0 (where it is 0)."""
+    m = jnp.max(jnp.abs(x))
+    pos = m > 0
+    m = jnp.where(pos, m, 1.0)
+    ms = jnp.mean(jnp.square(x / m))
+    return jnp.where(pos, m * jnp.sqrt(jnp.where(pos, ms, 1.0)), 0.0)
+
+
 def gaussian_noise(key, x, strength):
     """Add isotropic noise proportional to the example's RMS (our choice).
 
@@ -258,7 +271,7 @@ def gaussian_noise(key, x, strength):
     """
     x = _check_vector(x, "gaussian_noise")
     s = _vec_strength(strength, "gaussian_noise")
-    rms = jnp.sqrt(jnp.mean(jnp.square(x)))
+    rms = _rms(x)
     return x + (s * rms) * jax.random.normal(key, x.shape, x.dtype)
 
 
@@ -311,6 +324,68 @@ def vector_augment(key, x, strength):
     x = random_scale(k2, x, strength)
     x = random_mask(k3, x, strength)
     return gaussian_noise(k4, x, strength)
+
+
+def signal_crop(key, x, strength):
+    """A random crop of a signal, resized to its length (circular, linear
+    interpolation): SimCLR's random resized crop in one dimension.
+
+    Output step ``i`` reads the input at ``p_i = (c + (i - c) r + t) mod L``
+    (``c = (L - 1) / 2``), linearly interpolated between the two neighbouring
+    steps (circularly), where the crop keeps a fraction ``r ~ U(1 - 0.4 s, 1)``
+    of the signal and is shifted by ``t ~ U(-s L / 2, s L / 2)``; s = strength
+    clipped to [0, 1]. At s = 1 every circular shift is reachable and up to
+    40 % of the signal is cut and the rest stretched by up to 1/0.6 —
+    translation and dilation, the nuisances of MNIST-1D's generator (the
+    ranges are our choice). With r = 1 and an integer t it is a circular roll.
+    x: ``[L, C]``.
+    """
+    x = _check_vector(x, "signal_crop")
+    if x.ndim != 2:
+        raise ValueError(f"signal_crop: expected a signal [L, C], got shape {x.shape}")
+    s = jnp.clip(_check_strength(strength, "signal_crop"), 0.0, 1.0)
+    k1, k2 = jax.random.split(key)
+    L = x.shape[0]
+    r = 1.0 - 0.4 * s * jax.random.uniform(k1)
+    t = jax.random.uniform(k2, minval=-0.5, maxval=0.5) * s * L
+    c = 0.5 * (L - 1)
+    p = jnp.mod(c + (jnp.arange(L, dtype=jnp.float32) - c) * r + t, L)
+    lo = jnp.floor(p)
+    w = (p - lo)[:, None].astype(x.dtype)
+    lo = lo.astype(jnp.int32) % L
+    hi = (lo + 1) % L
+    return (1 - w) * x[lo] + w * x[hi]
+
+
+def random_trend(key, x, strength):
+    """Add a linear trend: ``x_i + a * rms(x) * (i / (L - 1) - 1/2)``, ``a ~ U(-s, s)``.
+
+    MNIST-1D's "shear" nuisance (our scale: relative to the signal's RMS).
+    x: ``[L]`` or ``[L, C]`` (the same ramp on every channel).
+    """
+    x = _check_vector(x, "random_trend")
+    s = _vec_strength(strength, "random_trend")
+    L = x.shape[0]
+    a = jax.random.uniform(key, minval=-1.0, maxval=1.0) * s
+    rms = _rms(x)
+    ramp = jnp.linspace(-0.5, 0.5, L, dtype=x.dtype).reshape((L,) + (1,) * (x.ndim - 1))
+    return x + (a * rms).astype(x.dtype) * ramp
+
+
+def signal_augment(key, x, strength):
+    """Augmentation for 1-D signals ``[L, C]`` from the nuisances of their
+    generation (our choice, modelled on MNIST-1D's generator): a resized
+    crop (circular shift + stretch, :func:`signal_crop`) -> scale -> linear trend -> noise.
+
+    The noise is :func:`gaussian_noise` at a tenth of the strength (SNR 10 at
+    s = 1) and nothing is masked, unlike :func:`vector_augment`.
+    """
+    x = _check_vector(x, "signal_augment")
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    x = signal_crop(k1, x, strength)
+    x = random_scale(k2, x, strength)
+    x = random_trend(k3, x, strength)
+    return gaussian_noise(k4, x, 0.1 * _vec_strength(strength, "signal_augment"))
 
 
 # ----------------------------------------------------------------------------
@@ -393,17 +468,29 @@ def sign_flip_noise(key, x, strength):
 AUGMENTATIONS = {
     "simclr": simclr_augment,
     "vector": vector_augment,
+    "signal": signal_augment,
     "gaussian_noise": gaussian_noise,
     "isotropic_noise": isotropic_noise,
     "sign_flip_noise": sign_flip_noise,
 }
 
+# The data kinds each augmentation accepts (images are [H, W, C]; vector
+# augmentations take [d] or [L, C]; the signal one needs an order in time).
+_KINDS = {"simclr": ("image",), "vector": ("vector", "signal"), "signal": ("signal",),
+          "gaussian_noise": ("vector", "signal"), "isotropic_noise": ("vector", "signal"),
+          "sign_flip_noise": ("vector", "signal")}
+
 
 def get_augmentation(name: str, kind: str) -> Callable:
     """The augmentation called ``name``; ``""`` gives the default of the data
-    ``kind`` (:func:`get_augment_fn`). Unknown names raise a ValueError."""
+    ``kind`` (:func:`get_augment_fn`). Unknown names, and a name meant for
+    another kind of data, raise a ValueError."""
     if not name:
         return get_augment_fn(kind)
     if name not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {name!r}; known: {', '.join(sorted(AUGMENTATIONS))}")
+    kinds = _KINDS.get(name, ())
+    if kind not in kinds:
+        raise ValueError(f"augmentation {name!r} is for {' or '.join(kinds)} data, "
+                         f"not {kind} data")
     return AUGMENTATIONS[name]
