@@ -9,13 +9,22 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# No persistent compilation cache in tests: an experiment that turns it on
-# (head_ablation) must not leave later tests compiling through it (XLA
-# segfaulted compiling the mock main job with the cache on).
-os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
 # Never let a test wait on a download: TFDS must fail fast offline.
 os.environ.setdefault("TFDS_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", ".tfds_test_data"))
 
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs_after_each_module():
+  # The suite compiles thousands of programs in one process; on CPU each
+  # holds memory mappings and Linux allows 65,530 per process. Library runs
+  # free theirs (tfjax.train.release_compiled_programs); tests that jit
+  # directly are freed here, module by module.
+  yield
+  jax.clear_caches()

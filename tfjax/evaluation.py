@@ -41,6 +41,13 @@ from tfjax.probes import knn_accuracy, knn_classify, linear_probe, standardize  
 Array = jax.Array
 
 
+def clear_compiled() -> None:
+  """Drops the cached jitted feature, fusion and BatchNorm-statistics
+  functions (and so their compiled programs); the next call recompiles."""
+  for cached in (_feature_fn, _fused_fn, _batch_stat_fn):
+    cached.cache_clear()
+
+
 @functools.lru_cache(maxsize=32)
 def _feature_fn(model: ContrastiveNet, embeddings: bool) -> Callable:
   """One jitted feature function per (network, kind), reused across calls."""

@@ -86,7 +86,11 @@ def compile_step(num_devices: int, steps_per_call: int = 1) -> Callable:
   with a leading step axis on ``batches`` ([S, n, ...]; [D, S, n/D, ...]
   under pmap) and ``keys`` [S].
   """
-  fn = train_step if steps_per_call == 1 else train_steps
+  base = train_step if steps_per_call == 1 else train_steps
+
+  def fn(state, batch, key):  # a fresh function: its compiled programs die with it
+    return base(state, batch, key)
+
   if num_devices == 1:
     return jax.jit(fn, donate_argnums=(0,))
   return jax.pmap(fn, axis_name="batch", in_axes=(0, 0, None),
@@ -152,6 +156,25 @@ def _leaf_flags(tree):
 
 _finite_flags = jax.jit(_leaf_flags)
 _finite_flags_pmap = jax.pmap(_leaf_flags)   # per device, no gather
+
+
+def release_compiled_programs() -> None:
+  """Frees the XLA programs compiled for runs that have finished.
+
+  Every run compiles its own step, finiteness check and feature functions
+  (their static recipe and model differ), and JAX keeps a compiled program
+  as long as the function it belongs to.  On CPU each program holds a few
+  memory mappings of machine code, and Linux allows a process 65,530
+  (``vm.max_map_count``): a sweep of ~35 MNIST-1D runs in one process used to
+  exhaust them and die with a segmentation fault inside XLA's compiler.
+  :func:`train_and_evaluate` and :func:`evaluate_untrained` call this when
+  they finish; it clears only tfjax's own caches (the step functions are
+  per run already), not the caller's jitted functions.
+  """
+  global _finite_flags_pmap
+  _finite_flags.clear_cache()
+  _finite_flags_pmap = jax.pmap(_leaf_flags)   # pmap has no clear_cache
+  evaluation.clear_compiled()
 
 
 def nonfinite_state(state: TrainState, *, replicated: bool = False) -> list:
@@ -308,10 +331,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if data is None:
     workdirs.check_dataset(config, spec)
   show = _Progress(progress and distributed.is_primary())
-  with workdirs.RunDirectory(workdir, config, overwrite=overwrite,
-                             say=show.warn) as run:
-    return _train_and_evaluate(config, workdir, spec, run, show, data=data,
-                               stop_after=stop_after)
+  try:
+    with workdirs.RunDirectory(workdir, config, overwrite=overwrite,
+                               say=show.warn) as run:
+      return _train_and_evaluate(config, workdir, spec, run, show, data=data,
+                                 stop_after=stop_after)
+  finally:
+    release_compiled_programs()
 
 
 def _train_and_evaluate(config, workdir, spec, run, show, *, data, stop_after):
@@ -486,4 +512,5 @@ def evaluate_untrained(config, data=None, *, precise_bn: bool = True,
         max_batches=max_bn_batches)
     state = state.replace(batch_stats=stats)
   out = evaluate_state(state, train_source, test_source, labels, num_classes, config)
+  release_compiled_programs()
   return {k: v for k, v in out.items() if not k.startswith("embedding")}
