@@ -41,3 +41,18 @@ def test_downstream_tiny_writes_merged_table(tmp_path):
   assert "| digits | raw inputs (no training) |" in (tmp_path / "results.md").read_text()
   assert (tmp_path / "downstream.png").stat().st_size > 0
   assert len(json.loads((tmp_path / "results.json").read_text())) == 6
+
+
+def test_downstream_keeps_a_recipe_augmentation_only_where_it_fits():
+  from experiments.configs.downstream import get_config
+  from tfjax.state import validate_config
+  config = get_config("")
+  assert config.runs.simclr.augment == "signal"          # the MNIST-1D recipe
+  digits = downstream.dataset_config(config, "digits")   # images
+  assert digits.runs.simclr.augment == "" and digits.runs.transfusion_ssl.augment == ""
+  assert downstream.dataset_config(config, "mnist1d").runs.simclr.augment == "signal"
+  assert "augment" not in digits.runs.supcon            # the vector default already fits
+  from experiments.train import run_configs
+  for name in ("digits", "mnist1d"):                     # every run is a valid config
+    for _, c in run_configs(downstream.dataset_config(config, name)):
+      validate_config(c, 1)

@@ -481,6 +481,11 @@ _KINDS = {"simclr": ("image",), "vector": ("vector", "signal"), "signal": ("sign
           "sign_flip_noise": ("vector", "signal")}
 
 
+def fits(name: str, kind: str) -> bool:
+    """Whether the augmentation ``name`` ("" = the kind's default) takes data of ``kind``."""
+    return not name or kind in _KINDS.get(name, ())
+
+
 def get_augmentation(name: str, kind: str) -> Callable:
     """The augmentation called ``name``; ``""`` gives the default of the data
     ``kind`` (:func:`get_augment_fn`). Unknown names, and a name meant for
