@@ -29,16 +29,10 @@ def dataset_config(config, name: str):
   if name not in config.backbones:
     raise ValueError(f"no backbone for dataset {name!r}; known: "
                      f"{sorted(config.backbones)}")
-  from tfjax.data.augment import fits
-  from tfjax.data.registry import get_dataset_spec
   c = config.copy_and_resolve_references()
   c.dataset = name
   c.backbone = config.backbones[name].backbone
   c.backbone_kwargs = dict(config.backbones[name].backbone_kwargs)
-  kind = get_dataset_spec(name).kind
-  for run in c.runs.values():  # e.g. the signal augmentation on images
-    if not fits(run.get("augment", c.augment), kind):
-      run.augment = ""   # the data kind's default (our choice)
   return c
 
 

@@ -35,12 +35,30 @@ def run_configs(config):
   if unknown or not names:
     raise ValueError(f"compare names unknown runs {unknown or names}; "
                      f"defined: {sorted(config.runs)}")
+  from tfjax.data.augment import fits
+  kind = _data_kind(config.dataset)
   out = []
   for name in names:
     c = config.copy_and_resolve_references()
     apply_overrides(c, config.runs[name], f"run {name!r}")
+    if kind and not fits(c.augment, kind):
+      # A recipe tuned on one kind of data (MNIST-1D's signal augmentation)
+      # run on another: the kind's default, said aloud (our choice).
+      print(f"run {name!r}: augmentation {c.augment!r} does not fit {kind} data "
+            f"({config.dataset}); using the {kind} default", flush=True)
+      c.augment = ""
     out.append((name, c))
   return out
+
+
+def _data_kind(dataset: str):
+  """The registry dataset's kind, or None for a name it does not know (the
+  config check then says so)."""
+  from tfjax.data.registry import get_dataset_spec
+  try:
+    return get_dataset_spec(dataset).kind
+  except ValueError:
+    return None
 
 
 def apply_overrides(config, overrides, where: str = "overrides"):

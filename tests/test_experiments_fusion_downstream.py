@@ -43,16 +43,17 @@ def test_downstream_tiny_writes_merged_table(tmp_path):
   assert len(json.loads((tmp_path / "results.json").read_text())) == 6
 
 
-def test_downstream_keeps_a_recipe_augmentation_only_where_it_fits():
+def test_recipes_keep_their_augmentation_only_where_it_fits(capsys):
   from experiments.configs.downstream import get_config
+  from experiments.train import run_configs
   from tfjax.state import validate_config
   config = get_config("")
   assert config.runs.simclr.augment == "signal"          # the MNIST-1D recipe
-  digits = downstream.dataset_config(config, "digits")   # images
-  assert digits.runs.simclr.augment == "" and digits.runs.transfusion_ssl.augment == ""
-  assert downstream.dataset_config(config, "mnist1d").runs.simclr.augment == "signal"
-  assert "augment" not in digits.runs.supcon            # the vector default already fits
-  from experiments.train import run_configs
-  for name in ("digits", "mnist1d"):                     # every run is a valid config
-    for _, c in run_configs(downstream.dataset_config(config, name)):
+  digits = dict(run_configs(downstream.dataset_config(config, "digits")))   # images
+  assert digits["simclr"].augment == "" and digits["transfusion_ssl"].augment == ""
+  assert "run 'simclr': augmentation 'signal' does not fit image data (digits)" in capsys.readouterr().out
+  mnist1d = dict(run_configs(downstream.dataset_config(config, "mnist1d")))
+  assert mnist1d["simclr"].augment == "signal" and mnist1d["supcon"].augment == ""
+  for runs in (digits, mnist1d):                         # every run is a valid config
+    for c in runs.values():
       validate_config(c, 1)

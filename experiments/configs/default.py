@@ -1,9 +1,16 @@
 r"""Main job: TransFusion vs SupCon, self-supervised TransFusion vs SimCLR, on MNIST-1D.
 
-    python -m experiments.train                      # this file: 5 seeds, ~N min
+    python -m experiments.train                      # this file: 5 seeds, ~15 min
     python -m experiments.train --config=experiments/configs/default.py:quick   # 1 seed
 
-Gives (2-core CPU; the README's "Main job" table): see RESULT below.
+Gives (2-core CPU, test split, mean ± std over 5 seeds; kNN / linear probe of
+the backbone features):
+
+    TransFusion, class targets          0.985 ± 0.002 / 0.981 ± 0.005
+    SupCon, class targets               0.988 ± 0.002 / 0.986 ± 0.001
+    SimCLR                              0.881 ± 0.010 / 0.922 ± 0.003
+    TransFusion, self-supervised        0.847 ± 0.008 / 0.917 ± 0.004
+    random-init CNN1D (fair baseline)   0.700 ± 0.015 / 0.870 ± 0.011
 
 Every method trains the same CNN1D backbone and projector on offline MNIST-1D
 (4000 train / 1000 test signals); its recipe (augmentation strength, learning
