@@ -1,6 +1,6 @@
 r"""Main job: TransFusion vs SupCon, self-supervised TransFusion vs SimCLR, on MNIST-1D.
 
-    python -m experiments.train                      # this file: 5 seeds, ~15 min
+    python -m experiments.train                      # this file: 5 seeds, ~9 min
     python -m experiments.train --config=experiments/configs/default.py:quick   # 1 seed
 
 Gives (2-core CPU, test split, mean ± std over 5 seeds; kNN / linear probe of
