@@ -398,7 +398,6 @@ def plot(s, path):
   plt.close(fig)
 
 
-
 def run(config, workdir: str, *, progress: bool = True):
   """The ablation (see the module docstring).  JAX's persistent compilation
   cache (``config.compilation_cache``) is on only while it runs: the global
@@ -415,6 +414,7 @@ def run(config, workdir: str, *, progress: bool = True):
       for k, v in before.items():
         jax.config.update(k, v)
       compilation_cache.reset_cache()   # JAX opened the cache once: close it
+
 
 def main(argv=None):
   return cli(run, "head_ablation", argv, __doc__)

@@ -234,6 +234,12 @@ def test_signal_augment_by_name_and_finite_gradient():
         A.get_augmentation("signal", "vector")
     with pytest.raises(ValueError, match="augmentation 'simclr' is for image data, not signal data"):
         A.get_augmentation("simclr", "signal")
+    # one a user registers takes any kind of data
+    A.AUGMENTATIONS["my_identity"] = lambda key, x, s: x
+    try:
+        assert A.fits("my_identity", "image") and A.get_augmentation("my_identity", "signal")
+    finally:
+        del A.AUGMENTATIONS["my_identity"]
     y = jax.jit(A.signal_augment)(jax.random.key(0), _vec(3, (40, 1)), 1.0)
     chex.assert_shape(y, (40, 1))
     g = jax.grad(lambda x: jnp.sum(A.signal_augment(jax.random.key(1), x, 1.0) ** 2))(jnp.zeros((40, 1)))

@@ -474,8 +474,9 @@ AUGMENTATIONS = {
     "sign_flip_noise": sign_flip_noise,
 }
 
-# The data kinds each augmentation accepts (images are [H, W, C]; vector
-# augmentations take [d] or [L, C]; the signal one needs an order in time).
+# The data kinds each built-in augmentation accepts (images are [H, W, C];
+# vector augmentations take [d] or [L, C]; the signal one needs an order in
+# time). One added to AUGMENTATIONS without an entry here takes any kind.
 _KINDS = {"simclr": ("image",), "vector": ("vector", "signal"), "signal": ("signal",),
           "gaussian_noise": ("vector", "signal"), "isotropic_noise": ("vector", "signal"),
           "sign_flip_noise": ("vector", "signal")}
@@ -483,7 +484,7 @@ _KINDS = {"simclr": ("image",), "vector": ("vector", "signal"), "signal": ("sign
 
 def fits(name: str, kind: str) -> bool:
     """Whether the augmentation ``name`` ("" = the kind's default) takes data of ``kind``."""
-    return not name or kind in _KINDS.get(name, ())
+    return not name or kind in _KINDS.get(name, (kind,))
 
 
 def get_augmentation(name: str, kind: str) -> Callable:
@@ -494,8 +495,7 @@ def get_augmentation(name: str, kind: str) -> Callable:
         return get_augment_fn(kind)
     if name not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {name!r}; known: {', '.join(sorted(AUGMENTATIONS))}")
-    kinds = _KINDS.get(name, ())
-    if kind not in kinds:
-        raise ValueError(f"augmentation {name!r} is for {' or '.join(kinds)} data, "
+    if not fits(name, kind):
+        raise ValueError(f"augmentation {name!r} is for {' or '.join(_KINDS[name])} data, "
                          f"not {kind} data")
     return AUGMENTATIONS[name]
