@@ -487,6 +487,8 @@ CASES = [
      Raises(ValueError, "momentum must be finite and in [0, 1), got 1.5")),
     ("log_every=0", _before_compute(fast(log_every=0)),
      Raises(ValueError, "log_every must be an integer >= 1, got 0")),
+    ("input.in_memory_mb=-1", _before_compute(fast(**{"input.in_memory_mb": -1})),
+     Raises(ValueError, "input.in_memory_mb must be an integer >= 0, got -1")),
     ("unknown schedule", _before_compute(fast(schedule="cosine")),
      Raises(ValueError, "unknown schedule 'cosine'")),
     ("batch larger than the registry split (no data read)",

@@ -176,3 +176,32 @@ def test_mnist1d_variant_differs_from_default(data_dir):
     xs, ys = load_arrays("mnist1d_shifted", "test", data_dir=data_dir)
     assert x.shape == xs.shape == (1000, 40, 1)
     assert not np.allclose(x, xs)
+
+
+def test_in_memory_reads_small_sources_whole_and_keeps_batches(data_dir):
+    from tfjax.data.pipeline import (ArraySource, in_memory, open_source, read_batch,
+                                     split_source, train_batches)
+
+    source = open_source("mnist1d", "train", data_dir=data_dir)
+    copy = in_memory(source, 1 << 20)   # 4000 × 40 float32 = 625 KiB
+    assert isinstance(copy, ArraySource) and len(copy) == len(source)
+    rows = np.array([0, 17, 3999, 17])
+    want, got = read_batch(source, rows), read_batch(copy, rows)
+    for key in ("x", "label", "index"):
+        np.testing.assert_array_equal(got[key], want[key])
+    # The training batches of a step are the same from disk and from memory.
+    kw = dict(seed=3, batch_size=32, start_step=5, end_step=7, num_threads=0)
+    for (s1, _, b1), (s2, _, b2) in zip(train_batches(source, **kw),
+                                        train_batches(copy, **kw)):
+        assert s1 == s2
+        np.testing.assert_array_equal(b1["x"], b2["x"])
+        np.testing.assert_array_equal(b1["label"], b2["label"])
+    # Over the limit, or the limit 0: streamed (the source itself); a source
+    # already in memory is returned as it is; subsets are read in their order.
+    assert in_memory(source, 4000 * 40 * 4 - 1) is source
+    assert in_memory(source, 0) is source
+    assert in_memory(copy, 1 << 20) is copy
+    _, val = split_source(source, 0.25, seed=0)
+    val_copy = in_memory(val, 1 << 20)
+    np.testing.assert_array_equal(val_copy.x[5], source[int(val.indices[5])]["x"])
+    np.testing.assert_array_equal(val_copy.labels, val.labels)

@@ -90,9 +90,15 @@ def base_config() -> ml_collections.ConfigDict:
   # ~50x slower (measured: CNN1D, batch 128, 10.8 ms a step vs 0.52 s).
   c.steps_per_call = 1
   # Input pipeline (grain over random-access sources): reader threads and
-  # batches prefetched on the host and on the devices.
+  # batches prefetched on the host and on the devices.  A split of at most
+  # ``in_memory_mb`` MiB (as float32) is read into memory once (our choice:
+  # random reads of a TFDS record cost ~25 µs, so a batch of 128 MNIST-1D
+  # signals took 3 ms of host time a step, a third of the step; from
+  # memory, 0.06 ms).  Larger splits (CIFAR-10's 50,000 images are 586 MiB)
+  # stream from disk, so host memory does not grow with the dataset; 0
+  # always streams.
   c.input = ml_collections.ConfigDict(dict(
-      num_threads=4, host_prefetch=4, device_prefetch=2))
+      num_threads=4, host_prefetch=4, device_prefetch=2, in_memory_mb=32))
   # Bookkeeping.  A logged step also checks that the loss, the gradient norm
   # and the state are finite (a diverged run stops there); checkpoints are
   # checked before they are written.

@@ -145,6 +145,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
   _check_real(config, "weight_decay", low=0.0)
   _check_real(config, "momentum", low=0.0, high=1.0)
   _check_real(config, "augment_strength", low=0.0)
+  for name in ("input.num_threads", "input.host_prefetch", "input.device_prefetch",
+               "input.in_memory_mb"):
+    if name.split(".")[1] in config.get("input", {}):
+      _check_int(config, name, 0)
   for name in ("eval.batch_size", "eval.knn_k"):
     _check_int(config, name, 1)
   for name in ("eval.linear_steps", "eval.finetune_steps"):

@@ -32,9 +32,11 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+import weakref
 from typing import Any, Callable, Dict, Mapping, Optional
 
 import jax
@@ -122,6 +124,29 @@ def open_splits(config, spec, data=None):
   if config.get("validation_fraction"):
     return pipeline.split_source(splits[0], config.validation_fraction, seed=0)
   return splits
+
+
+# Sources already read into memory, by the object a caller passed (a job
+# passes the same sources to every run of its seeds): read once.
+_READ = weakref.WeakKeyDictionary()
+
+
+def _in_memory(config, *sources):
+  """The sources read into memory when small (``config.input.in_memory_mb``)."""
+  limit = int(config.get("input", {}).get("in_memory_mb", 0)) << 20
+  out = []
+  for source in sources:
+    try:
+      copy = _READ.get(source)
+    except TypeError:   # not weak-referable: read it again
+      copy = None
+    if copy is None or copy.x.nbytes > limit:
+      copy = pipeline.in_memory(source, limit)
+      if copy is not source:
+        with contextlib.suppress(TypeError):
+          _READ[source] = copy
+    out.append(copy)
+  return tuple(out)
 
 
 def _num_classes(spec, train_source, data) -> int:
@@ -350,6 +375,7 @@ def _train_and_evaluate(config, workdir, spec, run, show, *, data, stop_after):
   train_source, test_source = open_splits(config, spec, data)
   _check_batch_fits(config, train_source)
   run.start(train_source, test_source)   # checks the data; writes config.json
+  train_source, test_source = _in_memory(config, train_source, test_source)
   semi = None
   if config.label_fraction is not None:  # one pass over the labels (4 B each)
     semi = pipeline.semi_labels(pipeline.source_labels(train_source),
@@ -500,7 +526,8 @@ def evaluate_untrained(config, data=None, *, precise_bn: bool = True,
   spec = validate_config(config, 1)
   if data is None:
     workdirs.check_dataset(config, spec, batch_size=False)
-  train_source, test_source = open_splits(config, spec, data)
+  train_source, test_source = _in_memory(
+      config, *open_splits(config, spec, data))
   labels = pipeline.source_labels(train_source)
   num_classes = _num_classes(spec, train_source, data)
   state = create_train_state(config, jax.random.key(config.seed),
