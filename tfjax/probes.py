@@ -104,6 +104,9 @@ def _knn_votes(train_n, train_labels, queries, temperature, *, k, num_classes):
   q = _l2_normalize(queries)
   sim = jnp.matmul(q, train_n.T, precision=jax.lax.Precision.HIGHEST)  # [b, N]
   top_sim, top_idx = jax.lax.top_k(sim, k)                            # [b, k]
+  # The barrier keeps XLA:CPU from fusing top_k with the arithmetic below
+  # into a ~40x slower kernel (measured: 1000 × 4000, k = 20: 440 ms -> 13 ms).
+  top_sim, top_idx = jax.lax.optimization_barrier((top_sim, top_idx))
   # exp(s/τ) up to the per-row factor exp(-s_max/τ): same argmax, no overflow.
   weights = jnp.exp((top_sim - top_sim[:, :1]) / temperature)
   onehot = jax.nn.one_hot(train_labels[top_idx], num_classes, dtype=weights.dtype)
