@@ -141,7 +141,10 @@ def cli(run: Callable, name: str, argv: Optional[Sequence[str]] = None,
           print(f"--overwrite: removed {len(removed)} files and directories "
                 f"of earlier runs under {workdir}", file=sys.stderr, flush=True)
       workdirs.agree(prepare)
-      return run(config, workdir, progress=fv.progress)
+      cache = (os.path.join(workdir, COMPILATION_CACHE)
+               if config.get("compilation_cache") else None)
+      with compilation_cache(cache):
+        return run(config, workdir, progress=fv.progress)
   except Exception as e:  # one line for users, the traceback with --debug
     if debug:
       raise
@@ -150,6 +153,42 @@ def cli(run: Callable, name: str, argv: Optional[Sequence[str]] = None,
     raise SystemExit(2) from None
   finally:
     warnings.formatwarning = formatwarning
+
+
+# Where a config with ``compilation_cache = True`` keeps XLA's programs.
+COMPILATION_CACHE = "jax_cache"
+
+
+@contextlib.contextmanager
+def compilation_cache(directory: Optional[str], min_compile_seconds: float = 0.1):
+  """JAX's persistent compilation cache in ``directory`` while the block runs.
+
+  A job of many runs compiles the same programs again and again: every
+  seed of a recipe (the recipe is static in the step), and tfjax frees each
+  finished run's programs (``tfjax.train.release_compiled_programs``).
+  With the cache, the second run reads them from disk: measured on the main
+  job (2-core CPU), ~4 s less per run.  Programs that compiled in under
+  ``min_compile_seconds`` are not written.  ``None`` leaves JAX as it is.
+  The previous settings are restored afterwards, so a notebook keeps its
+  own.
+  """
+  if directory is None:
+    yield
+    return
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache as cc
+  settings = {"jax_compilation_cache_dir": os.path.abspath(directory),
+              "jax_persistent_cache_min_compile_time_secs": min_compile_seconds}
+  before = {k: getattr(jax.config, k) for k in settings}
+  for k, v in settings.items():
+    jax.config.update(k, v)
+  cc.reset_cache()   # JAX opens its cache once: open it here, in directory
+  try:
+    yield
+  finally:
+    for k, v in before.items():
+      jax.config.update(k, v)
+    cc.reset_cache()
 
 
 class ShadowedOverrideError(ValueError):

@@ -152,7 +152,8 @@ def margin_sigma(row, base) -> float:
 # ----------------------------------------------------------------------------
 # The experiment.
 # ----------------------------------------------------------------------------
-def _run(config, workdir: str, *, progress: bool = True):
+def run(config, workdir: str, *, progress: bool = True):
+  """The ablation (see the module docstring)."""
   import jax
   from tfjax import train
   from tfjax.state import validate_config
@@ -170,9 +171,6 @@ def _run(config, workdir: str, *, progress: bool = True):
       for act in (config.activation, *config.comparison_activations):
         validate_config(training_config(config, name, {**recipe,
                                                        "head.activation": act}), 1)
-  if config.compilation_cache:
-    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
   say = print
   t_job = time.time()
@@ -396,24 +394,6 @@ def plot(s, path):
   fig.tight_layout()
   fig.savefig(path, dpi=110, bbox_inches="tight")
   plt.close(fig)
-
-
-def run(config, workdir: str, *, progress: bool = True):
-  """The ablation (see the module docstring).  JAX's persistent compilation
-  cache (``config.compilation_cache``) is on only while it runs: the global
-  setting is restored afterwards, so a notebook or test session that calls
-  ``run`` keeps its own."""
-  import jax
-  from jax.experimental.compilation_cache import compilation_cache
-  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-  before = {k: getattr(jax.config, k) for k in keys}
-  try:
-    return _run(config, workdir, progress=progress)
-  finally:
-    if config.compilation_cache:
-      for k, v in before.items():
-        jax.config.update(k, v)
-      compilation_cache.reset_cache()   # JAX opened the cache once: close it
 
 
 def main(argv=None):

@@ -14,6 +14,7 @@ from experiments import train as main_job
 from tfjax import methods, train
 from tfjax.config import base_config
 from tfjax.data.pipeline import batch_indices
+from tfjax.data.registry import get_dataset_spec
 from tfjax.state import create_train_state, validate_config
 from tfjax.step import step_key, train_step, train_steps
 
@@ -439,3 +440,68 @@ def test_finished_runs_release_their_compiled_programs(tmp_path):
     counts.append(maps())
   # without the release each run kept ~600 mappings; allow allocator noise
   assert counts[-1] - counts[0] < 150, counts
+
+
+def test_in_memory_input_trains_exactly_as_streaming(tmp_path):
+  """``input.in_memory_mb``: the split read into memory gives the same run as
+  the one streamed from its array_record files (same batches, same views)."""
+  runs = {}
+  for name, limit in (("memory", 32), ("stream", 0)):
+    config = tiny_config(num_steps=4, **{"input.in_memory_mb": limit,
+                                         "eval.linear_steps": 0,
+                                         "eval.finetune_fractions": (),
+                                         "write_plots": False})
+    runs[name] = train.train_and_evaluate(config, str(tmp_path / name), progress=False)
+  chex.assert_trees_all_equal(runs["memory"]["state"].params,
+                              runs["stream"]["state"].params)
+  assert runs["memory"]["knn"] == runs["stream"]["knn"]
+  # The in-memory copy is made once per source object a caller passes.
+  sources = train.open_splits(tiny_config(), get_dataset_spec("subspaces_tiny"))
+  first = train._in_memory(tiny_config(), *sources)
+  again = train._in_memory(tiny_config(), *sources)
+  assert all(a is b for a, b in zip(first, again))
+  assert train._in_memory(tiny_config(**{"input.in_memory_mb": 0}), *sources) == sources
+
+
+def test_compilation_cache_holds_a_jobs_programs_and_restores_jax(tmp_path):
+  """experiments.common.compilation_cache: programs compiled inside are
+  written to the directory and read back by a fresh function; JAX's own
+  settings come back afterwards (also when the block raises)."""
+  from experiments.common import COMPILATION_CACHE, cli, compilation_cache
+
+  before = jax.config.jax_compilation_cache_dir
+  cache = tmp_path / "cache"
+
+  def program():   # a fresh function each time: no in-memory hit
+    return jax.jit(lambda x: jnp.sin(x) @ jnp.cos(x).T + 7.25)
+
+  x = jnp.ones((8, 8))
+  with compilation_cache(str(cache), min_compile_seconds=0.0):
+    assert jax.config.jax_compilation_cache_dir == str(cache)
+    want = program()(x)
+    written = set(os.listdir(cache))
+    assert written
+    got = program()(x)             # the same program, read from the cache
+    assert set(os.listdir(cache)) == written
+  np.testing.assert_array_equal(got, want)
+  assert jax.config.jax_compilation_cache_dir == before
+  with pytest.raises(RuntimeError):
+    with compilation_cache(str(tmp_path / "other")):
+      raise RuntimeError("inside")
+  assert jax.config.jax_compilation_cache_dir == before
+  with compilation_cache(None):
+    assert jax.config.jax_compilation_cache_dir == before
+
+  # The command line turns it on for configs that ask (the main job does).
+  seen = {}
+
+  def fake_run(config, workdir, *, progress):
+    seen["dir"] = jax.config.jax_compilation_cache_dir
+  cli(fake_run, "train", ["--config=experiments/configs/default.py:quick",
+                          f"--workdir={tmp_path / 'job'}"], config_name="default")
+  assert seen["dir"] == os.path.abspath(tmp_path / "job" / COMPILATION_CACHE)
+  cli(fake_run, "train", ["--config=experiments/configs/default.py:quick",
+                          "--config.compilation_cache=False",
+                          f"--workdir={tmp_path / 'job2'}"], config_name="default")
+  assert seen["dir"] == before
+  assert jax.config.jax_compilation_cache_dir == before

@@ -69,7 +69,7 @@ __all__ = [
 # Fields whose value cannot change the trained parameters: a rerun may change
 # them freely (prefixes of dotted names).
 FREE_FIELDS = ("input", "log_every", "checkpoint_every", "write_plots",
-               "data_dir", "eval")
+               "data_dir", "eval", "compilation_cache")
 # What a run writes into its directory (``clear`` removes exactly these).
 RUN_FILES = ("config.json", "run.json", "metrics.jsonl", "results.json",
              "checkpoints", "tensorboard", "loss.png", "affinity.png",

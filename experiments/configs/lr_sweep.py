@@ -62,6 +62,8 @@ The experiment's own fields:
   normalised projector outputs is below this (0 = all on one point; CLOA
   reports ≈ .05 for its collapsed InfoNCE and ≈ .89 with OAR);
 * ``max_train_examples`` / ``max_test_examples`` — 0 = the whole split.
+* ``compilation_cache`` — keep XLA's compiled programs in ``WORKDIR/jax_cache``
+  (the seeds of one setting compile the same ones).
 
 ``num_steps``, ``batch_size``, ``learning_rate``-free training fields and
 ``eval.*`` are the usual training fields (``tfjax.config.base_config``).
@@ -157,4 +159,7 @@ def get_config(arg: str = ""):
     tiny_real = size == "tiny" and datasets != "subspaces_tiny"
     c.max_train_examples = 512 if tiny_real else 0
     c.max_test_examples = 200 if tiny_real else 0
+    # XLA's programs kept in WORKDIR/jax_cache: the seeds of one (loss, lr)
+    # compile the same ones (experiments.common.compilation_cache).
+    c.compilation_cache = True
   return c

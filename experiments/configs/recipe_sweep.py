@@ -69,6 +69,8 @@ The experiment's own fields:
   gain of the other choices from that of longer training).
 * ``random_baseline``: also evaluate the random-init backbone with BatchNorm
   statistics of the data (on the validation split and on the transfer data).
+* ``compilation_cache``: keep XLA's compiled programs in ``WORKDIR/jax_cache``
+  (the seeds of one setting compile the same ones).
 """
 
 import ml_collections
@@ -141,6 +143,9 @@ def get_config(arg: str = ""):
         dataset="mnist1d_shifted", seeds=3, linear_steps=300,
         chosen_at_default_steps=False))
     c.random_baseline = True
+    # XLA's programs kept in WORKDIR/jax_cache: a setting's seeds compile
+    # the same ones (experiments.common.compilation_cache).
+    c.compilation_cache = True
   if arg == "tiny":
     c.dataset = "subspaces_tiny"
     c.backbone = "mlp"
