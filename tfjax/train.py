@@ -530,14 +530,16 @@ def evaluate_untrained(config, data=None, *, precise_bn: bool = True,
       config, *open_splits(config, spec, data))
   labels = pipeline.source_labels(train_source)
   num_classes = _num_classes(spec, train_source, data)
-  state = create_train_state(config, jax.random.key(config.seed),
-                             train_source.x_shape, num_classes, data_kind=spec.kind)
-  if precise_bn:
-    stats = evaluation.precise_batch_stats(
-        state.model, state.variables, train_source,
-        batch_size=min(config.batch_size, len(train_source)),
-        max_batches=max_bn_batches)
-    state = state.replace(batch_stats=stats)
-  out = evaluate_state(state, train_source, test_source, labels, num_classes, config)
-  release_compiled_programs()
+  try:
+    state = create_train_state(config, jax.random.key(config.seed),
+                               train_source.x_shape, num_classes, data_kind=spec.kind)
+    if precise_bn:
+      stats = evaluation.precise_batch_stats(
+          state.model, state.variables, train_source,
+          batch_size=min(config.batch_size, len(train_source)),
+          max_batches=max_bn_batches)
+      state = state.replace(batch_stats=stats)
+    out = evaluate_state(state, train_source, test_source, labels, num_classes, config)
+  finally:   # also when it fails: a sweep goes on with the next setting
+    release_compiled_programs()
   return {k: v for k, v in out.items() if not k.startswith("embedding")}
