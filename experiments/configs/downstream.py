@@ -7,7 +7,7 @@ r"""Downstream comparison: the main job's methods on one backbone per dataset.
 Gives (5 seeds, test split, 2-core CPU, 18 min): see the README's "Downstream"
 table — e.g. digits kNN: TransFusion (class targets) 0.989 ± 0.002, SupCon
 0.992 ± 0.003, SimCLR 0.973 ± 0.003, self-supervised TransFusion
-0.972 ± 0.011, random-init SmallCNN 0.936 ± 0.008, raw pixels 0.975.
+0.976 ± 0.006, random-init SmallCNN 0.936 ± 0.008, raw pixels 0.975.
 
 The runs are the main job's (experiments/configs/default.py): TransFusion and
 SupCon with all labels in the target, SimCLR and self-supervised TransFusion
