@@ -16,7 +16,8 @@ keeps the next batches on the devices.  The sources themselves live in
 ``tfds.data_source``, which needs TFDS's ``array_record`` file format: our
 offline builders write it; real datasets must be prepared with it (the
 :class:`DatasetNotFoundError` says how).  In-memory arrays go through the
-same interface as an :class:`ArraySource`.
+same interface as an :class:`ArraySource`; :func:`in_memory` reads a small
+source into one once (a random TFDS read costs ~25 µs a record).
 
 Every example is ``{"x": float32, "label": int32}``; real images (uint8) are
 mapped to ``x = image / 255``.  Batches add ``"index"`` (the record's
@@ -70,7 +71,6 @@ from tfjax.data.sources import (  # noqa: F401  (the sources, re-exported)
     Subset,
     TFDSSource,
     _check_pos_int,
-    in_memory,
     labelled_subset_mask,
     open_source,
     prepare_dataset,
@@ -144,6 +144,28 @@ def read_batch(source, indices: Sequence[int], semi: Optional[np.ndarray] = None
     if semi is not None:
         out["semi_label"] = semi[indices]
     return out
+
+
+def in_memory(source, max_bytes: int):
+    """``source`` read whole into an :class:`ArraySource` when it is small.
+
+    A source whose float32 examples take at most ``max_bytes`` is read once,
+    in record order (record ``i`` of the result is record ``i`` of
+    ``source``, so batches of the same indices are equal); a larger one, or
+    one already in memory, is returned as it is.  ``max_bytes <= 0`` never
+    reads.
+
+    Example::
+
+        >>> src = in_memory(open_source("mnist1d", "train"), 64 << 20)
+        >>> type(src).__name__, src.x.shape     # ('ArraySource', (4000, 40, 1))
+    """
+    if isinstance(source, ArraySource) or max_bytes <= 0 or len(source) == 0:
+        return source
+    if 4 * len(source) * int(np.prod(source.x_shape, dtype=np.int64)) > max_bytes:
+        return source
+    whole = read_batch(source, np.arange(len(source)))
+    return ArraySource(whole["x"], whole["label"])
 
 
 def _process_rows(rows: np.ndarray) -> np.ndarray:

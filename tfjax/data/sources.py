@@ -6,9 +6,6 @@
   (offline builders are generated on first use; a missing real dataset raises
   :class:`DatasetNotFoundError` at once, saying how to prepare it);
 * :class:`Subset` / :func:`split_source` — a class-balanced validation split;
-* :func:`in_memory` — a small source read once into an :class:`ArraySource`
-  (random reads of a TFDS source cost ~25 µs a record; a batch of the
-  arrays, a few µs);
 * :func:`labelled_subset_mask` / :func:`semi_labels` — CLOA's seeded,
   class-balanced labelled subset.
 
@@ -31,7 +28,6 @@ __all__ = [
     "prepare_dataset",
     "source_labels",
     "split_source",
-    "in_memory",
     "labelled_subset_mask",
     "semi_labels",
     "DatasetNotFoundError",
@@ -209,30 +205,6 @@ def split_source(source, validation_fraction: float, seed: int = 0):
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
     held_out = labelled_subset_mask(source_labels(source), validation_fraction, seed)
     return Subset(source, np.flatnonzero(~held_out)), Subset(source, np.flatnonzero(held_out))
-
-
-def in_memory(source, max_bytes: int):
-    """``source`` read whole into an :class:`ArraySource` when it is small.
-
-    A source whose float32 examples take at most ``max_bytes`` is read once,
-    in record order (record ``i`` of the result is record ``i`` of
-    ``source``, so batches of the same indices are equal); a larger one, or
-    one already in memory, is returned as it is.  ``max_bytes <= 0`` never
-    reads.
-
-    Example::
-
-        >>> src = in_memory(open_source("mnist1d", "train"), 64 << 20)
-        >>> type(src).__name__, src.x.shape     # ('ArraySource', (4000, 40, 1))
-    """
-    if isinstance(source, ArraySource) or max_bytes <= 0 or len(source) == 0:
-        return source
-    size = 4 * len(source) * int(np.prod(source.x_shape, dtype=np.int64))
-    if size > max_bytes:
-        return source
-    records = [source[i] for i in range(len(source))]
-    return ArraySource(np.stack([r["x"] for r in records]),
-                       np.array([r["label"] for r in records], np.int32))
 
 
 def source_labels(source) -> np.ndarray:
