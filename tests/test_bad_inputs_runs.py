@@ -44,6 +44,7 @@ from tests.test_train import tiny_config, toy_data
 from tfjax import train, workdir as workdirs
 from tfjax.checkpoint import Checkpointer, CheckpointError, CheckpointWarning
 from tfjax.data.registry import DatasetNotFoundError
+from tfjax.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -201,7 +202,7 @@ def _after_adamw(ctx):
 
 def _after_sgd(ctx):
   assert checkpoint_steps(ctx.dir) == [3] and checkpoints_finite(ctx.dir)
-  records = train.read_metrics(os.path.join(ctx.dir, "metrics.jsonl"))
+  records = read_metrics(os.path.join(ctx.dir, "metrics.jsonl"))
   assert records[-1]["step"] == 5 and "loss" in records[-1]["nonfinite"]
 
 
@@ -224,7 +225,7 @@ def _raised_num_steps(ctx):
   res = _rerun(ctx, num_steps=6)
   with open(os.path.join(ctx.dir, "run.json")) as f:
     starts = json.load(f)["starts"]
-  steps = [r["step"] for r in train.read_metrics(os.path.join(ctx.dir, "metrics.jsonl"))]
+  steps = [r["step"] for r in read_metrics(os.path.join(ctx.dir, "metrics.jsonl"))]
   return (res["step"] == 6 and steps == [2, 4, 6]
           and starts[-1]["changed"] == {"num_steps": [4, 6]}
           and starts[-1]["resumed_from"] == 4

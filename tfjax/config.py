@@ -4,8 +4,8 @@ Experiment configs (``experiments/configs/*.py``) start from
 :func:`base_config` and change fields; the dict is locked, so a misspelled
 field raises an error instead of being silently ignored.  On the command line
 every field is set with ``--config.FIELD=VALUE`` (``ml_collections``'
-``config_flags``).  :func:`tfjax.state.validate_config` checks the values
-before any compute, naming the field.
+``config_flags``).  :func:`validate` checks the values (and, given, the
+data arrays) before any data is read or any compute, naming the field.
 
 A run's work directory remembers its config (``config.json``): resuming
 with a config that changes the result is refused (:mod:`tfjax.workdir`).
@@ -16,6 +16,11 @@ change the trained parameters, may change on any rerun: ``input.*``,
 """
 
 from __future__ import annotations
+
+import difflib
+import json
+import math
+from typing import Any, Dict, List, Optional
 
 import ml_collections
 
@@ -34,7 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
   # backbone "identity" feeds the raw vectors on; embed_dim = 0 drops the
   # projector (the embeddings are then the backbone features).
   c.backbone = "mlp"
-  c.backbone_kwargs = ml_collections.ConfigDict({"hidden": (256,), "out_features": 128})
+  # The backbone's attributes (tfjax.backbones; empty: its defaults, for the
+  # MLP hidden=(256,), out_features=128).
+  c.backbone_kwargs = ml_collections.ConfigDict()
   c.backbone_kwargs.unlock()  # each backbone takes its own attributes
   c.embed_dim = 64
   c.projector_hidden = (256,)
@@ -116,3 +123,394 @@ def base_config() -> ml_collections.ConfigDict:
   c.lock()
   c.loss_options.unlock()  # each registered method may read its own options
   return c
+
+
+# ----------------------------------------------------------------------------
+# The one check, before any data is read and before any compute.
+# ----------------------------------------------------------------------------
+# Inputs beyond this magnitude overflow float32 in the first layers.
+MAX_ABS_INPUT = 1e30
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = None,
+             *, data=None):
+  """Raises ValueError naming the field (or the array) that cannot work.
+
+  Checks, without reading data or compiling anything:
+
+  * the names: dataset, loss, backbone and the ``backbone_kwargs`` it
+    takes, optimizer, schedule, augmentation, head options
+    (``head.compute_dtype`` applies to the blockwise head only);
+  * the sizes: ``batch_size``, ``num_steps``, ``steps_per_call``,
+    ``log_every``, ``checkpoint_every`` >= 1; ``warmup_steps`` in
+    [0, num_steps); batch sizes divisible by the device count; a batch of
+    at least 2 sources (every method compares examples across the batch);
+  * the optimisation numbers (``learning_rate``, ``weight_decay``,
+    ``augment_strength`` finite and >= 0, ``momentum`` in [0, 1)), the
+    label options and the evaluation sizes;
+  * the devices: ``num_devices`` (None: ``config.num_devices`` or every
+    device, checked against those available);
+  * the data: without ``data``, the registry dataset is prepared on disk
+    (:func:`tfjax.data.splits.check_prepared`) and its split sizes are
+    used; with ``data`` — arrays ``(x_train, y_train, x_test, y_test)`` or
+    two sources ``(train, test)`` — the arrays are checked cheaply (finite,
+    ``|x| <= MAX_ABS_INPUT``, non-empty, the same shape per example in both
+    splits, integer labels >= 0, as many labels as examples);
+  * the batch fits in the training split (less the held-out
+    ``validation_fraction``), and ``label_fraction`` labels at least as
+    many training examples as there are classes.
+
+  Returns the dataset's :class:`tfjax.data.DatasetSpec`.
+  """
+  from tfjax.data.registry import get_dataset_spec
+
+  spec = get_dataset_spec(config.dataset)  # unknown dataset -> ValueError
+  _check_int(config, "num_devices", 0)
+  num_devices = _num_devices(config, num_devices)
+  _check_names(config, spec)
+  _check_sizes(config, num_devices)
+  _check_labels(config, num_devices)
+  _check_head(config)
+  if data is None:
+    from tfjax.data.splits import check_prepared, tfds_mocked
+    if tfds_mocked():   # no files on disk, and the registry's sizes do not hold
+      return spec
+    check_prepared(spec, config.get("data_dir"))
+    num_train, num_classes = _registry_split(config, spec)
+    where = f" of {spec.name!r}"
+  else:
+    num_train, num_classes = _check_data(config, data)
+    where = ""
+  _check_batch_fits(config, num_train, where)
+  _check_label_fraction(config, num_train, num_classes)
+  return spec
+
+
+def _field(config, name: str):
+  node = config
+  for part in name.split("."):
+    node = node[part]
+  return node
+
+
+def _check_int(config, name: str, low: int) -> None:
+  value = _field(config, name)
+  if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_real(config, name: str, low: float, high: Optional[float] = None
+                ) -> None:
+  """``low <= value`` (``< high`` when given), finite."""
+  value = _field(config, name)
+  ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+        and math.isfinite(value) and value >= low
+        and (high is None or value < high))
+  if not ok:
+    where = (f"in [{low:g}, {high:g})" if high is not None else f">= {low:g}")
+    raise ValueError(f"{name} must be finite and {where}, got {value!r}")
+
+
+def _num_devices(config, num_devices: Optional[int]) -> int:
+  """The device count of the run: given, or the config's against JAX's."""
+  if num_devices is not None:
+    return num_devices
+  import jax
+  available, processes = jax.device_count(), jax.process_count()
+  num_devices = config.num_devices or available
+  if processes > 1 and num_devices != available:
+    raise ValueError(f"a run of {processes} processes uses all {available} "
+                     f"devices; set num_devices=0, not {num_devices}")
+  if num_devices > available:
+    raise ValueError(f"config asks for num_devices={num_devices}, but only "
+                     f"{available} are available")
+  return num_devices
+
+
+def _check_names(config, spec) -> None:
+  from tfjax import methods
+  from tfjax.data.augment import get_augmentation
+  from tfjax.optim import OPTIMIZERS, SCHEDULES
+
+  methods.get(config.loss)                 # unknown loss -> ValueError
+  _check_backbone(config)
+  if config.optimizer not in OPTIMIZERS:
+    raise ValueError(
+        f"unknown optimizer {config.optimizer!r}; known: {sorted(OPTIMIZERS)}")
+  if config.schedule not in SCHEDULES:
+    raise ValueError(
+        f"unknown schedule {config.schedule!r}; known: {list(SCHEDULES)}")
+  get_augmentation(config.augment, spec.kind)  # unknown augmentation
+
+
+def _check_backbone(config) -> None:
+  """A known backbone, and ``backbone_kwargs`` only of the fields it takes."""
+  import dataclasses
+  from tfjax.backbones import BACKBONES
+
+  given = sorted(config.backbone_kwargs.keys())
+  if config.backbone == "identity":
+    if given:
+      raise ValueError(f"backbone_kwargs.{given[0]}: backbone 'identity' "
+                       "takes no backbone_kwargs")
+    return
+  if config.backbone not in BACKBONES:
+    raise ValueError(f"unknown backbone {config.backbone!r}; known: "
+                     f"{sorted(BACKBONES) + ['identity']}")
+  accepted = sorted(f.name for f in dataclasses.fields(BACKBONES[config.backbone])
+                    if f.init and f.name not in ("parent", "name", "axis_name"))
+  unknown = [k for k in given if k not in accepted]
+  if unknown:
+    raise ValueError(f"backbone_kwargs.{unknown[0]} is not a field of backbone "
+                     f"{config.backbone!r}; it takes {', '.join(accepted)}")
+
+
+def _check_sizes(config, num_devices: int) -> None:
+  for name in ("batch_size", "num_steps", "steps_per_call", "log_every",
+               "checkpoint_every"):
+    _check_int(config, name, 1)
+  if config.batch_size < 2:
+    raise ValueError(f"batch_size must be >= 2, got {config.batch_size}: "
+                     "every method compares the sources of a batch with each "
+                     "other (one source gives a loss and gradient of 0)")
+  if config.batch_size % num_devices:
+    raise ValueError(
+        f"global batch_size {config.batch_size} is not divisible by the "
+        f"device count {num_devices}")
+  if not 0 <= config.warmup_steps < config.num_steps:
+    raise ValueError(f"warmup_steps ({config.warmup_steps}) must lie in "
+                     f"[0, num_steps={config.num_steps})")
+  _check_real(config, "learning_rate", low=0.0)
+  _check_real(config, "weight_decay", low=0.0)
+  _check_real(config, "momentum", low=0.0, high=1.0)
+  _check_real(config, "augment_strength", low=0.0)
+  for name in ("input.num_threads", "input.host_prefetch", "input.device_prefetch",
+               "input.in_memory_mb"):
+    if name.split(".")[1] in config.get("input", {}):
+      _check_int(config, name, 0)
+  for name in ("eval.batch_size", "eval.knn_k"):
+    _check_int(config, name, 1)
+  for name in ("eval.linear_steps", "eval.finetune_steps"):
+    _check_int(config, name, 0)
+  bad = [f for f in config.eval.finetune_fractions if not 0 < f <= 1]
+  if bad:
+    raise ValueError(f"eval.finetune_fractions must lie in (0, 1], got {bad}")
+  if config.embed_dim < 0:
+    raise ValueError(f"embed_dim must be >= 0 (0: no projector), got "
+                     f"{config.embed_dim}")
+
+
+def _check_labels(config, num_devices: int) -> None:
+  from tfjax import methods
+
+  method = methods.get(config.loss)
+  if config.get("validation_fraction") is not None and not (
+      0 < config.validation_fraction < 1):
+    raise ValueError(f"validation_fraction must be in (0, 1) (or None), got "
+                     f"{config.validation_fraction}")
+  if config.label_fraction is not None and not 0 < config.label_fraction <= 1:
+    raise ValueError(f"label_fraction must be in (0, 1] (or None for no "
+                     f"labels), got {config.label_fraction}")
+  if config.labelled_batch_size < 0:
+    raise ValueError(f"labelled_batch_size must be >= 0, got {config.labelled_batch_size}")
+  if config.labelled_batch_size > 0:
+    if not config.oar_weight > 0:
+      raise ValueError("labelled_batch_size > 0 feeds the OAR loss: set oar_weight > 0 "
+                       "(and label_fraction)")
+    if config.labelled_batch_size % num_devices:
+      raise ValueError(f"labelled_batch_size {config.labelled_batch_size} must be "
+                       f"divisible by the {num_devices} devices")
+  if config.oar_weight > 0 and not config.label_fraction:
+    raise ValueError("oar_weight > 0 needs label_fraction > 0 (OAR pulls "
+                     "the labelled samples toward their class anchors)")
+  labels_in_loss = config.label_fraction is not None and config.labels_in_loss
+  if config.labels_in_loss and not method.accepts_labels:
+    raise ValueError(f"loss {method.name!r} cannot use labels in its target "
+                     "(labels_in_loss=True)")
+  if method.num_views is not None and config.num_views != method.num_views:
+    raise ValueError(f"loss {method.name!r} takes exactly {method.num_views} "
+                     f"views, got num_views={config.num_views}")
+  if config.num_views < 1 or (config.num_views == 1 and not (
+      labels_in_loss and config.label_fraction == 1.0)):
+    raise ValueError(f"num_views must be >= 2 (one view is enough only when "
+                     f"every label is in the loss), got {config.num_views}")
+
+
+def _check_head(config) -> None:
+  """The TransFusion head's fields (names, sizes, the blockwise options)."""
+  import jax.numpy as jnp
+  from tfjax.attention import get_activation
+  from tfjax.models import IMPLEMENTATIONS, PROJECTIONS
+
+  head = config.head
+  if head.final_projection not in PROJECTIONS:
+    raise ValueError(f"unknown head.final_projection "
+                     f"{head.final_projection!r}; choose one of {PROJECTIONS}")
+  if head.num_layers < 1:
+    raise ValueError(f"head.num_layers must be >= 1, got {head.num_layers}")
+  get_activation(head.activation)  # unknown activation -> ValueError
+  impl = head.get("implementation", "dense")
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown head.implementation {impl!r}; choose one of "
+                     f"{IMPLEMENTATIONS}")
+  name = head.get("compute_dtype", None)
+  if impl == "dense":
+    if name:
+      raise ValueError(f"head.compute_dtype={name!r} applies to "
+                       "head.implementation='blockwise' only; the dense head "
+                       "computes in float32 (set head.compute_dtype=None)")
+    return
+  block_size = head.block_size
+  if isinstance(block_size, bool) or not isinstance(block_size, int) or (
+      block_size < 1):
+    raise ValueError(f"head.block_size must be a positive int, got "
+                     f"{block_size!r}")
+  if name:
+    try:
+      dtype = jnp.dtype(name)
+    except TypeError:
+      dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+      raise ValueError(f"head.compute_dtype must name a float dtype such as "
+                       f"'bfloat16' (or be None), got {name!r}")
+
+
+def _held_out(labels, fraction: Optional[float]) -> int:
+  """Examples ``validation_fraction`` holds out of ``labels`` (the rule of
+  :func:`tfjax.finetune.balanced_subset`: per class round half up, >= 1)."""
+  import numpy as np
+  if not fraction:
+    return 0
+  counts = np.unique(labels, return_counts=True)[1]
+  return int(sum(min(n, max(1, math.floor(fraction * n + 0.5))) for n in counts))
+
+
+def _registry_split(config, spec):
+  """``(training examples, classes)`` of a registry dataset, from its spec."""
+  fraction = config.get("validation_fraction") or 0.0
+  n = spec.num_train - int(math.floor(spec.num_train * fraction))
+  return n, spec.num_classes
+
+
+def _check_data(config, data):
+  """Checks data given as arrays or sources; ``(training examples, classes)``."""
+  import numpy as np
+
+  if len(data) == 2:   # two sources, already split: in-memory ones are checked whole
+    train, test = data
+    shapes = {"x_train": tuple(train.x_shape), "x_test": tuple(test.x_shape)}
+    named = {"x_train": (getattr(train, "x", None), getattr(train, "labels", None)),
+             "x_test": (getattr(test, "x", None), getattr(test, "labels", None))}
+    sizes = {"x_train": len(train), "x_test": len(test)}
+    held = 0
+  elif len(data) == 4:
+    x_train, y_train, x_test, y_test = (np.asarray(a) for a in data)
+    named = {"x_train": (x_train, y_train), "x_test": (x_test, y_test)}
+    shapes = {k: tuple(x.shape[1:]) for k, (x, _) in named.items()}
+    sizes = {k: len(x) if x.ndim else 0 for k, (x, _) in named.items()}
+    for key, (x, y) in named.items():
+      ykey = "y" + key[1:]
+      if x.ndim < 1:
+        raise ValueError(f"{key} must be an array [N, ...], got shape {x.shape}")
+      if y.ndim != 1 or len(y) != len(x):
+        raise ValueError(f"{ykey} must be [N] with N = len({key}) = {len(x)}, "
+                         f"got shape {y.shape}")
+    held = _held_out(y_train, config.get("validation_fraction"))
+  else:
+    raise ValueError("data must be (x_train, y_train, x_test, y_test) arrays "
+                     f"or (train, test) sources, got {len(data)} items")
+  for key, n in sizes.items():
+    if n == 0:
+      raise ValueError(f"{key} is empty (0 examples)")
+  if shapes["x_test"] != shapes["x_train"]:
+    raise ValueError(f"x_test has shape {list(shapes['x_test'])} per example, "
+                     f"x_train {list(shapes['x_train'])}")
+  for key, (x, y) in named.items():
+    if x is not None:
+      _check_finite(key, x)
+    if y is not None:
+      _check_labels_array("y" + key[1:], y)
+  labels = named["x_train"][1]
+  classes = len(np.unique(labels)) if labels is not None else None
+  return sizes["x_train"] - held, classes
+
+
+def _check_finite(key: str, x) -> None:
+  """Every entry of ``x`` finite and within ``MAX_ABS_INPUT`` (in row chunks:
+  no full-size temporary)."""
+  import numpy as np
+  if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+    raise ValueError(f"{key} must hold numbers, got dtype {x.dtype}")
+  rows = x.reshape(len(x), -1)
+  for start in range(0, len(rows), 4096):
+    chunk = rows[start:start + 4096]
+    bad = ~(np.abs(chunk) <= MAX_ABS_INPUT).all(axis=1)
+    if bad.any():
+      first = int(np.flatnonzero(bad)[0])
+      what = ("NaN/inf" if not np.isfinite(chunk[first]).all()
+              else f"values beyond ±{MAX_ABS_INPUT:g} (scale the inputs)")
+      raise ValueError(f"{key} holds {what} (first at index {start + first})")
+
+
+def _check_labels_array(key: str, y) -> None:
+  import numpy as np
+  if not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(f"{key} must hold integer class ids, got dtype {y.dtype}")
+  if y.min() < 0:
+    raise ValueError(f"{key} holds a negative class id {int(y.min())} (at index "
+                     f"{int(np.argmin(y))}); class ids are >= 0")
+
+
+def _check_batch_fits(config, num_train: int, where: str) -> None:
+  """The batch fits in the training split (less the held-out part)."""
+  if num_train and config.batch_size > num_train:
+    held = (f" after holding out validation_fraction="
+            f"{config.validation_fraction}" if config.get("validation_fraction")
+            else "")
+    raise ValueError(f"batch_size {config.batch_size} exceeds the {num_train} "
+                     f"training examples{where}{held}")
+
+
+def _check_label_fraction(config, num_train: int, num_classes) -> None:
+  """``label_fraction`` labels at least one training example per class."""
+  fraction = config.label_fraction
+  if fraction is None or not num_train or not num_classes:
+    return
+  if fraction * num_train + 1e-9 < num_classes:
+    smallest = _round_up(num_classes / num_train)
+    raise ValueError(
+        f"label_fraction={fraction:g} labels {fraction * num_train:.3g} of the "
+        f"{num_train} training examples, fewer than the {num_classes} classes; "
+        f"the smallest label_fraction that works is {smallest:g}")
+
+
+def _round_up(x: float, digits: int = 3) -> float:
+  """``x`` rounded up to ``digits`` significant digits."""
+  scale = 10.0 ** (math.floor(math.log10(x)) - digits + 1)
+  return min(1.0, math.ceil(x / scale) * scale)
+
+
+# ----------------------------------------------------------------------------
+# Field names.
+# ----------------------------------------------------------------------------
+def flatten(d, prefix: str = "") -> Dict[str, Any]:
+  """``{dotted name: leaf}`` of a nested mapping (a dict or a ConfigDict);
+  an empty mapping is a leaf."""
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if hasattr(v, "items") and len(v):
+      out.update(flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def suggest_fields(name: str, config=None, n: int = 3) -> List[str]:
+  """Up to ``n`` field names of ``config`` (default the training fields)
+  closest to ``name`` (a dotted or a last-part name)."""
+  config = base_config() if config is None else config
+  names = list(flatten(json.loads(config.to_json())))
+  if "." not in name:
+    names = sorted(set(config.keys()) | {k for k in names if "." not in k})
+  return difflib.get_close_matches(name, names, n=n, cutoff=0.6)
