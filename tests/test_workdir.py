@@ -61,14 +61,14 @@ def test_config_diff_splits_fixed_and_free_fields():
                                    "log_every", "checkpoint_every",
                                    "write_plots", "data_dir", "eval.knn_k"])
 def test_free_fields(field):
-  assert wd._free(field)
+  assert rerun._free(field)
 
 
 @pytest.mark.parametrize("field", ["learning_rate", "num_steps", "seed",
                                    "num_devices", "steps_per_call", "evaluate",
                                    "head.num_layers", "dataset"])
 def test_fixed_fields(field):
-  assert not wd._free(field)
+  assert not rerun._free(field)
 
 
 def test_run_directory_refuses_other_config_in_one_line(tmp_path):

@@ -8,7 +8,7 @@ every field is set with ``--config.FIELD=VALUE`` (``ml_collections``'
 data arrays) before any data is read or any compute, naming the field.
 
 A run's work directory remembers its config (``config.json``): resuming
-with a config that changes the result is refused (:mod:`tfjax.workdir`).
+with a config that changes the result is refused (:mod:`tfjax.rerun`).
 Raising ``num_steps`` continues training; the *free* fields, which cannot
 change the trained parameters, may change on any rerun: ``input.*``,
 ``log_every``, ``checkpoint_every``, ``write_plots``, ``data_dir`` and

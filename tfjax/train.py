@@ -84,7 +84,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   (:class:`tfjax.workdir.RunDirectory`): writable, not in use by another
   run (``WorkdirBusyError``), and holding no run of another config
   (``ConfigMismatchError``: a rerun may only raise ``num_steps`` or change
-  the free fields of :data:`tfjax.workdir.FREE_FIELDS`).  ``overwrite``
+  the free fields of :data:`tfjax.rerun.FREE_FIELDS`).  ``overwrite``
   deletes the run the directory holds and starts afresh.  Training stops
   with ``FloatingPointError`` at the first logged step (or checkpoint) whose
   metrics or parameters are not finite, naming the step and the quantity;
