@@ -248,7 +248,7 @@ def _check_backbone(config) -> None:
   import dataclasses
   from tfjax.backbones import BACKBONES
 
-  given = sorted(config.backbone_kwargs.keys())
+  given = list(config.backbone_kwargs.keys())
   if config.backbone == "identity":
     if given:
       raise ValueError(f"backbone_kwargs.{given[0]}: backbone 'identity' "
@@ -261,8 +261,9 @@ def _check_backbone(config) -> None:
                     if f.init and f.name not in ("parent", "name", "axis_name"))
   unknown = [k for k in given if k not in accepted]
   if unknown:
-    raise ValueError(f"backbone_kwargs.{unknown[0]} is not a field of backbone "
-                     f"{config.backbone!r}; it takes {', '.join(accepted)}")
+    names = ", ".join(f"backbone_kwargs.{k}" for k in unknown)
+    raise ValueError(f"{names} {'is not a field' if len(unknown) == 1 else 'are not fields'}"
+                     f" of backbone {config.backbone!r}; it takes {', '.join(accepted)}")
 
 
 def _check_sizes(config, num_devices: int) -> None:
