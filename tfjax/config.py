@@ -128,10 +128,6 @@ def base_config() -> ml_collections.ConfigDict:
 # ----------------------------------------------------------------------------
 # The one check, before any data is read and before any compute.
 # ----------------------------------------------------------------------------
-# Inputs beyond this magnitude overflow float32 in the first layers.
-MAX_ABS_INPUT = 1e30
-
-
 def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = None,
              *, data=None):
   """Raises ValueError naming the field (or the array) that cannot work.
@@ -154,7 +150,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
     (:func:`tfjax.data.splits.check_prepared`) and its split sizes are
     used; with ``data`` — arrays ``(x_train, y_train, x_test, y_test)`` or
     two sources ``(train, test)`` — the arrays are checked cheaply (finite,
-    ``|x| <= MAX_ABS_INPUT``, non-empty, the same shape per example in both
+    ``|x| <= 1e30``, :func:`tfjax.data.checks.check_data`, non-empty, the same shape per example in both
     splits, integer labels >= 0, as many labels as examples);
   * the batch fits in the training split (less the held-out
     ``validation_fraction``), and ``label_fraction`` labels at least as
@@ -163,6 +159,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
   Returns the dataset's :class:`tfjax.data.DatasetSpec`.
   """
   from tfjax.data.registry import get_dataset_spec
+  from tfjax.models import check_head_options
 
   spec = get_dataset_spec(config.dataset)  # unknown dataset -> ValueError
   _check_int(config, "num_devices", 0)
@@ -170,7 +167,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
   _check_names(config, spec)
   _check_sizes(config, num_devices)
   _check_labels(config, num_devices)
-  _check_head(config)
+  check_head_options(config.head)
   if data is None:
     from tfjax.data.splits import check_prepared, tfds_mocked
     if tfds_mocked():   # no files on disk, and the registry's sizes do not hold
@@ -179,7 +176,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
     num_train, num_classes = _registry_split(config, spec)
     where = f" of {spec.name!r}"
   else:
-    num_train, num_classes = _check_data(config, data)
+    from tfjax.data.checks import check_data
+    num_train, num_classes = check_data(data, config.get("validation_fraction"))
     where = ""
   _check_batch_fits(config, num_train, where)
   _check_label_fraction(config, num_train, num_classes)
@@ -229,11 +227,12 @@ def _num_devices(config, num_devices: Optional[int]) -> int:
 
 def _check_names(config, spec) -> None:
   from tfjax import methods
+  from tfjax.backbones import check_backbone_kwargs
   from tfjax.data.augment import get_augmentation
   from tfjax.optim import OPTIMIZERS, SCHEDULES
 
   methods.get(config.loss)                 # unknown loss -> ValueError
-  _check_backbone(config)
+  check_backbone_kwargs(config.backbone, config.backbone_kwargs)
   if config.optimizer not in OPTIMIZERS:
     raise ValueError(
         f"unknown optimizer {config.optimizer!r}; known: {sorted(OPTIMIZERS)}")
@@ -241,29 +240,6 @@ def _check_names(config, spec) -> None:
     raise ValueError(
         f"unknown schedule {config.schedule!r}; known: {list(SCHEDULES)}")
   get_augmentation(config.augment, spec.kind)  # unknown augmentation
-
-
-def _check_backbone(config) -> None:
-  """A known backbone, and ``backbone_kwargs`` only of the fields it takes."""
-  import dataclasses
-  from tfjax.backbones import BACKBONES
-
-  given = list(config.backbone_kwargs.keys())
-  if config.backbone == "identity":
-    if given:
-      raise ValueError(f"backbone_kwargs.{given[0]}: backbone 'identity' "
-                       "takes no backbone_kwargs")
-    return
-  if config.backbone not in BACKBONES:
-    raise ValueError(f"unknown backbone {config.backbone!r}; known: "
-                     f"{sorted(BACKBONES) + ['identity']}")
-  accepted = sorted(f.name for f in dataclasses.fields(BACKBONES[config.backbone])
-                    if f.init and f.name not in ("parent", "name", "axis_name"))
-  unknown = [k for k in given if k not in accepted]
-  if unknown:
-    names = ", ".join(f"backbone_kwargs.{k}" for k in unknown)
-    raise ValueError(f"{names} {'is not a field' if len(unknown) == 1 else 'are not fields'}"
-                     f" of backbone {config.backbone!r}; it takes {', '.join(accepted)}")
 
 
 def _check_sizes(config, num_devices: int) -> None:
@@ -337,129 +313,11 @@ def _check_labels(config, num_devices: int) -> None:
                      f"every label is in the loss), got {config.num_views}")
 
 
-def _check_head(config) -> None:
-  """The TransFusion head's fields (names, sizes, the blockwise options)."""
-  import jax.numpy as jnp
-  from tfjax.attention import get_activation
-  from tfjax.models import IMPLEMENTATIONS, PROJECTIONS
-
-  head = config.head
-  if head.final_projection not in PROJECTIONS:
-    raise ValueError(f"unknown head.final_projection "
-                     f"{head.final_projection!r}; choose one of {PROJECTIONS}")
-  if head.num_layers < 1:
-    raise ValueError(f"head.num_layers must be >= 1, got {head.num_layers}")
-  get_activation(head.activation)  # unknown activation -> ValueError
-  impl = head.get("implementation", "dense")
-  if impl not in IMPLEMENTATIONS:
-    raise ValueError(f"unknown head.implementation {impl!r}; choose one of "
-                     f"{IMPLEMENTATIONS}")
-  name = head.get("compute_dtype", None)
-  if impl == "dense":
-    if name:
-      raise ValueError(f"head.compute_dtype={name!r} applies to "
-                       "head.implementation='blockwise' only; the dense head "
-                       "computes in float32 (set head.compute_dtype=None)")
-    return
-  block_size = head.block_size
-  if isinstance(block_size, bool) or not isinstance(block_size, int) or (
-      block_size < 1):
-    raise ValueError(f"head.block_size must be a positive int, got "
-                     f"{block_size!r}")
-  if name:
-    try:
-      dtype = jnp.dtype(name)
-    except TypeError:
-      dtype = None
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-      raise ValueError(f"head.compute_dtype must name a float dtype such as "
-                       f"'bfloat16' (or be None), got {name!r}")
-
-
-def _held_out(labels, fraction: Optional[float]) -> int:
-  """Examples ``validation_fraction`` holds out of ``labels`` (the rule of
-  :func:`tfjax.finetune.balanced_subset`: per class round half up, >= 1)."""
-  import numpy as np
-  if not fraction:
-    return 0
-  counts = np.unique(labels, return_counts=True)[1]
-  return int(sum(min(n, max(1, math.floor(fraction * n + 0.5))) for n in counts))
-
-
 def _registry_split(config, spec):
   """``(training examples, classes)`` of a registry dataset, from its spec."""
   fraction = config.get("validation_fraction") or 0.0
   n = spec.num_train - int(math.floor(spec.num_train * fraction))
   return n, spec.num_classes
-
-
-def _check_data(config, data):
-  """Checks data given as arrays or sources; ``(training examples, classes)``."""
-  import numpy as np
-
-  if len(data) == 2:   # two sources, already split: in-memory ones are checked whole
-    train, test = data
-    shapes = {"x_train": tuple(train.x_shape), "x_test": tuple(test.x_shape)}
-    named = {"x_train": (getattr(train, "x", None), getattr(train, "labels", None)),
-             "x_test": (getattr(test, "x", None), getattr(test, "labels", None))}
-    sizes = {"x_train": len(train), "x_test": len(test)}
-    held = 0
-  elif len(data) == 4:
-    x_train, y_train, x_test, y_test = (np.asarray(a) for a in data)
-    named = {"x_train": (x_train, y_train), "x_test": (x_test, y_test)}
-    shapes = {k: tuple(x.shape[1:]) for k, (x, _) in named.items()}
-    sizes = {k: len(x) if x.ndim else 0 for k, (x, _) in named.items()}
-    for key, (x, y) in named.items():
-      ykey = "y" + key[1:]
-      if x.ndim < 1:
-        raise ValueError(f"{key} must be an array [N, ...], got shape {x.shape}")
-      if y.ndim != 1 or len(y) != len(x):
-        raise ValueError(f"{ykey} must be [N] with N = len({key}) = {len(x)}, "
-                         f"got shape {y.shape}")
-    held = _held_out(y_train, config.get("validation_fraction"))
-  else:
-    raise ValueError("data must be (x_train, y_train, x_test, y_test) arrays "
-                     f"or (train, test) sources, got {len(data)} items")
-  for key, n in sizes.items():
-    if n == 0:
-      raise ValueError(f"{key} is empty (0 examples)")
-  if shapes["x_test"] != shapes["x_train"]:
-    raise ValueError(f"x_test has shape {list(shapes['x_test'])} per example, "
-                     f"x_train {list(shapes['x_train'])}")
-  for key, (x, y) in named.items():
-    if x is not None:
-      _check_finite(key, x)
-    if y is not None:
-      _check_labels_array("y" + key[1:], y)
-  labels = named["x_train"][1]
-  classes = len(np.unique(labels)) if labels is not None else None
-  return sizes["x_train"] - held, classes
-
-
-def _check_finite(key: str, x) -> None:
-  """Every entry of ``x`` finite and within ``MAX_ABS_INPUT`` (in row chunks:
-  no full-size temporary)."""
-  import numpy as np
-  if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-    raise ValueError(f"{key} must hold numbers, got dtype {x.dtype}")
-  rows = x.reshape(len(x), -1)
-  for start in range(0, len(rows), 4096):
-    chunk = rows[start:start + 4096]
-    bad = ~(np.abs(chunk) <= MAX_ABS_INPUT).all(axis=1)
-    if bad.any():
-      first = int(np.flatnonzero(bad)[0])
-      what = ("NaN/inf" if not np.isfinite(chunk[first]).all()
-              else f"values beyond ±{MAX_ABS_INPUT:g} (scale the inputs)")
-      raise ValueError(f"{key} holds {what} (first at index {start + first})")
-
-
-def _check_labels_array(key: str, y) -> None:
-  import numpy as np
-  if not np.issubdtype(y.dtype, np.integer):
-    raise ValueError(f"{key} must hold integer class ids, got dtype {y.dtype}")
-  if y.min() < 0:
-    raise ValueError(f"{key} holds a negative class id {int(y.min())} (at index "
-                     f"{int(np.argmin(y))}); class ids are >= 0")
 
 
 def _check_batch_fits(config, num_train: int, where: str) -> None:
