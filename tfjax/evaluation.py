@@ -39,8 +39,6 @@ import numpy as np
 
 from tfjax import diagnostics, guards
 from tfjax.config import validate
-from tfjax.data import pipeline
-from tfjax.data.splits import in_memory_splits, num_classes as split_classes, open_splits
 from tfjax.finetune import finetune_mlp
 from tfjax.networks import ContrastiveNet
 from tfjax.probes import knn_accuracy, linear_probe
@@ -227,6 +225,7 @@ def evaluate_state(state: TrainState, train_source, test_source, train_labels,
                    num_classes: int, config, show: Optional[Progress] = None
                    ) -> Dict[str, float]:
   """The evaluations of ``state``'s backbone features and embedding diagnostics."""
+  from tfjax.data import pipeline   # grain: imported on first use
   show = show or Progress(False)
   model = eval_model(state)
   feats = []
@@ -267,6 +266,8 @@ def evaluate_untrained(config, data=None, *, precise_bn: bool = True,
   training data (:func:`tfjax.precise_batch_stats`); without,
   BatchNorm keeps its initial mean 0 / variance 1 (a handicapped baseline).
   """
+  from tfjax.data import pipeline   # grain: imported on first use
+  from tfjax.data.splits import in_memory_splits, num_classes as split_classes, open_splits
   spec = validate(config, 1, data=data)
   train_source, test_source = in_memory_splits(
       config, *open_splits(config, spec, data))
