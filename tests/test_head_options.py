@@ -127,9 +127,8 @@ class ProjectionTest(chex.TestCase):
 
 
 def test_config_accepts_every_projection():
-  from tfjax.config import base_config
+  from tfjax.config import base_config, validate
   from tfjax.models import PROJECTIONS
-  from tfjax.config import validate
   from tfjax.state import build_network
   assert PROJECTIONS == ("learned", "tied", "norm", "none")
   for projection in PROJECTIONS:
