@@ -28,6 +28,7 @@ def _held_out(labels, fraction: Optional[float]) -> int:
     counts = np.unique(labels, return_counts=True)[1]
     return int(sum(min(n, max(1, math.floor(fraction * n + 0.5))) for n in counts))
 
+
 def check_data(data, validation_fraction: Optional[float] = None) -> Tuple[int, Optional[int]]:
     """Checks data given as arrays or sources; ``(training examples, classes)``.
 
@@ -43,7 +44,7 @@ def check_data(data, validation_fraction: Optional[float] = None) -> Tuple[int, 
         train, test = data
         shapes = {"x_train": tuple(train.x_shape), "x_test": tuple(test.x_shape)}
         named = {"x_train": (getattr(train, "x", None), getattr(train, "labels", None)),
-                          "x_test": (getattr(test, "x", None), getattr(test, "labels", None))}
+                 "x_test": (getattr(test, "x", None), getattr(test, "labels", None))}
         sizes = {"x_train": len(train), "x_test": len(test)}
         held = 0
     elif len(data) == 4:
@@ -55,19 +56,20 @@ def check_data(data, validation_fraction: Optional[float] = None) -> Tuple[int, 
             ykey = "y" + key[1:]
             if x.ndim < 1:
                 raise ValueError(f"{key} must be an array [N, ...], got shape {x.shape}")
+            if len(x) == 0:
+                raise ValueError(f"{key} is empty (0 examples)")
             if y.ndim != 1 or len(y) != len(x):
-                raise ValueError(f"{ykey} must be [N] with N = len({key}) = {len(x)}, "
-                                                  f"got shape {y.shape}")
+                raise ValueError(f"{ykey} must be [N] with N = len({key}) = {len(x)}, got shape {y.shape}")
         held = _held_out(y_train, validation_fraction)
     else:
         raise ValueError("data must be (x_train, y_train, x_test, y_test) arrays "
-                                          f"or (train, test) sources, got {len(data)} items")
+                         f"or (train, test) sources, got {len(data)} items")
     for key, n in sizes.items():
         if n == 0:
             raise ValueError(f"{key} is empty (0 examples)")
     if shapes["x_test"] != shapes["x_train"]:
         raise ValueError(f"x_test has shape {list(shapes['x_test'])} per example, "
-                                          f"x_train {list(shapes['x_train'])}")
+                         f"x_train {list(shapes['x_train'])}")
     for key, (x, y) in named.items():
         if x is not None:
             _check_finite(key, x)
@@ -90,7 +92,7 @@ def _check_finite(key: str, x) -> None:
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
             what = ("NaN/inf" if not np.isfinite(chunk[first]).all()
-                            else f"values beyond ±{MAX_ABS_INPUT:g} (scale the inputs)")
+                    else f"values beyond ±{MAX_ABS_INPUT:g} (scale the inputs)")
             raise ValueError(f"{key} holds {what} (first at index {start + first})")
 
 
@@ -99,4 +101,4 @@ def _check_labels_array(key: str, y) -> None:
         raise ValueError(f"{key} must hold integer class ids, got dtype {y.dtype}")
     if y.min() < 0:
         raise ValueError(f"{key} holds a negative class id {int(y.min())} (at index "
-                                          f"{int(np.argmin(y))}); class ids are >= 0")
+                         f"{int(np.argmin(y))}); class ids are >= 0")
