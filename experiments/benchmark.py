@@ -12,7 +12,7 @@ fresh subprocess builds the train state of that config
 (``tfjax.state.create_train_state``: raw vectors of width w, no backbone, no
 projector, a ``TransFusionHead(num_layers=L, implementation=...)``, Adam) and
 times the library's one jitted training step, ``tfjax.step.train_step``
-(``tfjax.train.compile_step(1)``), on a batch ``{"x": [n/2, w]}``: two views
+(``tfjax.devices.compile_step(1)``), on a batch ``{"x": [n/2, w]}``: two views
 (the vector augmentation at strength 0, so the views equal the sources) of
 n/2 sources give the head its n rows, paired by source as the JSD target
 wants, then forward + backward + the Adam update.  Reported:
@@ -154,7 +154,7 @@ def _init_jax():
   import jax
   import jax.numpy as jnp
   import tfjax.state  # noqa: F401
-  import tfjax.train  # noqa: F401
+  import tfjax.devices  # noqa: F401
   jax.block_until_ready(jnp.zeros(()) + 1)
   return jax, jnp
 
@@ -166,20 +166,19 @@ def step_config(cfg):
   step: identity backbone, no projector, JSD, Adam, ...); ``cfg`` sets the
   head's implementation.
   """
-  from tfjax.config import base_config
-  from tfjax.state import validate_config
+  from tfjax.config import base_config, validate
 
   config = base_config()
   config.update(cfg["config"])
   config.head.implementation = cfg["implementation"]
-  validate_config(config, num_devices=1)
+  validate(config, num_devices=1)
   return config
 
 
 def _build_step(cfg, abstract=False):
   """Returns (jitted train step, (state, batch, key)) for one config.
 
-  The step is the library's (``tfjax.train.compile_step(1)``: jitted
+  The step is the library's (``tfjax.devices.compile_step(1)``: jitted
   ``tfjax.step.train_step``, the state donated); the batch is
   ``{"x": [n/V, width]}`` (V = num_views = 2 views per source: n rows for
   the head).
@@ -189,7 +188,7 @@ def _build_step(cfg, abstract=False):
   import jax.numpy as jnp
   import numpy as np
   from tfjax.state import create_train_state
-  from tfjax.train import compile_step
+  from tfjax.devices import compile_step
 
   n, w = cfg["n"], cfg["width"]
   config = step_config(cfg)

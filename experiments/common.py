@@ -165,7 +165,7 @@ def compilation_cache(directory: Optional[str], min_compile_seconds: float = 0.1
 
   A job of many runs compiles the same programs again and again: every
   seed of a recipe (the recipe is static in the step), and tfjax frees each
-  finished run's programs (``tfjax.train.release_compiled_programs``).
+  finished run's programs (``tfjax.evaluation.release_compiled_programs``).
   With the cache, the second run reads them from disk: measured on the main
   job (2-core CPU), ~4 s less per run.  Programs that compiled in under
   ``min_compile_seconds`` are not written.  ``None`` leaves JAX as it is.
@@ -216,7 +216,7 @@ def shadowed_overrides(config, argv: Sequence[str]) -> List[str]:
     return []
   names = [n.strip() for n in str(config.get("compare") or "").split(",")
            if n.strip() in runs] or list(runs.keys())
-  from tfjax.workdir import flatten  # lazily: --help must not import JAX
+  from tfjax.config import flatten  # lazily: --help must not import JAX
   per_run = {n: flatten(runs[n]) if hasattr(runs[n], "items") else {} for n in names}
   messages = []
   for field in _overridden_fields(argv):
@@ -267,7 +267,7 @@ def error_line(e: BaseException, argv: Optional[Sequence[str]] = None,
   if argv is not None and (locked or isinstance(e, (KeyError, AttributeError))):
     bad = locked.group(1) if locked else _field_name(text)
     path = _full_path(bad, argv)
-    from tfjax.workdir import suggest_fields
+    from tfjax.config import suggest_fields
     parent = path.split(".")[:-1]
     close = [".".join(parent + [c])
              for c in re.findall(r'Did you mean "([\w.]+)"', text)]
@@ -348,15 +348,15 @@ def finished_results(config, run_dir: str) -> Optional[Dict]:
   any difference, even in a field a rerun may change, means None (an
   evaluation field changes the results; ``train_and_evaluate`` then decides).
   """
-  from tfjax import workdir
+  from tfjax import rerun
   paths = [os.path.join(run_dir, n) for n in ("results.json", "config.json")]
   if not all(os.path.exists(p) for p in paths):
     return None
   with open(paths[0]) as f:
     res = json.load(f)
   with open(paths[1]) as f:
-    fixed, free = workdir.config_diff(workdir.config_fields(json.load(f)),
-                                      workdir.config_fields(config))
+    fixed, free = rerun.config_diff(rerun.config_fields(json.load(f)),
+                                    rerun.config_fields(config))
   if res.get("step") != config.num_steps or fixed or free:
     return None
   return res

@@ -102,10 +102,11 @@ def make_data(config):
 
 def run(config, workdir: str, *, progress: bool = True):
   from tfjax import train
+  from tfjax.config import validate
+  from tfjax.metrics import read_metrics
   from tfjax.state import create_train_state, eval_model
 
-  from tfjax.state import validate_config
-  validate_config(config, config.num_devices or jax.device_count())  # before any compute
+  validate(config)  # before any compute
   t0 = time.time()
   x_tr, y_tr, x_te, y_te = data = make_data(config)
   k, d, sigma = config.clusters.num_classes, config.clusters.dim, config.clusters.sigma
@@ -117,7 +118,7 @@ def run(config, workdir: str, *, progress: bool = True):
   res = train.train_and_evaluate(config, os.path.join(workdir, "run"), data=data,
                                  progress=progress)
   state = res["state"]
-  for r in train.read_metrics(os.path.join(workdir, "run", "metrics.jsonl")):
+  for r in read_metrics(os.path.join(workdir, "run", "metrics.jsonl")):
     print(f"step {r['step']:4d}  JSD {r['loss']:.4f}", flush=True)
   stats["trained"] = per_layer(eval_model(state).head, state.params["head"], x_eval)
 

@@ -155,8 +155,8 @@ def margin_sigma(row, base) -> float:
 def run(config, workdir: str, *, progress: bool = True):
   """The ablation (see the module docstring)."""
   import jax
-  from tfjax import train
-  from tfjax.state import validate_config
+  from tfjax.config import validate
+  from tfjax.evaluation import evaluate_untrained
 
   names = target_names(config)
   if not config.validation_fraction:
@@ -169,8 +169,8 @@ def run(config, workdir: str, *, progress: bool = True):
   for name in names:  # every setting's config checked before any compute
     for recipe in relu_grid(config, name):
       for act in (config.activation, *config.comparison_activations):
-        validate_config(training_config(config, name, {**recipe,
-                                                       "head.activation": act}), 1)
+        validate(training_config(config, name, {**recipe,
+                                                "head.activation": act}), 1)
 
   say = print
   t_job = time.time()
@@ -226,7 +226,7 @@ def run(config, workdir: str, *, progress: bool = True):
     for seed in seeds:
       c = training_config(config, names[0], relu_grid(config, names[0])[0], seed=seed)
       c.eval.head_knn = False
-      per_seed.append(train.evaluate_untrained(c))
+      per_seed.append(evaluate_untrained(c))
     base = {"target": "random_init", "form": f"random-init {config.backbone}",
             **summarise(per_seed, ("knn", "linear")), "seeds": len(per_seed),
             "evaluated_on": "validation"}

@@ -18,12 +18,12 @@ Model: the MLP backbone (the per-sample encoder; the inductive
 representation), no projector, and a TransFusion head, trained with the JSD
 loss by AdamW without weight decay (i.e. Adam; our choice) at a constant
 learning rate.  Downstream metric: weighted kNN accuracy
-(``tfjax.evaluation.knn_accuracy``, cosine, k = 20, τ = 0.07) of the
+(``tfjax.probes.knn_accuracy``, cosine, k = 20, τ = 0.07) of the
 *encoder output* on clean (un-augmented) held-out points, with a clean
 labelled reference set.  Baselines: kNN on the raw input, and on the encoder
 at initialisation (the MLP has no BatchNorm, so this is simply the untrained
 encoder; with BatchNorm its statistics would be re-estimated on the training
-sources first, as in ``tfjax.train.evaluate_untrained``).
+sources first, as in ``tfjax.evaluation.evaluate_untrained``).
 
 Two sweeps (the operational definitions of docs/theory.md, section 5):
 
@@ -71,7 +71,8 @@ import numpy as np
 
 from experiments.common import cli, markdown_table, pyplot, write_report
 from tfjax import theory
-from tfjax.evaluation import extract_features, knn_accuracy
+from tfjax.evaluation import extract_features
+from tfjax.probes import knn_accuracy
 
 
 def equicorrelated_centres(rng: np.random.Generator, k: int, d: int,
@@ -118,8 +119,9 @@ def encoder_features(state, x):
 def train_point(config, workdir, data, progress):
   """Trains one grid point; ``(final state, per-step metric records)``."""
   from tfjax import train
+  from tfjax.metrics import read_metrics
   res = train.train_and_evaluate(config, workdir, data=data, progress=progress)
-  return res["state"], train.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  return res["state"], read_metrics(os.path.join(workdir, "metrics.jsonl"))
 
 
 def untrained_state(config, x_train):
@@ -342,8 +344,8 @@ def plot_coverage(plt, path, rows):
 
 
 def run(config, workdir: str, *, progress: bool = True):
-  from tfjax.state import validate_config
-  validate_config(config, config.num_devices or jax.device_count())  # before any compute
+  from tfjax.config import validate
+  validate(config)  # before any compute
   k, d = config.model.num_classes, config.model.dim
   sigma, rho = config.model.sigma, config.model.rho
   t_start = time.time()

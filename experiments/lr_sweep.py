@@ -159,7 +159,7 @@ CURVE_KEYS = ("embedding_variance", "param_norm", "base_grad_norm", "oar_grad_no
 
 
 def _curve(run_dir) -> Dict[str, list]:
-  from tfjax.train import read_metrics
+  from tfjax.metrics import read_metrics
   path = os.path.join(run_dir, "metrics.jsonl")
   rows = read_metrics(path) if os.path.exists(path) else []
   out = {"step": [r["step"] for r in rows]}
@@ -191,8 +191,8 @@ def collapsed(summary: Dict, threshold: float) -> bool:
 def run(config, workdir: str, *, progress: bool = True):
   """Both stages on every dataset, then the figures, tables and verdicts."""
   import jax
-  from tfjax import train
-  from tfjax.state import validate_config
+  from tfjax.config import validate
+  from tfjax.evaluation import evaluate_untrained
 
   names = loss_names(config)
   lrs = learning_rates(config)
@@ -202,8 +202,8 @@ def run(config, workdir: str, *, progress: bool = True):
     for loss in names:
       for oar in (False, True):
         for stage in ("sweep", "test"):
-          validate_config(run_config(config, loss, oar, lrs[0], dataset=dataset,
-                                     stage=stage), devices)
+          validate(run_config(config, loss, oar, lrs[0], dataset=dataset,
+                              stage=stage), devices)
   seeds = [config.seed + i for i in range(config.seeds)]
   t0 = time.time()
   report = {"datasets": {}, "config": {"losses": names, "seeds": seeds,
@@ -212,7 +212,7 @@ def run(config, workdir: str, *, progress: bool = True):
             "collapse_variance": config.collapse_variance}
   for dataset in datasets:
     base_cfg = run_config(config, names[0], False, lrs[0], dataset=dataset)
-    spec = validate_config(base_cfg, devices)
+    spec = validate(base_cfg, devices)
     data = _load_data(config, dataset, spec)
 
     def train_all(loss, oar, lr, stage):
@@ -253,9 +253,9 @@ def run(config, workdir: str, *, progress: bool = True):
           grid.append(lr * 10)
       i += 1
 
-    base_val = train.evaluate_untrained(base_cfg, data=data)
+    base_val = evaluate_untrained(base_cfg, data=data)
     test_cfg = run_config(config, names[0], False, lrs[0], dataset=dataset, stage="test")
-    base_test = train.evaluate_untrained(test_cfg, data=data)
+    base_test = evaluate_untrained(test_cfg, data=data)
 
     chosen, test = {}, {}
     for loss in names:

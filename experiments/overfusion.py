@@ -48,7 +48,6 @@ import os
 import sys
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -115,6 +114,7 @@ def knn_accuracy(train_z, train_y, test_z, test_y, k: int = 10) -> float:
 def train_run(c, data: dict, workdir: str, progress: bool):
   """Trains one encoder; returns (train embeddings, test embeddings, anchors, loss)."""
   from tfjax import evaluation, train
+  from tfjax.metrics import read_metrics
   from tfjax.state import eval_model
 
   res = train.train_and_evaluate(
@@ -124,7 +124,7 @@ def train_run(c, data: dict, workdir: str, progress: bool):
   model = eval_model(state)
   embed = lambda x: evaluation.extract_features(  # noqa: E731
       model, state.variables, x, batch_size=c.eval.batch_size, embeddings=True)
-  records = train.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
   tail = [r["loss"] for r in records if r["step"] > c.num_steps - 50]
   anchors = None if state.anchors is None else np.asarray(state.anchors)
   return (embed(data["x_train"]), embed(data["x_test"]), anchors,
@@ -137,11 +137,10 @@ def run(config, workdir: str, *, progress: bool = True):
   if config.get("search") is not None and config.search.enabled:
     return search(config, workdir, progress=progress)
   names = loss_names(config)
-  from tfjax.state import validate_config
+  from tfjax.config import validate
   for name in names:  # every run's config checked before any compute
     for oar in (False, True):
-      validate_config(run_config(config, name, oar, config.seed),
-                      config.num_devices or jax.device_count())
+      validate(run_config(config, name, oar, config.seed))
 
   t0 = time.time()
   rows, shown = [], {}
@@ -254,12 +253,11 @@ def search(config, workdir: str, *, progress: bool = True):
   """
   names = methods.parse_names(config.search.losses)
   grid = search_grid(config)
-  from tfjax.state import validate_config
+  from tfjax.config import validate
   for setting in grid:
     for name in names:
       for oar in (False, True):
-        validate_config(run_config(_setting_config(config, setting), name, oar,
-                                   config.seed), config.num_devices or jax.device_count())
+        validate(run_config(_setting_config(config, setting), name, oar, config.seed))
   t0 = time.time()
   rows, data_by_noise = [], {}
   for setting in grid:

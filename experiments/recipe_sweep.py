@@ -167,6 +167,7 @@ def train_once(c, run_dir, progress, data=None) -> dict:
   """One run's results (float fields, ``evaluated_on``, ``uniform_rows``);
   a finished run's results.json is reused."""
   from tfjax import train
+  from tfjax.metrics import read_metrics
   res = finished_results(c, run_dir)
   if res is None:  # train_and_evaluate refuses a real mismatch in one line
     res = train.train_and_evaluate(c, run_dir, progress=progress, data=data)
@@ -174,7 +175,7 @@ def train_once(c, run_dir, progress, data=None) -> dict:
   out = {k: v for k, v in res.items() if isinstance(v, float)}
   out["evaluated_on"] = res["evaluated_on"]
   metrics = os.path.join(run_dir, "metrics.jsonl")
-  rows = [r for r in train.read_metrics(metrics) if "uniform_rows" in r] \
+  rows = [r for r in read_metrics(metrics) if "uniform_rows" in r] \
       if os.path.exists(metrics) else []
   if rows:
     out["uniform_rows"] = float(rows[-1]["uniform_rows"])
@@ -277,8 +278,9 @@ def choose(grid, scores, incumbent, tolerance) -> int:
 # ----------------------------------------------------------------------------
 def run(config, workdir: str, *, progress: bool = True):
   import jax
-  from tfjax import methods, train
-  from tfjax.state import validate_config
+  from tfjax import methods
+  from tfjax.config import validate
+  from tfjax.evaluation import evaluate_untrained
 
   names = method_names(config)
   if not config.validation_fraction:
@@ -286,8 +288,8 @@ def run(config, workdir: str, *, progress: bool = True):
   for name in names:  # every setting's config checked before any compute
     for stage in range(len(STAGES)):
       for setting in stage_grid(config, name, stage):
-        validate_config(training_config(config, name, {**default_recipe(config, name),
-                                                        **setting}), 1)
+        validate(training_config(config, name, {**default_recipe(config, name),
+                                                 **setting}), 1)
   say = print
   t_job = time.time()
   sweep = Sweep(config, workdir, progress, say)
@@ -305,7 +307,7 @@ def run(config, workdir: str, *, progress: bool = True):
     for seed in sweep.seeds:
       c = config.copy_and_resolve_references()
       c.seed = seed
-      per_seed.append(train.evaluate_untrained(c))
+      per_seed.append(evaluate_untrained(c))
     baseline_val = summarise(per_seed, ("knn",))
 
   # Transfer check: chosen vs default recipe on other data, its test split.
@@ -336,7 +338,7 @@ def run(config, workdir: str, *, progress: bool = True):
       c = config.copy_and_resolve_references()
       c.dataset, c.validation_fraction, c.seed = tr.dataset, None, seed
       c.eval.linear_steps = tr.linear_steps
-      per_seed.append(train.evaluate_untrained(c))
+      per_seed.append(evaluate_untrained(c))
     transfer_rows.append({"method": "random_init", "recipe": "—",
                           "display": f"random-init {config.backbone} (BatchNorm "
                                      "statistics of the data)",

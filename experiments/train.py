@@ -88,19 +88,16 @@ def run(config, workdir: str, *, progress: bool = True, data=None):
   """Trains every run of ``config.compare`` and evaluates the baselines."""
   import jax
   from tfjax import distributed, evaluation, methods, train
-  from tfjax.state import validate_config
+  from tfjax.config import validate
+  from tfjax.data.splits import open_splits
 
   runs = run_configs(config)
   for _, c in runs:  # every run's config checked before any compute
-    validate_config(c, c.num_devices or jax.device_count())
-  spec = validate_config(config, config.num_devices or jax.device_count())
-  if data is None:  # data prepared and batches fit, before any data is read
-    from tfjax.workdir import check_dataset
-    for _, c in runs:
-      check_dataset(c)
+    validate(c, data=data)   # data prepared (or checked) and batches fit
+  spec = validate(config, data=data)
   primary = distributed.is_primary()
   say = print if primary else (lambda *a, **k: None)
-  sources = train.open_splits(config, spec, data)
+  sources = open_splits(config, spec, data)
   say(f"dataset {config.dataset}: {len(sources[0])} train / {len(sources[1])} "
       f"test, {jax.device_count()} {jax.default_backend()} device(s), "
       f"{jax.process_count()} process(es)", flush=True)
@@ -126,7 +123,7 @@ def run(config, workdir: str, *, progress: bool = True, data=None):
     for seed in seeds:
       c_seed = config.copy_and_resolve_references()
       c_seed.seed = seed
-      per_seed.append(train.evaluate_untrained(c_seed, data=sources))
+      per_seed.append(evaluation.evaluate_untrained(c_seed, data=sources))
     rows.append({"method": f"random-init {config.backbone} (BatchNorm "
                            "statistics of the data)", **mean_std(per_seed),
                  "seeds": len(seeds)})

@@ -24,7 +24,7 @@ import pytest  # noqa: E402
 def _free_compiled_programs_after_each_module():
   # The suite compiles thousands of programs in one process; on CPU each
   # holds memory mappings and Linux allows 65,530 per process. Library runs
-  # free theirs (tfjax.train.release_compiled_programs); tests that jit
+  # free theirs (tfjax.evaluation.release_compiled_programs); tests that jit
   # directly are freed here, module by module.
   yield
   jax.clear_caches()

@@ -1,4 +1,6 @@
 """Tests for tfjax.data.augment: pure JAX augmentations with a strength knob."""
+import types
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -6,7 +8,12 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from tfjax.data import augment as A
+from tests import helpers
+from tfjax.data import augment, augment_image, augment_vector
+
+# One namespace for the augmentations of every module (and the test helpers).
+A = types.SimpleNamespace(**{**vars(augment_image), **vars(augment_vector), **vars(augment),
+                             "make_views": helpers.make_views, "augment_batch": helpers.augment_batch})
 
 IMAGE_FNS = [A.random_resized_crop, A.random_flip, A.color_jitter, A.random_grayscale, A.simclr_augment]
 VECTOR_FNS = [A.gaussian_noise, A.random_shift, A.random_scale, A.random_mask, A.vector_augment,

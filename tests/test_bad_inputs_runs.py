@@ -44,6 +44,7 @@ from tests.test_train import tiny_config, toy_data
 from tfjax import train, workdir as workdirs
 from tfjax.checkpoint import Checkpointer, CheckpointError, CheckpointWarning
 from tfjax.data.registry import DatasetNotFoundError
+from tfjax.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -201,7 +202,7 @@ def _after_adamw(ctx):
 
 def _after_sgd(ctx):
   assert checkpoint_steps(ctx.dir) == [3] and checkpoints_finite(ctx.dir)
-  records = train.read_metrics(os.path.join(ctx.dir, "metrics.jsonl"))
+  records = read_metrics(os.path.join(ctx.dir, "metrics.jsonl"))
   assert records[-1]["step"] == 5 and "loss" in records[-1]["nonfinite"]
 
 
@@ -224,7 +225,7 @@ def _raised_num_steps(ctx):
   res = _rerun(ctx, num_steps=6)
   with open(os.path.join(ctx.dir, "run.json")) as f:
     starts = json.load(f)["starts"]
-  steps = [r["step"] for r in train.read_metrics(os.path.join(ctx.dir, "metrics.jsonl"))]
+  steps = [r["step"] for r in read_metrics(os.path.join(ctx.dir, "metrics.jsonl"))]
   return (res["step"] == 6 and steps == [2, 4, 6]
           and starts[-1]["changed"] == {"num_steps": [4, 6]}
           and starts[-1]["resumed_from"] == 4
@@ -348,8 +349,8 @@ def _before_compute(config=None, data="arrays", **kwargs):
       workdir = workdir(ctx)
     t0 = time.time()
     try:
-      train.train_and_evaluate(config, workdir, progress=False,
-                               data=None if data is None else toy_data())
+      given = toy_data() if isinstance(data, str) else data
+      train.train_and_evaluate(config, workdir, progress=False, data=given)
     finally:
       print(f"refused after {time.time() - t0:.2f} s")
   return fn
@@ -368,6 +369,28 @@ def _missing_download(ctx):
                                        backbone="small_cnn",
                                        backbone_kwargs={"out_features": 8}),
                            ctx.dir, progress=False)
+
+
+def _with(index: int, change):
+  """``toy_data()`` with array ``index`` (0 x_train, 1 y_train, 2 x_test,
+  3 y_test) replaced by ``change(array)``."""
+  arrays = list(toy_data())
+  arrays[index] = change(arrays[index].copy())
+  return tuple(arrays)
+
+
+def _put_label(value, row=4):
+  def change(y):
+    y[row] = value
+    return y
+  return change
+
+
+def _put(value, row=5):
+  def change(x):
+    x[row, 2] = value
+    return x
+  return change
 
 
 # ----------------------------------------------------------------------------
@@ -421,6 +444,32 @@ def _cli_overwrite(ctx):
   return (out == "ran" and seen["left"] == [] and not seen["lock_free"]
           and sorted(os.listdir(ctx.dir)) == [".lock", "notes.txt", "supcon"]
           and lock_is_free(ctx.dir))
+
+
+class _Clock:
+  """A clock that advances one second each time it is read."""
+
+  def __init__(self):
+    self.now = 1000.0
+
+  def time(self):
+    self.now += 1.0
+    return self.now
+
+
+def _cumulative_train_seconds(ctx):
+  """train_seconds sums the training of every start of a run, and a rerun
+  that only evaluates reports that total."""
+  ctx.monkeypatch.setattr(train, "time", _Clock())
+  recorded = lambda: json.load(open(os.path.join(ctx.dir, "run.json")))["train_seconds"]  # noqa: E731
+  run(ctx, fast(), stop_after=2)          # steps 1-2, checkpoint at 2
+  first = recorded()
+  done = run(ctx, fast())                 # steps 3-4 on top
+  total = recorded()
+  again = run(ctx, fast())                # nothing left: evaluates only
+  starts = json.load(open(os.path.join(ctx.dir, "run.json")))["starts"]
+  return (0 < first < total and total <= done["train_seconds"] < total + 5
+          and again["train_seconds"] == round(total, 1) and len(starts) == 3)
 
 
 CASES = [
@@ -508,6 +557,51 @@ CASES = [
     ("real dataset not downloaded (no data read)",
      _missing_download,
      Raises(DatasetNotFoundError, "dataset 'cifar10' is not prepared under data_dir")),
+    # 4b. Bad values that used to train silently or fail late (#22).
+    ("batch_size=1: one source, loss and gradient 0",
+     _before_compute(fast(batch_size=1)),
+     Raises(ValueError, "batch_size must be >= 2, got 1")),
+    ("label_fraction=1e-9 labels fewer examples than classes",
+     _before_compute(fast(label_fraction=1e-9)),
+     Raises(ValueError, "label_fraction=1e-09 labels 4.8e-08 of the 48 training "
+            "examples, fewer than the 3 classes; the smallest label_fraction "
+            "that works is 0.0625")),
+    ("label_fraction=1e-9 against the registry split (no data read)",
+     _before_compute(fast(label_fraction=1e-9), data=None),
+     Raises(ValueError, "fewer than the 3 classes; the smallest label_fraction "
+            "that works is 0.05")),
+    ("head.compute_dtype with the dense head",
+     _before_compute(fast(**{"head.compute_dtype": "bfloat16"})),
+     Raises(ValueError, "head.compute_dtype='bfloat16' applies to "
+            "head.implementation='blockwise' only")),
+    ("backbone cnn1d with the MLP's backbone_kwargs",
+     _before_compute(fast(backbone="cnn1d")),
+     Raises(ValueError, "backbone_kwargs.batch_norm, backbone_kwargs.hidden are "
+            "not fields of backbone 'cnn1d'; it takes channels, kernel_size, "
+            "out_features")),
+    ("x_train holds a NaN", _before_compute(fast(), data=_with(0, _put(np.nan))),
+     Raises(ValueError, "x_train holds NaN/inf (first at index 5)")),
+    ("x_train holds an inf", _before_compute(fast(), data=_with(0, _put(np.inf, 7))),
+     Raises(ValueError, "x_train holds NaN/inf (first at index 7)")),
+    ("x_train holds 1e40", _before_compute(
+        fast(), data=_with(0, lambda x: _put(1e40)(x.astype(np.float64)))),
+     Raises(ValueError, "x_train holds values beyond ±1e+30")),
+    ("x_test holds a NaN", _before_compute(fast(), data=_with(2, _put(np.nan, 0))),
+     Raises(ValueError, "x_test holds NaN/inf (first at index 0)")),
+    ("x_test with another feature count",
+     _before_compute(fast(), data=_with(2, lambda x: x[:, :5])),
+     Raises(ValueError, "x_test has shape [5] per example, x_train [8]")),
+    ("x_test empty", _before_compute(fast(), data=_with(2, lambda x: x[:0])),
+     Raises(ValueError, "x_test is empty (0 examples)")),
+    ("y_train of another length",
+     _before_compute(fast(), data=_with(1, lambda y: y[:-1])),
+     Raises(ValueError, "y_train must be [N] with N = len(x_train) = 48")),
+    ("y_train negative", _before_compute(fast(), data=_with(1, _put_label(-1))),
+     Raises(ValueError, "y_train holds a negative class id -1 (at index 4)")),
+    ("y_train of floats", _before_compute(fast(), data=_with(1, lambda y: y.astype(np.float32))),
+     Raises(ValueError, "y_train must hold integer class ids, got dtype float32")),
+    ("train_seconds sums the starts of a run",
+     _cumulative_train_seconds, Check(lambda out, ctx: out, "cumulative, reported on resume")),
     # 5. Command lines.
     ("cli: misspelt field", _cli("--config.learning_rte=0.1"),
      Cli("unknown config field 'learning_rte'; did you mean learning_rate?")),

@@ -7,8 +7,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits  # scikit-learn dependency
 
-from tfjax.evaluation import (balanced_subset, finetune_mlp, finetune_protocol,
-                              knn_accuracy, knn_classify, linear_probe, standardize)
+from tfjax.finetune import balanced_subset, finetune_mlp, finetune_protocol
+from tfjax.probes import knn_accuracy, knn_classify, linear_probe, standardize
 
 
 def clusters(rng, n, d, c, spread):

@@ -46,7 +46,7 @@ def test_downstream_tiny_writes_merged_table(tmp_path):
 def test_recipes_keep_their_augmentation_only_where_it_fits(capsys):
   from experiments.configs.downstream import get_config
   from experiments.train import run_configs
-  from tfjax.state import validate_config
+  from tfjax.config import validate
   config = get_config("")
   assert config.runs.simclr.augment == "signal"          # the MNIST-1D recipe
   digits = dict(run_configs(downstream.dataset_config(config, "digits")))   # images
@@ -56,4 +56,4 @@ def test_recipes_keep_their_augmentation_only_where_it_fits(capsys):
   assert mnist1d["simclr"].augment == "signal" and mnist1d["supcon"].augment == ""
   for runs in (digits, mnist1d):                         # every run is a valid config
     for c in runs.values():
-      validate_config(c, 1)
+      validate(c, 1)

@@ -50,7 +50,7 @@ def test_default_grid_is_the_protocol():
 
 
 def test_every_setting_is_a_valid_training_config(clean_activations):
-  from tfjax.state import validate_config
+  from tfjax.config import validate
   for arg in ("", "quick", "tiny"):
     c = get_config(arg)
     for act in c.comparison_activations:
@@ -59,7 +59,7 @@ def test_every_setting_is_a_valid_training_config(clean_activations):
       for recipe in head_ablation.relu_grid(c, target):
         for act in ("relu", *c.comparison_activations):
           t = training_config(c, target, {**recipe, "head.activation": act})
-          validate_config(t, 1)
+          validate(t, 1)
           assert t.validation_fraction == 0.2 and t.head.activation == act
 
 

@@ -49,13 +49,13 @@ def test_grid_point_configs_are_valid_and_views_follow_the_model():
   """Each sweep's config passes the training checks; isotropic_noise is ``s u'``."""
   import jax
   from tfjax.data.augment import get_augmentation
-  from tfjax.state import validate_config
+  from tfjax.config import validate
 
   cfg = get_config("tiny")
   aug = limits.point_config(cfg, supervised=False, batch_size=8, strength=2.5)
   bat = limits.point_config(cfg, supervised=True, batch_size=12, strength=0.0)
   for c in (aug, bat):
-    validate_config(c)
+    validate(c)
     assert c.augment == "isotropic_noise" and c.head.tie_qk_init
     assert c.embed_dim == 0 and c.schedule == "constant" and c.weight_decay == 0.0
   assert (aug.num_views, aug.label_fraction, aug.augment_strength) == (2, None, 2.5)

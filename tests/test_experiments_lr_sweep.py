@@ -125,14 +125,14 @@ def test_config_arg_picks_size_and_datasets():
 
 
 def test_run_configs_follow_the_authors_protocol():
-  from tfjax.state import validate_config
+  from tfjax.config import validate
   for arg in ("tiny", "quick", ""):
     config = get_config(arg)
     for dataset in lr_sweep.dataset_names(config):
       for loss in lr_sweep.loss_names(config):
         for oar in (False, True):
           c = lr_sweep.run_config(config, loss, oar, 1.0, dataset=dataset, seed=2)
-          validate_config(c, 1)
+          validate(c, 1)
           assert (c.learning_rate, c.loss, c.seed, c.dataset) == (1.0, loss, 2, dataset)
           assert c.temperature == 1.0 and c.weight_decay == 5e-4 and c.warmup_steps == 0
           assert c.optimizer == "sgd" and c.momentum == 0.9

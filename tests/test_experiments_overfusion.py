@@ -56,12 +56,12 @@ def test_overfusion_rejects_unknown_loss(tmp_path):
 
 
 def test_overfusion_run_configs_are_valid_and_match_the_recipe():
-  from tfjax.state import validate_config
+  from tfjax.config import validate
   config = get_config("tiny")
   for name in overfusion.loss_names(config):
     for oar in (False, True):
       c = overfusion.run_config(config, name, oar, seed=3)
-      validate_config(c, 1)
+      validate(c, 1)
       assert c.loss == name and c.seed == 3
       assert c.backbone == "mlp" and c.embed_dim == 0
       assert tuple(c.backbone_kwargs.hidden) == (config.hidden, config.hidden)

@@ -36,7 +36,7 @@ def test_full_grid_is_the_protocol():
 
 
 def test_every_setting_is_a_valid_training_config():
-  from tfjax.state import validate_config
+  from tfjax.config import validate
   for arg in ("", "tiny"):
     c = get_config(arg)
     for m in METHODS:
@@ -44,7 +44,7 @@ def test_every_setting_is_a_valid_training_config():
         for setting in recipe_sweep.stage_grid(c, m, stage):
           recipe = {**recipe_sweep.default_recipe(c, m), **setting}
           t = recipe_sweep.training_config(c, m, recipe)
-          validate_config(t, 1)
+          validate(t, 1)
           assert t.validation_fraction == 0.2
           for key, value in recipe.items():
             node = t

@@ -9,7 +9,7 @@ import pytest
 
 import tfjax
 from tfjax.models import TransFusionHead, uniform_row_fraction
-from tfjax.train import DeadTrainingWatch
+from tfjax.guards import DeadTrainingWatch
 
 
 def _np_adjacency(q, k, act):
@@ -127,19 +127,19 @@ class ProjectionTest(chex.TestCase):
 
 
 def test_config_accepts_every_projection():
-  from tfjax.config import base_config
+  from tfjax.config import base_config, validate
   from tfjax.models import PROJECTIONS
-  from tfjax.state import build_network, validate_config
+  from tfjax.state import build_network
   assert PROJECTIONS == ("learned", "tied", "norm", "none")
   for projection in PROJECTIONS:
     c = base_config()
     c.head.final_projection = projection
-    validate_config(c, 1)
+    validate(c, 1)
     assert build_network(c).head.final_projection == projection
   c = base_config()
   c.head.final_projection = "layernorm"
   with pytest.raises(ValueError, match="unknown head.final_projection 'layernorm'.*'norm'"):
-    validate_config(c, 1)
+    validate(c, 1)
 
 
 def test_fusion_within_each_view():

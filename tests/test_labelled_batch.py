@@ -9,10 +9,11 @@ import optax
 import pytest
 
 from tests.test_train import fresh_state, tiny_config, toy_data
-from tfjax import losses, train
+from tfjax import devices, losses, train
+from tfjax.config import validate
 from tfjax.data import pipeline
 from tfjax.data.pipeline import ArraySource, batch_indices, labelled_batch
-from tfjax.state import validate_config
+from tfjax.metrics import read_metrics
 from tfjax.step import LABELLED_KEY, global_index_views, step_key, train_step
 from tfjax.data.augment import get_augmentation
 
@@ -71,9 +72,9 @@ def test_train_batches_add_the_labelled_batch_per_step_and_device():
 
 def test_config_checks_for_the_labelled_batch():
   with pytest.raises(ValueError, match="set oar_weight > 0"):
-    validate_config(tiny_config(labelled_batch_size=4), 1)
+    validate(tiny_config(labelled_batch_size=4), 1)
   with pytest.raises(ValueError, match="divisible by the 4 devices"):
-    validate_config(tiny_config(labelled_batch_size=6, label_fraction=0.5,
+    validate(tiny_config(labelled_batch_size=6, label_fraction=0.5,
                                 oar_weight=1.0, loss="info_nce"), 4)
 
 
@@ -155,12 +156,12 @@ def test_labelled_batch_on_four_devices_equals_one():
   def run(num_devices):
     axis = "batch" if num_devices > 1 else None
     state = fresh_state(config, axis)
-    step = train.compile_step(num_devices)
+    step = devices.compile_step(num_devices)
     if axis:
-      state = train.replicate(state, num_devices)
+      state = devices.replicate(state, num_devices)
     for i, b in enumerate(batches):
-      state, m = step(state, train.shard(b, num_devices) if axis else b, step_key(0, i))
-    return (train.unreplicate(state), train.unreplicate(m)) if axis else (state, m)
+      state, m = step(state, devices.shard(b, num_devices) if axis else b, step_key(0, i))
+    return (devices.unreplicate(state), devices.unreplicate(m)) if axis else (state, m)
 
   one, m1 = run(1)
   four, m4 = run(4)
@@ -173,6 +174,6 @@ def test_loop_trains_with_a_labelled_batch(tmp_path):
   config = tiny_config(loss="info_nce", label_fraction=0.25, oar_weight=1.0,
                        labelled_batch_size=8, num_steps=4)
   res = train.train_and_evaluate(config, str(tmp_path), progress=False, data=toy_data())
-  rows = train.read_metrics(str(tmp_path / "metrics.jsonl"))
+  rows = read_metrics(str(tmp_path / "metrics.jsonl"))
   assert rows and all(r["oar_grad_norm"] > 0 and r["base_grad_norm"] > 0 for r in rows)
   assert 0 <= res["knn"] <= 1

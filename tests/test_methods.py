@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tfjax import methods, train
-from tfjax.config import base_config
-from tfjax.state import validate_config
+from tfjax.config import base_config, validate
+from tfjax.metrics import read_metrics
 
 
 def toy_config(loss):
@@ -87,11 +87,11 @@ def test_a_registered_toy_loss_trains_through_the_public_api(tmp_path):
     with pytest.raises(ValueError, match="takes exactly 2 views"):
       bad = toy_config("alignment")
       bad.num_views = 3
-      validate_config(bad)
+      validate(bad)
     res = train.train_and_evaluate(c, str(tmp_path), data=toy_data(), progress=False)
     assert res["step"] == 2 and np.isfinite(res["final_loss"])
     assert seen["shapes"] == ((16, 8), (16, 8), (32,))
-    records = train.read_metrics(str(tmp_path / "metrics.jsonl"))
+    records = read_metrics(str(tmp_path / "metrics.jsonl"))
     assert [r["step"] for r in records] == [1, 2]
     assert records[0]["grad_norm"] > 0          # the loss reached the parameters
     assert methods.display_name(c) == "Alignment only"

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from experiments import train as main_job
-from tfjax import methods, train
-from tfjax.config import base_config
+from tfjax import devices, evaluation, guards, methods, train
+from tfjax.config import base_config, validate
+from tfjax.data import splits
 from tfjax.data.pipeline import batch_indices
 from tfjax.data.registry import get_dataset_spec
-from tfjax.state import create_train_state, validate_config
+from tfjax.metrics import read_metrics
+from tfjax.state import build_network, create_train_state
 from tfjax.step import step_key, train_step, train_steps
 
 
@@ -64,16 +66,16 @@ def run_steps(config, num_devices, batches):
   """Runs len(batches) steps on ``num_devices`` devices; returns final state."""
   axis = "batch" if num_devices > 1 else None
   state = fresh_state(config, axis)
-  step = train.compile_step(num_devices)
+  step = devices.compile_step(num_devices)
   if axis is not None:
-    state = train.replicate(state, num_devices)
+    state = devices.replicate(state, num_devices)
   metrics = None
   for i, batch in enumerate(batches):
     if axis is not None:
-      batch = train.shard(batch, num_devices)
+      batch = devices.shard(batch, num_devices)
     state, metrics = step(state, batch, step_key(0, i))
   if axis is not None:
-    state, metrics = train.unreplicate(state), train.unreplicate(metrics)
+    state, metrics = devices.unreplicate(state), devices.unreplicate(metrics)
   return state, metrics
 
 
@@ -129,7 +131,7 @@ def test_blockwise_head_trains_like_dense(num_devices):
   dense = tiny_config(**options)
   block = tiny_config(**options, **{"head.implementation": "blockwise",
                                     "head.block_size": 5})
-  validate_config(block, num_devices)
+  validate(block, num_devices)
   batches = _jsd_batches(dense)
   want, m_dense = run_steps(dense, 1, batches)
   got, m_block = run_steps(block, num_devices, batches)
@@ -145,7 +147,7 @@ def test_blockwise_bfloat16_compute_from_config():
   config = tiny_config(**{"head.implementation": "blockwise",
                           "head.block_size": 8,
                           "head.compute_dtype": "bfloat16"})
-  net = train.build_network(config)
+  net = build_network(config)
   assert net.head.compute_dtype == jnp.bfloat16
   # Two steps: the first has learning rate 0 (warm-up).
   want, _ = run_steps(tiny_config(), 1, _jsd_batches(config))
@@ -173,7 +175,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, source):
                                      progress=False)
   chex.assert_trees_all_equal(full["state"].params, resumed["state"].params)
   assert full["knn"] == resumed["knn"]
-  steps = [r["step"] for r in train.read_metrics(str(tmp_path / "resumed" / "metrics.jsonl"))]
+  steps = [r["step"] for r in read_metrics(str(tmp_path / "resumed" / "metrics.jsonl"))]
   assert steps == [2, 4, 6]  # the lines after the checkpoint were replaced, not duplicated
   for name in ("results.json", "loss.png", "affinity.png", "spectrum.png"):
     assert os.path.getsize(tmp_path / "resumed" / name) > 0
@@ -209,8 +211,8 @@ def test_steps_per_call_scan_equals_single_steps(tmp_path):
                                    stop_after=6)
   chex.assert_trees_all_close(one["state"].params, three["state"].params,
                               rtol=1e-5, atol=1e-6)
-  m1 = train.read_metrics(str(tmp_path / "a" / "metrics.jsonl"))
-  m3 = train.read_metrics(str(tmp_path / "b" / "metrics.jsonl"))
+  m1 = read_metrics(str(tmp_path / "a" / "metrics.jsonl"))
+  m3 = read_metrics(str(tmp_path / "b" / "metrics.jsonl"))
   assert [r["step"] for r in m3] == [1, 2, 3, 4, 5, 6]
   np.testing.assert_allclose([r["loss"] for r in m3], [r["loss"] for r in m1], rtol=1e-5)
 
@@ -232,78 +234,78 @@ def test_diverged_run_stops_with_valid_json(tmp_path):
 
 def test_nonfinite_state_names_the_leaves_in_order():
   state = fresh_state(tiny_config())
-  assert train.nonfinite_state(state) == []
+  assert guards.nonfinite_state(state) == []
   kernel = state.params["backbone"]["Dense_0"]["kernel"]
   params = jax.tree.map(lambda x: x, state.params)
   params["backbone"]["Dense_0"]["kernel"] = kernel.at[0, 0].set(jnp.inf)
   stats = jax.tree.map(lambda x: x * jnp.nan, state.batch_stats)
-  bad = train.nonfinite_state(state.replace(params=params, batch_stats=stats))
+  bad = guards.nonfinite_state(state.replace(params=params, batch_stats=stats))
   assert bad[0] == "params/backbone/Dense_0/kernel"
   assert bad[1:] and all(b.startswith("batch_stats/") for b in bad[1:])
   assert len(bad) == 1 + len(jax.tree.leaves(state.batch_stats))
   # The pmapped loop's replicated state: one device's bad copy is enough.
-  both = train.replicate(state.replace(params=params), 2)
-  assert train.nonfinite_state(both, replicated=True) == bad[:1]
-  good = train.replicate(state, 2)
-  assert train.nonfinite_state(good, replicated=True) == []
+  both = devices.replicate(state.replace(params=params), 2)
+  assert guards.nonfinite_state(both, replicated=True) == bad[:1]
+  good = devices.replicate(state, 2)
+  assert guards.nonfinite_state(good, replicated=True) == []
   one_bad = jax.tree.map(lambda g, b: np.stack([g[0], b[1]]), good, both)
-  assert train.nonfinite_state(one_bad, replicated=True) == bad[:1]
+  assert guards.nonfinite_state(one_bad, replicated=True) == bad[:1]
 
 
 def test_config_errors_before_compute():
   with pytest.raises(ValueError, match="not divisible by the device count 4"):
-    validate_config(tiny_config(batch_size=18), num_devices=4)
+    validate(tiny_config(batch_size=18), num_devices=4)
   with pytest.raises(ValueError, match="unknown loss 'simclr'"):
-    validate_config(tiny_config(loss="simclr"))
+    validate(tiny_config(loss="simclr"))
   with pytest.raises(ValueError, match="unknown dataset 'cifar11'"):
-    validate_config(tiny_config(dataset="cifar11"))
+    validate(tiny_config(dataset="cifar11"))
   with pytest.raises(ValueError, match="unknown backbone 'resnet19'"):
-    validate_config(tiny_config(backbone="resnet19"))
+    validate(tiny_config(backbone="resnet19"))
   with pytest.raises(ValueError, match=r"warmup_steps \(6\) must lie in \[0, num_steps=6\)"):
-    validate_config(tiny_config(warmup_steps=6))
+    validate(tiny_config(warmup_steps=6))
   with pytest.raises(ValueError, match=r"label_fraction must be in \(0, 1\]"):
-    validate_config(tiny_config(label_fraction=0.0))
+    validate(tiny_config(label_fraction=0.0))
   with pytest.raises(ValueError, match="needs label_fraction"):
-    validate_config(tiny_config(oar_weight=1.0))
+    validate(tiny_config(oar_weight=1.0))
   with pytest.raises(ValueError, match="unknown head.implementation 'flash'"):
-    validate_config(tiny_config(**{"head.implementation": "flash"}))
+    validate(tiny_config(**{"head.implementation": "flash"}))
   with pytest.raises(ValueError, match="head.block_size must be a positive"):
-    validate_config(tiny_config(**{"head.implementation": "blockwise",
+    validate(tiny_config(**{"head.implementation": "blockwise",
                                          "head.block_size": 0}))
   with pytest.raises(ValueError, match="head.compute_dtype must name a float"):
-    validate_config(tiny_config(**{"head.implementation": "blockwise",
+    validate(tiny_config(**{"head.implementation": "blockwise",
                                          "head.compute_dtype": "int8"}))
   with pytest.raises(ValueError, match="head.compute_dtype must name a float"):
-    validate_config(tiny_config(**{"head.implementation": "blockwise",
+    validate(tiny_config(**{"head.implementation": "blockwise",
                                          "head.compute_dtype": "bfloat17"}))
   with pytest.raises(ValueError, match="takes exactly 2 views"):
-    validate_config(tiny_config(loss="info_nce", num_views=3))
+    validate(tiny_config(loss="info_nce", num_views=3))
   with pytest.raises(ValueError, match="num_views must be >= 2"):
-    validate_config(tiny_config(num_views=1))
+    validate(tiny_config(num_views=1))
   with pytest.raises(ValueError, match="cannot use labels"):
-    validate_config(tiny_config(loss="info_nce", label_fraction=1.0, labels_in_loss=True))
+    validate(tiny_config(loss="info_nce", label_fraction=1.0, labels_in_loss=True))
   with pytest.raises(ValueError, match="unknown augmentation 'blur'"):
-    validate_config(tiny_config(augment="blur"))
+    validate(tiny_config(augment="blur"))
   with pytest.raises(ValueError, match="steps_per_call must be an integer >= 1"):
-    validate_config(tiny_config(steps_per_call=0))
+    validate(tiny_config(steps_per_call=0))
   # num_steps = 0 blames num_steps (not warmup_steps); fields are named as in the config.
   with pytest.raises(ValueError, match="^num_steps must be an integer >= 1, got 0$"):
-    validate_config(tiny_config(num_steps=0))
+    validate(tiny_config(num_steps=0))
   with pytest.raises(ValueError, match=r"^learning_rate must be finite and >= 0, got -0.1$"):
-    validate_config(tiny_config(learning_rate=-0.1))
+    validate(tiny_config(learning_rate=-0.1))
   with pytest.raises(ValueError, match=r"^weight_decay must be finite and >= 0, got inf$"):
-    validate_config(tiny_config(weight_decay=float("inf")))
+    validate(tiny_config(weight_decay=float("inf")))
   with pytest.raises(ValueError, match=r"^checkpoint_every must be an integer >= 1"):
-    validate_config(tiny_config(checkpoint_every=0))
+    validate(tiny_config(checkpoint_every=0))
   with pytest.raises(ValueError, match=r"^batch_size must be an integer >= 1, got 0$"):
-    validate_config(tiny_config(batch_size=0))
+    validate(tiny_config(batch_size=0))
   with pytest.raises(ValueError, match=r"^eval.knn_k must be an integer >= 1, got 0$"):
-    validate_config(tiny_config(**{"eval.knn_k": 0}))
+    validate(tiny_config(**{"eval.knn_k": 0}))
   with pytest.raises(ValueError, match=r"eval.finetune_fractions must lie in \(0, 1\], got \[1.5\]"):
-    validate_config(tiny_config(**{"eval.finetune_fractions": (0.5, 1.5)}))
+    validate(tiny_config(**{"eval.finetune_fractions": (0.5, 1.5)}))
   with pytest.raises(ValueError, match=r"^augment_strength must be finite and >= 0"):
-    validate_config(tiny_config(augment_strength=-1.0))
-  validate_config(tiny_config(num_views=1, label_fraction=1.0, labels_in_loss=True))
+    validate(tiny_config(augment_strength=-1.0))
+  validate(tiny_config(num_views=1, label_fraction=1.0, labels_in_loss=True))
   with pytest.raises(AttributeError):
     tiny_config().learning_rte = 0.1
 
@@ -414,11 +416,11 @@ def test_validation_fraction_evaluates_on_held_out_training_data(tmp_path):
   config = tiny_config(validation_fraction=0.25, num_steps=2, warmup_steps=0)
   res = train.train_and_evaluate(config, str(tmp_path), data=toy_data(), progress=False)
   assert res["evaluated_on"] == "validation"
-  spec = validate_config(config)
-  tr, val = train.open_splits(config, spec, toy_data())
+  spec = validate(config)
+  tr, val = splits.open_splits(config, spec, toy_data())
   assert (len(tr), len(val)) == (36, 12)          # 25 % of 48, class-balanced
   with pytest.raises(ValueError, match="validation_fraction must be in"):
-    validate_config(tiny_config(validation_fraction=1.0))
+    validate(tiny_config(validation_fraction=1.0))
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="Linux memory maps")
@@ -435,7 +437,7 @@ def test_finished_runs_release_their_compiled_programs(tmp_path):
     config = tiny_config(num_steps=2, warmup_steps=0, learning_rate=1e-3 * (i + 1),
                          temperature=0.1 * (i + 1), seed=i)
     train.train_and_evaluate(config, str(tmp_path / f"r{i}"), data=toy_data(), progress=False)
-    train.evaluate_untrained(config, data=toy_data())
+    evaluation.evaluate_untrained(config, data=toy_data())
     gc.collect()
     counts.append(maps())
   # without the release each run kept ~600 mappings; allow allocator noise
@@ -456,11 +458,11 @@ def test_in_memory_input_trains_exactly_as_streaming(tmp_path):
                               runs["stream"]["state"].params)
   assert runs["memory"]["knn"] == runs["stream"]["knn"]
   # The in-memory copy is made once per source object a caller passes.
-  sources = train.open_splits(tiny_config(), get_dataset_spec("subspaces_tiny"))
-  first = train._in_memory(tiny_config(), *sources)
-  again = train._in_memory(tiny_config(), *sources)
+  sources = splits.open_splits(tiny_config(), get_dataset_spec("subspaces_tiny"))
+  first = splits.in_memory_splits(tiny_config(), *sources)
+  again = splits.in_memory_splits(tiny_config(), *sources)
   assert all(a is b for a, b in zip(first, again))
-  assert train._in_memory(tiny_config(**{"input.in_memory_mb": 0}), *sources) == sources
+  assert splits.in_memory_splits(tiny_config(**{"input.in_memory_mb": 0}), *sources) == sources
 
 
 def test_compilation_cache_holds_a_jobs_programs_and_restores_jax(tmp_path):

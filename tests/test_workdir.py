@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from tests.test_train import tiny_config, toy_data
-from tfjax import workdir as wd
+from tfjax import rerun, workdir as wd
+from tfjax.config import suggest_fields, validate
 from tfjax.data import pipeline
+from tfjax.data.fingerprint import data_fingerprint
 from tfjax.data.registry import DatasetNotFoundError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,34 +26,34 @@ def test_config_fields_are_the_training_fields_flattened():
   c = tiny_config()
   with c.unlocked():
     c.runs = {"supcon": {"learning_rate": 1.0}}   # an experiment's own field
-  fields = wd.config_fields(c)
+  fields = rerun.config_fields(c)
   assert fields["head.num_layers"] == 3 and fields["learning_rate"] == 1e-3
   assert fields["backbone_kwargs.hidden"] == [16]
   assert fields["eval.finetune_fractions"] == [0.5]
   assert not any(k.startswith("runs") for k in fields)
   # The same dict from the config.json a run wrote.
-  assert wd.config_fields(json.loads(c.to_json())) == fields
+  assert rerun.config_fields(json.loads(c.to_json())) == fields
 
 
 def test_config_diff_splits_fixed_and_free_fields():
-  old = wd.config_fields(tiny_config())
-  new = wd.config_fields(tiny_config(learning_rate=0.01, log_every=1,
+  old = rerun.config_fields(tiny_config())
+  new = rerun.config_fields(tiny_config(learning_rate=0.01, log_every=1,
                                      **{"eval.knn_k": 7, "input.num_threads": 1,
                                         "backbone_kwargs.hidden": (32,)}))
-  fixed, free = wd.config_diff(old, new)
+  fixed, free = rerun.config_diff(old, new)
   assert fixed == [("backbone_kwargs.hidden", [16], [32]),
                    ("learning_rate", 0.001, 0.01)]
   assert free == [("eval.knn_k", 3, 7), ("input.num_threads", 4, 1),
                   ("log_every", 2, 1)]
-  assert wd.config_diff(old, dict(old)) == ([], [])
+  assert rerun.config_diff(old, dict(old)) == ([], [])
   # A key only one side has (an unlocked dict's entry) differs too.
-  fixed, _ = wd.config_diff({**old, "loss_options.margin": 1.0}, old)
+  fixed, _ = rerun.config_diff({**old, "loss_options.margin": 1.0}, old)
   assert fixed == [("loss_options.margin", 1.0, "(absent)")]
   # A training field added since the run started (absent from its
   # config.json) is unchanged at its default, changed otherwise.
   older = {k: v for k, v in old.items() if k != "labelled_batch_size"}
-  assert wd.config_diff(older, old) == ([], [])
-  assert wd.config_diff(older, {**old, "labelled_batch_size": 8})[0] == [
+  assert rerun.config_diff(older, old) == ([], [])
+  assert rerun.config_diff(older, {**old, "labelled_batch_size": 8})[0] == [
       ("labelled_batch_size", "(absent)", 8)]
 
 
@@ -59,14 +61,14 @@ def test_config_diff_splits_fixed_and_free_fields():
                                    "log_every", "checkpoint_every",
                                    "write_plots", "data_dir", "eval.knn_k"])
 def test_free_fields(field):
-  assert wd._free(field)
+  assert rerun._free(field)
 
 
 @pytest.mark.parametrize("field", ["learning_rate", "num_steps", "seed",
                                    "num_devices", "steps_per_call", "evaluate",
                                    "head.num_layers", "dataset"])
 def test_fixed_fields(field):
-  assert not wd._free(field)
+  assert not rerun._free(field)
 
 
 def test_run_directory_refuses_other_config_in_one_line(tmp_path):
@@ -228,8 +230,8 @@ def test_clear_tree_removes_run_files_only(tmp_path):
 # Fingerprints.
 def test_data_fingerprint():
   a = pipeline_sources()
-  same = wd.data_fingerprint(*a)
-  assert len(same) == 32 and same == wd.data_fingerprint(*pipeline_sources())
+  same = data_fingerprint(*a)
+  assert len(same) == 32 and same == data_fingerprint(*pipeline_sources())
   x, y, xt, yt = toy_data()
   x2 = x.copy()
   x2[17, 3] += 1e-6                        # one entry of in-memory data
@@ -239,10 +241,10 @@ def test_data_fingerprint():
                   (pipeline.ArraySource(x, y2), a[1]),
                   (a[1], a[0]),            # the order of the sources
                   pipeline.split_source(a[0], 0.25)]:
-    assert wd.data_fingerprint(*changed) != same
+    assert data_fingerprint(*changed) != same
   # A subset is its parent plus its indices.
   tr, val = pipeline.split_source(a[0], 0.25)
-  assert wd.data_fingerprint(tr, val) == wd.data_fingerprint(
+  assert data_fingerprint(tr, val) == data_fingerprint(
       *pipeline.split_source(pipeline_sources()[0], 0.25))
 
 
@@ -268,57 +270,56 @@ def test_fingerprint_of_a_record_source_reads_16_records():
   x = np.arange(400, dtype=np.float32).reshape(100, 4)
   y = np.arange(100) % 3
   src = _Records(x, y)
-  first = wd.data_fingerprint(src)
+  first = data_fingerprint(src)
   assert sorted(set(src.reads)) == sorted(set(np.linspace(0, 99, 16).astype(int)))
   x2 = x.copy()
   x2[99] += 1                                     # the last record is sampled
-  assert wd.data_fingerprint(_Records(x2, y)) != first
-  assert wd.data_fingerprint(_Records(x[:99], y[:99])) != first   # the size
+  assert data_fingerprint(_Records(x2, y)) != first
+  assert data_fingerprint(_Records(x[:99], y[:99])) != first   # the size
 
 
 # ----------------------------------------------------------------------------
 # The data, before any compute.
-def test_check_dataset(tmp_path, monkeypatch):
-  wd.check_dataset(tiny_config())                        # offline: generated
+def test_validate_checks_the_dataset_before_reading_it(tmp_path, monkeypatch):
+  validate(tiny_config())                        # offline: generated
   with pytest.raises(ValueError, match="batch_size 61 exceeds the 60 training "
                      "examples of 'subspaces_tiny'$"):
-    wd.check_dataset(tiny_config(batch_size=61))
-  wd.check_dataset(tiny_config(batch_size=61), batch_size=False)
+    validate(tiny_config(batch_size=61))
   with pytest.raises(ValueError, match="unknown dataset 'cifar11'"):
-    wd.check_dataset(tiny_config(dataset="cifar11"))
+    validate(tiny_config(dataset="cifar11"))
   c = tiny_config(dataset="mnist", data_dir=str(tmp_path))
   with pytest.raises(DatasetNotFoundError, match=(
       f"dataset 'mnist' is not prepared under data_dir '{tmp_path}' \\(no "
       "array_record files of its train/test split in .*tfds build mnist")):
-    wd.check_dataset(c)
+    validate(c)
   # Prepared (file names as TFDS writes them): passes; one split missing: named.
   version = tmp_path / "mnist" / "3.0.1"
   version.mkdir(parents=True)
   (version / "mnist-train.array_record-00000-of-00001").write_text("")
   with pytest.raises(DatasetNotFoundError, match="of its test split"):
-    wd.check_dataset(c)
+    validate(c)
   (version / "mnist-test.array_record-00000-of-00001").write_text("")
-  wd.check_dataset(c)
+  validate(c)
   # $TFDS_DATA_DIR when data_dir is unset; remote directories are not checked.
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "elsewhere"))
   with pytest.raises(DatasetNotFoundError, match="elsewhere"):
-    wd.check_dataset(tiny_config(dataset="mnist"))
-  wd.check_dataset(tiny_config(dataset="mnist", data_dir="gs://bucket/tfds"))
+    validate(tiny_config(dataset="mnist"))
+  validate(tiny_config(dataset="mnist", data_dir="gs://bucket/tfds"))
 
 
-def test_check_dataset_skips_tfds_mock_data():
+def test_validate_skips_the_disk_check_under_tfds_mock_data():
   import tensorflow_datasets as tfds
   c = tiny_config(dataset="cifar10", data_dir="/nonexistent", batch_size=16)
   with pytest.raises(DatasetNotFoundError):
-    wd.check_dataset(c)
+    validate(c)
   with tfds.testing.mock_data(num_examples=8):
-    wd.check_dataset(c)        # the loop checks the mocked split's size itself
+    validate(c)        # no files on disk; the registry's sizes do not hold
 
 
 def test_suggest_fields():
-  assert wd.suggest_fields("learning_rte") == ["learning_rate"]
-  assert wd.suggest_fields("head.num_layrs") == ["head.num_layers"]
-  assert wd.suggest_fields("zzzz") == []
+  assert suggest_fields("learning_rte") == ["learning_rate"]
+  assert suggest_fields("head.num_layrs") == ["head.num_layers"]
+  assert suggest_fields("zzzz") == []
 
 
 # ----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ evaluation it uses the running averages and the output is deterministic.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Sequence
 
 import chex
@@ -222,3 +223,25 @@ def get_backbone(name: str, **kwargs) -> nn.Module:
   if not isinstance(name, str) or name.lower() not in BACKBONES:
     raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
   return BACKBONES[name.lower()](**kwargs)
+
+
+def check_backbone_kwargs(name: str, kwargs) -> None:
+  """Raises ValueError for an unknown backbone ``name`` (or ``"identity"``)
+  or a keyword argument it does not take, naming ``backbone_kwargs.FIELD``
+  and the fields it takes."""
+  given = list(kwargs.keys())
+  if name == "identity":
+    if given:
+      raise ValueError(f"backbone_kwargs.{given[0]}: backbone 'identity' "
+                       "takes no backbone_kwargs")
+    return
+  if name not in BACKBONES:
+    raise ValueError(f"unknown backbone {name!r}; known: "
+                     f"{sorted(BACKBONES) + ['identity']}")
+  accepted = sorted(f.name for f in dataclasses.fields(BACKBONES[name])
+                    if f.init and f.name not in ("parent", "name", "axis_name"))
+  unknown = [k for k in given if k not in accepted]
+  if unknown:
+    names = ", ".join(f"backbone_kwargs.{k}" for k in unknown)
+    raise ValueError(f"{names} {'is not a field' if len(unknown) == 1 else 'are not fields'}"
+                     f" of backbone {name!r}; it takes {', '.join(accepted)}")

@@ -2,7 +2,7 @@
 
 A run that is killed and started again with the same command restores the
 last checkpoint and, because the batches and keys are pure functions of the
-step (``tfjax.train.batch_indices`` / ``step_key``), ends with the same
+step (``tfjax.data.pipeline.batch_indices`` / ``step_key``), ends with the same
 parameters as an uninterrupted run.
 
 Never a silent wrong restore:

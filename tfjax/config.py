@@ -4,11 +4,11 @@ Experiment configs (``experiments/configs/*.py``) start from
 :func:`base_config` and change fields; the dict is locked, so a misspelled
 field raises an error instead of being silently ignored.  On the command line
 every field is set with ``--config.FIELD=VALUE`` (``ml_collections``'
-``config_flags``).  :func:`tfjax.state.validate_config` checks the values
-before any compute, naming the field.
+``config_flags``).  :func:`validate` checks the values (and, given, the
+data arrays) before any data is read or any compute, naming the field.
 
 A run's work directory remembers its config (``config.json``): resuming
-with a config that changes the result is refused (:mod:`tfjax.workdir`).
+with a config that changes the result is refused (:mod:`tfjax.rerun`).
 Raising ``num_steps`` continues training; the *free* fields, which cannot
 change the trained parameters, may change on any rerun: ``input.*``,
 ``log_every``, ``checkpoint_every``, ``write_plots``, ``data_dir`` and
@@ -16,6 +16,11 @@ change the trained parameters, may change on any rerun: ``input.*``,
 """
 
 from __future__ import annotations
+
+import difflib
+import json
+import math
+from typing import Any, Dict, List, Optional
 
 import ml_collections
 
@@ -34,7 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
   # backbone "identity" feeds the raw vectors on; embed_dim = 0 drops the
   # projector (the embeddings are then the backbone features).
   c.backbone = "mlp"
-  c.backbone_kwargs = ml_collections.ConfigDict({"hidden": (256,), "out_features": 128})
+  # The backbone's attributes (tfjax.backbones; empty: its defaults, for the
+  # MLP hidden=(256,), out_features=128).
+  c.backbone_kwargs = ml_collections.ConfigDict()
   c.backbone_kwargs.unlock()  # each backbone takes its own attributes
   c.embed_dim = 64
   c.projector_hidden = (256,)
@@ -116,3 +123,253 @@ def base_config() -> ml_collections.ConfigDict:
   c.lock()
   c.loss_options.unlock()  # each registered method may read its own options
   return c
+
+
+# ----------------------------------------------------------------------------
+# The one check, before any data is read and before any compute.
+# ----------------------------------------------------------------------------
+def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = None,
+             *, data=None):
+  """Raises ValueError naming the field (or the array) that cannot work.
+
+  Checks, without reading data or compiling anything:
+
+  * the names: dataset, loss, backbone and the ``backbone_kwargs`` it
+    takes, optimizer, schedule, augmentation, head options
+    (``head.compute_dtype`` applies to the blockwise head only);
+  * the sizes: ``batch_size``, ``num_steps``, ``steps_per_call``,
+    ``log_every``, ``checkpoint_every`` >= 1; ``warmup_steps`` in
+    [0, num_steps); batch sizes divisible by the device count; a batch of
+    at least 2 sources (every method compares examples across the batch);
+  * the optimisation numbers (``learning_rate``, ``weight_decay``,
+    ``augment_strength`` finite and >= 0, ``momentum`` in [0, 1)), the
+    label options and the evaluation sizes;
+  * the devices: ``num_devices`` (None: ``config.num_devices`` or every
+    device, checked against those available);
+  * the data: without ``data``, the registry dataset is prepared on disk
+    (:func:`tfjax.data.splits.check_prepared`) and its split sizes are
+    used; with ``data`` — arrays ``(x_train, y_train, x_test, y_test)`` or
+    two sources ``(train, test)`` — the arrays are checked cheaply (finite,
+    ``|x| <= 1e30``, :func:`tfjax.data.checks.check_data`, non-empty, the same shape per example in both
+    splits, integer labels >= 0, as many labels as examples);
+  * the batch fits in the training split (less the held-out
+    ``validation_fraction``), and ``label_fraction`` labels at least as
+    many training examples as there are classes.
+
+  Returns the dataset's :class:`tfjax.data.DatasetSpec`.
+  """
+  from tfjax.data.registry import get_dataset_spec
+  from tfjax.models import check_head_options
+
+  spec = get_dataset_spec(config.dataset)  # unknown dataset -> ValueError
+  _check_int(config, "num_devices", 0)
+  num_devices = _num_devices(config, num_devices)
+  _check_names(config, spec)
+  _check_sizes(config, num_devices)
+  _check_labels(config, num_devices)
+  check_head_options(config.head)
+  if data is None:
+    from tfjax.data.splits import check_prepared, tfds_mocked
+    if tfds_mocked():   # no files on disk, and the registry's sizes do not hold
+      return spec
+    check_prepared(spec, config.get("data_dir"))
+    num_train, num_classes = _registry_split(config, spec)
+    where = f" of {spec.name!r}"
+  else:
+    from tfjax.data.checks import check_data
+    num_train, num_classes = check_data(data, config.get("validation_fraction"))
+    where = ""
+  _check_batch_fits(config, num_train, where)
+  _check_label_fraction(config, num_train, num_classes)
+  return spec
+
+
+def _field(config, name: str):
+  node = config
+  for part in name.split("."):
+    node = node[part]
+  return node
+
+
+def _check_int(config, name: str, low: int) -> None:
+  value = _field(config, name)
+  if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_real(config, name: str, low: float, high: Optional[float] = None
+                ) -> None:
+  """``low <= value`` (``< high`` when given), finite."""
+  value = _field(config, name)
+  ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+        and math.isfinite(value) and value >= low
+        and (high is None or value < high))
+  if not ok:
+    where = (f"in [{low:g}, {high:g})" if high is not None else f">= {low:g}")
+    raise ValueError(f"{name} must be finite and {where}, got {value!r}")
+
+
+def _num_devices(config, num_devices: Optional[int]) -> int:
+  """The device count of the run: given, or the config's against JAX's."""
+  if num_devices is not None:
+    return num_devices
+  import jax
+  available, processes = jax.device_count(), jax.process_count()
+  num_devices = config.num_devices or available
+  if processes > 1 and num_devices != available:
+    raise ValueError(f"a run of {processes} processes uses all {available} "
+                     f"devices; set num_devices=0, not {num_devices}")
+  if num_devices > available:
+    raise ValueError(f"config asks for num_devices={num_devices}, but only "
+                     f"{available} are available")
+  return num_devices
+
+
+def _check_names(config, spec) -> None:
+  from tfjax import methods
+  from tfjax.backbones import check_backbone_kwargs
+  from tfjax.data.augment import get_augmentation
+  from tfjax.optim import OPTIMIZERS, SCHEDULES
+
+  methods.get(config.loss)                 # unknown loss -> ValueError
+  check_backbone_kwargs(config.backbone, config.backbone_kwargs)
+  if config.optimizer not in OPTIMIZERS:
+    raise ValueError(
+        f"unknown optimizer {config.optimizer!r}; known: {sorted(OPTIMIZERS)}")
+  if config.schedule not in SCHEDULES:
+    raise ValueError(
+        f"unknown schedule {config.schedule!r}; known: {list(SCHEDULES)}")
+  get_augmentation(config.augment, spec.kind)  # unknown augmentation
+
+
+def _check_sizes(config, num_devices: int) -> None:
+  for name in ("batch_size", "num_steps", "steps_per_call", "log_every",
+               "checkpoint_every"):
+    _check_int(config, name, 1)
+  if config.batch_size < 2:
+    raise ValueError(f"batch_size must be >= 2, got {config.batch_size}: "
+                     "every method compares the sources of a batch with each "
+                     "other (one source gives a loss and gradient of 0)")
+  if config.batch_size % num_devices:
+    raise ValueError(
+        f"global batch_size {config.batch_size} is not divisible by the "
+        f"device count {num_devices}")
+  if not 0 <= config.warmup_steps < config.num_steps:
+    raise ValueError(f"warmup_steps ({config.warmup_steps}) must lie in "
+                     f"[0, num_steps={config.num_steps})")
+  _check_real(config, "learning_rate", low=0.0)
+  _check_real(config, "weight_decay", low=0.0)
+  _check_real(config, "momentum", low=0.0, high=1.0)
+  _check_real(config, "augment_strength", low=0.0)
+  for name in ("input.num_threads", "input.host_prefetch", "input.device_prefetch",
+               "input.in_memory_mb"):
+    if name.split(".")[1] in config.get("input", {}):
+      _check_int(config, name, 0)
+  for name in ("eval.batch_size", "eval.knn_k"):
+    _check_int(config, name, 1)
+  for name in ("eval.linear_steps", "eval.finetune_steps"):
+    _check_int(config, name, 0)
+  bad = [f for f in config.eval.finetune_fractions if not 0 < f <= 1]
+  if bad:
+    raise ValueError(f"eval.finetune_fractions must lie in (0, 1], got {bad}")
+  if config.embed_dim < 0:
+    raise ValueError(f"embed_dim must be >= 0 (0: no projector), got "
+                     f"{config.embed_dim}")
+
+
+def _check_labels(config, num_devices: int) -> None:
+  from tfjax import methods
+
+  method = methods.get(config.loss)
+  if config.get("validation_fraction") is not None and not (
+      0 < config.validation_fraction < 1):
+    raise ValueError(f"validation_fraction must be in (0, 1) (or None), got "
+                     f"{config.validation_fraction}")
+  if config.label_fraction is not None and not 0 < config.label_fraction <= 1:
+    raise ValueError(f"label_fraction must be in (0, 1] (or None for no "
+                     f"labels), got {config.label_fraction}")
+  if config.labelled_batch_size < 0:
+    raise ValueError(f"labelled_batch_size must be >= 0, got {config.labelled_batch_size}")
+  if config.labelled_batch_size > 0:
+    if not config.oar_weight > 0:
+      raise ValueError("labelled_batch_size > 0 feeds the OAR loss: set oar_weight > 0 "
+                       "(and label_fraction)")
+    if config.labelled_batch_size % num_devices:
+      raise ValueError(f"labelled_batch_size {config.labelled_batch_size} must be "
+                       f"divisible by the {num_devices} devices")
+  if config.oar_weight > 0 and not config.label_fraction:
+    raise ValueError("oar_weight > 0 needs label_fraction > 0 (OAR pulls "
+                     "the labelled samples toward their class anchors)")
+  labels_in_loss = config.label_fraction is not None and config.labels_in_loss
+  if config.labels_in_loss and not method.accepts_labels:
+    raise ValueError(f"loss {method.name!r} cannot use labels in its target "
+                     "(labels_in_loss=True)")
+  if method.num_views is not None and config.num_views != method.num_views:
+    raise ValueError(f"loss {method.name!r} takes exactly {method.num_views} "
+                     f"views, got num_views={config.num_views}")
+  if config.num_views < 1 or (config.num_views == 1 and not (
+      labels_in_loss and config.label_fraction == 1.0)):
+    raise ValueError(f"num_views must be >= 2 (one view is enough only when "
+                     f"every label is in the loss), got {config.num_views}")
+
+
+def _registry_split(config, spec):
+  """``(training examples, classes)`` of a registry dataset, from its spec."""
+  fraction = config.get("validation_fraction") or 0.0
+  n = spec.num_train - int(math.floor(spec.num_train * fraction))
+  return n, spec.num_classes
+
+
+def _check_batch_fits(config, num_train: int, where: str) -> None:
+  """The batch fits in the training split (less the held-out part)."""
+  if num_train and config.batch_size > num_train:
+    held = (f" after holding out validation_fraction="
+            f"{config.validation_fraction}" if config.get("validation_fraction")
+            else "")
+    raise ValueError(f"batch_size {config.batch_size} exceeds the {num_train} "
+                     f"training examples{where}{held}")
+
+
+def _check_label_fraction(config, num_train: int, num_classes) -> None:
+  """``label_fraction`` labels at least one training example per class."""
+  fraction = config.label_fraction
+  if fraction is None or not num_train or not num_classes:
+    return
+  if fraction * num_train + 1e-9 < num_classes:
+    smallest = _round_up(num_classes / num_train)
+    raise ValueError(
+        f"label_fraction={fraction:g} labels {fraction * num_train:.3g} of the "
+        f"{num_train} training examples, fewer than the {num_classes} classes; "
+        f"the smallest label_fraction that works is {smallest:g}")
+
+
+def _round_up(x: float, digits: int = 3) -> float:
+  """``x`` rounded up to ``digits`` significant digits."""
+  scale = 10.0 ** (math.floor(math.log10(x)) - digits + 1)
+  return min(1.0, math.ceil(x / scale) * scale)
+
+
+# ----------------------------------------------------------------------------
+# Field names.
+# ----------------------------------------------------------------------------
+def flatten(d, prefix: str = "") -> Dict[str, Any]:
+  """``{dotted name: leaf}`` of a nested mapping (a dict or a ConfigDict);
+  an empty mapping is a leaf."""
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if hasattr(v, "items") and len(v):
+      out.update(flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def suggest_fields(name: str, config=None, n: int = 3) -> List[str]:
+  """Up to ``n`` field names of ``config`` (default the training fields)
+  closest to ``name`` (a dotted or a last-part name)."""
+  config = base_config() if config is None else config
+  names = list(flatten(json.loads(config.to_json())))
+  if "." not in name:
+    names = sorted(set(config.keys()) | {k for k in names if "." not in k})
+  return difflib.get_close_matches(name, names, n=n, cutoff=0.6)

@@ -11,7 +11,10 @@
 * :func:`precise_batch_stats` — BatchNorm statistics re-estimated on data
   (forward passes in train mode, no gradient step): the *fair* random
   baseline is a randomly initialised backbone with these statistics, not with
-  BatchNorm's initial mean 0 / variance 1.
+  BatchNorm's initial mean 0 / variance 1;
+* :func:`evaluate_state` — all of the above for a train state (what
+  :func:`tfjax.train.train_and_evaluate` reports), and
+  :func:`evaluate_untrained` for the randomly initialised baseline.
 
 The probes are run on the inductive representation (independent of the rest
 of the batch); the head's fused features are reported beside them as what
@@ -34,16 +37,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tfjax.finetune import balanced_subset, finetune_mlp, finetune_protocol  # noqa: F401
+from tfjax import diagnostics, guards
+from tfjax.config import validate
+from tfjax.finetune import finetune_mlp
 from tfjax.networks import ContrastiveNet
-from tfjax.probes import knn_accuracy, knn_classify, linear_probe, standardize  # noqa: F401
+from tfjax.probes import knn_accuracy, linear_probe
+from tfjax.progress import Progress
+from tfjax.state import TrainState, create_train_state, eval_model
 
 Array = jax.Array
 
 
-def clear_compiled() -> None:
-  """Drops the cached jitted feature, fusion and BatchNorm-statistics
-  functions (and so their compiled programs); the next call recompiles."""
+def release_compiled_programs() -> None:
+  """Frees the XLA programs compiled for runs that have finished.
+
+  Every run compiles its own step, finiteness check and feature functions
+  (their static recipe and model differ), and JAX keeps a compiled program
+  as long as the function it belongs to.  On CPU each program holds a few
+  memory mappings of machine code, and Linux allows a process 65,530
+  (``vm.max_map_count``): a sweep of ~35 MNIST-1D runs in one process
+  exhausts them and dies with a segmentation fault inside XLA's compiler.
+  :func:`tfjax.train.train_and_evaluate` and :func:`evaluate_untrained`
+  call this when they finish; it clears only tfjax's own caches (the step
+  functions are per run already), not the caller's jitted functions.
+  """
+  guards.clear_compiled()
   for cached in (_feature_fn, _fused_fn, _batch_stat_fn):
     cached.cache_clear()
 
@@ -198,3 +216,73 @@ def precise_batch_stats(model: ContrastiveNet, variables, data, *,
     if count >= max_batches:
       break
   return jax.tree.map(lambda t: t / count, total)
+
+
+# ----------------------------------------------------------------------------
+# A train state's evaluations, and the untrained baseline's.
+# ----------------------------------------------------------------------------
+def evaluate_state(state: TrainState, train_source, test_source, train_labels,
+                   num_classes: int, config, show: Optional[Progress] = None
+                   ) -> Dict[str, float]:
+  """The evaluations of ``state``'s backbone features and embedding diagnostics."""
+  from tfjax.data import pipeline   # grain: imported on first use
+  show = show or Progress(False)
+  model = eval_model(state)
+  feats = []
+  for name, source in (("train", train_source), ("test", test_source)):
+    bar = show.bar(total=len(source), desc=f"features ({name})", leave=False)
+    feats.append(extract_features(
+        model, state.variables, source, batch_size=config.eval.batch_size,
+        progress=None if bar is None else (lambda n, b=bar: b.update(n - b.n))))
+    if bar is not None:
+      bar.close()
+  test_labels = pipeline.source_labels(test_source)
+  out = evaluate_features(feats[0], train_labels, feats[1], test_labels,
+                                     num_classes=num_classes,
+                                     eval_config=config.eval, log=show.say)
+  # Over-fusion diagnostics of both inductive representations: the backbone
+  # features and the projector's embeddings (where the loss and OAR act).
+  test_z = extract_features(model, state.variables, test_source,
+                                       batch_size=config.eval.batch_size,
+                                       embeddings=True)
+  if config.eval.head_knn:  # the authors' protocol: kNN on the head's output
+    fused = [extract_fused(model, state.variables, src,
+                                      batch_size=config.batch_size)
+             for src in (train_source, test_source)]
+    out["knn_head"] = knn_accuracy(
+        fused[0], train_labels, fused[1], test_labels, num_classes=num_classes,
+        k=config.eval.knn_k, temperature=config.eval.knn_temperature)
+  out["feature_variance"] = float(diagnostics.embedding_variance(feats[1]))
+  out["embedding_variance"] = float(diagnostics.embedding_variance(test_z))
+  out["embedding_rank95"] = float(diagnostics.rank_at_energy(test_z))
+  return out
+
+
+def evaluate_untrained(config, data=None, *, precise_bn: bool = True,
+                       max_bn_batches: int = 50) -> Dict[str, float]:
+  """The evaluations of a randomly initialised backbone: the fair baseline.
+
+  With ``precise_bn`` its BatchNorm statistics are re-estimated on the
+  training data (:func:`tfjax.precise_batch_stats`); without,
+  BatchNorm keeps its initial mean 0 / variance 1 (a handicapped baseline).
+  """
+  from tfjax.data import pipeline   # grain: imported on first use
+  from tfjax.data.splits import in_memory_splits, num_classes as split_classes, open_splits
+  spec = validate(config, 1, data=data)
+  train_source, test_source = in_memory_splits(
+      config, *open_splits(config, spec, data))
+  labels = pipeline.source_labels(train_source)
+  num_classes = split_classes(spec, train_source, data)
+  try:
+    state = create_train_state(config, jax.random.key(config.seed),
+                               train_source.x_shape, num_classes, data_kind=spec.kind)
+    if precise_bn:
+      stats = precise_batch_stats(
+          state.model, state.variables, train_source,
+          batch_size=min(config.batch_size, len(train_source)),
+          max_batches=max_bn_batches)
+      state = state.replace(batch_stats=stats)
+    out = evaluate_state(state, train_source, test_source, labels, num_classes, config)
+  finally:   # also when it fails: a sweep goes on with the next setting
+    release_compiled_programs()
+  return {k: v for k, v in out.items() if not k.startswith("embedding")}

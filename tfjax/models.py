@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from tfjax.affinity import jsd_loss, target_affinity
-from tfjax.attention import Activation, adjacency
+from tfjax.attention import Activation, adjacency, get_activation
 from tfjax.blockwise import (DEFAULT_BLOCK_SIZE, blockwise_attention,
                              blockwise_jsd_loss)
 
@@ -334,3 +334,39 @@ class TransFusionHead(nn.Module):
                              column_labels=column_labels,
                              diagonal_offset=offset, dtype=a.dtype)
     return jsd_loss(a, target, axis_name=self.axis_name)
+
+
+def check_head_options(head) -> None:
+  """Raises ValueError naming the ``head.*`` field (the config's ``head``
+  block) that cannot build a :class:`TransFusionHead`: names, sizes and the
+  blockwise options (``head.compute_dtype`` applies to the blockwise head only)."""
+  if head.final_projection not in PROJECTIONS:
+    raise ValueError(f"unknown head.final_projection "
+                     f"{head.final_projection!r}; choose one of {PROJECTIONS}")
+  if head.num_layers < 1:
+    raise ValueError(f"head.num_layers must be >= 1, got {head.num_layers}")
+  get_activation(head.activation)  # unknown activation -> ValueError
+  impl = head.get("implementation", "dense")
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown head.implementation {impl!r}; choose one of "
+                     f"{IMPLEMENTATIONS}")
+  name = head.get("compute_dtype", None)
+  if impl == "dense":
+    if name:
+      raise ValueError(f"head.compute_dtype={name!r} applies to "
+                       "head.implementation='blockwise' only; the dense head "
+                       "computes in float32 (set head.compute_dtype=None)")
+    return
+  block_size = head.block_size
+  if isinstance(block_size, bool) or not isinstance(block_size, int) or (
+      block_size < 1):
+    raise ValueError(f"head.block_size must be a positive int, got "
+                     f"{block_size!r}")
+  if name:
+    try:
+      dtype = jnp.dtype(name)
+    except TypeError:
+      dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+      raise ValueError(f"head.compute_dtype must name a float dtype such as "
+                       f"'bfloat16' (or be None), got {name!r}")

@@ -46,7 +46,7 @@ def training_plots(workdir: str, state, test_source, config) -> None:
   from tfjax.data.pipeline import read_batch
   from tfjax.evaluation import extract_features
   from tfjax.state import eval_model
-  from tfjax.train import read_metrics
+  from tfjax.metrics import read_metrics
 
   records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
   if records:

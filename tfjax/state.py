@@ -1,4 +1,4 @@
-"""A run's state built from its config: checks, network, optimiser, anchors.
+"""A run's state built from its (validated) config: network, optimiser, anchors.
 
 :class:`TrainState` is one pytree holding everything a training step changes
 (step, parameters, BatchNorm statistics, optimiser state) and, as static
@@ -20,20 +20,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Optional, Tuple
 
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from tfjax import losses, methods
-from tfjax.backbones import BACKBONES, get_backbone
-from tfjax.models import IMPLEMENTATIONS, TransFusionHead, tie_query_key
+from tfjax.backbones import get_backbone
+from tfjax.models import TransFusionHead, tie_query_key
 from tfjax.networks import ContrastiveNet, Identity
-from tfjax.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
+from tfjax.optim import make_optimizer, make_schedule
 
 Array = jax.Array
 
@@ -97,160 +95,17 @@ class TrainState:
     return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-# ----------------------------------------------------------------------------
-# Configuration checks: before any compute.
-# ----------------------------------------------------------------------------
-def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
-  """Raises ValueError for names or sizes that cannot work, before compute.
-
-  Checks the names (dataset, loss, backbone, optimizer, schedule,
-  augmentation, head options), the sizes (``batch_size``, ``num_steps``,
-  ``steps_per_call``, ``log_every``, ``checkpoint_every`` >= 1;
-  ``warmup_steps`` in [0, num_steps); batch sizes divisible by the
-  ``num_devices`` devices), the optimisation numbers (``learning_rate``,
-  ``weight_decay``, ``augment_strength`` finite and >= 0, ``momentum`` in
-  [0, 1)), the label options and the evaluation sizes.  It reads no data:
-  the data checks are :func:`tfjax.workdir.check_dataset`'s.  Each message
-  names the config field.
-
-  Returns the dataset's :class:`tfjax.data.DatasetSpec`.
-  """
-  from tfjax.data.augment import get_augmentation
-  from tfjax.data.registry import get_dataset_spec
-
-  spec = get_dataset_spec(config.dataset)  # unknown dataset -> ValueError
-  method = methods.get(config.loss)        # unknown loss -> ValueError
-  if config.backbone != "identity" and config.backbone not in BACKBONES:
-    raise ValueError(f"unknown backbone {config.backbone!r}; known: "
-                     f"{sorted(BACKBONES) + ['identity']}")
-  if config.optimizer not in OPTIMIZERS:
-    raise ValueError(
-        f"unknown optimizer {config.optimizer!r}; known: {sorted(OPTIMIZERS)}")
-  if config.schedule not in SCHEDULES:
-    raise ValueError(
-        f"unknown schedule {config.schedule!r}; known: {list(SCHEDULES)}")
-  get_augmentation(config.augment, spec.kind)  # unknown augmentation
-  for name in ("batch_size", "num_steps", "steps_per_call", "log_every",
-               "checkpoint_every"):
-    _check_int(config, name, 1)
-  _check_int(config, "num_devices", 0)
-  if config.batch_size % num_devices:
-    raise ValueError(
-        f"global batch_size {config.batch_size} is not divisible by the "
-        f"device count {num_devices}")
-  if not 0 <= config.warmup_steps < config.num_steps:
-    raise ValueError(f"warmup_steps ({config.warmup_steps}) must lie in "
-                     f"[0, num_steps={config.num_steps})")
-  _check_real(config, "learning_rate", low=0.0)
-  _check_real(config, "weight_decay", low=0.0)
-  _check_real(config, "momentum", low=0.0, high=1.0)
-  _check_real(config, "augment_strength", low=0.0)
-  for name in ("input.num_threads", "input.host_prefetch", "input.device_prefetch",
-               "input.in_memory_mb"):
-    if name.split(".")[1] in config.get("input", {}):
-      _check_int(config, name, 0)
-  for name in ("eval.batch_size", "eval.knn_k"):
-    _check_int(config, name, 1)
-  for name in ("eval.linear_steps", "eval.finetune_steps"):
-    _check_int(config, name, 0)
-  bad = [f for f in config.eval.finetune_fractions if not 0 < f <= 1]
-  if bad:
-    raise ValueError(f"eval.finetune_fractions must lie in (0, 1], got {bad}")
-  if config.embed_dim < 0:
-    raise ValueError(f"embed_dim must be >= 0 (0: no projector), got "
-                     f"{config.embed_dim}")
-  if config.get("validation_fraction") is not None and not (
-      0 < config.validation_fraction < 1):
-    raise ValueError(f"validation_fraction must be in (0, 1) (or None), got "
-                     f"{config.validation_fraction}")
-  if config.label_fraction is not None and not 0 < config.label_fraction <= 1:
-    raise ValueError(f"label_fraction must be in (0, 1] (or None for no "
-                     f"labels), got {config.label_fraction}")
-  if config.labelled_batch_size < 0:
-    raise ValueError(f"labelled_batch_size must be >= 0, got {config.labelled_batch_size}")
-  if config.labelled_batch_size > 0:
-    if not config.oar_weight > 0:
-      raise ValueError("labelled_batch_size > 0 feeds the OAR loss: set oar_weight > 0 "
-                       "(and label_fraction)")
-    if config.labelled_batch_size % num_devices:
-      raise ValueError(f"labelled_batch_size {config.labelled_batch_size} must be "
-                       f"divisible by the {num_devices} devices")
-  if config.oar_weight > 0 and not config.label_fraction:
-    raise ValueError("oar_weight > 0 needs label_fraction > 0 (OAR pulls "
-                     "the labelled samples toward their class anchors)")
-  labels_in_loss = config.label_fraction is not None and config.labels_in_loss
-  if config.labels_in_loss and not method.accepts_labels:
-    raise ValueError(f"loss {method.name!r} cannot use labels in its target "
-                     "(labels_in_loss=True)")
-  if method.num_views is not None and config.num_views != method.num_views:
-    raise ValueError(f"loss {method.name!r} takes exactly {method.num_views} "
-                     f"views, got num_views={config.num_views}")
-  if config.num_views < 1 or (config.num_views == 1 and not (
-      labels_in_loss and config.label_fraction == 1.0)):
-    raise ValueError(f"num_views must be >= 2 (one view is enough only when "
-                     f"every label is in the loss), got {config.num_views}")
-  head_options(config)          # implementation / block / dtype checks
-  return spec
-
-
-def _field(config, name: str):
-  node = config
-  for part in name.split("."):
-    node = node[part]
-  return node
-
-
-def _check_int(config, name: str, low: int) -> None:
-  value = _field(config, name)
-  if isinstance(value, bool) or not isinstance(value, int) or value < low:
-    raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def _check_real(config, name: str, low: float, high: Optional[float] = None
-                ) -> None:
-  """``low <= value`` (``< high`` when given), finite."""
-  value = _field(config, name)
-  ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-        and math.isfinite(value) and value >= low
-        and (high is None or value < high))
-  if not ok:
-    where = (f"in [{low:g}, {high:g})" if high is not None else f">= {low:g}")
-    raise ValueError(f"{name} must be finite and {where}, got {value!r}")
-
-
 def head_options(config) -> dict:
-  """The TransFusion head's implementation fields, checked."""
-  from tfjax.attention import get_activation
-  from tfjax.models import PROJECTIONS
-  if config.head.final_projection not in PROJECTIONS:
-    raise ValueError(f"unknown head.final_projection "
-                     f"{config.head.final_projection!r}; choose one of {PROJECTIONS}")
-  if config.head.num_layers < 1:
-    raise ValueError(f"head.num_layers must be >= 1, got {config.head.num_layers}")
-  get_activation(config.head.activation)  # unknown activation -> ValueError
+  """The TransFusion head's implementation keyword arguments (``{}``: dense).
+
+  The fields are checked by :func:`tfjax.config.validate`.
+  """
   impl = config.head.get("implementation", "dense")
-  if impl not in IMPLEMENTATIONS:
-    raise ValueError(f"unknown head.implementation {impl!r}; choose one of "
-                     f"{IMPLEMENTATIONS}")
   if impl == "dense":
     return {}
-  block_size = config.head.block_size
-  if isinstance(block_size, bool) or not isinstance(block_size, int) or (
-      block_size < 1):
-    raise ValueError(f"head.block_size must be a positive int, got "
-                     f"{block_size!r}")
   name = config.head.get("compute_dtype", None)
-  dtype = None
-  if name:
-    try:
-      dtype = jnp.dtype(name)
-    except TypeError:
-      dtype = None
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-      raise ValueError(f"head.compute_dtype must name a float dtype such as "
-                       f"'bfloat16' (or be None), got {name!r}")
-  return {"implementation": impl, "block_size": block_size,
-          "compute_dtype": dtype}
+  return {"implementation": impl, "block_size": config.head.block_size,
+          "compute_dtype": jnp.dtype(name) if name else None}
 
 
 # ----------------------------------------------------------------------------

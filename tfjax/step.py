@@ -58,7 +58,7 @@ def global_index_views(augment_fn: Callable, key: Array, x: Array,
 
   Sample i of view v uses the key ``fold_in(fold_in(key, v), first_index + i)``:
   keyed by the *global* sample index, so the views do not depend on how the
-  batch is split over devices (unlike ``tfjax.data.make_views``, which splits
+  batch is split over devices (unlike ``tests.helpers.make_views``, which splits
   one key over the local batch).
   """
   index = first_index + jnp.arange(x.shape[0])

@@ -1,4 +1,4 @@
-"""A run's work directory: what it remembers, who may write it, starting afresh.
+"""A run's work directory: who may write it, starting afresh, what it records.
 
 :func:`tfjax.train.train_and_evaluate` keeps one run in a work directory
 (``config.json``, ``run.json``, ``metrics.jsonl``, ``checkpoints/``,
@@ -10,25 +10,19 @@ run:
   config differs in a field that changes the result is refused, with one
   line naming the fields (:class:`ConfigMismatchError`); start afresh with
   ``overwrite=True`` (``--overwrite`` on the command line) or use another
-  directory.  Allowed: raising ``num_steps`` (training continues from the
-  last checkpoint under the new schedule; a warning says when the schedule
-  depends on ``num_steps``, i.e. is not ``constant``) and changing a *free*
-  field, one that cannot change the trained parameters (:data:`FREE_FIELDS`:
-  ``input.*``, ``log_every``, ``checkpoint_every``, ``write_plots``,
-  ``data_dir``, and ``eval.*``, whose evaluations are simply recomputed).
-  Only the training fields (those of :func:`tfjax.config.base_config`) are
-  compared; an experiment's own fields reach a run through its data, which
-  is compared by fingerprint (:func:`data_fingerprint`).  ``config.json``
+  directory.  What a rerun may change (a raised ``num_steps``, the free
+  fields) is :mod:`tfjax.rerun`'s rule; the data is compared by fingerprint
+  (:func:`tfjax.data.fingerprint.data_fingerprint`).  ``config.json``
   always holds the config of the latest start; ``run.json`` lists every
-  start with the fields it changed.
+  start with the fields it changed, the data fingerprint and the training
+  seconds up to the newest checkpoint, summed over the starts.
 * **one writer at a time.**  A run holds an exclusive ``fcntl.flock`` on
   ``WORKDIR/.lock`` while it works; a second run in the same directory fails
   at once (:class:`WorkdirBusyError`).  The lock goes with the process (a
   killed run leaves no stale lock), and is re-entrant within one process.
   Where ``fcntl`` does not exist (Windows) there is no lock.
-* **checks before compute.**  :func:`check_writable` and
-  :func:`check_dataset` (registry data on disk, batch size against the
-  split size) run before any data is read.
+* **checks before compute.**  :func:`check_writable` runs before any data
+  is read (the config and the data are :func:`tfjax.config.validate`'s).
 
 In a run of several processes only process 0 touches the directory; the
 others learn its verdict through :func:`agree` (a broadcast), so every
@@ -45,31 +39,24 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import difflib
 import errno
-import glob
-import hashlib
 import json
-import math
 import os
 import shutil
-import sys
 import warnings
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tfjax.data.fingerprint import data_fingerprint
+from tfjax.rerun import describe, rerun_changes
+
 __all__ = [
-    "FREE_FIELDS", "RUN_FILES", "WorkdirError", "WorkdirBusyError",
-    "ConfigMismatchError", "RunDirectory", "agree", "check_writable",
-    "check_dataset", "clear", "clear_tree", "config_fields", "config_diff",
-    "data_fingerprint", "lock", "latest_checkpoint_step", "suggest_fields",
+    "RUN_FILES", "WorkdirError", "WorkdirBusyError", "ConfigMismatchError",
+    "RunDirectory", "agree", "check_writable", "clear", "clear_tree", "lock",
+    "latest_checkpoint_step",
 ]
 
-# Fields whose value cannot change the trained parameters: a rerun may change
-# them freely (prefixes of dotted names).
-FREE_FIELDS = ("input", "log_every", "checkpoint_every", "write_plots",
-               "data_dir", "eval", "compilation_cache")
 # What a run writes into its directory (``clear`` removes exactly these).
 RUN_FILES = ("config.json", "run.json", "metrics.jsonl", "results.json",
              "checkpoints", "tensorboard", "loss.png", "affinity.png",
@@ -251,77 +238,6 @@ def clear_tree(root: str,
   return removed
 
 
-# ----------------------------------------------------------------------------
-# The config a run remembers.
-# ----------------------------------------------------------------------------
-def flatten(d, prefix: str = "") -> Dict[str, Any]:
-  """``{dotted name: leaf}`` of a nested mapping (a dict or a ConfigDict);
-  an empty mapping is a leaf."""
-  out = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    if hasattr(v, "items") and len(v):
-      out.update(flatten(v, key + "."))
-    else:
-      out[key] = v
-  return out
-
-
-def _training_keys() -> frozenset:
-  from tfjax.config import base_config
-  return frozenset(base_config().keys())
-
-
-def config_fields(config) -> Dict[str, Any]:
-  """The training fields of ``config`` (a ConfigDict or the dict of a
-  ``config.json``) as ``{dotted name: JSON value}``.
-
-  Only the fields of :func:`tfjax.config.base_config` count: an
-  experiment's own fields reach a run through its data, not its config.
-  """
-  if not isinstance(config, dict):
-    config = json.loads(config.to_json())
-  keys = _training_keys()
-  return {k: v for k, v in flatten(config).items() if k.split(".")[0] in keys}
-
-
-def _free(key: str) -> bool:
-  return any(key == f or key.startswith(f + ".") for f in FREE_FIELDS)
-
-
-_MISSING = "(absent)"
-
-
-def config_diff(old: Dict[str, Any], new: Dict[str, Any]
-                ) -> Tuple[List[Tuple[str, Any, Any]], List[Tuple[str, Any, Any]]]:
-  """``(fixed, free)``: the differing fields of two :func:`config_fields`
-  dicts as ``(name, old, new)``, split into those that change the result
-  and the free ones (:data:`FREE_FIELDS`).  ``num_steps`` counts as fixed
-  here; :class:`RunDirectory` allows raising it.  A training field the old
-  config lacks (added to :func:`tfjax.config.base_config` since) is
-  unchanged when the new config holds its default.
-  """
-  fixed, free = [], []
-  defaults = None
-  for key in sorted(set(old) | set(new)):
-    a, b = old.get(key, _MISSING), new.get(key, _MISSING)
-    if a == b:
-      continue
-    if a is _MISSING:   # a field added since the run started: its default is
-      if defaults is None:   # what the run trained with
-        from tfjax.config import base_config
-        defaults = config_fields(base_config())
-      if key in defaults and defaults[key] == b:
-        continue
-    (free if _free(key) else fixed).append((key, a, b))
-  return fixed, free
-
-
-def _short(value) -> str:
-  text = json.dumps(value) if value is not _MISSING else value
-  return text if len(text) <= 40 else text[:37] + "..."
-
-
 def latest_checkpoint_step(workdir: str) -> Optional[int]:
   """The newest checkpoint step under ``WORKDIR/checkpoints`` (None if none)."""
   steps = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
@@ -394,22 +310,14 @@ class RunDirectory:
       self._say(f"{self.workdir}: checkpoints but no config.json: the config "
                 "of the run it holds cannot be checked")
       return
-    old, new = config_fields(old), config_fields(self.config)
-    fixed, free = config_diff(old, new)
-    steps = [c for c in fixed if c[0] == "num_steps"]
-    fixed = [c for c in fixed if c[0] != "num_steps"]
-    if steps and not (isinstance(steps[0][2], int) and steps[0][1] != _MISSING
-                      and steps[0][2] > steps[0][1]):
-      fixed.insert(0, steps[0])   # only raising num_steps continues a run
-      steps = []
-    if fixed:
+    refused, self.changes = rerun_changes(old, self.config)
+    if refused:
       raise ConfigMismatchError(
           f"work directory {self.workdir!r} holds a run (checkpoint at step "
-          f"{self.resumed_from}) of another config: "
-          + "; ".join(f"{k} {_short(a)} -> {_short(b)}" for k, a, b in fixed)
-          + ". Rerun with --overwrite (overwrite=True) to start afresh, or "
+          f"{self.resumed_from}) of another config: {describe(refused)}. "
+          "Rerun with --overwrite (overwrite=True) to start afresh, or "
           "use another --workdir")
-    self.changes = steps + free
+    steps = [c for c in self.changes if c[0] == "num_steps"]
     if steps and self.config.schedule != "constant":
       self._say(f"{self.workdir}: num_steps raised from {steps[0][1]} to "
                 f"{steps[0][2]}: training continues from step "
@@ -442,120 +350,22 @@ class RunDirectory:
     record.setdefault("starts", []).append(
         {"time": _now(), "resumed_from": self.resumed_from,
          "changed": {k: [a, b] for k, a, b in self.changes}})
-    with open(path, "w") as f:
-      json.dump(record, f, indent=1, default=str)
+    self._record = record
+    self._write_record()
 
+  def _write_record(self) -> None:
+    with open(os.path.join(self.workdir, "run.json"), "w") as f:
+      json.dump(self._record, f, indent=1, default=str)
 
-# ----------------------------------------------------------------------------
-# The data.
-# ----------------------------------------------------------------------------
-_SAMPLES = 16
+  @property
+  def train_seconds(self) -> float:
+    """Seconds spent training up to the newest checkpoint, over every start
+    of the run (0 for a fresh run; read on process 0, 0 elsewhere)."""
+    return float((self._record or {}).get("train_seconds", 0.0))
 
-
-def _hash_source(h, source) -> None:
-  from tfjax.data.pipeline import ArraySource
-  n = len(source)
-  h.update(f"{type(source).__name__}:{n}:{tuple(source.x_shape)};".encode())
-  if isinstance(source, ArraySource):       # in memory: every byte
-    h.update(np.ascontiguousarray(source.x).tobytes())
-    h.update(np.ascontiguousarray(source.labels).tobytes())
-    return
-  inner, indices = getattr(source, "_source", None), getattr(source, "indices", None)
-  if inner is not None and isinstance(indices, np.ndarray):   # a Subset
-    h.update(np.ascontiguousarray(indices).tobytes())
-    _hash_source(h, inner)
-    return
-  for i in np.unique(np.linspace(0, n - 1, _SAMPLES).astype(np.int64)) if n else ():
-    record = source[int(i)]
-    h.update(np.asarray(record["x"], np.float32).tobytes())
-    h.update(np.asarray(record["label"], np.int64).tobytes())
-
-
-def data_fingerprint(*sources) -> str:
-  """A 32-hex-digit digest of the sources a run trains and evaluates on.
-
-  In-memory sources (:class:`tfjax.data.pipeline.ArraySource`) are hashed
-  whole; others by size, shape and 16 records spread over them (TFDS data
-  is named by ``config.dataset``; the fingerprint catches another size,
-  split or generator setting).
-  """
-  h = hashlib.blake2b(digest_size=16)
-  for source in sources:
-    _hash_source(h, source)
-  return h.hexdigest()
-
-
-def _tfds_mocked() -> bool:
-  """True inside ``tfds.testing.mock_data`` (no files on disk there)."""
-  if "tensorflow_datasets" not in sys.modules:
-    return False
-  try:
-    from tensorflow_datasets.core import dataset_builder
-  except ImportError:
-    return False
-  fn = getattr(dataset_builder.DatasetBuilder, "as_data_source", None)
-  return getattr(fn, "__module__", "").startswith("tensorflow_datasets.testing")
-
-
-def _data_dir(config) -> str:
-  return (config.get("data_dir") or os.environ.get("TFDS_DATA_DIR")
-          or os.path.join("~", "tensorflow_datasets"))
-
-
-def check_dataset(config, spec=None, *, batch_size: bool = True) -> None:
-  """Checks, without reading data, that ``config.dataset`` can be trained on.
-
-  * real (non-offline) TFDS datasets: prepared as ``array_record`` under the
-    data directory (``config.data_dir``, else ``$TFDS_DATA_DIR``, else
-    ``~/tensorflow_datasets``); otherwise
-    :class:`tfjax.data.DatasetNotFoundError` naming that directory (offline
-    datasets are generated on first use; remote ``gs://`` directories and
-    ``tfds.testing.mock_data`` are not checked);
-  * (``batch_size``) ``config.batch_size`` at most the registry's
-    training-split size (less the held-out ``validation_fraction``).
-
-  Raises ValueError for an unknown dataset.  For data passed as arrays or
-  sources, the loop checks the batch size once they are open.
-  """
-  from tfjax.data.registry import DatasetNotFoundError, get_dataset_spec
-  spec = spec or get_dataset_spec(config.dataset)
-  if _tfds_mocked():
-    return
-  if not spec.offline:
-    data_dir = _data_dir(config)
-    if "://" not in data_dir:
-      root = os.path.join(os.path.expanduser(data_dir), *spec.tfds_name.split("/"))
-      base = spec.tfds_name.split("/")[0]
-      missing = [s for s in (spec.train_split, spec.test_split)
-                 if not glob.glob(os.path.join(
-                     root, "*", f"{base}-{s.split('[')[0]}.array_record*"))]
-      if missing:
-        raise DatasetNotFoundError(
-            f"dataset {spec.name!r} is not prepared under data_dir "
-            f"{data_dir!r} (no array_record files of its "
-            f"{'/'.join(missing)} split in {root}): on a machine with "
-            f"network run `tfds build {base} --file_format=array_record "
-            f"--data_dir=DIR`, then set --config.data_dir=DIR (or "
-            "$TFDS_DATA_DIR)")
-  if batch_size and spec.num_train:
-    fraction = config.get("validation_fraction") or 0.0
-    n = spec.num_train - int(math.floor(spec.num_train * fraction))
-    if config.batch_size > n:
-      held = (f" after holding out validation_fraction={fraction}"
-              if fraction else "")
-      raise ValueError(f"batch_size {config.batch_size} exceeds the {n} "
-                       f"training examples of {spec.name!r}{held}")
-
-
-# ----------------------------------------------------------------------------
-# Misspelt fields.
-# ----------------------------------------------------------------------------
-def suggest_fields(name: str, config=None, n: int = 3) -> List[str]:
-  """Up to ``n`` field names of ``config`` (default the training fields)
-  closest to ``name`` (a dotted or a last-part name)."""
-  from tfjax.config import base_config
-  config = base_config() if config is None else config
-  names = list(flatten(json.loads(config.to_json())))
-  if "." not in name:
-    names = sorted(set(config.keys()) | {k for k in names if "." not in k})
-  return difflib.get_close_matches(name, names, n=n, cutoff=0.6)
+  def save_train_seconds(self, seconds: float) -> None:
+    """Records the run's total training seconds in ``run.json`` (process 0;
+    called with each checkpoint, so a resumed run counts on from there)."""
+    if self._record is not None and _primary():
+      self._record["train_seconds"] = round(float(seconds), 2)
+      self._write_record()

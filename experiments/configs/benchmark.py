@@ -28,7 +28,7 @@ matmuls takes 0.84 s at n = 2048 and 15.6 s at n = 8192 (width 512), plans
 0.22 / 0.76 GiB; this CPU's bf16 ``jnp.dot`` measured 249–689 GFLOP/s.
 
 What is timed is the library's one training step (``tfjax.step.train_step``,
-jitted by ``tfjax.train.compile_step(1)``) of the run configured below: the
+jitted by ``tfjax.devices.compile_step(1)``) of the run configured below: the
 raw vectors (``backbone="identity"``, no projector: ``embed_dim=0``) go
 straight into the TransFusion head, whose JSD loss sees two views of n/2
 sources (n rows), made by the vector augmentation at strength 0 (the views

@@ -1,28 +1,27 @@
-"""tfjax.data: TFDS datasets, input pipelines and on-device augmentations.
+"""tfjax.data: TFDS datasets, the grain input pipeline and on-device augmentations.
 
 * :mod:`tfjax.data.registry` -- ``DATASETS``, ``get_dataset_spec`` (pure Python);
 * :mod:`tfjax.data.builders` -- offline TFDS builders ``tfjax_subspaces``,
   ``tfjax_digits``, ``tfjax_mnist1d`` (registered when ``tfjax.data`` is imported);
-* :mod:`tfjax.data.pipeline` -- ``make_dataset``, ``load_arrays``,
-  ``labelled_subset_mask`` (tf.data; TensorFlow is imported lazily, on first use);
-* :mod:`tfjax.data.augment` -- pure JAX augmentations (no TensorFlow).
+* :mod:`tfjax.data.sources` / :mod:`tfjax.data.pipeline` -- random-access
+  sources (TFDS ``array_record`` data or in-memory arrays) and the ``grain``
+  pipeline over them: ``make_dataset``, ``load_arrays``, ``labelled_subset_mask``
+  (TensorFlow Datasets is imported lazily, on first use);
+* :mod:`tfjax.data.splits` -- a run's splits: prepared on disk, opened, in memory;
+* :mod:`tfjax.data.fingerprint` -- the digest of a run's data;
+* :mod:`tfjax.data.augment` -- augmentations by name; the pure JAX functions
+  live in :mod:`tfjax.data.augment_image` and :mod:`tfjax.data.augment_vector`.
 """
 from tfjax.data import builders  # noqa: F401  (registers the offline TFDS builders; cheap: TF loads lazily)
-from tfjax.data.augment import (  # noqa: F401
-    augment_batch,
+from tfjax.data.augment import get_augment_fn  # noqa: F401
+from tfjax.data.augment_image import (  # noqa: F401
     color_jitter,
-    gaussian_noise,
-    get_augment_fn,
-    make_views,
     random_flip,
     random_grayscale,
-    random_mask,
     random_resized_crop,
-    random_scale,
-    random_shift,
     simclr_augment,
-    vector_augment,
 )
+from tfjax.data.augment_vector import gaussian_noise, random_mask, random_scale, random_shift, vector_augment  # noqa: F401
 from tfjax.data.registry import DATASETS, DatasetNotFoundError, DatasetSpec, get_dataset_spec  # noqa: F401
 
 _PIPELINE = ("make_dataset", "load_arrays", "labelled_subset_mask", "prepare_dataset")
