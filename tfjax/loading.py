@@ -202,14 +202,21 @@ def _check_structure(path: str, model, variables, x_shape) -> None:
     return
   expected = {"params": expected["params"],
               "batch_stats": expected.get("batch_stats", {})}
-  names = lambda tree: {jax.tree_util.keystr(p) for p, _  # noqa: E731
-                        in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  names = lambda tree: {"/".join(str(getattr(k, "key", k)) for k in p)  # noqa: E731
+                        for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
   want, have = names(expected), names(variables)
   missing, extra = sorted(want - have), sorted(have - want)
   if missing or extra:
     raise RunLoadError(
         f"{path}: the checkpoint's parameters do not match the network of "
-        f"config.json (missing {missing[:3]}, unexpected {extra[:3]})")
+        f"config.json (missing: {_few(missing)}; unexpected: {_few(extra)})")
+
+
+def _few(names: List[str], n: int = 3) -> str:
+  if not names:
+    return "none"
+  more = f" and {len(names) - n} more" if len(names) > n else ""
+  return ", ".join(names[:n]) + more
 
 
 # ----------------------------------------------------------------------------
