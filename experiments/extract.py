@@ -29,24 +29,31 @@ def extract(workdir: str, split: str = "test", what: str = "features",
     raise ValueError(f"--what must be 'features' or 'embeddings', got {what!r}")
   if split not in SPLITS:
     raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-  out = out or os.path.join(workdir, f"{what}_{split}.npz")
-  if not out.endswith(".npz"):
-    raise ValueError(f"--out must name a .npz file, got {out!r}")
-  folder = os.path.dirname(os.path.abspath(out))
-  if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-    raise ValueError(f"--out {out!r}: directory {folder} does not exist or is "
-                     "not writable")
+  if out is not None:
+    _check_out(out)
   import numpy as np
 
   import tfjax
   from tfjax.data.pipeline import source_labels
-  run = tfjax.load_run(workdir, step)
+  run = tfjax.load_run(workdir, step)   # a missing workdir is named first
+  if out is None:
+    out = os.path.join(workdir, f"{what}_{split}.npz")
+    _check_out(out)
   source = run.source(split)
   values = run.features(source) if what == "features" else run.embeddings(source)
   labels = source_labels(source)
   np.savez(out, **{what: values, "labels": labels, "step": np.int64(run.step)})
   return (f"wrote {what} {list(values.shape)} and labels [{len(labels)}] of the "
           f"{split} split (step {run.step}) to {out}")
+
+
+def _check_out(out: str) -> None:
+  if not out.endswith(".npz"):
+    raise ValueError(f"--out must name a .npz file, got {out!r}")
+  folder = os.path.dirname(os.path.abspath(out))
+  if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+    raise ValueError(f"--out {out!r}: directory {folder} does not exist or is "
+                     "not writable")
 
 
 def main(argv=None):
