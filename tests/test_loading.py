@@ -3,16 +3,15 @@ python -m experiments.extract over it."""
 
 import json
 import os
+import re
 import subprocess
 import sys
-import warnings
 
 import chex
 import jax
 import numpy as np
 import pytest
 
-import tfjax
 from tests.test_train import tiny_config
 from tfjax.checkpoint import Checkpointer, CheckpointWarning
 from tfjax.loading import RunLoadError, load_run
@@ -145,6 +144,19 @@ def test_what_is_not_a_run_is_one_line_naming_the_path(tmp_path, case, pattern):
   assert "\n" not in message and path in message
 
 
+def test_source_refuses_data_other_than_the_runs(tmp_path):
+  from tfjax.data.registry import get_dataset_spec
+  _fake_run(str(tmp_path), tiny_config())
+  run = load_run(str(tmp_path))
+  assert len(run.source("test")) == get_dataset_spec("subspaces_tiny").num_test
+  with open(tmp_path / "run.json", "w") as f:   # as train_and_evaluate(data=...) leaves it
+    json.dump({"data_fingerprint": "0" * 32}, f)
+  with pytest.raises(ValueError, match="trained on other data than dataset 'subspaces_tiny'"):
+    run.source("test")
+  with pytest.raises(ValueError, match="unknown split 'val'"):
+    run.source("val")
+
+
 def test_import_tfjax_stays_light_and_exports_load_run():
   code = ("import sys, tfjax; heavy = [m for m in ('orbax.checkpoint', 'optax', "
           "'tensorflow', 'tensorflow_datasets', 'tfjax.loading') if m in sys.modules]; "
@@ -226,7 +238,6 @@ def test_extract_errors_are_one_line(tmp_path, capsys, args, pattern):
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and err.startswith("error: ")
   assert "(--debug for the traceback)" in err
-  import re
   assert re.search(pattern, err), err
 
 
