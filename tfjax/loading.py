@@ -273,9 +273,9 @@ class Run:
           embeddings=embeddings)
     except Exception as e:  # noqa: BLE001  (a shape the network cannot take)
       if _is_shape_error(e):
-        raise ValueError(f"Run.{name}: inputs of shape {tuple(np.shape(x))} do "
-                         f"not fit the network of {self.workdir} ({_one_line(e)})"
-                         ) from None
+        raise ValueError(f"Run.{name}: the network of {self.workdir} cannot "
+                         f"take inputs of shape {tuple(np.shape(x))} "
+                         f"({_one_line(e)})") from None
       raise
 
   def features(self, x) -> np.ndarray:
@@ -316,8 +316,8 @@ class Run:
       return self._adjacency_fn(self.variables, x)
     except Exception as e:  # noqa: BLE001
       if _is_shape_error(e):
-        raise ValueError(f"Run.adjacency: inputs of shape {tuple(x.shape)} do "
-                         f"not fit the network of {self.workdir} ({_one_line(e)})"
+        raise ValueError(f"Run.adjacency: the network of {self.workdir} cannot "
+                         f"take inputs of shape {tuple(x.shape)} ({_one_line(e)})"
                          ) from None
       raise
 
