@@ -157,6 +157,23 @@ def test_source_refuses_data_other_than_the_runs(tmp_path):
     run.source("val")
 
 
+def test_config_keeps_a_backbones_own_fields_and_defaults_new_ones(tmp_path):
+  from tfjax.loading import read_config
+  saved = json.loads(tiny_config(backbone="cnn1d", loss="info_nce").to_json())
+  saved["backbone_kwargs"] = {"out_features": 8}       # CNN1D takes no "hidden"
+  saved["loss_options"] = {"power": 3}
+  saved["runs"] = {"a": {"seed": 1}}                   # an experiment's own field
+  del saved["labelled_batch_size"], saved["head"]["tie_qk_init"]   # fields added since
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(saved, f)
+  config = read_config(str(tmp_path))
+  assert config.backbone_kwargs.to_dict() == {"out_features": 8}
+  assert config.loss_options.to_dict() == {"power": 3}
+  assert config.labelled_batch_size == 0 and config.head.tie_qk_init is False
+  assert config.head.num_layers == 3 and config.runs.a.seed == 1
+  assert config.eval.finetune_fractions == (0.5,) and config.projector_hidden == (16,)
+
+
 def test_import_tfjax_stays_light_and_exports_load_run():
   code = ("import sys, tfjax; heavy = [m for m in ('orbax.checkpoint', 'optax', "
           "'tensorflow', 'tensorflow_datasets', 'tfjax.loading') if m in sys.modules]; "

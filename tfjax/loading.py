@@ -57,17 +57,30 @@ def _tuples(value):
   return value
 
 
-def _merged(defaults: Dict[str, Any], saved: Dict[str, Any]) -> Dict[str, Any]:
-  """``saved`` over ``defaults``: a training field the run's config.json
-  lacks (added to the base config since) takes its default, which is what
-  the run trained with."""
-  out = dict(defaults)
-  for key, value in saved.items():
-    if isinstance(value, dict) and isinstance(out.get(key), dict):
-      out[key] = _merged(out[key], value)
+def _merged(defaults, saved: Dict[str, Any]) -> Dict[str, Any]:
+  """``saved`` over the ConfigDict ``defaults``: a training field the run's
+  config.json lacks (added to the base config since) takes its default,
+  which is what the run trained with.  The blocks of :data:`OWN_FIELDS`
+  (each backbone or method its own fields) are the saved ones as they are,
+  never mixed with the defaults."""
+  import ml_collections
+  out = {}
+  for key in defaults.keys():
+    default, value = defaults[key], saved.get(key, _ABSENT)
+    nested = isinstance(default, ml_collections.ConfigDict)
+    if value is _ABSENT:
+      out[key] = default.to_dict() if nested else default
+    elif nested and key not in OWN_FIELDS and isinstance(value, dict):
+      out[key] = _merged(default, value)
     else:
       out[key] = value
+  out.update({k: v for k, v in saved.items() if k not in out})
   return out
+
+
+_ABSENT = object()
+# Blocks whose fields belong to the chosen backbone or method.
+OWN_FIELDS = ("backbone_kwargs", "loss_options")
 
 
 def read_config(workdir: str):
@@ -95,8 +108,7 @@ def read_config(workdir: str):
   if not isinstance(saved, dict):
     raise RunLoadError(f"{path} holds a JSON {type(saved).__name__}, not a "
                        "config object")
-  config = ml_collections.ConfigDict(
-      _merged(_tuples(base_config().to_dict()), _tuples(saved)))
+  config = ml_collections.ConfigDict(_tuples(_merged(base_config(), saved)))
   try:
     validate_config(config, 1)
   except (ValueError, TypeError, KeyError, AttributeError) as e:
