@@ -7,7 +7,8 @@ The bottom layer is pure math on arrays:
 
 Models (:class:`TransFusionHead`, backbones), losses, data, training and
 evaluation live in submodules (``tfjax.models``, ``tfjax.losses``,
-``tfjax.data``, ``tfjax.train``, ``tfjax.evaluation``).
+``tfjax.data``, ``tfjax.train``, ``tfjax.evaluation``).  :func:`load_run`
+loads a finished run from its work directory (``tfjax.loading``).
 """
 
 from tfjax.affinity import jsd_loss, positive_mask, row_jsd, target_affinity, valid_rows
@@ -25,5 +26,16 @@ __all__ = [
     "blockwise_attention", "blockwise_jsd_loss",
     "FusionBlock", "AdjacencyBlock", "TransFusionHead",
     "MLP", "CNN1D", "SmallCNN", "ResNet18", "get_backbone",
-    "losses", "diagnostics", "theory",
+    "losses", "diagnostics", "theory", "load_run", "Run",
 ]
+
+# Loaded on first use: they import orbax, optax and the data registry, which
+# ``import tfjax`` does not.
+_LAZY = {"load_run": "tfjax.loading", "Run": "tfjax.loading"}
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    import importlib
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f"module 'tfjax' has no attribute {name!r}")
