@@ -204,14 +204,15 @@ def trained(tmp_path_factory):
 
 @pytest.mark.slow
 def test_load_run_features_equal_the_runs_evaluation(trained):
-  from tfjax import evaluation, train
+  from tfjax import evaluation, probes
+  from tfjax.data.splits import in_memory_splits, open_splits
   from tfjax.data import pipeline
   from tfjax.data.registry import get_dataset_spec
   from tfjax.state import eval_model
   config, workdir, results = trained
   state = results["state"]
   # The extraction the run's evaluation calls, from the state it returned.
-  sources = train._in_memory(config, *train.open_splits(
+  sources = in_memory_splits(config, *open_splits(
       config, get_dataset_spec(config.dataset)))
   want = [evaluation.extract_features(eval_model(state), state.variables, s,
                                       batch_size=config.eval.batch_size)
@@ -222,7 +223,7 @@ def test_load_run_features_equal_the_runs_evaluation(trained):
   for g, w in zip(got, want):
     np.testing.assert_array_equal(g, w)
   labels = [pipeline.source_labels(run.source(s)) for s in ("train", "validation")]
-  knn = evaluation.knn_accuracy(got[0], labels[0], got[1], labels[1],
+  knn = probes.knn_accuracy(got[0], labels[0], got[1], labels[1],
                                 num_classes=3, k=config.eval.knn_k,
                                 temperature=config.eval.knn_temperature)
   assert results["evaluated_on"] == "validation"

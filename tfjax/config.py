@@ -129,7 +129,7 @@ def base_config() -> ml_collections.ConfigDict:
 # The one check, before any data is read and before any compute.
 # ----------------------------------------------------------------------------
 def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = None,
-             *, data=None):
+             *, data=None, check_data: bool = True):
   """Raises ValueError naming the field (or the array) that cannot work.
 
   Checks, without reading data or compiling anything:
@@ -156,6 +156,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
     ``validation_fraction``), and ``label_fraction`` labels at least as
     many training examples as there are classes.
 
+  ``check_data=False`` skips the data checks (loading a finished run needs
+  its config to be sound, not its dataset on this machine).
+
   Returns the dataset's :class:`tfjax.data.DatasetSpec`.
   """
   from tfjax.data.registry import get_dataset_spec
@@ -168,6 +171,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
   _check_sizes(config, num_devices)
   _check_labels(config, num_devices)
   check_head_options(config.head)
+  if not check_data:
+    return spec
   if data is None:
     from tfjax.data.splits import check_prepared, tfds_mocked
     if tfds_mocked():   # no files on disk, and the registry's sizes do not hold

@@ -88,12 +88,11 @@ def read_config(workdir: str):
 
   Raises :class:`RunLoadError` naming the file when it is missing, is not
   valid JSON or is not a JSON object, and naming the field when a value
-  cannot train (:func:`tfjax.state.validate_config`'s checks).
+  cannot train (:func:`tfjax.config.validate`'s checks).
   """
   import ml_collections
 
-  from tfjax.config import base_config
-  from tfjax.state import validate_config
+  from tfjax.config import base_config, validate
 
   path = os.path.join(workdir, "config.json")
   try:
@@ -110,7 +109,7 @@ def read_config(workdir: str):
                        "config object")
   config = ml_collections.ConfigDict(_tuples(_merged(base_config(), saved)))
   try:
-    validate_config(config, 1)
+    validate(config, 1, check_data=False)
   except (ValueError, TypeError, KeyError, AttributeError) as e:
     text = e.args[0] if isinstance(e, KeyError) and e.args else e
     raise RunLoadError(f"{path}: {' '.join(str(text).split())}") from None
@@ -344,10 +343,9 @@ class Run:
     fingerprint; a run trained on arrays passed to
     ``train_and_evaluate(data=...)`` has no registry split).
     """
-    from tfjax import workdir as workdirs
     from tfjax.data import pipeline
     from tfjax.data.registry import get_dataset_spec
-    from tfjax.train import open_splits
+    from tfjax.data.splits import check_prepared, open_splits
     if split not in SPLITS:
       raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     held_out = self.config.get("validation_fraction")
@@ -355,7 +353,7 @@ class Run:
       raise ValueError(f"split 'validation' needs a run with "
                        f"validation_fraction; the run in {self.workdir} has none")
     spec = get_dataset_spec(self.config.dataset)
-    workdirs.check_dataset(self.config, spec, batch_size=False)
+    check_prepared(spec, self.config.get("data_dir"))
     train, evaluated = open_splits(self.config, spec)
     self._check_fingerprint(train, evaluated)
     if split == "train":
@@ -367,14 +365,14 @@ class Run:
             if held_out else evaluated)
 
   def _check_fingerprint(self, train, evaluated) -> None:
-    from tfjax import workdir as workdirs
+    from tfjax.data.fingerprint import data_fingerprint
     path = os.path.join(self.workdir, "run.json")
     try:
       with open(path) as f:
         recorded = json.load(f).get("data_fingerprint")
     except (OSError, ValueError, AttributeError):
       return   # no record to compare with
-    if recorded and recorded != workdirs.data_fingerprint(train, evaluated):
+    if recorded and recorded != data_fingerprint(train, evaluated):
       raise ValueError(
           f"the run in {self.workdir} trained on other data than dataset "
           f"{self.config.dataset!r}'s splits (run.json's data fingerprint "
