@@ -116,9 +116,14 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
   Returns the dataset's :class:`tfjax.data.DatasetSpec`.
   """
   from tfjax.data.augment import get_augmentation
-  from tfjax.data.registry import get_dataset_spec
+  from tfjax.data.registry import config_dataset_spec
 
-  spec = get_dataset_spec(config.dataset)  # unknown dataset -> ValueError
+  spec = config_dataset_spec(config)       # unknown dataset -> ValueError
+  if not spec.labelled and (config.label_fraction is not None or config.labels_in_loss
+                            or config.oar_weight > 0 or config.labelled_batch_size > 0):
+    raise ValueError(f"dataset {config.dataset!r} has no labels: only self-supervised "
+                     "runs (label_fraction=None, labels_in_loss=False, oar_weight=0, "
+                     "labelled_batch_size=0)")
   method = methods.get(config.loss)        # unknown loss -> ValueError
   if config.backbone != "identity" and config.backbone not in BACKBONES:
     raise ValueError(f"unknown backbone {config.backbone!r}; known: "

@@ -119,8 +119,8 @@ def open_splits(config, spec, data=None):
     x_train, y_train, x_test, y_test = data
     splits = pipeline.ArraySource(x_train, y_train), pipeline.ArraySource(x_test, y_test)
   else:
-    splits = (pipeline.open_source(config.dataset, spec.train_split, data_dir=config.data_dir),
-              pipeline.open_source(config.dataset, spec.test_split, data_dir=config.data_dir))
+    splits = tuple(pipeline.open_source(config.dataset, split, data_dir=config.data_dir, spec=spec)
+                   for split in (spec.train_split, spec.test_split))
   if config.get("validation_fraction"):
     return pipeline.split_source(splits[0], config.validation_fraction, seed=0)
   return splits
@@ -467,9 +467,14 @@ def _train_and_evaluate(config, workdir, spec, run, show, *, data, stop_after):
              "step": int(final.step),
              "final_loss": None if last is None else last["loss"],
              "train_seconds": round(time.time() - t0, 1)}  # after compiling
-  results.update(evaluate_state(final, train_source, test_source,
-                                pipeline.source_labels(train_source),
-                                num_classes, config, show))
+  if spec.labelled:
+    results.update(evaluate_state(final, train_source, test_source,
+                                  pipeline.source_labels(train_source),
+                                  num_classes, config, show))
+  else:
+    results["evaluated_on"] = None
+    show.warn(f"dataset {config.dataset!r} has no labels: the probes (kNN, linear, "
+              "fine-tuning) are skipped")
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
   if config.write_plots:
@@ -524,6 +529,9 @@ def evaluate_untrained(config, data=None, *, precise_bn: bool = True,
   BatchNorm keeps its initial mean 0 / variance 1 (a handicapped baseline).
   """
   spec = validate_config(config, 1)
+  if not spec.labelled:
+    raise ValueError(f"dataset {config.dataset!r} has no labels: a backbone cannot "
+                     "be evaluated without them")
   if data is None:
     workdirs.check_dataset(config, spec, batch_size=False)
   train_source, test_source = _in_memory(

@@ -517,11 +517,11 @@ def check_dataset(config, spec=None, *, batch_size: bool = True) -> None:
   Raises ValueError for an unknown dataset.  For data passed as arrays or
   sources, the loop checks the batch size once they are open.
   """
-  from tfjax.data.registry import DatasetNotFoundError, get_dataset_spec
-  spec = spec or get_dataset_spec(config.dataset)
+  from tfjax.data.registry import DatasetNotFoundError, config_dataset_spec
+  spec = spec or config_dataset_spec(config)
   if _tfds_mocked():
     return
-  if not spec.offline:
+  if not spec.offline and spec.origin == "registry":   # the user's data: checked when resolved
     data_dir = _data_dir(config)
     if "://" not in data_dir:
       root = os.path.join(os.path.expanduser(data_dir), *spec.tfds_name.split("/"))
