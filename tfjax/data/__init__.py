@@ -1,11 +1,14 @@
-"""tfjax.data: TFDS datasets, input pipelines and on-device augmentations.
+"""tfjax.data: datasets, input pipelines and on-device augmentations (no TensorFlow).
 
 * :mod:`tfjax.data.registry` -- ``DATASETS``, ``get_dataset_spec`` (pure Python);
+* :mod:`tfjax.data.user` -- the user's data: ``tfds:NAME``, ``folder:PATH``,
+  ``npz:PATH`` (:mod:`tfjax.data.tfds_prepared`, :mod:`tfjax.data.folder`);
+* :mod:`tfjax.data.convert` -- a tfrecord TFDS dataset to array_record;
 * :mod:`tfjax.data.builders` -- offline TFDS builders ``tfjax_subspaces``,
   ``tfjax_digits``, ``tfjax_mnist1d`` (registered when ``tfjax.data`` is imported);
 * :mod:`tfjax.data.pipeline` -- ``make_dataset``, ``load_arrays``,
-  ``labelled_subset_mask`` (tf.data; TensorFlow is imported lazily, on first use);
-* :mod:`tfjax.data.augment` -- pure JAX augmentations (no TensorFlow).
+  ``labelled_subset_mask`` (grain over random-access sources);
+* :mod:`tfjax.data.augment` -- pure JAX augmentations.
 """
 from tfjax.data import builders  # noqa: F401  (registers the offline TFDS builders; cheap: TF loads lazily)
 from tfjax.data.augment import (  # noqa: F401
@@ -28,7 +31,7 @@ from tfjax.data.registry import DATASETS, DatasetNotFoundError, DatasetSpec, get
 _PIPELINE = ("make_dataset", "load_arrays", "labelled_subset_mask", "prepare_dataset")
 
 
-def __getattr__(name):  # lazy: importing tf.data costs seconds
+def __getattr__(name):  # lazy: importing grain and TFDS costs seconds
     if name in _PIPELINE:
         from tfjax.data import pipeline
 

@@ -87,9 +87,8 @@ def tfds_spec(name: str, data_dir: Optional[str], image_size: int, unlabelled: b
     if "array_record" not in formats:
         raise ValueError(
             f"{name}: prepared as {'/'.join(sorted(formats)) or 'tfrecord'} in {builder.data_dir}; "
-            "grain reads array_record: convert it once with `tfds convert_format "
-            f"--dataset_version_dir={builder.data_dir} --out_file_format=array_record` "
-            "(reads tfrecord with TensorFlow: pip install 'tfjax[tf]')")
+            "grain reads array_record: convert it once (in place, no TensorFlow needed) with "
+            f"`python -m tfjax.data.convert {builder.data_dir}`")
     splits = list(info.splits.keys())
     test = "test" if "test" in splits else "validation" if "validation" in splits else None
     if "train" not in splits or test is None:
@@ -131,5 +130,5 @@ class TFDSUserSource(TFDSSource):
 
 def open_tfds_source(spec: DatasetSpec, split: str) -> TFDSUserSource:
     """``split`` of a ``tfds:`` dataset (array_record, through ``tfds.data_source``)."""
-    builder = _tfds_builder(spec.name, spec.tfds_name, spec.data_dir or None, file_format="array_record")
-    return TFDSUserSource(spec, builder.as_data_source(split=split))
+    builder = _tfds_builder(spec.name, spec.tfds_name, spec.data_dir or None)
+    return TFDSUserSource(spec, builder.as_data_source(split=split, file_format="array_record"))

@@ -7,8 +7,8 @@
   kind, shape and classes come from its ``DatasetInfo`` (an image or tensor
   feature and a ``ClassLabel``).  Images of varying size are resized to
   ``image_size``.  A dataset prepared only as tfrecord is refused with the
-  one command that converts it (``tfds convert_format``; TensorFlow reads the
-  tfrecords, so it needs ``tfjax[tf]``).
+  one command that converts it in place (``python -m tfjax.data.convert
+  VERSION_DIR``, :mod:`tfjax.data.convert`; no TensorFlow needed).
 * ``folder:PATH``: images in one sub-folder per class (``PATH/<class>/*``), or
   ``PATH/train/<class>/*`` and ``PATH/test/<class>/*``; without ``test/`` a
   seeded, class-balanced :data:`FOLDER_TEST_FRACTION` of each class is the
