@@ -145,6 +145,8 @@ def run(config, workdir: str, *, progress: bool = True, data=None):
   metrics = (["knn"] + (["linear"] if config.eval.linear_steps > 0 else [])
              + [f"finetune@{f:g}" for f in config.eval.finetune_fractions]
              + (["knn_head"] if config.eval.head_knn else []))
+  if not spec.labelled:   # no probes: the training loss is the one number
+    metrics = ["final_loss"]
   table = write_results(
       workdir, f"{config.dataset}, backbone {config.backbone}, "
       f"{config.num_steps} steps, batch {config.batch_size}, "
@@ -159,9 +161,11 @@ def run(config, workdir: str, *, progress: bool = True, data=None):
       f"{jax.local_device_count()} {jax.default_backend()} device(s).")
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(rows, f, indent=2)
-  plot_comparison(rows, metrics, os.path.join(workdir, "comparison.png"))
+  if spec.labelled:
+    plot_comparison(rows, metrics, os.path.join(workdir, "comparison.png"))
   print("\n" + table)
-  print(f"wrote {workdir}/results.md, results.json, comparison.png")
+  print(f"wrote {workdir}/results.md, results.json"
+        + (", comparison.png" if spec.labelled else ""))
   return rows
 
 

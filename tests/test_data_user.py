@@ -350,19 +350,29 @@ def test_train_unlabelled_skips_the_probes(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_command_line_trains_an_npz(tmp_path):
+@pytest.mark.parametrize("labelled", [True, False])
+def test_command_line_trains_an_npz(tmp_path, labelled):
     rng = np.random.default_rng(10)
-    path = _npz(tmp_path / "sig.npz", **_labelled(rng, (40, 1), n_train=64, n_test=32))
+    arrays = _labelled(rng, (40, 1), n_train=64, n_test=32)
+    if not labelled:
+        arrays = _drop("y_train")(_drop("y_test")(arrays))
+    path = _npz(tmp_path / "sig.npz", **arrays)
     args = [f"--config.dataset=npz:{path}", f"--workdir={tmp_path / 'w'}", "--noprogress",
             "--config.compare=simclr", "--config.seeds=1", "--config.runs.simclr.num_steps=3",
             "--config.batch_size=16", "--config.warmup_steps=1", "--config.log_every=1",
             "--config.checkpoint_every=3", "--config.num_devices=1", "--config.random_baseline=False",
             "--config.compilation_cache=False", "--config.write_plots=False",
             "--config.backbone_kwargs.out_features=8", "--config.embed_dim=8",
-            "--config.eval.linear_steps=5", "--config.eval.finetune_steps=0"]
+            "--config.eval.linear_steps=5", "--config.eval.finetune_steps=5",
+            "--config.eval.finetune_fractions=(1.0,)"]
     proc = subprocess.run([sys.executable, "-m", "experiments.train"] + args, cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.load(open(tmp_path / "w" / "results.json"))
-    assert [r["method"] for r in rows] == ["SimCLR (InfoNCE)", "raw inputs (no training)"]
-    assert 0.0 <= rows[0]["knn"] <= 1.0
+    if labelled:
+        assert [r["method"] for r in rows] == ["SimCLR (InfoNCE)", "raw inputs (no training)"]
+        assert 0.0 <= rows[0]["knn"] <= 1.0
+    else:   # no probes, no baselines: the training loss only
+        assert [r["method"] for r in rows] == ["SimCLR (InfoNCE)"]
+        assert "knn" not in rows[0] and np.isfinite(rows[0]["final_loss"])
+        assert "no labels, so no baselines" in proc.stdout

@@ -341,7 +341,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   deletes the run the directory holds and starts afresh.  Training stops
   with ``FloatingPointError`` at the first logged step (or checkpoint) whose
   metrics or parameters are not finite, naming the step and the quantity;
-  no checkpoint is ever written with a non-finite value.
+  no checkpoint is ever written with a non-finite value.  On unlabelled
+  data (``spec.labelled`` False) the probes are skipped, said in one line.
   """
   processes = jax.process_count()
   num_devices = config.num_devices or jax.device_count()

@@ -510,7 +510,8 @@ def check_dataset(config, spec=None, *, batch_size: bool = True) -> None:
     ``~/tensorflow_datasets``); otherwise
     :class:`tfjax.data.DatasetNotFoundError` naming that directory (offline
     datasets are generated on first use; remote ``gs://`` directories and
-    ``tfds.testing.mock_data`` are not checked);
+    ``tfds.testing.mock_data`` are not checked; the user's ``tfds:``,
+    ``folder:`` and ``npz:`` data is checked when its spec is resolved);
   * (``batch_size``) ``config.batch_size`` at most the registry's
     training-split size (less the held-out ``validation_fraction``).
 

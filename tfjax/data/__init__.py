@@ -26,7 +26,14 @@ from tfjax.data.augment import (  # noqa: F401
     simclr_augment,
     vector_augment,
 )
-from tfjax.data.registry import DATASETS, DatasetNotFoundError, DatasetSpec, get_dataset_spec  # noqa: F401
+from tfjax.data.registry import (  # noqa: F401
+    DATASETS,
+    USER_PREFIXES,
+    DatasetNotFoundError,
+    DatasetSpec,
+    config_dataset_spec,
+    get_dataset_spec,
+)
 
 _PIPELINE = ("make_dataset", "load_arrays", "labelled_subset_mask", "prepare_dataset")
 
