@@ -94,3 +94,18 @@ def test_hiding_tensorflow_makes_its_import_fail():
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "hidden", proc.stderr
+
+
+def test_downloading_an_image_dataset_without_tensorflow_is_one_line(tmp_path):
+    code = HIDE_TENSORFLOW + textwrap.dedent("""
+        import sys
+        from tfjax.data.sources import prepare_dataset
+        try:
+            prepare_dataset("cifar10", data_dir=sys.argv[1], download=True)
+        except ImportError as e:
+            print(e)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and "install tfjax[tf]" in lines[0] and "'cifar10'" in lines[0], proc.stderr

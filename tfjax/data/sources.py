@@ -116,6 +116,15 @@ def _missing_message(spec: DatasetSpec, data_dir, err: Exception) -> str:
     )
 
 
+def require_tensorflow(what: str) -> None:
+    """Raises one line when TensorFlow (the ``tfjax[tf]`` extra) is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        raise ImportError(f"{what} needs TensorFlow: install tfjax[tf] (pip install 'tfjax[tf]'), "
+                          "or prepare the data on another machine and set data_dir")
+
+
 def prepare_dataset(name: str, data_dir: Optional[str] = None, download: bool = False):
     """Return ``(spec, builder)`` of registry dataset ``name``, array_record format.
 
@@ -129,6 +138,8 @@ def prepare_dataset(name: str, data_dir: Optional[str] = None, download: bool = 
 
     spec = get_dataset_spec(name)
     builder = tfds.builder(spec.tfds_name, data_dir=data_dir, file_format="array_record")
+    if download and not spec.offline and not builder.is_prepared():
+        require_tensorflow(f"downloading and preparing {name!r} (TFDS encodes its images with it)")
     if spec.offline or download:
         builder.download_and_prepare(file_format="array_record")  # no-op when prepared / mocked
     return spec, builder
