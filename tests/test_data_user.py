@@ -274,8 +274,6 @@ def test_tfds_tfrecord_is_refused_with_the_conversion_that_fixes_it(tmp_path):
     pytest.importorskip("tensorflow")   # TFDS encodes images with TensorFlow
     import tensorflow_datasets as tfds
 
-    from tfjax.data import convert
-
     tfds.testing.DummyMnist(data_dir=str(tmp_path / "tfr")).download_and_prepare()
     reference = tfds.testing.DummyMnist(data_dir=str(tmp_path / "ar"), file_format="array_record")
     reference.download_and_prepare(file_format="array_record")
@@ -315,6 +313,11 @@ def test_convert_refuses_a_truncated_shard(tmp_path):
 # ----------------------------------------------------------------------------
 # End to end: train_and_evaluate on each route, and the command line
 # ----------------------------------------------------------------------------
+# Few steps, one fusion layer, the cheap probes only: each route end to end.
+CHEAP = {"num_steps": 4, "write_plots": False, "head.num_layers": 1, "eval.linear_steps": 5,
+         "eval.finetune_fractions": (), "eval.head_knn": False}
+
+
 def _route(kind, tmp_path, tfds_dir):
     rng = np.random.default_rng(8)
     if kind == "npz":
@@ -325,13 +328,14 @@ def _route(kind, tmp_path, tfds_dir):
     return "tfds:tfjax_subspaces/tiny", {"data_dir": tfds_dir}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["npz", "folder", "tfds"])
 def test_train_and_evaluate_on_each_route(tmp_path, tfds_dir, kind):
     from tests.test_train import tiny_config
     from tfjax.train import train_and_evaluate
 
     dataset, extra = _route(kind, tmp_path, tfds_dir)
-    config = tiny_config(dataset=dataset, num_steps=4, write_plots=False, **extra)
+    config = tiny_config(dataset=dataset, **CHEAP, **extra)
     results = train_and_evaluate(config, str(tmp_path / "run"), progress=False)
     assert results["step"] == 4 and 0.0 <= results["knn"] <= 1.0 and np.isfinite(results["final_loss"])
     assert os.listdir(tmp_path / "run" / "checkpoints")
@@ -343,7 +347,7 @@ def test_train_unlabelled_skips_the_probes(tmp_path, capsys):
 
     arrays = _drop("y_train")(_labelled(np.random.default_rng(9), (8,), n_train=48))
     path = _npz(tmp_path / "u.npz", **arrays)
-    config = tiny_config(dataset=f"npz:{path}", loss="info_nce", num_steps=4, write_plots=False)
+    config = tiny_config(dataset=f"npz:{path}", loss="info_nce", **CHEAP)
     results = train_and_evaluate(config, str(tmp_path / "run"), progress=False)
     assert results["step"] == 4 and "knn" not in results and results["evaluated_on"] is None
     assert "has no labels: the probes" in capsys.readouterr().err

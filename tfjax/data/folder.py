@@ -25,7 +25,6 @@ _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 _CACHE_VERSION = 1
 
 
-# ----------------------------------------------------------------------------
 def _visible(root: str) -> List[str]:
     return sorted(n for n in os.listdir(root) if not n.startswith("."))
 

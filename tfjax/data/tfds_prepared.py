@@ -19,7 +19,6 @@ __all__ = ["is_tfds_name", "tfds_spec", "open_tfds_source", "TFDSUserSource"]
 _TFDS_NAME = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_.\-]+)?(:[0-9.]+)?$")
 
 
-# ----------------------------------------------------------------------------
 def _default_data_dir(data_dir: Optional[str]) -> str:
     return os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR")
                               or os.path.join("~", "tensorflow_datasets"))

@@ -53,6 +53,7 @@ NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 def data_kind(shape: Tuple[int, ...], where: str) -> str:
+    """The kind of examples of ``shape`` (one example, no batch axis); ``where`` names the data."""
     if len(shape) == 3:
         return "image"
     if len(shape) == 2 and shape[-1] == 1:
