@@ -265,6 +265,16 @@ def test_tfds_dataset_described_by_its_info(tfds_dir, name):
         np.testing.assert_array_equal(y, y_ref)
 
 
+def test_tfds_dataset_read_as_unlabelled(tfds_dir):
+    load_arrays("subspaces_tiny", "train", data_dir=tfds_dir)
+    spec = get_dataset_spec("tfds:tfjax_subspaces/tiny", data_dir=tfds_dir, unlabelled=True)
+    assert (spec.labelled, spec.label_key, spec.num_classes) == (False, None, 0)
+    source = open_source(spec.name, "train", spec=spec)
+    np.testing.assert_array_equal(source.labels, -1)
+    assert source[5]["label"] == -1
+    np.testing.assert_array_equal(source[5]["x"], load_arrays("subspaces_tiny", "train", data_dir=tfds_dir)[0][5])
+
+
 def test_tfds_not_prepared_names_the_fix(tmp_path):
     _one_line_error(DatasetNotFoundError, lambda: get_dataset_spec("tfds:mnist", data_dir=str(tmp_path)),
                     "not prepared", re.escape(str(tmp_path)), "tfds build mnist --file_format=array_record")
