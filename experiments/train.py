@@ -36,7 +36,7 @@ def run_configs(config):
     raise ValueError(f"compare names unknown runs {unknown or names}; "
                      f"defined: {sorted(config.runs)}")
   from tfjax.data.augment import fits
-  kind = _data_kind(config.dataset)
+  kind = _data_kind(config)
   out = []
   for name in names:
     c = config.copy_and_resolve_references()
@@ -51,13 +51,13 @@ def run_configs(config):
   return out
 
 
-def _data_kind(dataset: str):
-  """The registry dataset's kind, or None for a name it does not know (the
-  config check then says so)."""
-  from tfjax.data.registry import get_dataset_spec
+def _data_kind(config):
+  """The dataset's kind, or None for data it cannot resolve (the config
+  check then says why)."""
+  from tfjax.data.registry import config_dataset_spec
   try:
-    return get_dataset_spec(dataset).kind
-  except ValueError:
+    return config_dataset_spec(config).kind
+  except (ValueError, FileNotFoundError):
     return None
 
 
@@ -118,7 +118,9 @@ def run(config, workdir: str, *, progress: bool = True, data=None):
                  "seeds": len(seeds), "minutes": round((time.time() - t0) / 60, 2)})
   if not primary:
     return rows
-  if config.random_baseline:
+  if not spec.labelled and (config.random_baseline or config.raw_baseline):
+    say(f"dataset {config.dataset}: no labels, so no baselines", flush=True)
+  if config.random_baseline and spec.labelled:
     per_seed = []
     for seed in seeds:
       c_seed = config.copy_and_resolve_references()
@@ -128,7 +130,7 @@ def run(config, workdir: str, *, progress: bool = True, data=None):
                            "statistics of the data)", **mean_std(per_seed),
                  "seeds": len(seeds)})
     say(json.dumps(rows[-1]), flush=True)
-  if config.raw_baseline:
+  if config.raw_baseline and spec.labelled:
     x_tr, y_tr = raw_arrays(sources[0])
     x_te, y_te = raw_arrays(sources[1])
     rows.append({"method": "raw inputs (no training)",
@@ -140,6 +142,8 @@ def run(config, workdir: str, *, progress: bool = True, data=None):
   metrics = (["knn"] + (["linear"] if config.eval.linear_steps > 0 else [])
              + [f"finetune@{f:g}" for f in config.eval.finetune_fractions]
              + (["knn_head"] if config.eval.head_knn else []))
+  if not spec.labelled:   # no probes: the training loss is the one number
+    metrics = ["final_loss"]
   table = write_results(
       workdir, f"{config.dataset}, backbone {config.backbone}, "
       f"{config.num_steps} steps, batch {config.batch_size}, "
@@ -154,9 +158,11 @@ def run(config, workdir: str, *, progress: bool = True, data=None):
       f"{jax.local_device_count()} {jax.default_backend()} device(s).")
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(rows, f, indent=2)
-  plot_comparison(rows, metrics, os.path.join(workdir, "comparison.png"))
+  if spec.labelled:
+    plot_comparison(rows, metrics, os.path.join(workdir, "comparison.png"))
   print("\n" + table)
-  print(f"wrote {workdir}/results.md, results.json, comparison.png")
+  print(f"wrote {workdir}/results.md, results.json"
+        + (", comparison.png" if spec.labelled else ""))
   return rows
 
 

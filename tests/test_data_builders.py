@@ -7,6 +7,7 @@ from tfjax.data import builders as B
 
 
 def _load(name, data_dir, split):
+    pytest.importorskip("tensorflow")  # as_dataset is tf.data (the [tf] extra)
     b = tfds.builder(name, data_dir=str(data_dir))
     b.download_and_prepare()
     ds = b.as_dataset(split=split, batch_size=-1, shuffle_files=False)

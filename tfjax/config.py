@@ -28,9 +28,19 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  # Data (tfjax.data registry name) and the data directory of real TFDS data.
+  # Data: a tfjax.data registry name, or the user's data: tfds:NAME[/CONFIG]
+  # (a prepared TFDS dataset), folder:PATH (images, one sub-folder per class),
+  # npz:PATH (x_train, y_train, x_test, y_test); see docs/data.md.  data_dir:
+  # the TFDS data directory.
   c.dataset = "subspaces"
   c.data_dir = ml_collections.FieldReference(None, field_type=str)
+  # folder: images (and TFDS images of varying size) are resized to
+  # image_size x image_size.
+  c.image_size = 32
+  # The data has no labels (a folder of images without class folders, a TFDS
+  # dataset without a ClassLabel; an npz without y_train is unlabelled
+  # anyway): self-supervised methods only, and no probes.
+  c.unlabelled = False
   # Hold out this fraction of the training split (class-balanced, fixed seed
   # 0) and evaluate on it instead of the test split: for choosing
   # hyper-parameters without looking at the test set.
@@ -161,10 +171,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
 
   Returns the dataset's :class:`tfjax.data.DatasetSpec`.
   """
-  from tfjax.data.registry import get_dataset_spec
+  from tfjax.data.registry import config_dataset_spec
   from tfjax.models import check_head_options
 
-  spec = get_dataset_spec(config.dataset)  # unknown dataset -> ValueError
+  spec = config_dataset_spec(config)       # unknown dataset -> ValueError
+  if not spec.labelled and (config.label_fraction is not None or config.labels_in_loss
+                            or config.oar_weight > 0 or config.labelled_batch_size > 0):
+    raise ValueError(f"dataset {config.dataset!r} has no labels: only self-supervised "
+                     "runs (label_fraction=None, labels_in_loss=False, oar_weight=0, "
+                     "labelled_batch_size=0)")
   _check_int(config, "num_devices", 0)
   num_devices = _num_devices(config, num_devices)
   _check_names(config, spec)

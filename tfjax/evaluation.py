@@ -269,6 +269,9 @@ def evaluate_untrained(config, data=None, *, precise_bn: bool = True,
   from tfjax.data import pipeline   # grain: imported on first use
   from tfjax.data.splits import in_memory_splits, num_classes as split_classes, open_splits
   spec = validate(config, 1, data=data)
+  if not spec.labelled:
+    raise ValueError(f"dataset {config.dataset!r} has no labels: a backbone cannot "
+                     "be evaluated without them")
   train_source, test_source = in_memory_splits(
       config, *open_splits(config, spec, data))
   labels = pipeline.source_labels(train_source)

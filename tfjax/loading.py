@@ -344,7 +344,7 @@ class Run:
     ``train_and_evaluate(data=...)`` has no registry split).
     """
     from tfjax.data import pipeline
-    from tfjax.data.registry import get_dataset_spec
+    from tfjax.data.registry import config_dataset_spec
     from tfjax.data.splits import check_prepared, open_splits
     if split not in SPLITS:
       raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
@@ -352,7 +352,7 @@ class Run:
     if split == "validation" and not held_out:
       raise ValueError(f"split 'validation' needs a run with "
                        f"validation_fraction; the run in {self.workdir} has none")
-    spec = get_dataset_spec(self.config.dataset)
+    spec = config_dataset_spec(self.config)
     check_prepared(spec, self.config.get("data_dir"))
     train, evaluated = open_splits(self.config, spec)
     self._check_fingerprint(train, evaluated)

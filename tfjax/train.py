@@ -88,7 +88,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   deletes the run the directory holds and starts afresh.  Training stops
   with ``FloatingPointError`` at the first logged step (or checkpoint) whose
   metrics or parameters are not finite, naming the step and the quantity;
-  no checkpoint is ever written with a non-finite value.
+  no checkpoint is ever written with a non-finite value.  On unlabelled
+  data (``spec.labelled`` False) the probes are skipped, said in one line.
   """
   spec = validate(config, data=data)
   show = Progress(progress and distributed.is_primary())
@@ -206,9 +207,14 @@ def _train_and_evaluate(config, workdir, spec, run, show, *, data, stop_after):
              "final_loss": None if last is None else last["loss"],
              # after compiling, summed over the starts of the run
              "train_seconds": round(trained(), 1)}
-  results.update(evaluate_state(final, train_source, test_source,
-                                pipeline.source_labels(train_source),
-                                num_classes, config, show))
+  if spec.labelled:
+    results.update(evaluate_state(final, train_source, test_source,
+                                  pipeline.source_labels(train_source),
+                                  num_classes, config, show))
+  else:
+    results["evaluated_on"] = None
+    show.warn(f"dataset {config.dataset!r} has no labels: the probes (kNN, linear, "
+              "fine-tuning) are skipped")
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
   if config.write_plots:

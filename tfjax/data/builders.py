@@ -18,14 +18,16 @@ they cannot clash with TFDS's own catalogue):
   (the package's dataset-level standardisation: zero mean, unit std).
 
 All three features are ``{"x": tfds.features.Tensor(float32), "label":
-tfds.features.ClassLabel}``; ``download_and_prepare()`` needs no network.
+tfds.features.ClassLabel}``; ``download_and_prepare()`` needs no network and,
+in the array_record format, no TensorFlow (the records are the same with
+and without it).
 
 Example::
 
     >>> import tensorflow_datasets as tfds, tfjax.data.builders
     >>> b = tfds.builder("tfjax_subspaces/tiny", data_dir="/tmp/tfds")
-    >>> b.download_and_prepare()
-    >>> ds = b.as_dataset(split="train")
+    >>> b.download_and_prepare(file_format="array_record")
+    >>> source = b.as_data_source(split="train")
 """
 from __future__ import annotations
 

@@ -359,7 +359,7 @@ def load_arrays(name: str, split: str, data_dir: Optional[str] = None, *, downlo
     """
     source = open_source(name, split, data_dir=data_dir, download=download, take=take)
     if len(source) == 0:
-        spec = get_dataset_spec(name)
+        spec = get_dataset_spec(name, data_dir=data_dir)
         return np.zeros((0,) + spec.x_shape, np.float32), np.zeros((0,), np.int32)
     batch = read_batch(source, np.arange(len(source)))
     return batch["x"], batch["label"]

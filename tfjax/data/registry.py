@@ -10,6 +10,11 @@ Every dataset yields examples ``{"x": float32, "label": int32, "index": int32}``
 * ``kind="vector"``: ``x`` is ``[d]``;
 * ``kind="signal"``: ``x`` is ``[length, 1]`` (channels-last 1-D signal).
 
+Besides the registry's names, ``get_dataset_spec`` resolves data the user
+brings (:mod:`tfjax.data.user`): ``tfds:NAME[/CONFIG]`` (any prepared TFDS
+dataset, or a bare TFDS name outside the registry), ``folder:PATH`` (a folder
+of images, one sub-folder per class) and ``npz:PATH`` (arrays).
+
 Example::
 
     >>> spec = get_dataset_spec("digits")
@@ -19,9 +24,13 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
-__all__ = ["DatasetSpec", "DATASETS", "get_dataset_spec", "DatasetNotFoundError"]
+__all__ = ["DatasetSpec", "DATASETS", "USER_PREFIXES", "get_dataset_spec", "config_dataset_spec",
+           "DatasetNotFoundError"]
+
+# Prefixes of ``config.dataset`` that name the user's data (tfjax.data.user).
+USER_PREFIXES = ("tfds:", "folder:", "npz:")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -48,6 +57,13 @@ class DatasetSpec:
       image_key: feature holding the input in the TFDS example (``"image"``
         for real image datasets, ``"x"`` for ours).
       num_train / num_test: split sizes (informational; mocked data differs).
+      origin: ``"registry"`` for the names below; ``"tfds"``, ``"folder"`` or
+        ``"npz"`` for the user's data (:mod:`tfjax.data.user`).
+      path: where the user's data lies (``folder``: its converted arrays,
+        ``npz``: the file; empty otherwise).
+      label_key: the TFDS feature holding the class id (None: no labels).
+      labelled: False for unlabelled data (self-supervised methods only).
+      data_dir: the TFDS data directory a ``tfds`` dataset was found in.
     """
 
     name: str
@@ -61,6 +77,11 @@ class DatasetSpec:
     image_key: str = "image"
     num_train: int = 0
     num_test: int = 0
+    origin: str = "registry"
+    path: str = ""
+    label_key: Optional[str] = "label"
+    labelled: bool = True
+    data_dir: str = ""
 
     def __post_init__(self):
         if self.kind not in ("image", "vector", "signal"):
@@ -94,12 +115,33 @@ DATASETS: Dict[str, DatasetSpec] = {
 }
 
 
-def get_dataset_spec(name: str) -> DatasetSpec:
-    """Return the :class:`DatasetSpec` registered under ``name``.
+def get_dataset_spec(name: str, *, data_dir: Optional[str] = None, image_size: int = 32,
+                     unlabelled: bool = False) -> DatasetSpec:
+    """Return the :class:`DatasetSpec` of ``name``: a registry name or the user's data.
+
+    ``tfds:``, ``folder:`` and ``npz:`` names, and bare TFDS names outside
+    the registry, are resolved by :func:`tfjax.data.user.user_spec` (which
+    reads the dataset's description from disk and checks its layout);
+    ``data_dir``, ``image_size`` and ``unlabelled`` matter only to those.
 
     Raises:
-      ValueError: ``"unknown dataset 'foo'; known: ..."`` for an unknown name.
+      ValueError: ``"unknown dataset 'foo'; known: ..."`` for an unknown name,
+        or one line naming the file for user data of a wrong layout.
     """
-    if not isinstance(name, str) or name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name]
+    if isinstance(name, str) and name in DATASETS:
+        return DATASETS[name]
+    if isinstance(name, str) and name:
+        from tfjax.data import user
+
+        if name.startswith(USER_PREFIXES) or user.is_tfds_name(name, data_dir):
+            return user.user_spec(name, data_dir=data_dir, image_size=image_size,
+                                  unlabelled=unlabelled)
+    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}, "
+                     "or tfds:NAME[/CONFIG], folder:PATH, npz:PATH")
+
+
+def config_dataset_spec(config) -> DatasetSpec:
+    """:func:`get_dataset_spec` of ``config.dataset`` with the config's data fields."""
+    return get_dataset_spec(config.dataset, data_dir=config.get("data_dir"),
+                            image_size=config.get("image_size", 32),
+                            unlabelled=bool(config.get("unlabelled", False)))

@@ -84,7 +84,11 @@ class TFDSSource:
         ex = self._source[int(i)]
         x = np.asarray(ex[self.spec.image_key])
         x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-        return {"x": x, "label": np.int32(ex["label"])}
+        return {"x": x, "label": self._label(ex)}
+
+    def _label(self, ex) -> np.int32:
+        key = self.spec.label_key
+        return np.int32(-1) if key is None else np.int32(ex[key])
 
     @property
     def x_shape(self) -> Tuple[int, ...]:
@@ -94,7 +98,7 @@ class TFDSSource:
     def labels(self) -> np.ndarray:
         """All labels [N] (one pass over the records, kept: 4 bytes each)."""
         if self._labels is None:
-            self._labels = np.fromiter((self._source[i]["label"] for i in range(len(self))),
+            self._labels = np.fromiter((self._label(self._source[i]) for i in range(len(self))),
                                        np.int32, count=len(self))
         return self._labels
 
@@ -112,6 +116,15 @@ def _missing_message(spec: DatasetSpec, data_dir, err: Exception) -> str:
     )
 
 
+def require_tensorflow(what: str) -> None:
+    """Raises one line when TensorFlow (the ``tfjax[tf]`` extra) is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        raise ImportError(f"{what} needs TensorFlow: install tfjax[tf] (pip install 'tfjax[tf]'), "
+                          "or prepare the data on another machine and set data_dir")
+
+
 def prepare_dataset(name: str, data_dir: Optional[str] = None, download: bool = False):
     """Return ``(spec, builder)`` of registry dataset ``name``, array_record format.
 
@@ -125,26 +138,38 @@ def prepare_dataset(name: str, data_dir: Optional[str] = None, download: bool = 
 
     spec = get_dataset_spec(name)
     builder = tfds.builder(spec.tfds_name, data_dir=data_dir, file_format="array_record")
+    if download and not spec.offline and not builder.is_prepared():
+        require_tensorflow(f"downloading and preparing {name!r} (TFDS encodes its images with it)")
     if spec.offline or download:
         builder.download_and_prepare(file_format="array_record")  # no-op when prepared / mocked
     return spec, builder
 
 
 def open_source(name: str, split: str, *, data_dir: Optional[str] = None,
-                download: bool = False, take: Optional[int] = None):
-    """A random-access source of ``split`` of registry dataset ``name``.
+                download: bool = False, take: Optional[int] = None,
+                spec: Optional[DatasetSpec] = None):
+    """A random-access source of ``split`` of dataset ``name``.
 
-    ``take`` keeps the first ``take`` records.  Raises
-    :class:`DatasetNotFoundError` at once when the data is not on disk.
+    ``name``: a registry name or the user's data (``tfds:``, ``folder:``,
+    ``npz:``; :mod:`tfjax.data.user`), whose resolved ``spec`` may be passed
+    (for a folder, it fixes ``image_size``).  ``take`` keeps the first
+    ``take`` records.  Raises :class:`DatasetNotFoundError` at once when the
+    data is not on disk.
     """
     if take is not None:
         _check_pos_int(take, "take")
-    spec, builder = prepare_dataset(name, data_dir=data_dir, download=download)
-    try:
-        source = builder.as_data_source(split=split)
-    except (KeyError, AssertionError, FileNotFoundError, NotImplementedError, ValueError) as e:
-        raise DatasetNotFoundError(_missing_message(spec, data_dir, e)) from None
-    out = TFDSSource(spec, source)
+    spec = spec or get_dataset_spec(name, data_dir=data_dir)
+    if spec.origin != "registry":
+        from tfjax.data.user import open_user_source
+
+        out = open_user_source(spec, split)
+    else:
+        spec, builder = prepare_dataset(name, data_dir=data_dir, download=download)
+        try:
+            source = builder.as_data_source(split=split)
+        except (KeyError, AssertionError, FileNotFoundError, NotImplementedError, ValueError) as e:
+            raise DatasetNotFoundError(_missing_message(spec, data_dir, e)) from None
+        out = TFDSSource(spec, source)
     if take is not None and take < len(out):
         return _Head(out, take)
     return out

@@ -51,8 +51,8 @@ def check_prepared(spec: DatasetSpec, data_dir: Optional[str] = None) -> None:
     generated on first use; remote ``gs://`` directories and
     ``tfds.testing.mock_data`` are not checked.
     """
-    if spec.offline or tfds_mocked():
-        return
+    if spec.offline or spec.origin != "registry" or tfds_mocked():
+        return  # generated here, or the user's data (checked when its spec is resolved)
     data_dir = _data_dir(data_dir)
     if "://" in data_dir:
         return
@@ -87,9 +87,9 @@ def open_splits(config, spec: DatasetSpec, data=None):
         x_train, y_train, x_test, y_test = data
         splits = pipeline.ArraySource(x_train, y_train), pipeline.ArraySource(x_test, y_test)
     else:
-        splits = (
-            pipeline.open_source(config.dataset, spec.train_split, data_dir=config.data_dir),
-            pipeline.open_source(config.dataset, spec.test_split, data_dir=config.data_dir),
+        splits = tuple(
+            pipeline.open_source(config.dataset, split, data_dir=config.data_dir, spec=spec)
+            for split in (spec.train_split, spec.test_split)
         )
     if config.get("validation_fraction"):
         return pipeline.split_source(splits[0], config.validation_fraction, seed=0)
