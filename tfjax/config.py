@@ -38,6 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.backbone_kwargs.unlock()  # each backbone takes its own attributes
   c.embed_dim = 64
   c.projector_hidden = (256,)
+  # Dtype the backbone, projector and head compute in: "float32" or
+  # "bfloat16" (parameters, BatchNorm statistics, losses and optimiser state
+  # stay float32; tfjax.precision).
+  c.compute_dtype = "float32"
   c.head = ml_collections.ConfigDict(dict(
       num_layers=5, features=ml_collections.FieldReference(None, field_type=int),
       activation="relu", implementation="dense", block_size=512,
@@ -48,7 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
       final_projection="learned",
       # Fusion attention within each view (the authors') or across all rows.
       fuse_within_view=False,
-      # "blockwise" only: matmul dtype, e.g. "bfloat16" (None: fp32).
+      # The head's compute dtype, "float32" or "bfloat16" (None: the
+      # top-level compute_dtype).
       compute_dtype=ml_collections.FieldReference(None, field_type=str)))
   # The method: a name in the registry (tfjax.methods): jsd | info_nce |
   # supcon | dcl | barlow_twins | vicreg, or one you register.  Its

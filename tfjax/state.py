@@ -34,6 +34,7 @@ from tfjax.backbones import BACKBONES, get_backbone
 from tfjax.models import IMPLEMENTATIONS, TransFusionHead, tie_query_key
 from tfjax.networks import ContrastiveNet, Identity
 from tfjax.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
+from tfjax.precision import compute_dtypes
 
 Array = jax.Array
 
@@ -189,7 +190,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
       labels_in_loss and config.label_fraction == 1.0)):
     raise ValueError(f"num_views must be >= 2 (one view is enough only when "
                      f"every label is in the loss), got {config.num_views}")
-  head_options(config)          # implementation / block / dtype checks
+  head_options(config)          # implementation / block checks
+  compute_dtypes(config)        # compute_dtype, head.compute_dtype
   return spec
 
 
@@ -239,18 +241,7 @@ def head_options(config) -> dict:
       block_size < 1):
     raise ValueError(f"head.block_size must be a positive int, got "
                      f"{block_size!r}")
-  name = config.head.get("compute_dtype", None)
-  dtype = None
-  if name:
-    try:
-      dtype = jnp.dtype(name)
-    except TypeError:
-      dtype = None
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-      raise ValueError(f"head.compute_dtype must name a float dtype such as "
-                       f"'bfloat16' (or be None), got {name!r}")
-  return {"implementation": impl, "block_size": block_size,
-          "compute_dtype": dtype}
+  return {"implementation": impl, "block_size": block_size}
 
 
 # ----------------------------------------------------------------------------
@@ -258,10 +249,11 @@ def head_options(config) -> dict:
 # ----------------------------------------------------------------------------
 def build_network(config, axis_name: Optional[str] = None) -> ContrastiveNet:
   """The configured ``ContrastiveNet`` (a head only for methods that use one)."""
+  dtype, head_dtype = compute_dtypes(config)
   if config.backbone == "identity":
     backbone = Identity()
   else:
-    backbone = get_backbone(config.backbone, axis_name=axis_name,
+    backbone = get_backbone(config.backbone, axis_name=axis_name, dtype=dtype,
                             **dict(config.backbone_kwargs))
   head = None
   if methods.get(config.loss).uses_head:
@@ -270,10 +262,11 @@ def build_network(config, axis_name: Optional[str] = None) -> ContrastiveNet:
                            activation=config.head.activation,
                            final_projection=config.head.final_projection,
                            fuse_within_view=config.head.fuse_within_view,
-                           axis_name=axis_name, **head_options(config))
+                           axis_name=axis_name, compute_dtype=head_dtype,
+                           **head_options(config))
   return ContrastiveNet(backbone=backbone, embed_dim=config.embed_dim,
                         projector_hidden=tuple(config.projector_hidden),
-                        head=head, axis_name=axis_name)
+                        head=head, axis_name=axis_name, dtype=dtype)
 
 
 def build_optimizer(config) -> optax.GradientTransformation:
