@@ -570,10 +570,9 @@ CASES = [
      _before_compute(fast(label_fraction=1e-9), data=None),
      Raises(ValueError, "fewer than the 3 classes; the smallest label_fraction "
             "that works is 0.05")),
-    ("head.compute_dtype with the dense head",
-     _before_compute(fast(**{"head.compute_dtype": "bfloat16"})),
-     Raises(ValueError, "head.compute_dtype='bfloat16' applies to "
-            "head.implementation='blockwise' only")),
+    ("head.compute_dtype float16 (no loss scaling)",
+     _before_compute(fast(**{"head.compute_dtype": "float16"})),
+     Raises(ValueError, "head.compute_dtype must name")),
     ("backbone cnn1d with the MLP's backbone_kwargs",
      _before_compute(fast(backbone="cnn1d")),
      Raises(ValueError, "backbone_kwargs.batch_norm, backbone_kwargs.hidden are "

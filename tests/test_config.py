@@ -1,5 +1,6 @@
 """tfjax.config.validate: one check of the config (and the data) before any compute."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -33,13 +34,16 @@ def test_backbone_kwargs_the_backbone_does_not_take():
     validate(c, 1)
 
 
-def test_compute_dtype_belongs_to_the_blockwise_head():
-  c = tiny_config(**{"head.compute_dtype": "bfloat16"})
-  with pytest.raises(ValueError, match="head.compute_dtype='bfloat16' applies to "
-                     "head.implementation='blockwise' only"):
+def test_head_compute_dtype_reaches_the_dense_and_the_blockwise_head():
+  from tfjax.state import build_network
+  for implementation in ("dense", "blockwise"):
+    c = tiny_config(**{"head.compute_dtype": "bfloat16",
+                       "head.implementation": implementation})
     validate(c, 1)
-  c.head.implementation = "blockwise"
-  validate(c, 1)
+    assert build_network(c).head.compute_dtype == jnp.bfloat16
+  c.head.compute_dtype = "float16"
+  with pytest.raises(ValueError, match="head.compute_dtype"):
+    validate(c, 1)
 
 
 def test_batch_of_one_source_is_refused():

@@ -13,12 +13,18 @@ evaluation it uses the running averages and the output is deterministic.
 * :class:`ResNet18` — CIFAR-style ResNet-18.
 
 ``get_backbone(name, **kwargs)`` builds one by name from :data:`BACKBONES`.
+
+Every backbone takes ``dtype``, the dtype its layers compute in (e.g.
+``jnp.bfloat16``; None: the inputs' and parameters' dtype, float32).  The
+parameters stay float32 and BatchNorm reduces its statistics in float32 and
+keeps its running averages in float32 (:mod:`tfjax.precision`); the output
+is in ``dtype``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import chex
 import flax.linen as nn
@@ -46,23 +52,27 @@ class MLP(nn.Module):
   out_features: int = 128
   batch_norm: bool = False
   axis_name: Optional[str] = None
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     x = x.reshape((x.shape[0], -1))
     for width in self.hidden:
-      x = nn.Dense(width)(x)
+      x = nn.Dense(width, dtype=self.dtype)(x)
       if self.batch_norm:
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                         axis_name=self.axis_name if train else None)(x)
+                         axis_name=self.axis_name if train else None,
+                         dtype=self.dtype)(x)
       x = nn.relu(x)
-    return nn.Dense(self.out_features)(x)
+    return nn.Dense(self.out_features, dtype=self.dtype)(x)
 
 
-def _batch_norm(train: bool, axis_name: Optional[str], name: Optional[str] = None):
+def _batch_norm(train: bool, axis_name: Optional[str], name: Optional[str] = None,
+                dtype: Optional[Any] = None):
   """BatchNorm with batch statistics (across ``axis_name``) only in training."""
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      axis_name=axis_name if train else None, name=name)
+                      axis_name=axis_name if train else None, name=name,
+                      dtype=dtype)
 
 
 def _check_ndim(name: str, x: Array, expected: Sequence[int], layout: str):
@@ -92,6 +102,7 @@ class CNN1D(nn.Module):
   kernel_size: int = 5
   out_features: int = 128
   axis_name: Optional[str] = None
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
@@ -99,11 +110,12 @@ class CNN1D(nn.Module):
     if x.ndim == 2:
       x = x[..., None]
     for width in self.channels:
-      x = nn.Conv(width, (self.kernel_size,), padding="SAME", use_bias=False)(x)
-      x = _batch_norm(train, self.axis_name)(x)
+      x = nn.Conv(width, (self.kernel_size,), padding="SAME", use_bias=False,
+                  dtype=self.dtype)(x)
+      x = _batch_norm(train, self.axis_name, dtype=self.dtype)(x)
       x = nn.relu(x)
     x = jnp.mean(x, axis=1)
-    return nn.Dense(self.out_features)(x)
+    return nn.Dense(self.out_features, dtype=self.dtype)(x)
 
 
 class SmallCNN(nn.Module):
@@ -123,6 +135,7 @@ class SmallCNN(nn.Module):
   channels: Sequence[int] = (32, 64, 128)
   out_features: int = 128
   axis_name: Optional[str] = None
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
@@ -130,13 +143,14 @@ class SmallCNN(nn.Module):
     if x.ndim == 3:
       x = x[..., None]
     for width in self.channels:
-      x = nn.Conv(width, (3, 3), padding="SAME", use_bias=False)(x)
-      x = _batch_norm(train, self.axis_name)(x)
+      x = nn.Conv(width, (3, 3), padding="SAME", use_bias=False,
+                  dtype=self.dtype)(x)
+      x = _batch_norm(train, self.axis_name, dtype=self.dtype)(x)
       x = nn.relu(x)
       if x.shape[1] >= 4 and x.shape[2] >= 4:
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.out_features)(x)
+    return nn.Dense(self.out_features, dtype=self.dtype)(x)
 
 
 class BasicBlock(nn.Module):
@@ -147,22 +161,25 @@ class BasicBlock(nn.Module):
   features: int
   stride: int = 1
   axis_name: Optional[str] = None
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     s = (self.stride, self.stride)
     y = nn.Conv(self.features, (3, 3), strides=s, padding=((1, 1), (1, 1)),
-                use_bias=False, name="conv1")(x)
-    y = nn.relu(_batch_norm(train, self.axis_name, name="bn1")(y))
+                use_bias=False, name="conv1", dtype=self.dtype)(x)
+    y = nn.relu(_batch_norm(train, self.axis_name, name="bn1",
+                            dtype=self.dtype)(y))
     y = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                name="conv2")(y)
+                name="conv2", dtype=self.dtype)(y)
     # Zero-init of the last BN scale is a common trick; we keep scale = 1
     # (our choice, as in the plain CIFAR ResNet-18 used by SimCLR repos).
-    y = _batch_norm(train, self.axis_name, name="bn2")(y)
+    y = _batch_norm(train, self.axis_name, name="bn2", dtype=self.dtype)(y)
     if self.stride != 1 or x.shape[-1] != self.features:
       x = nn.Conv(self.features, (1, 1), strides=s, use_bias=False,
-                  name="shortcut_conv")(x)
-      x = _batch_norm(train, self.axis_name, name="shortcut_bn")(x)
+                  name="shortcut_conv", dtype=self.dtype)(x)
+      x = _batch_norm(train, self.axis_name, name="shortcut_bn",
+                      dtype=self.dtype)(x)
     return nn.relu(y + x)
 
 
@@ -184,6 +201,7 @@ class ResNet18(nn.Module):
   width: float = 1.0
   out_features: Optional[int] = None
   axis_name: Optional[str] = None
+  dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
@@ -192,16 +210,17 @@ class ResNet18(nn.Module):
       raise ValueError(f"ResNet18 width must be > 0, got {self.width}")
     widths = [max(1, int(round(w * self.width))) for w in (64, 128, 256, 512)]
     x = nn.Conv(widths[0], (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                name="stem_conv")(x)
-    x = nn.relu(_batch_norm(train, self.axis_name, name="stem_bn")(x))
+                name="stem_conv", dtype=self.dtype)(x)
+    x = nn.relu(_batch_norm(train, self.axis_name, name="stem_bn",
+                            dtype=self.dtype)(x))
     for stage, (features, blocks) in enumerate(zip(widths, (2, 2, 2, 2))):
       for block in range(blocks):
         stride = 2 if (stage > 0 and block == 0) else 1
-        x = BasicBlock(features, stride, self.axis_name,
+        x = BasicBlock(features, stride, self.axis_name, dtype=self.dtype,
                        name=f"stage{stage + 1}_block{block + 1}")(x, train)
     x = jnp.mean(x, axis=(1, 2))
     if self.out_features is not None:
-      x = nn.Dense(self.out_features, name="head")(x)
+      x = nn.Dense(self.out_features, name="head", dtype=self.dtype)(x)
     return x
 
 

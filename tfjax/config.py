@@ -55,6 +55,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.backbone_kwargs.unlock()  # each backbone takes its own attributes
   c.embed_dim = 64
   c.projector_hidden = (256,)
+  # Dtype the backbone, projector and head compute in: "float32" or
+  # "bfloat16" (parameters, BatchNorm statistics, losses and optimiser state
+  # stay float32; tfjax.precision).
+  c.compute_dtype = "float32"
   c.head = ml_collections.ConfigDict(dict(
       num_layers=5, features=ml_collections.FieldReference(None, field_type=int),
       activation="relu", implementation="dense", block_size=512,
@@ -65,7 +69,8 @@ def base_config() -> ml_collections.ConfigDict:
       final_projection="learned",
       # Fusion attention within each view (the authors') or across all rows.
       fuse_within_view=False,
-      # "blockwise" only: matmul dtype, e.g. "bfloat16" (None: fp32).
+      # The head's compute dtype, "float32" or "bfloat16" (None: the
+      # top-level compute_dtype).
       compute_dtype=ml_collections.FieldReference(None, field_type=str)))
   # The method: a name in the registry (tfjax.methods): jsd | info_nce |
   # supcon | dcl | barlow_twins | vicreg, or one you register.  Its
@@ -146,7 +151,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
 
   * the names: dataset, loss, backbone and the ``backbone_kwargs`` it
     takes, optimizer, schedule, augmentation, head options
-    (``head.compute_dtype`` applies to the blockwise head only);
+    and the compute dtypes (``compute_dtype``, ``head.compute_dtype``);
   * the sizes: ``batch_size``, ``num_steps``, ``steps_per_call``,
     ``log_every``, ``checkpoint_every`` >= 1; ``warmup_steps`` in
     [0, num_steps); batch sizes divisible by the device count; a batch of
@@ -173,6 +178,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
   """
   from tfjax.data.registry import config_dataset_spec
   from tfjax.models import check_head_options
+  from tfjax.precision import compute_dtypes
 
   spec = config_dataset_spec(config)       # unknown dataset -> ValueError
   if not spec.labelled and (config.label_fraction is not None or config.labels_in_loss
@@ -186,6 +192,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
   _check_sizes(config, num_devices)
   _check_labels(config, num_devices)
   check_head_options(config.head)
+  compute_dtypes(config)   # compute_dtype, head.compute_dtype
   if not check_data:
     return spec
   if data is None:

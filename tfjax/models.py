@@ -22,11 +22,16 @@ truncated block applies the same LayerNorm before its Q and K projections.
 Every block takes ``implementation``: ``"dense"`` (default, the formulas of
 :mod:`tfjax.attention` on the full n×N adjacency) or ``"blockwise"`` (the
 same numbers from :mod:`tfjax.blockwise`, holding only [n, block_size]
-blocks of the adjacency in forward and backward; ``compute_dtype`` such as
-``jnp.bfloat16`` runs its matmuls in that dtype with float32 sums).  With
-``"blockwise"``, :meth:`TransFusionHead.loss` fuses the truncated block with
-the JSD loss, so no n×N matrix is ever formed; ``__call__`` still returns the
-full adjacency (it is its output).
+blocks of the adjacency in forward and backward).  With ``"blockwise"``,
+:meth:`TransFusionHead.loss` fuses the truncated block with the JSD loss, so
+no n×N matrix is ever formed; ``__call__`` still returns the full adjacency
+(it is its output).
+
+``compute_dtype`` (e.g. ``jnp.bfloat16``; None: the inputs' dtype) is the
+dtype of every block's LayerNorm output, projections and attention matmuls,
+with float32 sums (:mod:`tfjax.precision`); the parameters, the fused
+features :meth:`TransFusionHead.fuse` returns, the adjacency and the loss
+are float32.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from tfjax.affinity import jsd_loss, target_affinity
 from tfjax.attention import Activation, adjacency, get_activation
 from tfjax.blockwise import (DEFAULT_BLOCK_SIZE, blockwise_attention,
                              blockwise_jsd_loss)
+from tfjax.precision import at_least_float32
 
 Array = jax.Array
 
@@ -122,7 +128,12 @@ class AdjacencyBlock(nn.Module):
     axis_name: pmap axis to gather keys over (None on one device).
     implementation: "dense" or "blockwise"; only :meth:`loss` differs (the
       adjacency returned by ``__call__`` is n×N either way).
-    block_size, compute_dtype: see :func:`tfjax.blockwise.blockwise_jsd_loss`.
+    block_size: see :func:`tfjax.blockwise.blockwise_jsd_loss`.
+    compute_dtype: dtype of the LayerNorm output, the Q and K projections
+      and the blockwise matmuls (None: the input's).  The adjacency of
+      ``__call__`` and the dense loss is computed in float32 from the
+      queries and keys (a product of two bfloat16 numbers is exact in
+      float32, so this is a bfloat16 matmul with float32 sums).
   """
   features: Optional[int] = None
   activation: Activation = "relu"
@@ -140,22 +151,23 @@ class AdjacencyBlock(nn.Module):
     if self.projection == "none":
       q = k = x
     else:
-      x_hat = nn.LayerNorm(name="norm", use_fast_variance=False)(x)
+      x_hat = nn.LayerNorm(name="norm", use_fast_variance=False,
+                           dtype=self.compute_dtype)(x)
       if self.projection == "norm":
         q = k = x_hat
       else:
         width = self.features or x.shape[-1]
-        q = nn.Dense(width, name="query")(x_hat)
+        q = nn.Dense(width, name="query", dtype=self.compute_dtype)(x_hat)
         k = (q if self.projection == "tied"
-             else nn.Dense(width, name="key")(x_hat))
+             else nn.Dense(width, name="key", dtype=self.compute_dtype)(x_hat))
     k_all, offset = gather_batch(k, self.axis_name)
     return q, k_all, offset
 
   def __call__(self, x: Array) -> Array:
     _check_implementation(self.implementation)
     q, k_all, offset = self._query_key(x)
-    return adjacency(q, k_all, activation=self.activation,
-                     diagonal_offset=offset)
+    return adjacency(at_least_float32(q), at_least_float32(k_all),
+                     activation=self.activation, diagonal_offset=offset)
 
   def loss(self, x: Array, groups: Array,
            labels: Optional[Array] = None) -> Array:
@@ -176,7 +188,8 @@ class AdjacencyBlock(nn.Module):
           column_labels=column_labels, activation=self.activation,
           diagonal_offset=offset, block_size=self.block_size,
           compute_dtype=self.compute_dtype, axis_name=self.axis_name)
-    a = adjacency(q, k_all, activation=self.activation, diagonal_offset=offset)
+    a = adjacency(at_least_float32(q), at_least_float32(k_all),
+                  activation=self.activation, diagonal_offset=offset)
     target = target_affinity(groups, labels, column_groups=column_groups,
                              column_labels=column_labels,
                              diagonal_offset=offset, dtype=a.dtype)
@@ -191,7 +204,8 @@ class FusionBlock(nn.Module):
   implementation the block's adjacency is sown into the ``intermediates``
   collection as ``"adjacency"`` for inspection (``mutable=["intermediates"]``);
   "blockwise" (:func:`tfjax.blockwise.blockwise_attention`, same output)
-  never forms it, so it sows nothing.
+  never forms it, so it sows nothing.  ``compute_dtype``: the dtype of the
+  LayerNorm output, the projections, the attention and the output.
   """
   features: Optional[int] = None
   activation: Activation = "relu"
@@ -206,10 +220,11 @@ class FusionBlock(nn.Module):
     width = self.features or x.shape[-1]
     # Two-pass variance (flax's default one-pass E[x²] − E[x]² loses ~1e-2
     # relative accuracy in float32 on inputs with a large common offset).
-    x_hat = nn.LayerNorm(name="norm", use_fast_variance=False)(x)
-    q = nn.Dense(width, name="query")(x_hat)
-    k = nn.Dense(width, name="key")(x_hat)
-    v = nn.Dense(x.shape[-1], name="value")(x_hat)
+    x_hat = nn.LayerNorm(name="norm", use_fast_variance=False,
+                         dtype=self.compute_dtype)(x)
+    q = nn.Dense(width, name="query", dtype=self.compute_dtype)(x_hat)
+    k = nn.Dense(width, name="key", dtype=self.compute_dtype)(x_hat)
+    v = nn.Dense(x.shape[-1], name="value", dtype=self.compute_dtype)(x_hat)
     k_all, offset = gather_batch(k, self.axis_name)
     v_all, _ = gather_batch(v, self.axis_name)
     if self.implementation == "blockwise":
@@ -248,8 +263,10 @@ class TransFusionHead(nn.Module):
   depend on the other samples of the batch.  ``loss(x, groups, labels)``
   returns the JSD loss against the target affinity of the (global) batch.
   ``implementation="blockwise"`` computes the same numbers without any n×N
-  matrix in ``fuse`` and ``loss`` (``block_size`` keys at a time, optional
-  ``compute_dtype``); see :mod:`tfjax.blockwise`.
+  matrix in ``fuse`` and ``loss`` (``block_size`` keys at a time); see
+  :mod:`tfjax.blockwise`.  ``compute_dtype`` (e.g. ``jnp.bfloat16``) is the
+  blocks' compute dtype; the outputs of ``fuse``, ``__call__`` and ``loss``
+  are float32.
 
   Example::
 
@@ -291,7 +308,7 @@ class TransFusionHead(nn.Module):
     With ``fuse_within_view`` and ``num_views = V > 1`` the rows of ``x`` are
     V view-major chunks and each chunk is fused on its own (attention spans
     one view of the batch, as in the authors' code); otherwise attention
-    spans all rows.
+    spans all rows.  Float32 (or wider) whatever ``compute_dtype``.
     """
     if x.ndim != 2:
       raise ValueError(f"TransFusionHead expects [n, d] inputs, got {x.shape}")
@@ -303,7 +320,7 @@ class TransFusionHead(nn.Module):
                               for v in range(num_views)])
     for block in self.blocks:
       x = block(x)
-    return x
+    return at_least_float32(x)
 
   def __call__(self, x: Array, num_views: int = 1) -> Array:
     return self.final(self.fuse(x, num_views))
@@ -339,7 +356,8 @@ class TransFusionHead(nn.Module):
 def check_head_options(head) -> None:
   """Raises ValueError naming the ``head.*`` field (the config's ``head``
   block) that cannot build a :class:`TransFusionHead`: names, sizes and the
-  blockwise options (``head.compute_dtype`` applies to the blockwise head only)."""
+  blockwise options (``head.compute_dtype`` is checked with ``compute_dtype``
+  by :func:`tfjax.precision.compute_dtypes`)."""
   if head.final_projection not in PROJECTIONS:
     raise ValueError(f"unknown head.final_projection "
                      f"{head.final_projection!r}; choose one of {PROJECTIONS}")
@@ -350,23 +368,11 @@ def check_head_options(head) -> None:
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"unknown head.implementation {impl!r}; choose one of "
                      f"{IMPLEMENTATIONS}")
-  name = head.get("compute_dtype", None)
   if impl == "dense":
-    if name:
-      raise ValueError(f"head.compute_dtype={name!r} applies to "
-                       "head.implementation='blockwise' only; the dense head "
-                       "computes in float32 (set head.compute_dtype=None)")
     return
   block_size = head.block_size
   if isinstance(block_size, bool) or not isinstance(block_size, int) or (
       block_size < 1):
     raise ValueError(f"head.block_size must be a positive int, got "
                      f"{block_size!r}")
-  if name:
-    try:
-      dtype = jnp.dtype(name)
-    except TypeError:
-      dtype = None
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-      raise ValueError(f"head.compute_dtype must name a float dtype such as "
-                       f"'bfloat16' (or be None), got {name!r}")
+

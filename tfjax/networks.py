@@ -14,13 +14,14 @@ per-sample MLP projector is our choice, following the authors' code.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 
 from tfjax.backbones import MLP
 from tfjax.models import TransFusionHead
+from tfjax.precision import at_least_float32
 
 Array = jax.Array
 
@@ -43,29 +44,35 @@ class ContrastiveNet(nn.Module):
   ``head_loss(embeddings, groups, labels)`` apply it.  Use
   ``init(key, x, method=ContrastiveNet.init_all)`` so that the head's
   parameters exist too.
+
+  ``dtype`` is the projector's compute dtype (the backbone and the head carry
+  their own, :mod:`tfjax.precision`).  Features and embeddings are returned
+  in float32 (or wider) whatever the compute dtypes, so every loss and
+  evaluation works on float32.
   """
   backbone: nn.Module
   embed_dim: int = 64
   projector_hidden: Sequence[int] = (256,)
   head: Optional[TransFusionHead] = None
   axis_name: Optional[str] = None
+  dtype: Optional[Any] = None
 
   def setup(self):
     self.projector = None
     if self.embed_dim:
       self.projector = MLP(hidden=tuple(self.projector_hidden),
                            out_features=self.embed_dim, batch_norm=True,
-                           axis_name=self.axis_name)
+                           axis_name=self.axis_name, dtype=self.dtype)
 
   def __call__(self, x: Array, train: bool = False):
-    features = self.backbone(x, train=train)
+    features = at_least_float32(self.backbone(x, train=train))
     if self.projector is None:
       return features, features
-    return features, self.projector(features, train=train)
+    return features, at_least_float32(self.projector(features, train=train))
 
   def features(self, x: Array) -> Array:
-    """Inductive backbone features in evaluation mode [n, F]."""
-    return self.backbone(x, train=False)
+    """Inductive backbone features in evaluation mode [n, F] (float32)."""
+    return at_least_float32(self.backbone(x, train=False))
 
   def init_all(self, x: Array, train: bool = False):
     features, z = self(x, train=train)

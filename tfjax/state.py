@@ -32,6 +32,7 @@ from tfjax.backbones import get_backbone
 from tfjax.models import TransFusionHead, tie_query_key
 from tfjax.networks import ContrastiveNet, Identity
 from tfjax.optim import make_optimizer, make_schedule
+from tfjax.precision import compute_dtypes
 
 Array = jax.Array
 
@@ -103,9 +104,7 @@ def head_options(config) -> dict:
   impl = config.head.get("implementation", "dense")
   if impl == "dense":
     return {}
-  name = config.head.get("compute_dtype", None)
-  return {"implementation": impl, "block_size": config.head.block_size,
-          "compute_dtype": jnp.dtype(name) if name else None}
+  return {"implementation": impl, "block_size": config.head.block_size}
 
 
 # ----------------------------------------------------------------------------
@@ -113,10 +112,11 @@ def head_options(config) -> dict:
 # ----------------------------------------------------------------------------
 def build_network(config, axis_name: Optional[str] = None) -> ContrastiveNet:
   """The configured ``ContrastiveNet`` (a head only for methods that use one)."""
+  dtype, head_dtype = compute_dtypes(config)
   if config.backbone == "identity":
     backbone = Identity()
   else:
-    backbone = get_backbone(config.backbone, axis_name=axis_name,
+    backbone = get_backbone(config.backbone, axis_name=axis_name, dtype=dtype,
                             **dict(config.backbone_kwargs))
   head = None
   if methods.get(config.loss).uses_head:
@@ -125,10 +125,11 @@ def build_network(config, axis_name: Optional[str] = None) -> ContrastiveNet:
                            activation=config.head.activation,
                            final_projection=config.head.final_projection,
                            fuse_within_view=config.head.fuse_within_view,
-                           axis_name=axis_name, **head_options(config))
+                           axis_name=axis_name, compute_dtype=head_dtype,
+                           **head_options(config))
   return ContrastiveNet(backbone=backbone, embed_dim=config.embed_dim,
                         projector_hidden=tuple(config.projector_hidden),
-                        head=head, axis_name=axis_name)
+                        head=head, axis_name=axis_name, dtype=dtype)
 
 
 def build_optimizer(config) -> optax.GradientTransformation:
