@@ -9,11 +9,11 @@ import pytest
 
 from tfjax import train
 from tfjax.backbones import get_backbone
-from tfjax.config import base_config
+from tfjax.config import base_config, validate
 from tfjax.models import TransFusionHead
 from tfjax.networks import ContrastiveNet
 from tfjax.precision import at_least_float32, compute_dtypes
-from tfjax.state import build_network, create_train_state, validate_config
+from tfjax.state import build_network, create_train_state
 from tfjax.step import step_key, train_step
 
 BF16 = jnp.dtype(jnp.bfloat16)
@@ -78,7 +78,7 @@ def test_compute_dtypes_of_config():
 def test_bad_compute_dtype_is_one_line_naming_the_field(field, value, message):
   c = small_config(**{field: value})
   with pytest.raises(ValueError, match=message):
-    validate_config(c)
+    validate(c, 1, check_data=False)
   with pytest.raises(ValueError, match=message):
     build_network(c)
 

@@ -258,7 +258,7 @@ def check_backbone_kwargs(name: str, kwargs) -> None:
     raise ValueError(f"unknown backbone {name!r}; known: "
                      f"{sorted(BACKBONES) + ['identity']}")
   accepted = sorted(f.name for f in dataclasses.fields(BACKBONES[name])
-                    if f.init and f.name not in ("parent", "name", "axis_name"))
+                    if f.init and f.name not in ("parent", "name", "axis_name", "dtype"))  # dtype: compute_dtype
   unknown = [k for k in given if k not in accepted]
   if unknown:
     names = ", ".join(f"backbone_kwargs.{k}" for k in unknown)
