@@ -26,6 +26,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -44,6 +45,7 @@ from tests.test_train import tiny_config, toy_data
 from tfjax import train, workdir as workdirs
 from tfjax.checkpoint import Checkpointer, CheckpointError, CheckpointWarning
 from tfjax.data.registry import DatasetNotFoundError
+from tfjax.metrics import MetricsWarning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -423,6 +425,75 @@ def _cli_overwrite(ctx):
           and lock_is_free(ctx.dir))
 
 
+# ----------------------------------------------------------------------------
+# 6. A damaged metrics.jsonl: the rerun works, the line is named, nothing lost.
+
+
+def _append_garbage(good: bytes):
+  return good + b'}{"step": garbage\n', good.count(b"\n") + 1
+
+
+def _truncate_last(good: bytes):
+  return good[:-15], good.count(b"\n")           # half of the last record
+
+
+def _list_on_line_2(good: bytes):
+  lines = good.split(b"\n")
+  return b"\n".join([lines[0], b"[1, 2]", *lines[1:]]), 2
+
+
+def _damaged_metrics(damage):
+  def fn(ctx):
+    path = os.path.join(ctx.copy_finished(), "metrics.jsonl")
+    with open(path, "rb") as f:
+      good = f.read()
+    damaged, line = damage(good)
+    with open(path, "wb") as f:
+      f.write(damaged)
+    with pytest.warns(MetricsWarning) as seen:
+      res = run(ctx, fast())
+    messages = [str(w.message) for w in seen if w.category is MetricsWarning]
+    with open(path, "rb") as f:
+      after = f.read()
+    with open(path + ".damaged", "rb") as f:
+      aside = f.read()
+    bad = damaged.split(b"\n")[line - 1]
+    # One warning, one line, naming the file and the line; the damaged line
+    # moved aside byte for byte; every record line that was there is kept.
+    assert len(messages) == 1 and "\n" not in messages[0], messages
+    assert re.match(rf"{re.escape(path)}: 1 line\(s\) are not metric "
+                    rf"records \(line {line}: .*\); moved to "
+                    rf"{re.escape(path)}\.damaged$", messages[0]), messages[0]
+    assert aside == bad + b"\n"
+    kept = [l for l in damaged.split(b"\n") if l.strip() and l != bad]
+    assert after == b"".join(l + b"\n" for l in kept)
+    records = train.read_metrics(path)           # clean now: no warning
+    return res, records
+  return fn
+
+
+def _finished_again(out, ctx):
+  res, records = out
+  return (res["step"] == 4 and res["final_loss"] == ctx._finished["final_loss"]
+          and records[-1]["step"] == 4)
+
+
+def _read_damaged(ctx):
+  path = str(ctx.tmp / "metrics.jsonl")
+  with open(path, "w") as f:
+    f.write('{"step": 1, "loss": 2.0}\n\n[3]\n{"step": 2, "loss": 1.5}\n'
+            '{"step": 3, "lo')
+  with pytest.warns(MetricsWarning, match=re.escape(
+      f"{path}: 2 line(s) are not metric records (line 3: a JSON list, not "
+      "an object; line 5: not JSON (Unterminated string starting at, column "
+      "13)); skipped")):
+    records = train.read_metrics(path)
+  with open(path) as f:
+    unchanged = f.read().endswith('"lo')
+  return unchanged and records == [{"step": 1, "loss": 2.0},
+                                   {"step": 2, "loss": 1.5}]
+
+
 CASES = [
     # 1. Divergence.
     ("learning_rate=1e8 (AdamW): state non-finite at an unlogged checkpoint step",
@@ -535,6 +606,20 @@ CASES = [
      Cli("is in use by another run (pid held by the test)")),
     ("cli: --overwrite clears earlier runs, keeps other files",
      _cli_overwrite, Check(lambda out, ctx: out, "run files gone, lock held")),
+    # 6. A damaged metrics.jsonl.
+    ("finished run, garbage appended to metrics.jsonl: rerun works",
+     _damaged_metrics(_append_garbage),
+     Check(_finished_again, "same final_loss; garbage moved aside")),
+    ("finished run, a JSON list on line 2 of metrics.jsonl: rerun works",
+     _damaged_metrics(_list_on_line_2),
+     Check(_finished_again, "same final_loss; the list moved aside")),
+    ("finished run, last metrics.jsonl line truncated: rerun works",
+     _damaged_metrics(_truncate_last),
+     Check(lambda out, ctx: out[0]["step"] == 4 and out[0]["final_loss"] is None
+           and out[1][-1]["step"] < 4,
+           "evaluated again; the lost record gives no final_loss, not a crash")),
+    ("read_metrics of a damaged file: skips and names the lines",
+     _read_damaged, Check(lambda out, ctx: out, "records kept, file unchanged")),
 ]
 
 
