@@ -273,6 +273,51 @@ def _busy(ctx):
     proc.wait()
 
 
+def _second_thread(ctx):
+  """Two threads of one process train in one work directory: the second
+  stops at once (the first is held just after taking the lock)."""
+  import threading
+  entered, release = threading.Event(), threading.Event()
+  build = train.create_train_state
+
+  def held_open(*args, **kwargs):
+    entered.set()
+    release.wait(120)
+    return build(*args, **kwargs)
+
+  ctx.monkeypatch.setattr(train, "create_train_state", held_open)
+  ctx.first = {}
+
+  def first():
+    try:
+      ctx.first["result"] = run(ctx, fast())
+    except BaseException as e:  # noqa: BLE001  (reported by _after_thread)
+      ctx.first["error"] = e
+
+  thread = threading.Thread(target=first)
+  thread.start()
+  try:
+    assert entered.wait(300), "the first run never started"
+    t0 = time.time()
+    try:
+      run(ctx, fast())
+    finally:
+      ctx.refused_after = time.time() - t0
+  finally:
+    release.set()
+    thread.join()
+
+
+def _after_thread(ctx):
+  assert "error" not in ctx.first, ctx.first.get("error")
+  assert ctx.first["result"]["step"] == 4
+  assert ctx.refused_after < 5, ctx.refused_after          # at once
+  steps = [r["step"] for r in train.read_metrics(
+      os.path.join(ctx.dir, "metrics.jsonl"))]
+  assert steps == sorted(set(steps)) and steps[-1] == 4, steps
+  assert not workdirs._HELD and lock_is_free(ctx.dir)
+
+
 def _killed_holder(ctx):
   proc = hold_lock(ctx.dir)
   proc.send_signal(signal.SIGKILL)
@@ -532,6 +577,10 @@ CASES = [
      _overwrite, Check(lambda out, ctx: out, "a fresh run with the new config")),
     ("second run while another holds the work directory",
      _busy, Raises(workdirs.WorkdirBusyError, "is in use by another run (pid held by the test)")),
+    ("second thread of the same process in a busy work directory",
+     _second_thread,
+     Raises(workdirs.WorkdirBusyError, f"is in use by another run (pid "
+            f"{os.getpid()} since ", _after_thread)),
     ("lock of a killed run does not block",
      _killed_holder, Check(lambda out, ctx: out, "trained, lock released")),
     # 3. Checkpoints.
