@@ -539,6 +539,37 @@ def _read_damaged(ctx):
                                    {"step": 2, "loss": 1.5}]
 
 
+# ----------------------------------------------------------------------------
+# 7. Two processes generate one offline dataset into one fresh data_dir.
+
+_PREPARE = """
+import os, sys, time
+from tfjax.data import sources
+print("ready", flush=True)
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.005)
+print(len(sources.open_source("mnist1d", "train", data_dir=sys.argv[1])), flush=True)
+"""
+
+
+def _prepare_twice_at_once(ctx):
+  data_dir, go = str(ctx.tmp / "tfds"), str(ctx.tmp / "go")
+  procs = [subprocess.Popen([sys.executable, "-c", _PREPARE, data_dir, go],
+                            cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+           for _ in range(2)]
+  try:
+    for p in procs:                      # both imported, then both start
+      assert p.stdout.readline().strip() == "ready", p.stderr.read()
+    open(go, "w").close()
+    outs = [p.communicate(timeout=600) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  return [(p.returncode, out.split(), err[-500:])
+          for p, (out, err) in zip(procs, outs)]
+
+
 CASES = [
     # 1. Divergence.
     ("learning_rate=1e8 (AdamW): state non-finite at an unlogged checkpoint step",
@@ -655,6 +686,12 @@ CASES = [
      Cli("is in use by another run (pid held by the test)")),
     ("cli: --overwrite clears earlier runs, keeps other files",
      _cli_overwrite, Check(lambda out, ctx: out, "run files gone, lock held")),
+    # 7. Concurrent dataset preparation.
+    ("two processes generate MNIST-1D into one fresh data_dir",
+     _prepare_twice_at_once,
+     Check(lambda out, ctx: all(rc == 0 and words[-1:] == ["4000"]
+                                for rc, words, _ in out),
+           "both read the 4000 training records")),
     # 6. A damaged metrics.jsonl.
     ("finished run, garbage appended to metrics.jsonl: rerun works",
      _damaged_metrics(_append_garbage),
