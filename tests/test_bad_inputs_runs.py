@@ -775,3 +775,104 @@ def test_notebook_is_stored_without_outputs():
   assert "%matplotlib inline" in "".join(code[0]["source"])
   intro = "".join(nb["cells"][0]["source"])
   assert "jupyter lab examples/quickstart.ipynb" in intro and "nbclient" in intro
+
+
+# ----------------------------------------------------------------------------
+# 8. A full disk, a corrupt checkpoint, Ctrl-C: the command ends in one line
+# (a real `python -m experiments.train`, 1 run of the tiny main job).
+
+_TINY_JOB = [
+    "--config=experiments/configs/default.py:quick", "--config.compare=supcon",
+    "--config.warmup_steps=2", "--config.batch_size=32", "--config.log_every=2",
+    "--config.checkpoint_every=2", "--config.eval.linear_steps=0",
+    "--config.eval.finetune_fractions=()", "--config.eval.head_knn=False",
+    "--config.write_plots=False", "--config.random_baseline=False",
+    "--config.raw_baseline=False", "--config.compilation_cache=False",
+    "--noprogress"]
+# TensorFlow's C++ start-up lines (TF_CPP_MIN_LOG_LEVEL does not hold them).
+_TF_STARTUP = ("WARNING: All log messages before absl::InitializeLog()",
+               "port.cc:")
+
+
+def _job(workdir, num_steps):
+  return subprocess.Popen(
+      [sys.executable, "-m", "experiments.train", f"--workdir={workdir}",
+       *_TINY_JOB, f"--config.runs.supcon.num_steps={num_steps}"],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _said(out: str):
+  """What a command printed besides its first line (the dataset) and
+  TensorFlow's start-up lines."""
+  return [l for l in out.splitlines()
+          if l.strip() and not l.startswith("dataset ")
+          and not any(s in l for s in _TF_STARTUP)]
+
+
+def _ctrl_c(tmp):
+  workdir = str(tmp / "job")
+  proc = _job(workdir, 4000)
+  metrics = os.path.join(workdir, "supcon", "seed0", "metrics.jsonl")
+  try:
+    t0 = time.time()
+    while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+      assert proc.poll() is None and time.time() - t0 < 400, proc.poll()
+      time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)             # after the first logged step
+    out, _ = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  said = _said(out)
+  assert proc.returncode == 130, out
+  assert len(said) == 1 and re.fullmatch(
+      r"interrupted; rerun the same command to (resume from step \d+'s "
+      r"checkpoint of supcon/seed0|start again \(no checkpoint yet\))",
+      said[0]), said
+
+
+def _full_disk(tmp):
+  mount = tmp / "full"
+  mount.mkdir()
+  if os.geteuid() != 0 or subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)]).returncode:
+    pytest.skip("needs root to mount a 2 MiB tmpfs")
+  try:
+    proc = _job(str(mount / "job"), 40)          # a checkpoint is 1.1 MB
+    out, _ = proc.communicate(timeout=600)
+  finally:
+    subprocess.run(["umount", str(mount)])
+  said = _said(out)
+  assert proc.returncode == 2, out
+  assert len(said) == 1 and re.fullmatch(
+      rf"error: no space left on device writing {re.escape(str(mount))}/job/"
+      r"supcon/seed0/checkpoints/\d+; free some, then rerun the same command "
+      r"to resume from step \d+'s checkpoint of supcon/seed0", said[0]), said
+
+
+def _corrupt_checkpoint(tmp):
+  workdir = str(tmp / "job")
+  out, _ = _job(workdir, 4).communicate(timeout=600)
+  corrupt(os.path.join(workdir, "supcon", "seed0"), 4)
+  proc = _job(workdir, 4)
+  out, _ = proc.communicate(timeout=600)
+  said = _said(out)
+  warned = [l for l in said if l.startswith("warning: checkpoint 4 ")]
+  assert proc.returncode == 0, out
+  assert len(warned) == 1 and "falling back to checkpoint 2" in warned[0], said
+  assert not [l for l in said if "Traceback" in l or "Event loop" in l], said
+  # Besides the warning: the run's results line and the table (as always).
+  assert said[1].startswith('{"run": "supcon"'), said
+
+
+CLI_CASES = [
+    ("Ctrl-C after the first logged step", _ctrl_c),
+    ("a full disk (2 MiB tmpfs)", _full_disk),
+    ("a corrupt latest checkpoint", _corrupt_checkpoint),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, fn", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_command_ends_in_one_line(name, fn, tmp_path):
+  del name
+  fn(tmp_path)

@@ -85,19 +85,20 @@ def _quiet():
 
 
 def _closed_loop_errors_dropped(hook):
-  """``sys.excepthook`` without the "Event loop is closed" errors.
+  """``sys.unraisablehook`` without the "Event loop is closed" errors.
 
   After a failed restore, reads that orbax started complete in tensorstore's
   threads and call back into the asyncio loop orbax has closed; tensorstore
-  prints each failed callback (PyErr_Print, hence ``sys.excepthook``).
+  reports each failed callback as unraisable (a bare traceback on stderr).
   They say nothing about the checkpoint that is restored next.
   """
-  def excepthook(kind, value, traceback):
+  def unraisablehook(unraisable):
+    value = unraisable.exc_value
     if not (isinstance(value, RuntimeError)
             and str(value) == "Event loop is closed"):
-      hook(kind, value, traceback)
-  excepthook.drops_closed_loop_errors = True
-  return excepthook
+      hook(unraisable)
+  unraisablehook.drops_closed_loop_errors = True
+  return unraisablehook
 
 
 def _no_space(error: BaseException) -> bool:
@@ -131,7 +132,7 @@ class Checkpointer:
     self.max_to_keep = max_to_keep
     self.removed_tmp = self._remove_tmp() if jax.process_index() == 0 else []
     self._manager = self._open()
-    self._excepthook = None   # sys.excepthook while stale callbacks are dropped
+    self._unraisablehook = None   # the hook to restore once dropping ends
 
   def _open(self):
     return ocp.CheckpointManager(
@@ -200,9 +201,9 @@ class Checkpointer:
         if bad:
           raise FloatingPointError(f"{_names(bad)} not finite")
       except Exception as e:  # noqa: BLE001  (any failure: try the previous one)
-        if self._excepthook is None:       # until close()
-          self._excepthook = sys.excepthook
-          sys.excepthook = _closed_loop_errors_dropped(sys.excepthook)
+        if self._unraisablehook is None:       # until close()
+          self._unraisablehook = sys.unraisablehook
+          sys.unraisablehook = _closed_loop_errors_dropped(sys.unraisablehook)
         reason = _one_line(e)
         skipped.append(f"step {step}: {reason}")
         older = [s for s in steps if s < step]
@@ -237,10 +238,10 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
-    if self._excepthook is not None:
-      if getattr(sys.excepthook, "drops_closed_loop_errors", False):
-        sys.excepthook = self._excepthook
-      self._excepthook = None
+    if self._unraisablehook is not None:
+      if getattr(sys.unraisablehook, "drops_closed_loop_errors", False):
+        sys.unraisablehook = self._unraisablehook
+      self._unraisablehook = None
 
 
 def _names(paths: List[str], n: int = 3) -> str:
