@@ -74,7 +74,9 @@ def cli(run: Callable, name: str, argv: Optional[Sequence[str]] = None,
   override that every run of the config's ``runs`` (those of ``compare``)
   overrides again is an error (it would change nothing); one that some runs
   override is a warning.  Errors are printed as one line (``--debug`` shows
-  the traceback) and exit with status 2; warnings are one line each.
+  the traceback) and exit with status 2 (a full disk names the path);
+  Ctrl-C prints one line naming the checkpoint a rerun resumes from and
+  exits with status 130; warnings are one line each.
   ``config_name`` names the default config file when it is not ``NAME``.
   Returns what ``run`` returns.
   """
