@@ -19,6 +19,8 @@ at a time.
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
 import re
@@ -72,7 +74,9 @@ def cli(run: Callable, name: str, argv: Optional[Sequence[str]] = None,
   override that every run of the config's ``runs`` (those of ``compare``)
   overrides again is an error (it would change nothing); one that some runs
   override is a warning.  Errors are printed as one line (``--debug`` shows
-  the traceback) and exit with status 2; warnings are one line each.
+  the traceback) and exit with status 2 (a full disk names the path);
+  Ctrl-C prints one line naming the checkpoint a rerun resumes from and
+  exits with status 130; warnings are one line each.
   ``config_name`` names the default config file when it is not ``NAME``.
   Returns what ``run`` returns.
   """
@@ -82,7 +86,7 @@ def cli(run: Callable, name: str, argv: Optional[Sequence[str]] = None,
   argv = list(sys.argv[1:] if argv is None else argv)
   default = config_path(config_name or name) + (f":{default_arg}" if default_arg else "")
   debug = "--debug" in argv
-  parsing, config = True, None
+  parsing, config, workdir = True, None, None
   formatwarning = warnings.formatwarning
   try:
     fv = flags.FlagValues()
@@ -145,14 +149,41 @@ def cli(run: Callable, name: str, argv: Optional[Sequence[str]] = None,
                if config.get("compilation_cache") else None)
       with compilation_cache(cache):
         return run(config, workdir, progress=fv.progress)
+  except KeyboardInterrupt:   # Ctrl-C: one line, exit status 128 + SIGINT
+    if debug:
+      raise
+    print(f"interrupted; {_resume_hint(workdir)}", file=sys.stderr)
+    raise SystemExit(130) from None
   except Exception as e:  # one line for users, the traceback with --debug
     if debug:
       raise
-    print(f"error: {error_line(e, argv if parsing else None, config)} "
-          "(--debug for the traceback)", file=sys.stderr)
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+      print(f"error: no space left on device writing {e.filename or workdir}; "
+            f"free some, then {_resume_hint(workdir)}", file=sys.stderr)
+    else:
+      print(f"error: {error_line(e, argv if parsing else None, config)} "
+            "(--debug for the traceback)", file=sys.stderr)
     raise SystemExit(2) from None
   finally:
     warnings.formatwarning = formatwarning
+
+
+def _resume_hint(workdir: Optional[str]) -> str:
+  """What rerunning the command does: resume from the newest checkpoint
+  under ``workdir`` (naming its step and run directory), or start again."""
+  newest = None
+  if workdir is not None:
+    for path in glob.glob(os.path.join(glob.escape(workdir), "**", "checkpoints",
+                                       "*"), recursive=True):
+      if os.path.basename(path).isdigit() and os.path.isdir(path):
+        if newest is None or os.path.getmtime(path) > os.path.getmtime(newest):
+          newest = path
+  if newest is None:
+    return "rerun the same command to start again (no checkpoint yet)"
+  run_dir = os.path.relpath(os.path.dirname(os.path.dirname(newest)), workdir)
+  where = "" if run_dir == "." else f" of {run_dir}"
+  return (f"rerun the same command to resume from step "
+          f"{os.path.basename(newest)}'s checkpoint{where}")
 
 
 # Where a config with ``compilation_cache = True`` keeps XLA's programs.

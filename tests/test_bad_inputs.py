@@ -299,6 +299,34 @@ NEGATIVE_ON_DATA = _callable(
     "sneaky_weights", lambda c: jax.nn.relu(c) - 1e-3 * (c.size > 1000))
 X40 = _rng.normal(size=(40, 6)).astype(np.float32)
 
+# Scale range in float32: rows whose largest |entry| is s (rounded to float32
+# in NumPy, which keeps subnormals).  XLA:CPU flushes entries below float32's
+# smallest normal (2^-126) to zero, so a row whose largest |entry| is below
+# 2^-126 / 2^-23 = 2^-103 (its flushed entries would weigh more than float32
+# rounding) must raise (eagerly) or be NaN (under jit), never a number.
+ROW_MAX_BOUND = 2.0 ** -103
+SCALES = (1e-45, 1e-40, 1e-38, 1e-37, 5e-32, 1e-30, 1.0, 1e30, 1e37, 1e38,
+          3e38)
+XN = X / np.abs(X).max(axis=1, keepdims=True)        # every row's max is 1
+ZN1 = Z1 / np.abs(Z1).max(axis=1, keepdims=True)
+ZN2 = Z2 / np.abs(Z2).max(axis=1, keepdims=True)
+
+
+def scaled(x, s):
+  return (f64(x) * s).astype(np.float32)
+
+
+def scale_expect(x, s, reference, rtol, atol):
+  """Ref on the float32 inputs when every row is large enough, else Raises."""
+  if (np.abs(scaled(x, s)).max(axis=1) >= ROW_MAX_BOUND).all():
+    return Ref(reference(), rtol, atol)
+  return Raises(ValueError, "are flushed to zero")
+
+
+# Row 2 of X at 1e-40: subnormal entries only.
+X_TINY_ROW = X.copy()
+X_TINY_ROW[2] = scaled(XN[2], 1e-40)
+
 
 def _nan_rows_except(i):
   def ok(a):
@@ -445,6 +473,60 @@ CASES = [
     *[(f"rank_at_energy at scale {s:g}",
        lambda s=s: diagnostics.rank_at_energy(s * Z1), Ref(np_rank(Z1)))
       for s in (1e-30, 1e30)],
+    # Every row's largest |entry| = s, 1e-45 ... 3e38 (float32's max is
+    # 3.4e38): the float64 value on the same float32 inputs, or one error.
+    *[(f"adjacency, rows of largest |entry| {s:g}",
+       lambda s=s: tfjax.adjacency(scaled(XN, s), scaled(XN, s)),
+       scale_expect(XN, s, lambda s=s: np_adjacency(scaled(XN, s),
+                                                    scaled(XN, s)),
+                    1e-5, 1e-6)) for s in SCALES],
+    *[(f"info_nce, rows of largest |entry| {s:g}",
+       lambda s=s: losses.info_nce(scaled(ZN1, s), scaled(ZN2, s)),
+       scale_expect(ZN1, s, lambda s=s: np_info_nce(scaled(ZN1, s),
+                                                    scaled(ZN2, s), 0.1),
+                    1e-4, 1e-6)) for s in SCALES],
+    *[(f"{name}, rows of largest |entry| {s:g}", lambda fn=fn, s=s: fn(s),
+       scale_expect(ZN1, s, lambda ref=ref, s=s: ref(s), 1e-4, 1e-5))
+      for name, fn, ref in (
+          ("dcl", lambda s: losses.dcl(scaled(ZN1, s), scaled(ZN2, s)),
+           lambda s: np_info_nce(scaled(ZN1, s), scaled(ZN2, s), 0.1,
+                                 decoupled=True)),
+          ("supcon", lambda s: losses.supcon(scaled(ZN1, s), Y),
+           lambda s: np_supcon(scaled(ZN1, s), Y, 0.1)),
+          ("oar_loss", lambda s: losses.oar_loss(scaled(ZN1, s), Y_OAR,
+                                                 ANCHORS),
+           lambda s: np_oar(scaled(ZN1, s), Y_OAR, ANCHORS)),
+          ("embedding_variance",
+           lambda s: diagnostics.embedding_variance(scaled(ZN1, s)),
+           lambda s: np_variance(scaled(ZN1, s))))
+      for s in (1e-40, 1e38)],
+    *[(f"blockwise_attention, rows of largest |entry| {s:g}",
+       lambda s=s: blockwise_attention(scaled(XN, s), scaled(XN, s), X,
+                                       block_size=3),
+       scale_expect(XN, s, lambda s=s: np_adjacency(scaled(XN, s),
+                                                    scaled(XN, s)) @ f64(X),
+                    1e-5, 1e-5)) for s in (1e-40, 3e38)],
+    ("l2_normalize, a row of subnormals",
+     lambda: tfjax.l2_normalize(X_TINY_ROW),
+     Raises(ValueError, "x row 2 has largest |entry|")),
+    ("adjacency, one key row of subnormals: names k and the row",
+     lambda: tfjax.adjacency(X, X_TINY_ROW),
+     Raises(ValueError, "k row 2 has largest |entry|")),
+    ("adjacency (jit), one key row of subnormals: NaN, never uniform",
+     lambda: jax.jit(tfjax.adjacency)(X, X_TINY_ROW),
+     Check(_nan_rows_except(2), "all rows NaN but row 2 (its own key is "
+           "excluded)")),
+    ("adjacency (jit), subnormal query row: that row NaN",
+     lambda: jax.jit(tfjax.adjacency)(X_TINY_ROW, X),
+     Check(_nan_row_only(2, np_adjacency(X, X)),
+           "row 2 NaN, the others equal the float64 reference")),
+    ("info_nce (grad), one row of subnormals: NaN value and gradient",
+     lambda: value_and_grads(losses.info_nce, X_TINY_ROW, X),
+     NaN()),
+    ("blockwise_jsd_loss (grad), one row of subnormals: NaN",
+     lambda: value_and_grads(
+         lambda q: blockwise_jsd_loss(q, q, GROUPS, block_size=3),
+         X_TINY_ROW), NaN()),
     ("singular_values(normalize=False) at 1e30, relative",
      lambda: diagnostics.singular_values(1e30 * Z1, normalize=False) / 1e30,
      Ref(np.linalg.svd(f64(Z1), compute_uv=False), 1e-4, 1e-5)),

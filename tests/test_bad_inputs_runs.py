@@ -26,6 +26,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -45,6 +46,7 @@ from tfjax import train, workdir as workdirs
 from tfjax.checkpoint import Checkpointer, CheckpointError, CheckpointWarning
 from tfjax.data.registry import DatasetNotFoundError
 from tfjax.metrics import read_metrics
+from tfjax.metrics import MetricsWarning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -272,6 +274,51 @@ def _busy(ctx):
     proc.wait()
 
 
+def _second_thread(ctx):
+  """Two threads of one process train in one work directory: the second
+  stops at once (the first is held just after taking the lock)."""
+  import threading
+  entered, release = threading.Event(), threading.Event()
+  build = train.create_train_state
+
+  def held_open(*args, **kwargs):
+    entered.set()
+    release.wait(120)
+    return build(*args, **kwargs)
+
+  ctx.monkeypatch.setattr(train, "create_train_state", held_open)
+  ctx.first = {}
+
+  def first():
+    try:
+      ctx.first["result"] = run(ctx, fast())
+    except BaseException as e:  # noqa: BLE001  (reported by _after_thread)
+      ctx.first["error"] = e
+
+  thread = threading.Thread(target=first)
+  thread.start()
+  try:
+    assert entered.wait(300), "the first run never started"
+    t0 = time.time()
+    try:
+      run(ctx, fast())
+    finally:
+      ctx.refused_after = time.time() - t0
+  finally:
+    release.set()
+    thread.join()
+
+
+def _after_thread(ctx):
+  assert "error" not in ctx.first, ctx.first.get("error")
+  assert ctx.first["result"]["step"] == 4
+  assert ctx.refused_after < 5, ctx.refused_after          # at once
+  steps = [r["step"] for r in train.read_metrics(
+      os.path.join(ctx.dir, "metrics.jsonl"))]
+  assert steps == sorted(set(steps)) and steps[-1] == 4, steps
+  assert not workdirs._HELD and lock_is_free(ctx.dir)
+
+
 def _killed_holder(ctx):
   proc = hold_lock(ctx.dir)
   proc.send_signal(signal.SIGKILL)
@@ -470,6 +517,104 @@ def _cumulative_train_seconds(ctx):
   starts = json.load(open(os.path.join(ctx.dir, "run.json")))["starts"]
   return (0 < first < total and total <= done["train_seconds"] < total + 5
           and again["train_seconds"] == round(total, 1) and len(starts) == 3)
+# ----------------------------------------------------------------------------
+# 6. A damaged metrics.jsonl: the rerun works, the line is named, nothing lost.
+
+
+def _append_garbage(good: bytes):
+  return good + b'}{"step": garbage\n', good.count(b"\n") + 1
+
+
+def _truncate_last(good: bytes):
+  return good[:-15], good.count(b"\n")           # half of the last record
+
+
+def _list_on_line_2(good: bytes):
+  lines = good.split(b"\n")
+  return b"\n".join([lines[0], b"[1, 2]", *lines[1:]]), 2
+
+
+def _damaged_metrics(damage):
+  def fn(ctx):
+    path = os.path.join(ctx.copy_finished(), "metrics.jsonl")
+    with open(path, "rb") as f:
+      good = f.read()
+    damaged, line = damage(good)
+    with open(path, "wb") as f:
+      f.write(damaged)
+    with pytest.warns(MetricsWarning) as seen:
+      res = run(ctx, fast())
+    messages = [str(w.message) for w in seen if w.category is MetricsWarning]
+    with open(path, "rb") as f:
+      after = f.read()
+    with open(path + ".damaged", "rb") as f:
+      aside = f.read()
+    bad = damaged.split(b"\n")[line - 1]
+    # One warning, one line, naming the file and the line; the damaged line
+    # moved aside byte for byte; every record line that was there is kept.
+    assert len(messages) == 1 and "\n" not in messages[0], messages
+    assert re.match(rf"{re.escape(path)}: 1 line\(s\) are not metric "
+                    rf"records \(line {line}: .*\); moved to "
+                    rf"{re.escape(path)}\.damaged$", messages[0]), messages[0]
+    assert aside == bad + b"\n"
+    kept = [l for l in damaged.split(b"\n") if l.strip() and l != bad]
+    assert after == b"".join(l + b"\n" for l in kept)
+    records = train.read_metrics(path)           # clean now: no warning
+    return res, records
+  return fn
+
+
+def _finished_again(out, ctx):
+  res, records = out
+  return (res["step"] == 4 and res["final_loss"] == ctx._finished["final_loss"]
+          and records[-1]["step"] == 4)
+
+
+def _read_damaged(ctx):
+  path = str(ctx.tmp / "metrics.jsonl")
+  with open(path, "w") as f:
+    f.write('{"step": 1, "loss": 2.0}\n\n[3]\n{"step": 2, "loss": 1.5}\n'
+            '{"step": 3, "lo')
+  with pytest.warns(MetricsWarning, match=re.escape(
+      f"{path}: 2 line(s) are not metric records (line 3: a JSON list, not "
+      "an object; line 5: not JSON (Unterminated string starting at, column "
+      "13)); skipped")):
+    records = train.read_metrics(path)
+  with open(path) as f:
+    unchanged = f.read().endswith('"lo')
+  return unchanged and records == [{"step": 1, "loss": 2.0},
+                                   {"step": 2, "loss": 1.5}]
+
+
+# ----------------------------------------------------------------------------
+# 7. Two processes generate one offline dataset into one fresh data_dir.
+
+_PREPARE = """
+import os, sys, time
+from tfjax.data import sources
+print("ready", flush=True)
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.005)
+print(len(sources.open_source("mnist1d", "train", data_dir=sys.argv[1])), flush=True)
+"""
+
+
+def _prepare_twice_at_once(ctx):
+  data_dir, go = str(ctx.tmp / "tfds"), str(ctx.tmp / "go")
+  procs = [subprocess.Popen([sys.executable, "-c", _PREPARE, data_dir, go],
+                            cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+           for _ in range(2)]
+  try:
+    for p in procs:                      # both imported, then both start
+      assert p.stdout.readline().strip() == "ready", p.stderr.read()
+    open(go, "w").close()
+    outs = [p.communicate(timeout=600) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  return [(p.returncode, out.split(), err[-500:])
+          for p, (out, err) in zip(procs, outs)]
 
 
 CASES = [
@@ -510,6 +655,10 @@ CASES = [
      _overwrite, Check(lambda out, ctx: out, "a fresh run with the new config")),
     ("second run while another holds the work directory",
      _busy, Raises(workdirs.WorkdirBusyError, "is in use by another run (pid held by the test)")),
+    ("second thread of the same process in a busy work directory",
+     _second_thread,
+     Raises(workdirs.WorkdirBusyError, f"is in use by another run (pid "
+            f"{os.getpid()} since ", _after_thread)),
     ("lock of a killed run does not block",
      _killed_holder, Check(lambda out, ctx: out, "trained, lock released")),
     # 3. Checkpoints.
@@ -628,6 +777,26 @@ CASES = [
      Cli("is in use by another run (pid held by the test)")),
     ("cli: --overwrite clears earlier runs, keeps other files",
      _cli_overwrite, Check(lambda out, ctx: out, "run files gone, lock held")),
+    # 7. Concurrent dataset preparation.
+    ("two processes generate MNIST-1D into one fresh data_dir",
+     _prepare_twice_at_once,
+     Check(lambda out, ctx: all(rc == 0 and words[-1:] == ["4000"]
+                                for rc, words, _ in out),
+           "both read the 4000 training records")),
+    # 6. A damaged metrics.jsonl.
+    ("finished run, garbage appended to metrics.jsonl: rerun works",
+     _damaged_metrics(_append_garbage),
+     Check(_finished_again, "same final_loss; garbage moved aside")),
+    ("finished run, a JSON list on line 2 of metrics.jsonl: rerun works",
+     _damaged_metrics(_list_on_line_2),
+     Check(_finished_again, "same final_loss; the list moved aside")),
+    ("finished run, last metrics.jsonl line truncated: rerun works",
+     _damaged_metrics(_truncate_last),
+     Check(lambda out, ctx: out[0]["step"] == 4 and out[0]["final_loss"] is None
+           and out[1][-1]["step"] < 4,
+           "evaluated again; the lost record gives no final_loss, not a crash")),
+    ("read_metrics of a damaged file: skips and names the lines",
+     _read_damaged, Check(lambda out, ctx: out, "records kept, file unchanged")),
 ]
 
 
@@ -697,3 +866,104 @@ def test_notebook_is_stored_without_outputs():
   assert "%matplotlib inline" in "".join(code[0]["source"])
   intro = "".join(nb["cells"][0]["source"])
   assert "jupyter lab examples/quickstart.ipynb" in intro and "nbclient" in intro
+
+
+# ----------------------------------------------------------------------------
+# 8. A full disk, a corrupt checkpoint, Ctrl-C: the command ends in one line
+# (a real `python -m experiments.train`, 1 run of the tiny main job).
+
+_TINY_JOB = [
+    "--config=experiments/configs/default.py:quick", "--config.compare=supcon",
+    "--config.warmup_steps=2", "--config.batch_size=32", "--config.log_every=2",
+    "--config.checkpoint_every=2", "--config.eval.linear_steps=0",
+    "--config.eval.finetune_fractions=()", "--config.eval.head_knn=False",
+    "--config.write_plots=False", "--config.random_baseline=False",
+    "--config.raw_baseline=False", "--config.compilation_cache=False",
+    "--noprogress"]
+# TensorFlow's C++ start-up lines (TF_CPP_MIN_LOG_LEVEL does not hold them).
+_TF_STARTUP = ("WARNING: All log messages before absl::InitializeLog()",
+               "port.cc:")
+
+
+def _job(workdir, num_steps):
+  return subprocess.Popen(
+      [sys.executable, "-m", "experiments.train", f"--workdir={workdir}",
+       *_TINY_JOB, f"--config.runs.supcon.num_steps={num_steps}"],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _said(out: str):
+  """What a command printed besides its first line (the dataset) and
+  TensorFlow's start-up lines."""
+  return [l for l in out.splitlines()
+          if l.strip() and not l.startswith("dataset ")
+          and not any(s in l for s in _TF_STARTUP)]
+
+
+def _ctrl_c(tmp):
+  workdir = str(tmp / "job")
+  proc = _job(workdir, 4000)
+  metrics = os.path.join(workdir, "supcon", "seed0", "metrics.jsonl")
+  try:
+    t0 = time.time()
+    while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+      assert proc.poll() is None and time.time() - t0 < 400, proc.poll()
+      time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)             # after the first logged step
+    out, _ = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  said = _said(out)
+  assert proc.returncode == 130, out
+  assert len(said) == 1 and re.fullmatch(
+      r"interrupted; rerun the same command to (resume from step \d+'s "
+      r"checkpoint of supcon/seed0|start again \(no checkpoint yet\))",
+      said[0]), said
+
+
+def _full_disk(tmp):
+  mount = tmp / "full"
+  mount.mkdir()
+  if os.geteuid() != 0 or subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)]).returncode:
+    pytest.skip("needs root to mount a 2 MiB tmpfs")
+  try:
+    proc = _job(str(mount / "job"), 40)          # a checkpoint is 1.1 MB
+    out, _ = proc.communicate(timeout=600)
+  finally:
+    subprocess.run(["umount", str(mount)])
+  said = _said(out)
+  assert proc.returncode == 2, out
+  assert len(said) == 1 and re.fullmatch(
+      rf"error: no space left on device writing {re.escape(str(mount))}/job/"
+      r"supcon/seed0/checkpoints/\d+; free some, then rerun the same command "
+      r"to resume from step \d+'s checkpoint of supcon/seed0", said[0]), said
+
+
+def _corrupt_checkpoint(tmp):
+  workdir = str(tmp / "job")
+  out, _ = _job(workdir, 4).communicate(timeout=600)
+  corrupt(os.path.join(workdir, "supcon", "seed0"), 4)
+  proc = _job(workdir, 4)
+  out, _ = proc.communicate(timeout=600)
+  said = _said(out)
+  warned = [l for l in said if l.startswith("warning: checkpoint 4 ")]
+  assert proc.returncode == 0, out
+  assert len(warned) == 1 and "falling back to checkpoint 2" in warned[0], said
+  assert not [l for l in said if "Traceback" in l or "Event loop" in l], said
+  # Besides the warning: the run's results line and the table (as always).
+  assert said[1].startswith('{"run": "supcon"'), said
+
+
+CLI_CASES = [
+    ("Ctrl-C after the first logged step", _ctrl_c),
+    ("a full disk (2 MiB tmpfs)", _full_disk),
+    ("a corrupt latest checkpoint", _corrupt_checkpoint),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, fn", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_command_ends_in_one_line(name, fn, tmp_path):
+  del name
+  fn(tmp_path)

@@ -16,9 +16,14 @@ Numerics (our choices):
 
 * Scale: each row is divided by its largest |entry| before it is squared, and
   norms are accumulated in float32 (float64 for float64 inputs), so the
-  cosines, hence the adjacency, are the same for ``x`` and ``1e30·x`` or
-  ``1e-30·x``, and a float16 row of norm ≥ 256 (whose squared norm overflows
-  float16) is fine.
+  cosines, hence the adjacency, are the same for ``x`` and ``c·x`` for any
+  c > 0 that keeps the row finite (up to float32's largest value, 3.4e38)
+  and its largest |entry| at or above :func:`smallest_row_max` (9.9e-32 in
+  float32), and a float16 row of norm ≥ 256 (whose squared norm overflows
+  float16) is fine.  Below that bound XLA flushes the entries under
+  float32's smallest normal (1.2e-38) to zero, which would turn the row
+  silently: a concrete input raises ValueError naming the array and row
+  (:func:`check_row_scale`), and under jit that row normalises to NaN.
 * Dtypes: rows are normalised in float32 (float64 for float64 inputs) and
   cast back to the inputs' dtype; the cosine matmul accumulates in float32,
   and the activations and the row normalisation run in float32, where
@@ -156,6 +161,49 @@ def _acc_dtype(*dtypes):
   return jnp.promote_types(jnp.result_type(*dtypes), jnp.float32)
 
 
+def smallest_row_max(dtype) -> float:
+  """Smallest largest-|entry| a non-zero row may have to be normalised.
+
+  ``tiny / eps`` of the dtype the norms are computed in (float32 for
+  float16/bfloat16/float32 inputs: 2^-103 ≈ 9.9e-32; float64: ≈ 1.0e-292).
+  XLA:CPU flushes subnormal numbers (below ``tiny``, 1.2e-38 in float32) to
+  zero; in a row whose largest |entry| is at least ``tiny / eps`` the
+  flushed entries weigh less than the rounding of the largest one, so the
+  row's direction is exact to float rounding.
+  """
+  info = jnp.finfo(_acc_dtype(dtype))
+  return float(info.tiny) / float(info.eps)
+
+
+def check_row_scale(name: str, x, axis: int = -1) -> None:
+  """ValueError unless every row of a concrete ``x`` is zero or large enough.
+
+  A row along ``axis`` whose largest |entry| is non-zero but below
+  :func:`smallest_row_max` cannot be normalised in float32 without flushing
+  entries to zero (see there).  The check reads the values on the host,
+  where nothing is flushed; traced arrays, and arrays that are not floating
+  point, are not checked (under jit such a row normalises to NaN).  NaN/inf
+  entries are not an error here: they propagate to NaN.
+  """
+  if isinstance(x, jax.core.Tracer):
+    return
+  a = np.asarray(x)
+  if a.size == 0 or not jnp.issubdtype(a.dtype, jnp.floating):
+    return
+  bound = smallest_row_max(a.dtype)
+  row_max = np.max(np.abs(a.astype(np.float64)), axis=axis)
+  bad = np.argwhere((row_max > 0) & (row_max < bound))
+  if bad.size:
+    row = tuple(int(i) for i in bad[0])
+    where = f"row {row[0]}" if len(row) == 1 else f"row {row}"
+    raise ValueError(
+        f"{name} {where} has largest |entry| {row_max[row]:.3g}, below "
+        f"{bound:.3g}: entries under float32's smallest normal "
+        f"({float(jnp.finfo(jnp.float32).tiny):.3g}) are flushed to zero and "
+        f"would change its direction; rescale {name} (its normalisation "
+        "ignores any common factor)")
+
+
 def l2_normalize(x: Array, axis: int = -1,
                  eps: Optional[float] = None) -> Array:
   """Scales ``x`` to unit L2 norm along ``axis``; a zero vector stays zero.
@@ -163,15 +211,36 @@ def l2_normalize(x: Array, axis: int = -1,
   ``x / ‖x‖`` for every row that is not exactly zero, at any scale (the row
   is divided by its largest |entry| before squaring, and the norm is summed
   in float32 or wider), so ``l2_normalize(c·x) == l2_normalize(x)`` for any
-  c > 0 from 1e-30 to 1e30 in float32 and no float16 row overflows.  A zero
-  row gives zeros with a zero gradient (our choice: it has no direction).
-  With ``eps`` given, the old floor ``x / max(‖x‖, eps)`` instead (rows below
-  ``eps`` are scaled by 1/eps, gradient 1/eps).  NaN/inf entries give NaN.
-  The result has ``x``'s shape and dtype.
+  c > 0 that keeps the row finite and its largest |entry| at or above
+  :func:`smallest_row_max` (9.9e-32 in float32), and no float16 row
+  overflows.  A smaller non-zero row raises ValueError when ``x`` is
+  concrete and gives a NaN row under jit (its small entries would be
+  flushed to zero: see :func:`smallest_row_max`).  A zero row gives zeros
+  with a zero gradient (our choice: it has no direction).  With ``eps``
+  given, the floor ``x / max(‖x‖, eps)`` instead (rows below ``eps`` are
+  scaled by 1/eps, gradient 1/eps).  NaN/inf entries give NaN.  The result
+  has ``x``'s shape and dtype.
 
   >>> l2_normalize(jnp.array([[3., 4.], [0., 0.]]))  # [[.6, .8], [0, 0]]
   """
+  check_row_scale("x", x, axis)
   return normalize_parts(x, axis, eps)[0]
+
+
+def _too_small_rows(xa: Array, axis: int) -> Array:
+  """Rows whose largest |entry| is non-zero and below smallest_row_max.
+
+  Read from the bits: arithmetic and comparisons on XLA:CPU treat a
+  subnormal as zero, so ``max(|x|) > 0`` cannot see such a row.  For
+  non-negative floats the integer order of the bits is the numeric order.
+  """
+  int_type = jnp.int64 if xa.dtype.itemsize == 8 else jnp.int32
+  magnitude = jax.lax.bitcast_convert_type(xa, int_type) & jnp.iinfo(
+      int_type).max                   # clears the sign bit
+  bound = np.asarray(smallest_row_max(xa.dtype), xa.dtype).view(
+      np.dtype(int_type))
+  row_max = jnp.max(magnitude, axis=axis, keepdims=True)
+  return (row_max > 0) & (row_max < bound)
 
 
 def normalize_parts(x: Array, axis: int = -1, eps: Optional[float] = None):
@@ -190,7 +259,13 @@ def normalize_parts(x: Array, axis: int = -1, eps: Optional[float] = None):
   m = jax.lax.stop_gradient(jnp.max(jnp.abs(xa), axis=axis, keepdims=True))
   zero = m == 0                       # False for NaN: NaN propagates
   scale = jnp.where(zero, 1.0, m)
-  y = xa / scale                      # largest |entry| is 1
+  # XLA divides by multiplying with 1/scale, which is subnormal, hence
+  # flushed to 0, for scale > 1/tiny (8.5e37 in float32).  Rows above
+  # sqrt(max) are brought down by an exact power of two on both sides
+  # first; every other row is multiplied by 1.0 (same bits).
+  big = float(np.sqrt(float(jnp.finfo(acc).max)))
+  pre = jnp.where(scale > big, 1.0 / big, 1.0).astype(acc)
+  y = (xa * pre) / (scale * pre)      # largest |entry| is 1
   sq = jnp.sum(jnp.square(y), axis=axis, keepdims=True)
   norm = jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, sq)))
   if eps is None:
@@ -204,7 +279,10 @@ def normalize_parts(x: Array, axis: int = -1, eps: Optional[float] = None):
     denom = jnp.maximum(norm, floor)
     x_hat = y / denom
     r = 1.0 / (scale * denom)
-  return x_hat.astype(x.dtype), r, on
+  # A row too small to normalise (see smallest_row_max) becomes NaN, with a
+  # NaN gradient: a product, not a where, so the backward sees it too.
+  poison = jnp.where(_too_small_rows(xa, axis), jnp.nan, 1.0).astype(acc)
+  return (x_hat * poison).astype(x.dtype), r * poison, on
 
 
 def _check_2d(name: str, x: Array) -> None:
@@ -226,12 +304,14 @@ def _check_pair(q: Array, k: Array) -> None:
   if q.shape[1] != k.shape[1]:
     raise ValueError(
         f"q and k must have the same width, got q {q.shape} and k {k.shape}")
+  check_row_scale("q", q)
+  check_row_scale("k", k)
 
 
 def _cosines(q: Array, k: Array) -> Array:
   """Cosines [n, m] in float32 or wider (the dtype the adjacency works in)."""
   acc = _acc_dtype(q.dtype, k.dtype)
-  return jnp.matmul(l2_normalize(q), l2_normalize(k).T,
+  return jnp.matmul(normalize_parts(q)[0], normalize_parts(k)[0].T,
                     preferred_element_type=acc).astype(acc)
 
 
@@ -298,8 +378,9 @@ def adjacency(q: Array, k: Array, *, activation: Activation = "relu",
   nothing on that row).
 
   Args:
-    q: [n, h] queries (any scale from 1e-30 to 1e30: they are L2-normalised
-      here, scale-safely).
+    q: [n, h] queries (any scale: they are L2-normalised here,
+      scale-safely; a non-zero row needs its largest |entry| at or above
+      :func:`smallest_row_max`, 9.9e-32 in float32, ValueError otherwise).
     k: [m, h] keys (m ≥ 2, or m = 1 when no row owns that column:
       ValueError otherwise).
     activation: "relu" (default), "sigmoid", "leaky_relu" or a callable

@@ -17,7 +17,10 @@ Never a silent wrong restore:
   (``max_to_keep=2`` keeps one); when none is readable,
   :class:`CheckpointError` says so;
 * opening a :class:`Checkpointer` removes the temporary directories
-  (``*.orbax-checkpoint-tmp*``) a killed write leaves behind.
+  (``*.orbax-checkpoint-tmp*``) a killed write leaves behind;
+* a full disk raises ``OSError(ENOSPC)`` naming the step directory, and
+  orbax's own error logs of a failed save or restore are held back, so the
+  caller's one line is all that is printed.
 
 The primary process (``jax.process_index() == 0``) alone removes or moves
 directories.
@@ -25,9 +28,13 @@ directories.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
+import logging
 import os
 import shutil
+import sys
 import warnings
 from typing import Any, List, Optional
 
@@ -60,6 +67,47 @@ def nonfinite_leaves(tree: Any) -> List[str]:
   return bad
 
 
+@contextlib.contextmanager
+def _quiet():
+  """orbax's worker threads log each failed write or read as an ERROR with
+  its traceback (absl), and so does asyncio for callbacks of a failed
+  restore; the failure itself reaches the caller, which reports it in one
+  line.  Only messages of ERROR level and below are held back, only here."""
+  loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+  levels = [logger.level for logger in loggers]
+  for logger in loggers:
+    logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    for logger, level in zip(loggers, levels):
+      logger.setLevel(level)
+
+
+def _closed_loop_errors_dropped(hook):
+  """``sys.unraisablehook`` without the "Event loop is closed" errors.
+
+  After a failed restore, reads that orbax started complete in tensorstore's
+  threads and call back into the asyncio loop orbax has closed; tensorstore
+  reports each failed callback as unraisable (a bare traceback on stderr).
+  They say nothing about the checkpoint that is restored next.
+  """
+  def unraisablehook(unraisable):
+    value = unraisable.exc_value
+    if not (isinstance(value, RuntimeError)
+            and str(value) == "Event loop is closed"):
+      hook(unraisable)
+  unraisablehook.drops_closed_loop_errors = True
+  return unraisablehook
+
+
+def _no_space(error: BaseException) -> bool:
+  # tensorstore reports a full disk as ValueError("RESOURCE_EXHAUSTED: ...
+  # No space left on device [os_error_code='28']").
+  return ((isinstance(error, OSError) and error.errno == errno.ENOSPC)
+          or "No space left on device" in str(error))
+
+
 def _one_line(error: BaseException) -> str:
   text = " ".join(str(error).split())
   text = text if len(text) <= 200 else text[:197] + "..."
@@ -84,6 +132,7 @@ class Checkpointer:
     self.max_to_keep = max_to_keep
     self.removed_tmp = self._remove_tmp() if jax.process_index() == 0 else []
     self._manager = self._open()
+    self._unraisablehook = None   # the hook to restore once dropping ends
 
   def _open(self):
     return ocp.CheckpointManager(
@@ -109,7 +158,9 @@ class Checkpointer:
 
   def save(self, step: int, tree: Any) -> None:
     """Writes ``tree`` as checkpoint ``step``; raises FloatingPointError
-    (writing nothing) if a float leaf is not finite."""
+    (writing nothing) if a float leaf is not finite, and
+    ``OSError(ENOSPC)`` naming the step directory when the disk is full
+    (what was written of it is removed when the directory is next opened)."""
     # Host numpy copies: a pmap output is a host-local array that orbax
     # refuses to write in a multi-process run (only process 0 writes numpy).
     tree = jax.device_get(tree)
@@ -117,8 +168,16 @@ class Checkpointer:
     if bad:
       raise FloatingPointError(
           f"not writing checkpoint {int(step)}: {_names(bad)} not finite")
-    self._manager.save(int(step), args=ocp.args.StandardSave(tree), force=True)
-    self._manager.wait_until_finished()
+    try:
+      with _quiet():
+        self._manager.save(int(step), args=ocp.args.StandardSave(tree),
+                           force=True)
+        self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001  (a full disk: OSError, one line)
+      if _no_space(e):
+        raise OSError(errno.ENOSPC, "No space left on device",
+                      os.path.join(self.directory, str(int(step)))) from None
+      raise
 
   def restore_latest(self, template: Any) -> Optional[Any]:
     """The newest readable checkpoint, restored into ``template``'s structure.
@@ -135,12 +194,16 @@ class Checkpointer:
     skipped = []
     for step in steps:
       try:
-        restored = self._manager.restore(
-            step, args=ocp.args.StandardRestore(host_template))
+        with _quiet():
+          restored = self._manager.restore(
+              step, args=ocp.args.StandardRestore(host_template))
         bad = nonfinite_leaves(restored)
         if bad:
           raise FloatingPointError(f"{_names(bad)} not finite")
       except Exception as e:  # noqa: BLE001  (any failure: try the previous one)
+        if self._unraisablehook is None:       # until close()
+          self._unraisablehook = sys.unraisablehook
+          sys.unraisablehook = _closed_loop_errors_dropped(sys.unraisablehook)
         reason = _one_line(e)
         skipped.append(f"step {step}: {reason}")
         older = [s for s in steps if s < step]
@@ -175,6 +238,10 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+    if self._unraisablehook is not None:
+      if getattr(sys.unraisablehook, "drops_closed_loop_errors", False):
+        sys.unraisablehook = self._unraisablehook
+      self._unraisablehook = None
 
 
 def _names(paths: List[str], n: int = 3) -> str:

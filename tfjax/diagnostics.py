@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tfjax.attention import l2_normalize
+from tfjax.attention import check_row_scale, l2_normalize
 
 Array = jax.Array
 
@@ -58,6 +58,7 @@ def _check_z(z) -> Array:
   chex.assert_type(z, float, custom_message="z must be floating point")
   if z.shape[0] < 1 or z.shape[1] < 1:
     raise ValueError(f"z must be non-empty [n, d], got shape {z.shape}")
+  check_row_scale("z", z)
   return z.astype(jnp.promote_types(z.dtype, jnp.float32))
 
 

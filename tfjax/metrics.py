@@ -3,6 +3,10 @@
 ``metrics.jsonl`` holds one JSON object per logged step; it is always valid
 JSON (a non-finite value is written as ``null`` and its name listed under
 ``"nonfinite"``), and a resumed run drops the lines past its checkpoint.
+A line that is not a record (appended garbage, a truncated write, a JSON
+value other than an object with an integer ``"step"``) never stops a run:
+readers skip it with one :class:`MetricsWarning` naming the file and line,
+and a resumed run moves it, byte for byte, to ``metrics.jsonl.damaged``.
 TensorBoard event files go to ``tensorboard/`` beside it: through
 ``clu.metric_writers`` where TensorFlow is installed (clu's writers import
 it), else through TensorBoard's own event-file writer (scalars as
@@ -14,7 +18,55 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Dict, Mapping
+import warnings
+from typing import Any, Dict, List, Mapping, Tuple
+
+
+class MetricsWarning(UserWarning):
+  """Lines of a ``metrics.jsonl`` that are not records were skipped."""
+
+
+def _record(raw: bytes):
+  """(record, None) for a record line, (None, why) for a damaged one."""
+  try:
+    value = json.loads(raw.decode("utf-8"))
+  except UnicodeDecodeError:
+    return None, "not UTF-8 text"
+  except ValueError as e:
+    return None, f"not JSON ({e.msg}, column {e.colno})"
+  if not isinstance(value, dict):
+    return None, f"a JSON {type(value).__name__}, not an object"
+  step = value.get("step")
+  if not isinstance(step, int) or isinstance(step, bool):
+    return None, "no integer \"step\""
+  return value, None
+
+
+def _parse(path: str) -> Tuple[List[Tuple[bytes, Dict[str, Any]]],
+                               List[Tuple[int, bytes, str]]]:
+  """The record lines of ``path`` as (line, record) and the damaged ones as
+  (1-based line number, line, why); blank lines are neither."""
+  with open(path, "rb") as f:
+    lines = f.read().split(b"\n")
+  records, damaged = [], []
+  for number, raw in enumerate(lines, 1):
+    if not raw.strip():
+      continue
+    record, why = _record(raw)
+    if record is None:
+      damaged.append((number, raw, why))
+    else:
+      records.append((raw, record))
+  return records, damaged
+
+
+def _warn_damaged(path: str, damaged, consequence: str) -> None:
+  if not damaged:
+    return
+  shown = "; ".join(f"line {n}: {why}" for n, _, why in damaged[:3])
+  more = f"; and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+  warnings.warn(f"{path}: {len(damaged)} line(s) are not metric records "
+                f"({shown}{more}); {consequence}", MetricsWarning, stacklevel=3)
 
 
 def _finite_record(step: int, scalars: Mapping[str, Any]) -> Dict[str, Any]:
@@ -53,12 +105,16 @@ def _jsonl_writer_class():
 
     def __init__(self, path: str, resume_step: int = 0):
       self.path = path
-      kept = []
+      kept, damaged = [], []
       if os.path.exists(path):
-        with open(path) as f:
-          kept = [l for l in f if l.strip()
-                  and json.loads(l).get("step", 0) <= resume_step]
-      with open(path, "w") as f:
+        records, damaged = _parse(path)
+        kept = [raw + b"\n" for raw, r in records if r["step"] <= resume_step]
+      if damaged:   # kept aside before the file is rewritten without them
+        aside = path + ".damaged"
+        with open(aside, "ab") as f:
+          f.writelines(raw + b"\n" for _, raw, _ in damaged)
+        _warn_damaged(path, damaged, f"moved to {aside}")
+      with open(path, "wb") as f:
         f.writelines(kept)
 
     def write_scalars(self, step, scalars):
@@ -156,7 +212,14 @@ def make_metric_writer(workdir: str, resume_step: int, *, tensorboard: bool = Tr
   return metric_writers.MultiWriter(writers)
 
 
-def read_metrics(path: str):
-  """The records of a ``metrics.jsonl`` file, in order."""
-  with open(path) as f:
-    return [json.loads(l) for l in f if l.strip()]
+def read_metrics(path: str) -> List[Dict[str, Any]]:
+  """The records of a ``metrics.jsonl`` file, in order.
+
+  A line that is not a record (not UTF-8, not JSON, not an object with an
+  integer ``"step"``) is skipped with one :class:`MetricsWarning` naming
+  ``path`` and the line numbers (1-based, blank lines counted); the file is
+  not changed.
+  """
+  records, damaged = _parse(path)
+  _warn_damaged(path, damaged, "skipped")
+  return [r for _, r in records]

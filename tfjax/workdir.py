@@ -132,26 +132,41 @@ def check_writable(workdir: str) -> None:
                        "another --workdir") from None
 
 
-_HELD: Dict[str, List[Any]] = {}   # realpath -> [file object, depth]
+# realpath -> [file object, depth, id of the holding thread, holder text]
+_HELD: Dict[str, List[Any]] = {}
 
 
 @contextlib.contextmanager
 def lock(workdir: str) -> Iterator[None]:
   """Holds an exclusive lock on ``workdir`` (``WORKDIR/.lock``) inside the block.
 
-  Raises :class:`WorkdirBusyError` at once when another process holds it
-  (the message gives that process's id and start time).  Re-entrant within
-  a process; released on exit, also on an exception, and by the OS when the
-  process dies (``flock``), so a killed run never blocks the next one.
+  Raises :class:`WorkdirBusyError` at once when another process, or another
+  thread of this process, holds it (the message gives the holder's process
+  id and start time).  Re-entrant within the thread that holds it; released
+  on exit, also on an exception, and by the OS when the process dies
+  (``flock``), so a killed run never blocks the next one.
   """
   try:
     import fcntl
   except ImportError:  # Windows: no lock
     yield
     return
+  import threading
   key = os.path.realpath(workdir)
-  if key in _HELD:
-    _HELD[key][1] += 1
+  me = threading.get_ident()
+
+  def busy(holder: str) -> WorkdirBusyError:
+    return WorkdirBusyError(
+        f"work directory {workdir!r} is in use by another run ({holder}); "
+        "wait for it to finish or use another --workdir")
+
+  held = _HELD.get(key)
+  if held is not None:
+    # flock is per process: only the registry tells this thread's own lock
+    # from another thread's.
+    if held[2] != me:
+      raise busy(held[3])
+    held[1] += 1
     try:
       yield
     finally:
@@ -171,15 +186,14 @@ def lock(workdir: str) -> Iterator[None]:
     f.seek(0)
     holder = f.read().strip() or "unknown"
     f.close()
-    raise WorkdirBusyError(
-        f"work directory {workdir!r} is in use by another run ({holder}); "
-        "wait for it to finish or use another --workdir") from None
+    raise busy(holder) from None
+  holder = (f"pid {os.getpid()} since "
+            f"{datetime.datetime.now().isoformat(timespec='seconds')}")
   f.seek(0)
   f.truncate()
-  f.write(f"pid {os.getpid()} since "
-          f"{datetime.datetime.now().isoformat(timespec='seconds')}")
+  f.write(holder)
   f.flush()
-  _HELD[key] = [f, 1]
+  _HELD[key] = [f, 1, me, holder]
   try:
     yield
   finally:

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from tfjax.attention import (Activation, _check_2d, check_columns,
-                             get_activation)
+                             check_row_scale, get_activation)
 from tfjax.blockwise._common import (DEFAULT_BLOCK_SIZE, _allowed, _blocks,
                                      _check_block_size, _compute_dtype, _dot,
                                      _dot_t, _layout, _normalize,
@@ -143,6 +143,8 @@ def blockwise_attention(q: Array, k: Array, v: Array, *,
   if q.shape[1] != k.shape[1]:
     raise ValueError(
         f"q and k must have the same width, got q {q.shape} and k {k.shape}")
+  check_row_scale("q", q)
+  check_row_scale("k", k)
   if v.shape[0] != k.shape[0]:
     raise ValueError(
         f"k and v must have the same number of rows, got k {k.shape} and "

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from tfjax.affinity import (checked_ids, masked_global_mean,
                             nan_unless_finite)
 from tfjax.attention import (Activation, _check_2d, check_columns,
-                             get_activation)
+                             check_row_scale, get_activation)
 from tfjax.blockwise._common import (DEFAULT_BLOCK_SIZE, _allowed, _blocks,
                                      _check_block_size, _compute_dtype, _dot,
                                      _dot_t, _layout, _normalize,
@@ -193,6 +193,8 @@ def blockwise_row_jsd(q: Array, k: Array, groups: Array,
   if q.shape[1] != k.shape[1]:
     raise ValueError(
         f"q and k must have the same width, got q {q.shape} and k {k.shape}")
+  check_row_scale("q", q)
+  check_row_scale("k", k)
   gi, li, gj, lj = _ids(groups, labels, column_groups, column_labels)
   if gi.shape[0] != q.shape[0]:
     raise ValueError(

@@ -14,6 +14,8 @@ Every source has ``len``, ``[i]``, ``x_shape`` and ``labels``; real images
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -140,9 +142,48 @@ def prepare_dataset(name: str, data_dir: Optional[str] = None, download: bool = 
     builder = tfds.builder(spec.tfds_name, data_dir=data_dir, file_format="array_record")
     if download and not spec.offline and not builder.is_prepared():
         require_tensorflow(f"downloading and preparing {name!r} (TFDS encodes its images with it)")
-    if spec.offline or download:
-        builder.download_and_prepare(file_format="array_record")  # no-op when prepared / mocked
+    if (spec.offline or download) and not builder.is_prepared():
+        with _preparing(builder):
+            # Built again: another process may have prepared it meanwhile,
+            # and a builder reads the splits on disk when it is created.
+            builder = tfds.builder(spec.tfds_name, data_dir=data_dir, file_format="array_record")
+            builder.download_and_prepare(file_format="array_record")  # no-op when prepared / mocked
     return spec, builder
+
+
+@contextlib.contextmanager
+def _preparing(builder):
+    """One process at a time prepares a dataset version in a data directory.
+
+    TFDS writes into a temporary directory and renames it; two processes
+    preparing one dataset into one fresh directory race on that rename (the
+    loser fails with ``FileExistsError``).  An exclusive ``flock`` on
+    ``DATA_DIR/.NAME-CONFIG-VERSION.lock`` makes the second wait until the
+    first is done.  Data directories that are not local paths (``gs://``) or
+    cannot hold the lock file are prepared without it.
+    """
+    root = str(builder.data_dir_root)
+    if "://" in root:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield
+        return
+    variant = os.path.relpath(str(builder.data_dir), root).replace(os.sep, "-")
+    try:
+        os.makedirs(root, exist_ok=True)
+        f = open(os.path.join(root, f".{variant}.lock"), "a")
+    except OSError:
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)   # waits for the process preparing it
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def open_source(name: str, split: str, *, data_dir: Optional[str] = None,
