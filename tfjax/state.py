@@ -31,6 +31,7 @@ import optax
 
 from tfjax import losses, methods
 from tfjax.backbones import BACKBONES, get_backbone
+from tfjax.deep_fusion import head_from_config
 from tfjax.models import IMPLEMENTATIONS, TransFusionHead, tie_query_key
 from tfjax.networks import ContrastiveNet, Identity
 from tfjax.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
@@ -190,6 +191,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
     raise ValueError(f"num_views must be >= 2 (one view is enough only when "
                      f"every label is in the loss), got {config.num_views}")
   head_options(config)          # implementation / block / dtype checks
+  if config.loss == "deep_fusion":
+    head_from_config(config)    # deep_fusion.* checks, naming the field
   return spec
 
 
@@ -264,7 +267,9 @@ def build_network(config, axis_name: Optional[str] = None) -> ContrastiveNet:
     backbone = get_backbone(config.backbone, axis_name=axis_name,
                             **dict(config.backbone_kwargs))
   head = None
-  if methods.get(config.loss).uses_head:
+  if config.loss == "deep_fusion":  # its own head (tfjax.deep_fusion)
+    head = head_from_config(config, axis_name)
+  elif methods.get(config.loss).uses_head:
     head = TransFusionHead(num_layers=config.head.num_layers,
                            features=config.head.features,
                            activation=config.head.activation,
