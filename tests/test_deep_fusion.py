@@ -333,3 +333,28 @@ def test_deep_fusion_takes_exactly_two_views():
   c.num_views = 3
   with pytest.raises(ValueError, match="takes exactly 2 views"):
     validate_config(c)
+
+
+# ----------------------------------------------------------------------------
+# Through the one train step
+# ----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_train_step_on_four_devices_equals_one():
+  """The whole step (views, BatchNorm, projector, Deep Fusion head, NT-Xent,
+  pmean, optimiser) on 4 devices moves the parameters as on one."""
+  from tests.test_train import fresh_state, run_steps, tiny_config, toy_data
+  from tfjax.data.pipeline import batch_indices
+  config = tiny_config(loss="deep_fusion", optimizer="sgd", learning_rate=0.05,
+                       **{"deep_fusion.num_layers": 2, "deep_fusion.num_heads": 2})
+  x, _, _, _ = toy_data()
+  batches = [{"x": x[batch_indices(0, s, len(x), config.batch_size)]} for s in range(3)]
+  single, m1 = run_steps(config, 1, batches)
+  multi, m4 = run_steps(config, 4, batches)
+  assert "head" in single.params and "block_1" in single.params["head"]
+  chex.assert_trees_all_close(single.params, multi.params, rtol=1e-4, atol=2e-5)
+  chex.assert_trees_all_close(single.batch_stats, multi.batch_stats, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-4)
+  fresh = fresh_state(config)
+  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
+                       fresh.params["head"], single.params["head"])
+  assert max(jax.tree.leaves(moved)) > 1e-4       # the head itself trained
