@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tfjax import train
+from tfjax import evaluation, train
 from tfjax.backbones import get_backbone
 from tfjax.config import base_config, validate
 from tfjax.models import TransFusionHead
@@ -274,7 +274,7 @@ def test_bfloat16_run_learns(tmp_path):
       "num_devices": 1, "write_plots": False, "eval.linear_steps": 0,
       "eval.finetune_fractions": (), "eval.head_knn": False, "eval.knn_k": 5})
   data = (*hidden_classes(256, 0), *hidden_classes(128, 1))
-  untrained = train.evaluate_untrained(c, data=data)["knn"]
+  untrained = evaluation.evaluate_untrained(c, data=data)["knn"]
   res = train.train_and_evaluate(c, str(tmp_path / "run"), data=data, progress=False)
   assert res["final_loss"] is not None and np.isfinite(res["final_loss"])
   assert float_dtypes(res["state"].params) == {F32}

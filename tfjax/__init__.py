@@ -5,7 +5,8 @@ The bottom layer is pure math on arrays:
 * :func:`adjacency` / :func:`relu_attention` — ReLU attention across the batch;
 * :func:`target_affinity` / :func:`jsd_loss` — TransFusion's target and loss.
 
-Models (:class:`TransFusionHead`, backbones), losses, data, training and
+Models (:class:`TransFusionHead`, the paper's v2 :class:`DeepFusionHead`,
+backbones), losses, data, training and
 evaluation live in submodules (``tfjax.models``, ``tfjax.losses``,
 ``tfjax.data``, ``tfjax.train``, ``tfjax.evaluation``).  :func:`load_run`
 loads a finished run from its work directory (``tfjax.loading``).
@@ -16,6 +17,7 @@ from tfjax.attention import adjacency, cosine_similarity, l2_normalize, relu_att
 from tfjax.backbones import CNN1D, MLP, ResNet18, SmallCNN, get_backbone
 from tfjax.blockwise import blockwise_attention, blockwise_jsd_loss
 from tfjax.models import AdjacencyBlock, FusionBlock, TransFusionHead
+from tfjax.deep_fusion import DeepFusionBlock, DeepFusionHead
 from tfjax import diagnostics, losses, theory  # noqa: E402  (pure JAX; no TensorFlow)
 
 __version__ = "0.1.0"
@@ -25,6 +27,7 @@ __all__ = [
     "target_affinity", "positive_mask", "jsd_loss", "row_jsd", "valid_rows",
     "blockwise_attention", "blockwise_jsd_loss",
     "FusionBlock", "AdjacencyBlock", "TransFusionHead",
+    "DeepFusionBlock", "DeepFusionHead",
     "MLP", "CNN1D", "SmallCNN", "ResNet18", "get_backbone",
     "losses", "diagnostics", "theory", "load_run", "Run",
 ]

@@ -72,8 +72,19 @@ def base_config() -> ml_collections.ConfigDict:
       # The head's compute dtype, "float32" or "bfloat16" (None: the
       # top-level compute_dtype).
       compute_dtype=ml_collections.FieldReference(None, field_type=str)))
+  # The Deep Fusion head (loss "deep_fusion", tfjax.deep_fusion: softmax
+  # attention + FFN blocks across the batch, NT-Xent).  Defaults are the
+  # authors' (5 blocks, 8 heads, post-norm, GELU); features = the blocks'
+  # width (None: embed_dim), out_features = the output width (None: the
+  # width); fuse_within_view attends within each view instead of across both.
+  c.deep_fusion = ml_collections.ConfigDict(dict(
+      num_layers=5, num_heads=8,
+      features=ml_collections.FieldReference(None, field_type=int),
+      out_features=ml_collections.FieldReference(None, field_type=int),
+      mlp_ratio=4.0, activation="gelu", norm="post", fuse_within_view=False,
+      implementation="dense", block_size=512))
   # The method: a name in the registry (tfjax.methods): jsd | info_nce |
-  # supcon | dcl | barlow_twins | vicreg, or one you register.  Its
+  # supcon | dcl | barlow_twins | vicreg | deep_fusion, or one you register.  Its
   # hyper-parameters: the top-level fields below, or loss_options for others.
   c.loss = "jsd"
   c.temperature = 0.1
@@ -193,6 +204,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
   _check_labels(config, num_devices)
   check_head_options(config.head)
   compute_dtypes(config)   # compute_dtype, head.compute_dtype
+  if config.loss == "deep_fusion":
+    from tfjax.deep_fusion import head_from_config
+    head_from_config(config)   # deep_fusion.* checks, naming the field
   if not check_data:
     return spec
   if data is None:

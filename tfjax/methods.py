@@ -70,8 +70,9 @@ class LossInputs:
     labels: int [V·n], the class of labelled sources and −1 elsewhere, or None
       when the configuration puts no labels in the loss.
     axis_name: the pmap axis (None on one device).
-    head_loss: ``head_loss(z, groups, labels) -> scalar`` of the TransFusion
-      head (None for methods without it).
+    head_loss: ``head_loss(z, groups, labels, **options) -> scalar``, the
+      network head's loss (TransFusion's JSD or Deep Fusion's NT-Xent; keyword
+      options go to the head's ``loss``); None for methods without a head.
   """
   z: Array
   num_views: int
@@ -103,7 +104,8 @@ class Method:
     num_views: the exact number of views it needs (None: any number; one view
       only with labels in the target, so that every row can have a positive).
     accepts_labels: its target can use class labels (``labels_in_loss``).
-    uses_head: it trains the TransFusion head (the network gets one).
+    uses_head: it trains a head after the projector (the network gets one:
+      TransFusion's, or Deep Fusion's for ``deep_fusion``).
     options: hyper-parameter name -> default.  The step reads each from the
       top-level config field of that name when there is one (``temperature``,
       ``lambda_offdiag``), else from ``config.loss_options``, else the default.
@@ -249,3 +251,12 @@ register(Method("dcl", "DCL", _dcl, num_views=2, options={"temperature": 0.1}))
 register(Method("barlow_twins", "Barlow Twins", _barlow_twins, num_views=2,
                 options={"lambda_offdiag": 5e-3}))
 register(Method("vicreg", "VICReg", _vicreg, num_views=2))
+
+
+def _deep_fusion(inputs: LossInputs, *, temperature) -> Array:
+  # NT-Xent of the Deep Fusion head's output (tfjax.deep_fusion).
+  return inputs.head_loss(inputs.z, inputs.groups, None, temperature=temperature)
+
+
+register(Method("deep_fusion", "Deep Fusion (NT-Xent)", _deep_fusion,
+                num_views=2, uses_head=True, options={"temperature": 0.1}))

@@ -20,7 +20,6 @@ import flax.linen as nn
 import jax
 
 from tfjax.backbones import MLP
-from tfjax.models import TransFusionHead
 from tfjax.precision import at_least_float32
 
 Array = jax.Array
@@ -36,7 +35,11 @@ class Identity(nn.Module):
 
 
 class ContrastiveNet(nn.Module):
-  """Backbone, BatchNorm-MLP projector and an optional TransFusion head.
+  """Backbone, BatchNorm-MLP projector and an optional head.
+
+  The head is a :class:`TransFusionHead` or a
+  :class:`tfjax.deep_fusion.DeepFusionHead` (``fuse`` and ``head_loss``
+  work with either; ``adjacency`` is TransFusion's).
 
   ``__call__(x [n, ...], train) -> (features [n, F], embeddings [n, D])``.
   ``embed_dim = 0`` drops the projector: the embeddings are the features.
@@ -53,7 +56,7 @@ class ContrastiveNet(nn.Module):
   backbone: nn.Module
   embed_dim: int = 64
   projector_hidden: Sequence[int] = (256,)
-  head: Optional[TransFusionHead] = None
+  head: Optional[nn.Module] = None  # TransFusionHead or DeepFusionHead
   axis_name: Optional[str] = None
   dtype: Optional[Any] = None
 
@@ -92,5 +95,6 @@ class ContrastiveNet(nn.Module):
     return self._require_head().fuse(z, num_views)
 
   def head_loss(self, z: Array, groups: Array,
-                labels: Optional[Array] = None, num_views: int = 1) -> Array:
-    return self._require_head().loss(z, groups, labels, num_views)
+                labels: Optional[Array] = None, num_views: int = 1,
+                **options) -> Array:
+    return self._require_head().loss(z, groups, labels, num_views, **options)

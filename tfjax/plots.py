@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tfjax import diagnostics
+from tfjax.models import TransFusionHead
 from tfjax.networks import ContrastiveNet
 
 
@@ -56,7 +57,7 @@ def training_plots(workdir: str, state, test_source, config) -> None:
   batch = read_batch(test_source, np.arange(n))
   _, z = model.apply(state.variables, jnp.asarray(batch["x"]))
   labels = jnp.asarray(batch["label"])
-  if model.head is not None:
+  if isinstance(model.head, TransFusionHead):
     a = model.apply(state.variables, z, method=ContrastiveNet.adjacency)
     order = jnp.argsort(labels, stable=True)
     matrix = np.asarray(a[order][:, order])

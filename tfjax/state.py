@@ -29,6 +29,7 @@ import optax
 
 from tfjax import losses, methods
 from tfjax.backbones import get_backbone
+from tfjax.deep_fusion import head_from_config
 from tfjax.models import TransFusionHead, tie_query_key
 from tfjax.networks import ContrastiveNet, Identity
 from tfjax.optim import make_optimizer, make_schedule
@@ -119,7 +120,9 @@ def build_network(config, axis_name: Optional[str] = None) -> ContrastiveNet:
     backbone = get_backbone(config.backbone, axis_name=axis_name, dtype=dtype,
                             **dict(config.backbone_kwargs))
   head = None
-  if methods.get(config.loss).uses_head:
+  if config.loss == "deep_fusion":  # its own head (tfjax.deep_fusion)
+    head = head_from_config(config, axis_name)
+  elif methods.get(config.loss).uses_head:
     head = TransFusionHead(num_layers=config.head.num_layers,
                            features=config.head.features,
                            activation=config.head.activation,

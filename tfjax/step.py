@@ -122,10 +122,11 @@ def train_step(state: TrainState, batch: Dict[str, Array], key: Array):
         {"params": params, "batch_stats": state.batch_stats}, flat,
         train=True, mutable=["batch_stats"])
 
-    def head_loss(z_, groups_, labels_):
+    def head_loss(z_, groups_, labels_, **head_options):
       out, sown = state.model.apply(
           {"params": params}, z_, groups_, labels_, recipe.num_views,
-          method=ContrastiveNet.head_loss, mutable=["diagnostics"])
+          method=ContrastiveNet.head_loss, mutable=["diagnostics"],
+          **head_options)
       for name, values in sown.get("diagnostics", {}).get("head", {}).items():
         diagnostics_[name] = values[0]
       return out
