@@ -67,7 +67,10 @@ def is_jsd(config, method) -> bool:
 
 
 def uses_temperature(config, method) -> bool:
-  return dict(config.runs[method]).get("loss", config.loss) in ("supcon", "info_nce")
+  """The method reads ``temperature`` (the registry's options say so)."""
+  from tfjax import methods
+  loss = dict(config.runs[method]).get("loss", config.loss)
+  return "temperature" in methods.get(loss).options
 
 
 def default_recipe(config, method) -> dict:
@@ -313,7 +316,7 @@ def run(config, workdir: str, *, progress: bool = True):
   tr = config.transfer
   transfer_rows = []
   seeds = [config.seed + k for k in range(tr.seeds)]
-  for name in names:
+  for name in names if tr.seeds > 0 else ():  # transfer.seeds = 0: no check
     for which, recipe in transfer_recipes(config, name, chosen[name]):
       fields = dict(dataset=tr.dataset, validation_fraction=None)
       per_seed = []
@@ -330,7 +333,7 @@ def run(config, workdir: str, *, progress: bool = True):
           **summarise(per_seed, ("knn", "linear", "final_loss", "uniform_rows")),
           "seeds": len(seeds)})
       say(json.dumps(transfer_rows[-1]), flush=True)
-  if config.random_baseline:
+  if config.random_baseline and seeds:
     per_seed = []
     for seed in seeds:
       c = config.copy_and_resolve_references()

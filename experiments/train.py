@@ -29,36 +29,26 @@ from experiments.common import accuracy_bars, cli, pyplot, write_results
 
 
 def run_configs(config):
-  """``[(run name, training config)]`` of ``config.compare``, in order."""
+  """``[(run name, training config)]`` of ``config.compare``, in order: each
+  run's overrides on the top-level fields, then its method's recipe for the
+  dataset's kind in the fields still unset (:func:`tfjax.recipes.resolve`,
+  said in one line per run)."""
+  from tfjax import recipes
   names = [n.strip() for n in config.compare.split(",") if n.strip()]
   unknown = [n for n in names if n not in config.runs]
   if unknown or not names:
     raise ValueError(f"compare names unknown runs {unknown or names}; "
                      f"defined: {sorted(config.runs)}")
-  from tfjax.data.augment import fits
-  kind = _data_kind(config.dataset)
+  kind = recipes.data_kind(config.dataset)
   out = []
   for name in names:
     c = config.copy_and_resolve_references()
     apply_overrides(c, config.runs[name], f"run {name!r}")
-    if kind and not fits(c.augment, kind):
-      # A recipe tuned on one kind of data (MNIST-1D's signal augmentation)
-      # run on another: the kind's default, said aloud (our choice).
-      print(f"run {name!r}: augmentation {c.augment!r} does not fit {kind} data "
-            f"({config.dataset}); using the {kind} default", flush=True)
-      c.augment = ""
+    c, filled = recipes.resolve(c, kind)
+    if filled:
+      print(f"run {name!r}: {recipes.describe(c, filled, kind)}", flush=True)
     out.append((name, c))
   return out
-
-
-def _data_kind(dataset: str):
-  """The registry dataset's kind, or None for a name it does not know (the
-  config check then says so)."""
-  from tfjax.data.registry import get_dataset_spec
-  try:
-    return get_dataset_spec(dataset).kind
-  except ValueError:
-    return None
 
 
 def apply_overrides(config, overrides, where: str = "overrides"):
@@ -87,13 +77,15 @@ def raw_arrays(source):
 def run(config, workdir: str, *, progress: bool = True, data=None):
   """Trains every run of ``config.compare`` and evaluates the baselines."""
   import jax
-  from tfjax import distributed, evaluation, methods, train
+  from tfjax import distributed, evaluation, methods, recipes, train
   from tfjax.state import validate_config
 
   runs = run_configs(config)
   for _, c in runs:  # every run's config checked before any compute
     validate_config(c, c.num_devices or jax.device_count())
-  spec = validate_config(config, config.num_devices or jax.device_count())
+  # The top-level fields (the baselines'), with a method's recipe where unset.
+  spec = validate_config(recipes.resolve(config)[0],
+                         config.num_devices or jax.device_count())
   if data is None:  # data prepared and batches fit, before any data is read
     from tfjax.workdir import check_dataset
     for _, c in runs:
@@ -145,7 +137,8 @@ def run(config, workdir: str, *, progress: bool = True, data=None):
              + (["knn_head"] if config.eval.head_knn else []))
   table = write_results(
       workdir, f"{config.dataset}, backbone {config.backbone}, "
-      f"{config.num_steps} steps, batch {config.batch_size}, "
+      f"{'/'.join(str(s) for s in sorted({c.num_steps for _, c in runs}))} "
+      f"steps, batch {config.batch_size}, "
       f"{len(seeds)} seed(s)", [formatted(r) for r in rows],
       ["method"] + metrics + ["feature_variance", "embedding_variance", "seeds",
                               "minutes"],

@@ -43,7 +43,7 @@ import jax
 import numpy as np
 import ml_collections
 
-from tfjax import diagnostics, distributed, evaluation
+from tfjax import diagnostics, distributed, evaluation, recipes
 from tfjax import workdir as workdirs
 from tfjax.checkpoint import Checkpointer
 from tfjax.metrics import _finite_record, make_metric_writer, read_metrics  # noqa: F401  (read_metrics re-exported)
@@ -343,6 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   metrics or parameters are not finite, naming the step and the quantity;
   no checkpoint is ever written with a non-finite value.
   """
+  config = recipes.resolve_and_say(config, print if distributed.is_primary() else None)
   processes = jax.process_count()
   num_devices = config.num_devices or jax.device_count()
   if processes > 1 and num_devices != jax.device_count():
@@ -523,6 +524,7 @@ def evaluate_untrained(config, data=None, *, precise_bn: bool = True,
   training data (:func:`tfjax.evaluation.precise_batch_stats`); without,
   BatchNorm keeps its initial mean 0 / variance 1 (a handicapped baseline).
   """
+  config = recipes.resolve(config)[0]   # the head's form: the method's recipe
   spec = validate_config(config, 1)
   if data is None:
     workdirs.check_dataset(config, spec, batch_size=False)

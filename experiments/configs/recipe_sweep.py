@@ -84,6 +84,10 @@ METHOD_RUNS = {
     "supcon": {"loss": "supcon", "label_fraction": 1.0, "labels_in_loss": True},
     "simclr": {"loss": "info_nce", "label_fraction": None, "labels_in_loss": False},
     "transfusion_ssl": {"loss": "jsd", "label_fraction": None, "labels_in_loss": False},
+    "dcl": {"loss": "dcl", "label_fraction": None, "labels_in_loss": False},
+    "barlow_twins": {"loss": "barlow_twins", "label_fraction": None,
+                     "labels_in_loss": False},
+    "vicreg": {"loss": "vicreg", "label_fraction": None, "labels_in_loss": False},
 }
 
 TINY_GRID = dict(  # 2-value grids where a stage has a choice to test
@@ -111,6 +115,12 @@ def get_config(arg: str = ""):
   # default.py as it was; spelt out so that the sweep does not move when the
   # main job adopts its recipes).
   c = base_config()
+  # The fields a method's recipe fills when unset (tfjax.recipes), fixed
+  # to the values this experiment runs with.
+  c.augment = ""
+  c.temperature = 0.1
+  c.head.final_projection = "learned"
+  c.head.activation = "relu"
   c.dataset = "mnist1d"
   c.backbone = "cnn1d"
   c.backbone_kwargs = {"out_features": 128}
