@@ -25,7 +25,8 @@ import os
 import sys
 import time
 
-from experiments.common import accuracy_bars, cli, pyplot, write_results
+from experiments.common import (accuracy_bars, cli, pyplot, run_fields,
+                                write_results)
 
 
 def run_configs(config):
@@ -43,7 +44,7 @@ def run_configs(config):
   out = []
   for name in names:
     c = config.copy_and_resolve_references()
-    apply_overrides(c, config.runs[name], f"run {name!r}")
+    apply_overrides(c, run_fields(config.runs[name]), f"run {name!r}")
     c, filled = recipes.resolve(c, kind)
     if filled:
       print(f"run {name!r}: {recipes.describe(c, filled, kind)}", flush=True)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from tfjax import losses, methods
+from tfjax import losses, methods, recipes
 from tfjax.backbones import BACKBONES, get_backbone
 from tfjax.models import IMPLEMENTATIONS, TransFusionHead, tie_query_key
 from tfjax.networks import ContrastiveNet, Identity
@@ -118,6 +118,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1):
   from tfjax.data.augment import get_augmentation
   from tfjax.data.registry import get_dataset_spec
 
+  config = recipes.resolve(config)[0]      # unset fields: the method's recipe
   spec = get_dataset_spec(config.dataset)  # unknown dataset -> ValueError
   method = methods.get(config.loss)        # unknown loss -> ValueError
   if config.backbone != "identity" and config.backbone not in BACKBONES:
@@ -300,8 +301,10 @@ def create_train_state(config, key: Array, x_shape, num_classes: int, *,
   """Initialises parameters (deterministic per ``key``) and the optimiser.
 
   ``x_shape`` is one example's shape; ``axis_name`` the pmap axis the step
-  will run under (the parameters do not depend on it).
+  will run under (the parameters do not depend on it).  Recipe fields left
+  unset take the method's recipe for ``data_kind`` (:mod:`tfjax.recipes`).
   """
+  config = recipes.resolve(config, data_kind)[0]
   model = build_network(config, axis_name)
   init_model = build_network(config, None) if axis_name else model
   tx = build_optimizer(config)

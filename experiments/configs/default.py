@@ -30,6 +30,7 @@ what seed 0 compiled.
 
 import ml_collections
 
+from tfjax import recipes
 from tfjax.config import base_config
 
 # Each run names its method and its use of labels; the method's recipe in
@@ -39,11 +40,26 @@ from tfjax.config import base_config
 # resized crop, scale, trend, light noise) and TransFusion a truncated block
 # without Q/K (learned Q/K die, with uniform rows, in every self-supervised
 # setting of the sweeps).
+def run(loss: str, label_fraction=None, labels_in_loss: bool = False):
+  """A run: its method and its use of labels.  The recipe fields are there
+  but unset (None), so that ``--config.runs.NAME.FIELD`` can set them; unset,
+  they take the top-level value if set, else the method's recipe."""
+  r = ml_collections.ConfigDict({
+      "loss": loss, "labels_in_loss": labels_in_loss,
+      "label_fraction": ml_collections.FieldReference(label_fraction, field_type=float),
+      "head": {}})
+  for field, kind in recipes.FIELDS.items():
+    *path, leaf = field.split(".")
+    node = r[path[0]] if path else r
+    node[leaf] = ml_collections.FieldReference(None, field_type=kind)
+  return r
+
+
 RUNS = {
-    "transfusion": {"loss": "jsd", "label_fraction": 1.0, "labels_in_loss": True},
-    "supcon": {"loss": "supcon", "label_fraction": 1.0, "labels_in_loss": True},
-    "simclr": {"loss": "info_nce", "label_fraction": None, "labels_in_loss": False},
-    "transfusion_ssl": {"loss": "jsd", "label_fraction": None, "labels_in_loss": False},
+    "transfusion": run("jsd", label_fraction=1.0, labels_in_loss=True),
+    "supcon": run("supcon", label_fraction=1.0, labels_in_loss=True),
+    "simclr": run("info_nce"),
+    "transfusion_ssl": run("jsd"),
 }
 
 
