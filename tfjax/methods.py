@@ -289,7 +289,12 @@ register(Method("info_nce", "SimCLR (InfoNCE)", _info_nce, num_views=2,
         **_SIGNAL_SSL, "learning_rate": 4e-3, "temperature": 0.2,
         "num_steps": 1600},
         "docs/recipes.md, second sweep"),)))
-register(Method("dcl", "DCL", _dcl, num_views=2, options={"temperature": 0.1}))
+register(Method("dcl", "DCL", _dcl, num_views=2, options={"temperature": 0.1},
+                recipes=(
+    Recipe(False, "signal", {
+        **_SIGNAL_SSL, "learning_rate": 4e-3, "temperature": 0.1,
+        "num_steps": 800},
+        "docs/recipes.md, fourth sweep"),)))
 register(Method("barlow_twins", "Barlow Twins", _barlow_twins, num_views=2,
                 options={"lambda_offdiag": 5e-3}))
 register(Method("vicreg", "VICReg", _vicreg, num_views=2))

@@ -6,11 +6,11 @@ r"""Main job: TransFusion vs SupCon, self-supervised TransFusion vs SimCLR, on M
 Gives (2-core CPU, test split, mean ± std over 5 seeds; kNN / linear probe of
 the backbone features):
 
-    TransFusion, class targets          0.985 ± 0.002 / 0.981 ± 0.005
-    SupCon, class targets               0.988 ± 0.002 / 0.986 ± 0.001
-    SimCLR                              0.881 ± 0.010 / 0.922 ± 0.003
-    TransFusion, self-supervised        0.917 ± 0.008 / 0.945 ± 0.004
-    random-init CNN1D (fair baseline)   0.700 ± 0.015 / 0.870 ± 0.011
+    TransFusion (JSD), class targets     0.985 ± 0.002 / 0.981 ± 0.005
+    SupCon, class targets                0.988 ± 0.002 / 0.986 ± 0.001
+    SimCLR (InfoNCE), self-supervised    0.881 ± 0.010 / 0.922 ± 0.003
+    TransFusion (JSD), self-supervised   0.917 ± 0.008 / 0.945 ± 0.004
+    random-init CNN1D (fair baseline)    0.700 ± 0.015 / 0.870 ± 0.011
 
 Every method trains the same CNN1D backbone and projector on offline MNIST-1D
 (4000 train / 1000 test signals) with its recipe from the method registry
@@ -19,7 +19,10 @@ Every method trains the same CNN1D backbone and projector on offline MNIST-1D
 split, never on the test split (experiments/recipe_sweep.py,
 docs/recipes.md).  "transfusion" and "supcon" see all training labels
 (same-class samples are positives), "simclr" and "transfusion_ssl" none.
-``runs`` holds each run's overrides of the fields below; ``compare`` picks and
+``runs`` holds each run's overrides of the fields below (a recipe field a
+run leaves unset takes the top-level value if set, else the recipe:
+``--config.learning_rate=1e-3`` sets every run's,
+``--config.runs.supcon.learning_rate=1e-3`` one run's); ``compare`` picks and
 orders them (``--config.compare=supcon,simclr``); ``seeds`` runs each with
 seeds seed, seed + 1, ...; the baselines are the randomly initialised backbone
 with BatchNorm statistics estimated on the data (the fair random baseline) and
