@@ -12,7 +12,7 @@ search goes through four stages, each keeping the best value of the stages
 before:
 
 1. the augmentation (``augment`` × ``augment_strength``); 2. ``learning_rate``; 3. the method's own knobs
-(temperature for SupCon / SimCLR; the head's depth and final projection for
+(temperature for the methods that read one — SupCon, SimCLR, DCL; the head's depth and final projection for
 TransFusion; the head's form and depth for self-supervised TransFusion);
 4. ``num_steps``.
 
@@ -22,8 +22,8 @@ setting in grid order.  A setting that repeats an earlier run reuses it.
 Then the transfer check: each method's chosen recipe and its pre-sweep
 default on ``transfer.dataset`` (MNIST-1D generated with other settings),
 trained on its training split and evaluated on its test split, over
-``transfer.seeds`` seeds, beside the random-init backbone with BatchNorm
-statistics of the data.
+``transfer.seeds`` seeds (0: no transfer check), beside the random-init
+backbone with BatchNorm statistics of the data.
 
 Runs live in ``WORKDIR/runs/<method>/<recipe>/seed<N>`` (transfer:
 ``WORKDIR/transfer/...``); a finished run's results.json is reused when the

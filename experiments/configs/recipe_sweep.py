@@ -55,14 +55,15 @@ The experiment's own fields:
   — ``vector`` masks, shifts by up to L/4, scales and adds noise at SNR 1/s;
   ``signal`` crops and resizes circularly, scales, adds a linear trend and
   noise at SNR 10/s (tfjax.data.augment) —,
-  2: ``learning_rate``, 3: ``temperature`` for SupCon / SimCLR,
+  2: ``learning_rate``, 3: ``temperature`` for the methods that read one,
   ``transfusion_layers`` × ``transfusion_projection`` for TransFusion,
   ``ssl_forms`` × ``ssl_layers`` for self-supervised TransFusion — a form is
   ``PROJECTION/ACTIVATION[/within]``, ``within`` = fusion within each view —,
   4: ``num_steps``).
 * ``defaults``: the pre-sweep recipe (today's default.py values).
 * ``transfer``: the transfer check: ``dataset`` (trained on its own training
-  split, evaluated on its test split), ``seeds``, ``linear_steps`` and
+  split, evaluated on its test split), ``seeds`` (0: no transfer check),
+  ``linear_steps`` and
   ``chosen_at_default_steps``.  Each method's chosen recipe and its pre-sweep
   default are trained there; with ``chosen_at_default_steps`` also the chosen
   recipe at the default number of steps where the two differ (separating the
