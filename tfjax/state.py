@@ -258,7 +258,9 @@ def head_options(config) -> dict:
 # Network, optimiser, anchors, state.
 # ----------------------------------------------------------------------------
 def build_network(config, axis_name: Optional[str] = None) -> ContrastiveNet:
-  """The configured ``ContrastiveNet`` (a head only for methods that use one)."""
+  """The configured ``ContrastiveNet`` (a head only for methods that use one;
+  its unset fields from the method's recipe, :mod:`tfjax.recipes`)."""
+  config = recipes.resolve(config)[0]
   if config.backbone == "identity":
     backbone = Identity()
   else:
@@ -278,6 +280,7 @@ def build_network(config, axis_name: Optional[str] = None) -> ContrastiveNet:
 
 
 def build_optimizer(config) -> optax.GradientTransformation:
+  config = recipes.resolve(config)[0]   # unset learning_rate / num_steps: the recipe's
   schedule = make_schedule(config.schedule, base_lr=config.learning_rate,
                            total_steps=config.num_steps,
                            warmup_steps=config.warmup_steps)
