@@ -331,7 +331,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   this call, without the evaluation (to test resumption).  Returns the
   results dict, with the final ``"state"``.
 
-  Before any data is read: :func:`tfjax.state.validate_config`, the
+  Recipe fields left unset take the method's recipe for the data's kind
+  first (:func:`tfjax.recipes.resolve`), said in one line; ``config.json``
+  holds the resolved values.  Before any data is read:
+  :func:`tfjax.state.validate_config`, the
   registry dataset on disk and the batch size against its split
   (:func:`tfjax.workdir.check_dataset`), and the work directory
   (:class:`tfjax.workdir.RunDirectory`): writable, not in use by another
