@@ -296,5 +296,8 @@ register(Method("dcl", "DCL", _dcl, num_views=2, options={"temperature": 0.1},
         "num_steps": 800},
         "docs/recipes.md, fourth sweep"),)))
 register(Method("barlow_twins", "Barlow Twins", _barlow_twins, num_views=2,
-                options={"lambda_offdiag": 5e-3}))
+                options={"lambda_offdiag": 5e-3}, recipes=(
+    Recipe(False, "signal", {
+        **_SIGNAL_SSL, "learning_rate": 4e-3, "num_steps": 800},
+        "docs/recipes.md, fourth sweep"),)))
 register(Method("vicreg", "VICReg", _vicreg, num_views=2))
