@@ -300,4 +300,7 @@ register(Method("barlow_twins", "Barlow Twins", _barlow_twins, num_views=2,
     Recipe(False, "signal", {
         **_SIGNAL_SSL, "learning_rate": 4e-3, "num_steps": 800},
         "docs/recipes.md, fourth sweep"),)))
-register(Method("vicreg", "VICReg", _vicreg, num_views=2))
+register(Method("vicreg", "VICReg", _vicreg, num_views=2, recipes=(
+    Recipe(False, "signal", {
+        **_SIGNAL_SSL, "learning_rate": 4e-3, "num_steps": 800},
+        "docs/recipes.md, fourth sweep"),)))
