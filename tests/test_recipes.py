@@ -234,7 +234,7 @@ def test_every_method_at_its_defaults_beats_the_random_backbone(
     name, labels, random_backbone_knn, tmp_path):
   """Each built-in method with each use of labels it has a recipe for, every
   recipe field unset, trains its recipe's own steps — 800 or 1600, what a
-  user gets (seven runs, 8000 steps: on 2 idle cores ~10 ms a step, about
+  user gets (seven runs, 7200 steps: on 2 idle cores ~10 ms a step, about
   2–3 min with compilation and evaluation; 4–9 min a run under a load of
   25) — and must beat the randomly initialised backbone with BatchNorm
   statistics of the data (same seed) on test kNN by more than 0.02 (about
