@@ -235,6 +235,15 @@ def _overridden_fields(argv: Sequence[str]) -> List[str]:
   return out
 
 
+def run_fields(run) -> Dict:
+  """A run's own fields (``config.runs.NAME``) as ``{dotted name: value}``;
+  a recipe field left None (:data:`tfjax.recipes.FIELDS`) is not the run's:
+  the top-level value, else the method's recipe, holds."""
+  from tfjax.recipes import FIELDS
+  from tfjax.config import flatten  # lazily: --help must not import JAX
+  return {k: v for k, v in flatten(run).items() if not (k in FIELDS and v is None)}
+
+
 def shadowed_overrides(config, argv: Sequence[str]) -> List[str]:
   """Warnings for ``--config.FIELD`` overrides that runs of ``config.runs``
   set again; raises :class:`ShadowedOverrideError` when every run does.
@@ -247,8 +256,7 @@ def shadowed_overrides(config, argv: Sequence[str]) -> List[str]:
     return []
   names = [n.strip() for n in str(config.get("compare") or "").split(",")
            if n.strip() in runs] or list(runs.keys())
-  from tfjax.config import flatten  # lazily: --help must not import JAX
-  per_run = {n: flatten(runs[n]) if hasattr(runs[n], "items") else {} for n in names}
+  per_run = {n: run_fields(runs[n]) if hasattr(runs[n], "items") else {} for n in names}
   messages = []
   for field in _overridden_fields(argv):
     if field.split(".")[0] == "runs":

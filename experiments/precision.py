@@ -52,15 +52,14 @@ def run(config, workdir: str, *, progress: bool = True):
   from experiments.train import formatted, mean_std, run_configs
   from tfjax import train
   from tfjax.data.pipeline import read_batch
-  from tfjax.state import validate_config
-  from tfjax.workdir import check_dataset
+  from tfjax.config import validate
+  from tfjax.data.splits import open_splits
 
   runs = run_configs(config)
   for _, c in runs:
-    validate_config(c, 1)
-    check_dataset(c)
-  spec = validate_config(config, 1)
-  sources = train.open_splits(config, spec)
+    validate(c, 1)
+  spec = validate(config, 1)
+  sources = open_splits(config, spec)
   seeds = [config.seed + k for k in range(config.seeds)]
   rows, per_run = [], {}
   for name, c in runs:

@@ -12,7 +12,7 @@ search goes through four stages, each keeping the best value of the stages
 before:
 
 1. the augmentation (``augment`` × ``augment_strength``); 2. ``learning_rate``; 3. the method's own knobs
-(temperature for SupCon / SimCLR; the head's depth and final projection for
+(temperature for the methods that read one — SupCon, SimCLR, DCL; the head's depth and final projection for
 TransFusion; the head's form and depth for self-supervised TransFusion);
 4. ``num_steps``.
 
@@ -22,8 +22,8 @@ setting in grid order.  A setting that repeats an earlier run reuses it.
 Then the transfer check: each method's chosen recipe and its pre-sweep
 default on ``transfer.dataset`` (MNIST-1D generated with other settings),
 trained on its training split and evaluated on its test split, over
-``transfer.seeds`` seeds, beside the random-init backbone with BatchNorm
-statistics of the data.
+``transfer.seeds`` seeds (0: no transfer check), beside the random-init
+backbone with BatchNorm statistics of the data.
 
 Runs live in ``WORKDIR/runs/<method>/<recipe>/seed<N>`` (transfer:
 ``WORKDIR/transfer/...``); a finished run's results.json is reused when the
@@ -67,7 +67,10 @@ def is_jsd(config, method) -> bool:
 
 
 def uses_temperature(config, method) -> bool:
-  return dict(config.runs[method]).get("loss", config.loss) in ("supcon", "info_nce")
+  """The method reads ``temperature`` (the registry's options say so)."""
+  from tfjax import methods
+  loss = dict(config.runs[method]).get("loss", config.loss)
+  return "temperature" in methods.get(loss).options
 
 
 def default_recipe(config, method) -> dict:
@@ -315,7 +318,7 @@ def run(config, workdir: str, *, progress: bool = True):
   tr = config.transfer
   transfer_rows = []
   seeds = [config.seed + k for k in range(tr.seeds)]
-  for name in names:
+  for name in names if tr.seeds > 0 else ():  # transfer.seeds = 0: no check
     for which, recipe in transfer_recipes(config, name, chosen[name]):
       fields = dict(dataset=tr.dataset, validation_fraction=None)
       per_seed = []
@@ -332,7 +335,7 @@ def run(config, workdir: str, *, progress: bool = True):
           **summarise(per_seed, ("knn", "linear", "final_loss", "uniform_rows")),
           "seeds": len(seeds)})
       say(json.dumps(transfer_rows[-1]), flush=True)
-  if config.random_baseline:
+  if config.random_baseline and seeds:
     per_seed = []
     for seed in seeds:
       c = config.copy_and_resolve_references()

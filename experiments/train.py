@@ -25,40 +25,31 @@ import os
 import sys
 import time
 
-from experiments.common import accuracy_bars, cli, pyplot, write_results
+from experiments.common import (accuracy_bars, cli, pyplot, run_fields,
+                                write_results)
 
 
 def run_configs(config):
-  """``[(run name, training config)]`` of ``config.compare``, in order."""
+  """``[(run name, training config)]`` of ``config.compare``, in order: each
+  run's overrides on the top-level fields, then its method's recipe for the
+  dataset's kind in the fields still unset (:func:`tfjax.recipes.resolve`,
+  said in one line per run)."""
+  from tfjax import recipes
   names = [n.strip() for n in config.compare.split(",") if n.strip()]
   unknown = [n for n in names if n not in config.runs]
   if unknown or not names:
     raise ValueError(f"compare names unknown runs {unknown or names}; "
                      f"defined: {sorted(config.runs)}")
-  from tfjax.data.augment import fits
-  kind = _data_kind(config)
+  kind = recipes.data_kind(config)
   out = []
   for name in names:
     c = config.copy_and_resolve_references()
-    apply_overrides(c, config.runs[name], f"run {name!r}")
-    if kind and not fits(c.augment, kind):
-      # A recipe tuned on one kind of data (MNIST-1D's signal augmentation)
-      # run on another: the kind's default, said aloud (our choice).
-      print(f"run {name!r}: augmentation {c.augment!r} does not fit {kind} data "
-            f"({config.dataset}); using the {kind} default", flush=True)
-      c.augment = ""
+    apply_overrides(c, run_fields(config.runs[name]), f"run {name!r}")
+    c, filled = recipes.resolve(c, kind)
+    if filled:
+      print(f"run {name!r}: {recipes.describe(c, filled, kind)}", flush=True)
     out.append((name, c))
   return out
-
-
-def _data_kind(config):
-  """The dataset's kind, or None for data it cannot resolve (the config
-  check then says why)."""
-  from tfjax.data.registry import config_dataset_spec
-  try:
-    return config_dataset_spec(config).kind
-  except (ValueError, FileNotFoundError):
-    return None
 
 
 def apply_overrides(config, overrides, where: str = "overrides"):
@@ -94,6 +85,7 @@ def run(config, workdir: str, *, progress: bool = True, data=None):
   runs = run_configs(config)
   for _, c in runs:  # every run's config checked before any compute
     validate(c, data=data)   # data prepared (or checked) and batches fit
+  # The top-level fields (the baselines'), with a method's recipe where unset.
   spec = validate(config, data=data)
   primary = distributed.is_primary()
   say = print if primary else (lambda *a, **k: None)
@@ -146,7 +138,8 @@ def run(config, workdir: str, *, progress: bool = True, data=None):
     metrics = ["final_loss"]
   table = write_results(
       workdir, f"{config.dataset}, backbone {config.backbone}, "
-      f"{config.num_steps} steps, batch {config.batch_size}, "
+      f"{'/'.join(str(s) for s in sorted({c.num_steps for _, c in runs}))} "
+      f"steps, batch {config.batch_size}, "
       f"{len(seeds)} seed(s)", [formatted(r) for r in rows],
       ["method"] + metrics + ["feature_variance", "embedding_variance", "seeds",
                               "minutes"],

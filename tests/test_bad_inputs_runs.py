@@ -313,7 +313,7 @@ def _after_thread(ctx):
   assert "error" not in ctx.first, ctx.first.get("error")
   assert ctx.first["result"]["step"] == 4
   assert ctx.refused_after < 5, ctx.refused_after          # at once
-  steps = [r["step"] for r in train.read_metrics(
+  steps = [r["step"] for r in read_metrics(
       os.path.join(ctx.dir, "metrics.jsonl"))]
   assert steps == sorted(set(steps)) and steps[-1] == 4, steps
   assert not workdirs._HELD and lock_is_free(ctx.dir)
@@ -559,7 +559,7 @@ def _damaged_metrics(damage):
     assert aside == bad + b"\n"
     kept = [l for l in damaged.split(b"\n") if l.strip() and l != bad]
     assert after == b"".join(l + b"\n" for l in kept)
-    records = train.read_metrics(path)           # clean now: no warning
+    records = read_metrics(path)           # clean now: no warning
     return res, records
   return fn
 
@@ -579,7 +579,7 @@ def _read_damaged(ctx):
       f"{path}: 2 line(s) are not metric records (line 3: a JSON list, not "
       "an object; line 5: not JSON (Unterminated string starting at, column "
       "13)); skipped")):
-    records = train.read_metrics(path)
+    records = read_metrics(path)
   with open(path) as f:
     unchanged = f.read().endswith('"lo')
   return unchanged and records == [{"step": 1, "loss": 2.0},

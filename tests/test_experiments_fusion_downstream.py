@@ -48,10 +48,14 @@ def test_recipes_keep_their_augmentation_only_where_it_fits(capsys):
   from experiments.train import run_configs
   from tfjax.config import validate
   config = get_config("")
-  assert config.runs.simclr.augment == "signal"          # the MNIST-1D recipe
+  assert config.runs.simclr.get("augment") is None       # the method's recipe
   digits = dict(run_configs(downstream.dataset_config(config, "digits")))   # images
   assert digits["simclr"].augment == "" and digits["transfusion_ssl"].augment == ""
-  assert "run 'simclr': augmentation 'signal' does not fit image data (digits)" in capsys.readouterr().out
+  assert digits["simclr"].learning_rate == 4e-3          # the rest of the recipe
+  out = capsys.readouterr().out
+  assert ("run 'simclr': info_nce (self-supervised, image data): the recipe chosen "
+          "on signal data sets") in out
+  assert "(augment 'signal' is for signal data: the image default instead)" in out
   mnist1d = dict(run_configs(downstream.dataset_config(config, "mnist1d")))
   assert mnist1d["simclr"].augment == "signal" and mnist1d["supcon"].augment == ""
   for runs in (digits, mnist1d):                         # every run is a valid config

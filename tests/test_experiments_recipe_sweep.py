@@ -33,6 +33,10 @@ def test_full_grid_is_the_protocol():
       "head.fuse_within_view": False, "num_steps": 400}
   assert recipe_sweep.default_recipe(c, "simclr")["temperature"] == 0.1
   assert c.transfer.dataset == "mnist1d_shifted" and c.transfer.seeds == 3
+  # The other registered methods can be tuned too: a temperature stage where
+  # the registry says the method reads one, none otherwise.
+  assert {m: len(recipe_sweep.stage_grid(c, m, 2)) for m in
+          ("dcl", "barlow_twins", "vicreg")} == {"dcl": 3, "barlow_twins": 0, "vicreg": 0}
 
 
 def test_every_setting_is_a_valid_training_config():

@@ -50,11 +50,19 @@ def test_builtins_are_declared_once():
 def test_names_for_tables_and_directories():
   c = toy_config("jsd")
   c.label_fraction, c.labels_in_loss = 1.0, True
-  assert methods.display_name(c) == "TransFusion (JSD), 100% labels"
+  assert methods.display_name(c) == "TransFusion (JSD), class targets"
   assert methods.run_name(c) == "jsd_labels1"
+  c.label_fraction = 0.1
+  assert methods.display_name(c) == "TransFusion (JSD), class targets, 10 % labels"
+  c.label_fraction, c.labels_in_loss = None, False
+  assert methods.display_name(c) == "TransFusion (JSD), self-supervised"
+  c = toy_config("supcon")
+  c.label_fraction, c.labels_in_loss = 1.0, True
+  assert methods.display_name(c) == "SupCon, class targets"
   c = toy_config("info_nce")
-  c.label_fraction, c.oar_weight = 0.1, 1.0
-  assert methods.display_name(c) == "OAR-SimCLR (InfoNCE), 10% labels"
+  assert methods.display_name(c) == "SimCLR (InfoNCE), self-supervised"
+  c.label_fraction, c.oar_weight = 0.1, 1.0    # labels in OAR only
+  assert methods.display_name(c) == "OAR-SimCLR (InfoNCE), 10 % labels"
   assert methods.run_name(c) == "oar_info_nce"
 
 
@@ -94,7 +102,7 @@ def test_a_registered_toy_loss_trains_through_the_public_api(tmp_path):
     records = read_metrics(str(tmp_path / "metrics.jsonl"))
     assert [r["step"] for r in records] == [1, 2]
     assert records[0]["grad_norm"] > 0          # the loss reached the parameters
-    assert methods.display_name(c) == "Alignment only"
+    assert methods.display_name(c) == "Alignment only, self-supervised"
   finally:
     methods.unregister("alignment")
   with pytest.raises(ValueError, match="unknown loss 'alignment'"):

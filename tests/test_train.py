@@ -339,12 +339,13 @@ def test_main_job_on_mock_mnist(tmp_path):
     run.num_steps = 3
   with tfds.testing.mock_data(num_examples=48):
     rows = main_job.run(c, str(tmp_path / "w"), progress=False)
-  assert [r["method"] for r in rows] == ["TransFusion (JSD), 100% labels",
-                                         "SimCLR (InfoNCE)", "raw inputs (no training)"]
+  assert [r["method"] for r in rows] == ["TransFusion (JSD), class targets",
+                                         "SimCLR (InfoNCE), self-supervised",
+                                         "raw inputs (no training)"]
   for r in rows:
     assert 0.0 <= r["knn"] <= 1.0
   table = (tmp_path / "w" / "results.md").read_text()
-  assert "| TransFusion (JSD), 100% labels |" in table
+  assert "| TransFusion (JSD), class targets |" in table
   assert (tmp_path / "w" / "comparison.png").stat().st_size > 0
   run = tmp_path / "w" / "transfusion" / "seed0"
   metrics = [json.loads(l) for l in open(run / "metrics.jsonl")]
@@ -381,16 +382,22 @@ def test_cli_overrides_and_one_line_errors(tmp_path, capsys):
   # change nothing); one some runs set is a one-line warning.
   with pytest.raises(SystemExit):
     cli(fake_run, "train", ["--config=experiments/configs/default.py:quick",
-                            "--config.num_steps=7", "--config.compare=supcon",
+                            "--config.labels_in_loss=False", "--config.compare=supcon",
                             f"--workdir={tmp_path}"], config_name="default")
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and "--config.num_steps changes no run" in err[0]
-  assert "--config.runs.supcon.num_steps" in err[0]
+  assert len(err) == 1 and "--config.labels_in_loss changes no run" in err[0]
+  assert "--config.runs.supcon.labels_in_loss" in err[0]
+  # A recipe field a run leaves unset is not the run's: the top-level value holds.
+  cli(fake_run, "train", ["--config=experiments/configs/default.py:quick",
+                          "--config.num_steps=7", "--config.compare=supcon",
+                          f"--workdir={tmp_path}"], config_name="default")
+  assert dict(main_job.run_configs(seen["config"]))["supcon"].num_steps == 7
   with pytest.warns(UserWarning, match=r"--config.temperature is replaced by "
                     r"the own temperature of runs supcon \(set "
                     r"--config.runs.supcon.temperature"):
     cli(fake_run, "train", ["--config=experiments/configs/default.py:quick",
                             "--config.temperature=0.2",
+                            "--config.runs.supcon.temperature=0.3",
                             "--config.compare=transfusion,supcon",
                             f"--workdir={tmp_path}"], config_name="default")
   assert seen["config"].temperature == 0.2

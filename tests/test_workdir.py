@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ----------------------------------------------------------------------------
 # The remembered config.
 def test_config_fields_are_the_training_fields_flattened():
-  c = tiny_config()
+  c = tiny_config(learning_rate=1e-3)
   with c.unlocked():
     c.runs = {"supcon": {"learning_rate": 1.0}}   # an experiment's own field
   fields = rerun.config_fields(c)
@@ -36,7 +36,7 @@ def test_config_fields_are_the_training_fields_flattened():
 
 
 def test_config_diff_splits_fixed_and_free_fields():
-  old = rerun.config_fields(tiny_config())
+  old = rerun.config_fields(tiny_config(learning_rate=1e-3))
   new = rerun.config_fields(tiny_config(learning_rate=0.01, log_every=1,
                                      **{"eval.knn_k": 7, "input.num_threads": 1,
                                         "backbone_kwargs.hidden": (32,)}))

@@ -59,14 +59,19 @@ def base_config() -> ml_collections.ConfigDict:
   # "bfloat16" (parameters, BatchNorm statistics, losses and optimiser state
   # stay float32; tfjax.precision).
   c.compute_dtype = "float32"
+  # None (here and in the other recipe fields, tfjax.recipes.FIELDS): the
+  # method's recipe, chosen on validation data, fills it when training starts
+  # (tfjax.recipes.resolve, said in one line); a value set here is kept.
   c.head = ml_collections.ConfigDict(dict(
-      num_layers=5, features=ml_collections.FieldReference(None, field_type=int),
-      activation="relu", implementation="dense", block_size=512,
+      num_layers=ml_collections.FieldReference(None, field_type=int),
+      features=ml_collections.FieldReference(None, field_type=int),
+      activation=ml_collections.FieldReference(None, field_type=str),
+      implementation="dense", block_size=512,
       # Start each block with W_k = W_q (tfjax.models.tie_query_key).
       tie_qk_init=False,
       # The truncated block's Q, K: "learned" (LayerNorm + separate Q, K),
       # "tied" (Q = K) or "none" (Q = K = its input, no parameters).
-      final_projection="learned",
+      final_projection=ml_collections.FieldReference(None, field_type=str),
       # Fusion attention within each view (the authors') or across all rows.
       fuse_within_view=False,
       # The head's compute dtype, "float32" or "bfloat16" (None: the
@@ -87,15 +92,15 @@ def base_config() -> ml_collections.ConfigDict:
   # supcon | dcl | barlow_twins | vicreg | deep_fusion, or one you register.  Its
   # hyper-parameters: the top-level fields below, or loss_options for others.
   c.loss = "jsd"
-  c.temperature = 0.1
+  c.temperature = ml_collections.FieldReference(None, field_type=float)
   c.lambda_offdiag = 5e-3
   c.loss_options = ml_collections.ConfigDict()  # unlocked below
   c.num_views = 2
   # Augmentation (tfjax.data.augment.AUGMENTATIONS; "" = the dataset kind's
   # default: SimCLR's recipe for images, noise/shift/scale/mask otherwise)
-  # and its strength (0 = identity).
-  c.augment = ""
-  c.augment_strength = 1.0
+  # and its strength (0 = identity).  None: the method's recipe.
+  c.augment = ml_collections.FieldReference(None, field_type=str)
+  c.augment_strength = ml_collections.FieldReference(None, field_type=float)
   # Labels: a seeded, class-balanced fraction of the training labels is known
   # (None: none).  labels_in_loss makes two labelled samples of one class
   # positives of the JSD/SupCon target; oar_weight > 0 adds CLOA's OAR.
@@ -109,13 +114,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.labelled_batch_size = 0
   # Optimisation.
   c.optimizer = "adamw"
-  c.learning_rate = 1e-3
+  c.learning_rate = ml_collections.FieldReference(None, field_type=float)
   c.weight_decay = 1e-4
   c.momentum = 0.9
   c.schedule = "warmup_cosine"
   c.warmup_steps = 50
   c.batch_size = 256  # global, over all devices
-  c.num_steps = 1000
+  c.num_steps = ml_collections.FieldReference(None, field_type=int)
   c.num_devices = 0   # 0: every local device (pmap when more than one)
   # Steps per compiled call (a lax.scan over steps): > 1 pays for small MLPs,
   # whose steps are shorter than the dispatch of a call.  Keep 1 for
@@ -187,8 +192,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
 
   Returns the dataset's :class:`tfjax.data.DatasetSpec`.
   """
+  from tfjax import recipes
   from tfjax.data.registry import config_dataset_spec
   from tfjax.models import check_head_options
+
+  config = recipes.resolve(config)[0]      # unset fields: the method's recipe
   from tfjax.precision import compute_dtypes
 
   spec = config_dataset_spec(config)       # unknown dataset -> ValueError

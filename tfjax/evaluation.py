@@ -268,6 +268,8 @@ def evaluate_untrained(config, data=None, *, precise_bn: bool = True,
   """
   from tfjax.data import pipeline   # grain: imported on first use
   from tfjax.data.splits import in_memory_splits, num_classes as split_classes, open_splits
+  from tfjax import recipes
+  config = recipes.resolve(config)[0]   # the head's form: the method's recipe
   spec = validate(config, 1, data=data)
   if not spec.labelled:
     raise ValueError(f"dataset {config.dataset!r} has no labels: a backbone cannot "

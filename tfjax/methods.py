@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 
 from tfjax import losses
+from tfjax.recipes import Recipe
 
 Array = jax.Array
 
@@ -109,6 +110,9 @@ class Method:
     options: hyper-parameter name -> default.  The step reads each from the
       top-level config field of that name when there is one (``temperature``,
       ``lambda_offdiag``), else from ``config.loss_options``, else the default.
+    recipes: the training fields chosen for it on validation data, per use
+      of labels and kind of data (:class:`tfjax.recipes.Recipe`); they fill
+      the config fields left unset (:func:`tfjax.recipes.resolve`).
   """
   name: str
   display_name: str
@@ -117,6 +121,7 @@ class Method:
   accepts_labels: bool = False
   uses_head: bool = False
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  recipes: Tuple[Recipe, ...] = ()
 
   def __post_init__(self):
     if not self.name or not self.name.isidentifier():
@@ -126,11 +131,15 @@ class Method:
     # A read-only mapping: a frozen method must hash and compare by value.
     object.__setattr__(self, "options",
                        types.MappingProxyType(dict(self.options)))
+    object.__setattr__(self, "recipes", tuple(self.recipes))
+    if any(r.labels for r in self.recipes) and not self.accepts_labels:
+      raise ValueError(f"method {self.name!r} has a class-target recipe but "
+                       "does not accept labels")
 
   def __hash__(self):
     return hash((self.name, self.display_name, self.loss, self.num_views,
                  self.accepts_labels, self.uses_head,
-                 tuple(sorted(self.options.items()))))
+                 tuple(sorted(self.options.items())), self.recipes))
 
   def resolve_options(self, config) -> Dict[str, Any]:
     """The method's hyper-parameters as set in ``config`` (see ``options``)."""
@@ -186,14 +195,25 @@ def parse_names(text: str) -> list:
 
 
 def display_name(config) -> str:
-  """A run's name in tables: the method's, with OAR and labels marked."""
+  """A run's name in tables: the method's, then its use of labels.
+
+  "TransFusion (JSD), class targets" (every label in the target),
+  "TransFusion (JSD), class targets, 10 % labels" (a fraction),
+  "SimCLR (InfoNCE), self-supervised"; CLOA's OAR adds "OAR-" in front and,
+  with labels only in OAR, the fraction: "OAR-SimCLR (InfoNCE), 10 % labels".
+  """
   name = get(config.loss).display_name
+  fraction = config.label_fraction
   if config.oar_weight > 0:
     name = "OAR-" + name
-  labels = config.label_fraction is not None and (
-      config.labels_in_loss or config.oar_weight > 0)
-  if labels:
-    name += f", {config.label_fraction:.0%} labels"
+  if fraction is not None and config.labels_in_loss:
+    name += ", class targets"
+    if fraction < 1:
+      name += f", {100 * fraction:g} % labels"
+  elif fraction is not None and config.oar_weight > 0:
+    name += f", {100 * fraction:g} % labels"
+  else:
+    name += ", self-supervised"
   return name
 
 
@@ -241,16 +261,51 @@ def _vicreg(inputs: LossInputs) -> Array:
   return losses.vicreg(z1, z2, axis_name=inputs.axis_name)
 
 
+# Each recipe was chosen on MNIST-1D's validation split (docs/recipes.md);
+# fields a recipe leaves out take tfjax.recipes.FALLBACK.
+_SIGNAL_SSL = {"augment": "signal", "augment_strength": 0.5}
+
 register(Method("jsd", "TransFusion (JSD)", _jsd, accepts_labels=True,
-                uses_head=True))
+                uses_head=True, recipes=(
+    Recipe(True, "signal", {
+        "augment": "", "augment_strength": 0.1, "learning_rate": 2e-3,
+        "head.num_layers": 1, "head.final_projection": "learned",
+        "head.activation": "relu", "num_steps": 800},
+        "docs/recipes.md, first sweep"),
+    # The truncated block compares the head's outputs directly: learned Q/K
+    # die (uniform rows) in every self-supervised setting of the sweeps.
+    Recipe(False, "signal", {
+        **_SIGNAL_SSL, "learning_rate": 4e-3, "head.num_layers": 1,
+        "head.final_projection": "none", "head.activation": "relu",
+        "num_steps": 1600},
+        "docs/recipes.md, third sweep"))))
 register(Method("supcon", "SupCon", _supcon, accepts_labels=True,
-                options={"temperature": 0.1}))
+                options={"temperature": 0.1}, recipes=(
+    Recipe(True, "signal", {
+        "augment": "", "augment_strength": 0.1, "learning_rate": 4e-3,
+        "temperature": 0.1, "num_steps": 800},
+        "docs/recipes.md, first sweep"),)))
 register(Method("info_nce", "SimCLR (InfoNCE)", _info_nce, num_views=2,
-                options={"temperature": 0.1}))
-register(Method("dcl", "DCL", _dcl, num_views=2, options={"temperature": 0.1}))
+                options={"temperature": 0.1}, recipes=(
+    Recipe(False, "signal", {
+        **_SIGNAL_SSL, "learning_rate": 4e-3, "temperature": 0.2,
+        "num_steps": 1600},
+        "docs/recipes.md, second sweep"),)))
+register(Method("dcl", "DCL", _dcl, num_views=2, options={"temperature": 0.1},
+                recipes=(
+    Recipe(False, "signal", {
+        **_SIGNAL_SSL, "learning_rate": 4e-3, "temperature": 0.1,
+        "num_steps": 800},
+        "docs/recipes.md, fourth sweep"),)))
 register(Method("barlow_twins", "Barlow Twins", _barlow_twins, num_views=2,
-                options={"lambda_offdiag": 5e-3}))
-register(Method("vicreg", "VICReg", _vicreg, num_views=2))
+                options={"lambda_offdiag": 5e-3}, recipes=(
+    Recipe(False, "signal", {
+        **_SIGNAL_SSL, "learning_rate": 4e-3, "num_steps": 800},
+        "docs/recipes.md, fourth sweep"),)))
+register(Method("vicreg", "VICReg", _vicreg, num_views=2, recipes=(
+    Recipe(False, "signal", {
+        **_SIGNAL_SSL, "learning_rate": 4e-3, "num_steps": 800},
+        "docs/recipes.md, fourth sweep"),)))
 
 
 def _deep_fusion(inputs: LossInputs, *, temperature) -> Array:
@@ -258,5 +313,11 @@ def _deep_fusion(inputs: LossInputs, *, temperature) -> Array:
   return inputs.head_loss(inputs.z, inputs.groups, None, temperature=temperature)
 
 
+# Deep Fusion's recipe is the best of a one-seed screen on MNIST-1D's
+# validation split (docs/deep_fusion.md), not a full sweep.
 register(Method("deep_fusion", "Deep Fusion (NT-Xent)", _deep_fusion,
-                num_views=2, uses_head=True, options={"temperature": 0.1}))
+                num_views=2, uses_head=True, options={"temperature": 0.1}, recipes=(
+    Recipe(False, "signal", {
+        **_SIGNAL_SSL, "learning_rate": 2e-3, "temperature": 0.2,
+        "num_steps": 400},
+        "docs/deep_fusion.md, screen"),)))

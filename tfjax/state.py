@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tfjax import losses, methods
+from tfjax import losses, methods, recipes
 from tfjax.backbones import get_backbone
 from tfjax.deep_fusion import head_from_config
 from tfjax.models import TransFusionHead, tie_query_key
@@ -136,6 +136,7 @@ def build_network(config, axis_name: Optional[str] = None) -> ContrastiveNet:
 
 
 def build_optimizer(config) -> optax.GradientTransformation:
+  config = recipes.resolve(config)[0]   # unset learning_rate / num_steps: the recipe's
   schedule = make_schedule(config.schedule, base_lr=config.learning_rate,
                            total_steps=config.num_steps,
                            warmup_steps=config.warmup_steps)
@@ -159,8 +160,10 @@ def create_train_state(config, key: Array, x_shape, num_classes: int, *,
   """Initialises parameters (deterministic per ``key``) and the optimiser.
 
   ``x_shape`` is one example's shape; ``axis_name`` the pmap axis the step
-  will run under (the parameters do not depend on it).
+  will run under (the parameters do not depend on it).  Recipe fields left
+  unset take the method's recipe for ``data_kind`` (:mod:`tfjax.recipes`).
   """
+  config = recipes.resolve(config, data_kind)[0]
   model = build_network(config, axis_name)
   init_model = build_network(config, None) if axis_name else model
   tx = build_optimizer(config)

@@ -41,7 +41,7 @@ from typing import Any, Dict, Optional
 import jax
 import ml_collections
 
-from tfjax import distributed
+from tfjax import distributed, recipes
 from tfjax import workdir as workdirs
 from tfjax.checkpoint import Checkpointer
 from tfjax.config import validate
@@ -78,7 +78,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   this call, without the evaluation (to test resumption).  Returns the
   results dict, with the final ``"state"``.
 
-  Before any data is read: :func:`tfjax.config.validate` (the config, the
+  Recipe fields left unset take the method's recipe for the data's kind
+  first (:func:`tfjax.recipes.resolve`), said in one line; ``config.json``
+  holds the resolved values.  Before any data is read: :func:`tfjax.config.validate` (the config, the
   registry dataset on disk or the ``data`` arrays, the batch size against
   the training split), and the work directory
   (:class:`tfjax.workdir.RunDirectory`): writable, not in use by another
@@ -91,6 +93,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   no checkpoint is ever written with a non-finite value.  On unlabelled
   data (``spec.labelled`` False) the probes are skipped, said in one line.
   """
+  config = recipes.resolve_and_say(config, print if distributed.is_primary() else None)
   spec = validate(config, data=data)
   show = Progress(progress and distributed.is_primary())
   try:

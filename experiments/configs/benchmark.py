@@ -52,6 +52,12 @@ from tfjax.config import base_config
 
 def get_config(arg: str = ""):
   c = base_config()
+  # The fields a method's recipe fills when unset (tfjax.recipes), fixed
+  # to the values this experiment runs with.
+  c.temperature = 0.1
+  c.num_steps = 1000
+  c.head.final_projection = "learned"
+  c.head.activation = "relu"
   # The step: raw vectors -> TransFusion head -> JSD over 2 views; Adam.
   c.dataset = "subspaces"   # only its kind ("vector") matters: no data is read
   c.backbone = "identity"

@@ -35,6 +35,14 @@ from tfjax.config import base_config
 
 def get_config(arg: str = ""):
   c = base_config()
+  # The fields a method's recipe fills when unset (tfjax.recipes), fixed
+  # to the values this experiment runs with.
+  c.learning_rate = 1e-3
+  c.temperature = 0.1
+  c.num_steps = 1000
+  c.head.num_layers = 5
+  c.head.final_projection = "learned"
+  c.head.activation = "relu"
   c.batch_size = 256
   c.num_views = 2
   c.augment = ""            # the dataset kind's default augmentation

@@ -6,19 +6,23 @@ r"""Main job: TransFusion vs SupCon, self-supervised TransFusion vs SimCLR, on M
 Gives (2-core CPU, test split, mean ± std over 5 seeds; kNN / linear probe of
 the backbone features):
 
-    TransFusion, class targets          0.985 ± 0.002 / 0.981 ± 0.005
-    SupCon, class targets               0.988 ± 0.002 / 0.986 ± 0.001
-    SimCLR                              0.881 ± 0.010 / 0.922 ± 0.003
-    TransFusion, self-supervised        0.917 ± 0.008 / 0.945 ± 0.004
-    random-init CNN1D (fair baseline)   0.700 ± 0.015 / 0.870 ± 0.011
+    TransFusion (JSD), class targets     0.985 ± 0.002 / 0.981 ± 0.005
+    SupCon, class targets                0.988 ± 0.002 / 0.986 ± 0.001
+    SimCLR (InfoNCE), self-supervised    0.881 ± 0.010 / 0.922 ± 0.003
+    TransFusion (JSD), self-supervised   0.917 ± 0.008 / 0.945 ± 0.004
+    random-init CNN1D (fair baseline)    0.700 ± 0.015 / 0.870 ± 0.011
 
 Every method trains the same CNN1D backbone and projector on offline MNIST-1D
-(4000 train / 1000 test signals); its recipe (augmentation strength, learning
-rate, temperature or head form, steps) was chosen per method on a held-out 20 %
-of the training split, never on the test split (experiments/recipe_sweep.py,
+(4000 train / 1000 test signals) with its recipe from the method registry
+(augmentation and strength, learning rate, temperature or head form, steps;
+``tfjax.methods``), chosen per method on a held-out 20 % of the training
+split, never on the test split (experiments/recipe_sweep.py,
 docs/recipes.md).  "transfusion" and "supcon" see all training labels
 (same-class samples are positives), "simclr" and "transfusion_ssl" none.
-``runs`` holds each run's overrides of the fields below; ``compare`` picks and
+``runs`` holds each run's overrides of the fields below (a recipe field a
+run leaves unset takes the top-level value if set, else the recipe:
+``--config.learning_rate=1e-3`` sets every run's,
+``--config.runs.supcon.learning_rate=1e-3`` one run's); ``compare`` picks and
 orders them (``--config.compare=supcon,simclr``); ``seeds`` runs each with
 seeds seed, seed + 1, ...; the baselines are the randomly initialised backbone
 with BatchNorm statistics estimated on the data (the fair random baseline) and
@@ -29,52 +33,50 @@ what seed 0 compiled.
 
 import ml_collections
 
+from tfjax import recipes
 from tfjax.config import base_config
 
-# Chosen on validation data by experiments/recipe_sweep.py (docs/recipes.md:
-# the supervised recipes by the first sweep, SimCLR's by the second, which
-# added the signal augmentation, self-supervised TransFusion's by the third).
-RECIPES = {
-    "transfusion": {"loss": "jsd", "label_fraction": 1.0, "labels_in_loss": True,
-                    "augment_strength": 0.1, "learning_rate": 2e-3,
-                    "head": {"num_layers": 1, "final_projection": "learned"},
-                    "num_steps": 800},
-    "supcon": {"loss": "supcon", "label_fraction": 1.0, "labels_in_loss": True,
-               "augment_strength": 0.1, "learning_rate": 4e-3,
-               "temperature": 0.1, "num_steps": 800},
-    # Self-supervised: the signal augmentation (a circular resized crop,
-    # scale, trend, light noise) chosen by the second sweep; with the old
-    # vector augmentation neither method beat a random backbone.
-    "simclr": {"loss": "info_nce", "augment": "signal", "augment_strength": 0.5,
-               "learning_rate": 4e-3, "temperature": 0.2, "num_steps": 1600},
-    # The authors' self-supervised structure: the truncated block compares
-    # the head's outputs directly (no Q/K projection; learned Q/K die, with
-    # uniform rows, in every self-supervised setting of the sweeps), here
-    # through the paper's ReLU — the third sweep, run with this head alive
-    # from its first stage, chose ReLU over the authors' cos² (0.828 vs
-    # 0.820 at 400 steps) and lr 4e-3.
-    "transfusion_ssl": {"loss": "jsd", "augment": "signal", "augment_strength": 0.5,
-                        "learning_rate": 4e-3,
-                        "head": {"num_layers": 1, "final_projection": "none",
-                                 "activation": "relu"},
-                        "num_steps": 1600},
+# Each run names its method and its use of labels; the method's recipe in
+# the registry (tfjax.methods, chosen on validation data: docs/recipes.md)
+# fills every training field the run leaves unset (tfjax.recipes.resolve).
+# Self-supervised, the recipes use the signal augmentation (a circular
+# resized crop, scale, trend, light noise) and TransFusion a truncated block
+# without Q/K (learned Q/K die, with uniform rows, in every self-supervised
+# setting of the sweeps).
+def run(loss: str, label_fraction=None, labels_in_loss: bool = False):
+  """A run: its method and its use of labels.  The recipe fields are there
+  but unset (None), so that ``--config.runs.NAME.FIELD`` can set them; unset,
+  they take the top-level value if set, else the method's recipe."""
+  r = ml_collections.ConfigDict({
+      "loss": loss, "labels_in_loss": labels_in_loss,
+      "label_fraction": ml_collections.FieldReference(label_fraction, field_type=float),
+      "head": {}})
+  for field, kind in recipes.FIELDS.items():
+    *path, leaf = field.split(".")
+    node = r[path[0]] if path else r
+    node[leaf] = ml_collections.FieldReference(None, field_type=kind)
+  return r
+
+
+RUNS = {
+    "transfusion": run("jsd", label_fraction=1.0, labels_in_loss=True),
+    "supcon": run("supcon", label_fraction=1.0, labels_in_loss=True),
+    "simclr": run("info_nce"),
+    "transfusion_ssl": run("jsd"),
 }
 
 
 def training_fields():
-  """The main job's shared training fields (every run's recipe overrides some);
-  other experiments on MNIST-1D start from them too."""
+  """The main job's shared training fields; the recipe fields
+  (tfjax.recipes.FIELDS) stay unset, for each run's method to fill.  Other
+  experiments on MNIST-1D start from them too."""
   c = base_config()
   c.dataset = "mnist1d"
   c.backbone = "cnn1d"
   c.backbone_kwargs = {"out_features": 128}
   c.embed_dim = 64
   c.batch_size = 128
-  c.num_steps = 800
   c.warmup_steps = 40
-  c.learning_rate = 2e-3
-  c.augment_strength = 0.1
-  c.head.num_layers = 1
   c.log_every = 50
   c.checkpoint_every = 400
   c.eval.linear_steps = 300
@@ -86,7 +88,7 @@ def training_fields():
 def get_config(arg: str = ""):
   c = training_fields()
   with c.unlocked():
-    c.runs = ml_collections.ConfigDict(RECIPES)
+    c.runs = ml_collections.ConfigDict(RUNS)
     c.runs.unlock()  # add runs in a config file of your own
     c.compare = "transfusion,supcon,simclr,transfusion_ssl"
     c.seeds = 5      # runs per method: seeds seed, seed+1, ...

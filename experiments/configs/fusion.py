@@ -28,6 +28,10 @@ from tfjax.config import base_config
 
 def get_config(arg: str = ""):
   c = base_config()
+  # The fields a method's recipe fills when unset (tfjax.recipes), fixed
+  # to the values this experiment runs with.
+  c.temperature = 0.1
+  c.head.final_projection = "learned"
   c.backbone = "identity"
   c.embed_dim = 0
   c.head.num_layers = 5

@@ -73,8 +73,9 @@ import ml_collections
 
 from experiments.configs import default
 
-# The main job's recipes (experiments/configs/default.py RECIPES when this
-# experiment was written), head fields left to the ablation.
+# The two training targets with the recipes this ablation runs (the first
+# sweep's, docs/recipes.md: the vector augmentation at 0.1 for both), head
+# fields left to the ablation.
 TARGETS = {
     "transfusion": {"loss": "jsd", "label_fraction": 1.0, "labels_in_loss": True,
                     "augment_strength": 0.1, "learning_rate": 2e-3,
@@ -89,6 +90,16 @@ def get_config(arg: str = ""):
   if arg not in ("", "quick", "tiny"):
     raise ValueError(f"unknown config argument {arg!r}; use '', 'quick' or 'tiny'")
   c = default.training_fields()    # the main job's fields, then ours
+  # The fields a method's recipe fills when unset (tfjax.recipes), fixed to
+  # the values this experiment runs with (the runs set their own below).
+  c.augment = ""
+  c.augment_strength = 0.1
+  c.learning_rate = 2e-3
+  c.temperature = 0.1
+  c.num_steps = 800
+  c.head.num_layers = 1
+  c.head.final_projection = "learned"
+  c.head.activation = "relu"
   c.validation_fraction = 0.2
   c.eval.finetune_fractions = ()
   c.eval.head_knn = True

@@ -37,6 +37,11 @@ from tfjax.config import base_config
 
 def get_config(arg: str = ""):
   c = base_config()
+  # The fields a method's recipe fills when unset (tfjax.recipes), fixed
+  # to the values this experiment runs with.
+  c.augment_strength = 1.0
+  c.temperature = 0.1
+  c.head.final_projection = "learned"
   c.backbone = "mlp"
   c.backbone_kwargs = {"hidden": (256,), "out_features": 256, "batch_norm": False}
   c.embed_dim = 0

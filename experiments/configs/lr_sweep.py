@@ -121,6 +121,14 @@ def get_config(arg: str = ""):
   sizes = dict(SIZES[size])
   datasets = datasets or sizes["datasets"]
   c = base_config()
+  # The fields a method's recipe fills when unset (tfjax.recipes), fixed
+  # to the values this experiment runs with.
+  c.augment = ""
+  c.augment_strength = 1.0
+  c.learning_rate = 1e-3
+  c.head.num_layers = 5
+  c.head.final_projection = "learned"
+  c.head.activation = "relu"
   c.dataset = datasets.split(",")[0]   # set per run from `datasets`
   c.backbone, c.backbone_kwargs = BACKBONE[c.dataset]
   c.embed_dim = 64

@@ -62,6 +62,11 @@ def get_config(arg: str = ""):
     raise ValueError(f"unknown config argument {arg!r}; use 'tiny', 'quick', "
                      "'search', 'search_tiny' or '' (full size)")
   c = base_config()
+  # The fields a method's recipe fills when unset (tfjax.recipes), fixed
+  # to the values this experiment runs with.
+  c.head.num_layers = 5
+  c.head.final_projection = "learned"
+  c.head.activation = "relu"
   c.dataset = "subspaces_rank1"   # 3-D vectors, 3 classes: the spec of our data
   c.backbone = "mlp"
   c.backbone_kwargs = {"hidden": (64, 64), "out_features": 3, "batch_norm": True}

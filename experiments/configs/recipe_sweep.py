@@ -55,14 +55,15 @@ The experiment's own fields:
   — ``vector`` masks, shifts by up to L/4, scales and adds noise at SNR 1/s;
   ``signal`` crops and resizes circularly, scales, adds a linear trend and
   noise at SNR 10/s (tfjax.data.augment) —,
-  2: ``learning_rate``, 3: ``temperature`` for SupCon / SimCLR,
+  2: ``learning_rate``, 3: ``temperature`` for the methods that read one,
   ``transfusion_layers`` × ``transfusion_projection`` for TransFusion,
   ``ssl_forms`` × ``ssl_layers`` for self-supervised TransFusion — a form is
   ``PROJECTION/ACTIVATION[/within]``, ``within`` = fusion within each view —,
   4: ``num_steps``).
 * ``defaults``: the pre-sweep recipe (today's default.py values).
 * ``transfer``: the transfer check: ``dataset`` (trained on its own training
-  split, evaluated on its test split), ``seeds``, ``linear_steps`` and
+  split, evaluated on its test split), ``seeds`` (0: no transfer check),
+  ``linear_steps`` and
   ``chosen_at_default_steps``.  Each method's chosen recipe and its pre-sweep
   default are trained there; with ``chosen_at_default_steps`` also the chosen
   recipe at the default number of steps where the two differ (separating the
@@ -84,6 +85,10 @@ METHOD_RUNS = {
     "supcon": {"loss": "supcon", "label_fraction": 1.0, "labels_in_loss": True},
     "simclr": {"loss": "info_nce", "label_fraction": None, "labels_in_loss": False},
     "transfusion_ssl": {"loss": "jsd", "label_fraction": None, "labels_in_loss": False},
+    "dcl": {"loss": "dcl", "label_fraction": None, "labels_in_loss": False},
+    "barlow_twins": {"loss": "barlow_twins", "label_fraction": None,
+                     "labels_in_loss": False},
+    "vicreg": {"loss": "vicreg", "label_fraction": None, "labels_in_loss": False},
 }
 
 TINY_GRID = dict(  # 2-value grids where a stage has a choice to test
@@ -111,6 +116,12 @@ def get_config(arg: str = ""):
   # default.py as it was; spelt out so that the sweep does not move when the
   # main job adopts its recipes).
   c = base_config()
+  # The fields a method's recipe fills when unset (tfjax.recipes), fixed
+  # to the values this experiment runs with.
+  c.augment = ""
+  c.temperature = 0.1
+  c.head.final_projection = "learned"
+  c.head.activation = "relu"
   c.dataset = "mnist1d"
   c.backbone = "cnn1d"
   c.backbone_kwargs = {"out_features": 128}
