@@ -45,8 +45,7 @@ from tests.test_train import tiny_config, toy_data
 from tfjax import train, workdir as workdirs
 from tfjax.checkpoint import Checkpointer, CheckpointError, CheckpointWarning
 from tfjax.data.registry import DatasetNotFoundError
-from tfjax.metrics import read_metrics
-from tfjax.metrics import MetricsWarning
+from tfjax.metrics import MetricsWarning, read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
