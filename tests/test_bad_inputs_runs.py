@@ -634,7 +634,7 @@ CASES = [
     ("rerun with another learning_rate",
      lambda ctx: _rerun(ctx, learning_rate=1e-2),
      Raises(workdirs.ConfigMismatchError, "of another config: learning_rate "
-            "0.001 -> 0.01. Rerun with --overwrite", _after_mismatch)),
+            "0.004 -> 0.01. Rerun with --overwrite", _after_mismatch)),
     ("rerun with fewer num_steps",
      lambda ctx: _rerun(ctx, num_steps=2, warmup_steps=1),
      Raises(workdirs.ConfigMismatchError, "num_steps 4 -> 2; warmup_steps 2 -> 1")),
