@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import train as main_job
+from experiments.runs import run_configs
 from tfjax import methods, train
 from tfjax.config import base_config
 from tfjax.data.pipeline import batch_indices
@@ -395,7 +396,7 @@ def test_cli_overrides_and_one_line_errors(tmp_path, capsys):
   with pytest.raises(ValueError, match="compare names unknown runs"):
     cfg = seen["config"]
     cfg.compare = "nope"
-    main_job.run_configs(cfg)
+    run_configs(cfg)
 
 
 def test_semi_supervised_ids_match_positive_mask():
