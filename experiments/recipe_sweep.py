@@ -45,11 +45,6 @@ from experiments.report import (cell, machine, markdown_table, mean_std, pyplot,
                                 write_report)
 
 STAGES = ("augmentation", "learning rate", "method", "steps")
-SHORT = {"augment": "", "augment_strength": "aug", "learning_rate": "lr", "temperature": "T",
-         "head.num_layers": "L", "head.final_projection": "proj",
-         "head.activation": "act", "head.fuse_within_view": "within",
-         "num_steps": "steps"}
-
 
 # ----------------------------------------------------------------------------
 # Recipes: flat {dotted field: value} overrides of the training config.
@@ -114,17 +109,6 @@ def stage_grid(config, method, stage: int) -> list[dict]:
   return []  # a method without knobs of its own: stage 3 is skipped
 
 
-def recipe_key(recipe: dict) -> str:
-  """A directory name for a recipe (fields in a fixed order)."""
-  parts = []
-  for field in SHORT:
-    if field in recipe:
-      v = recipe[field]
-      v = {True: "1", False: "0"}.get(v, v) if isinstance(v, bool) else v
-      parts.append(f"{SHORT[field]}{v:g}" if isinstance(v, float) else f"{SHORT[field]}{v}")
-  return "_".join(parts)
-
-
 def setting_label(setting: dict) -> str:
   """A short label: ``lr=0.002``; head forms as ``L3 none/square/within``
   (projection, then the activation unless ReLU, then ``within``)."""
@@ -137,7 +121,7 @@ def setting_label(setting: dict) -> str:
     return f"L{setting['head.num_layers']} {form}"
   if "augment" in setting:
     return f"{setting['augment']} {setting['augment_strength']:g}"
-  return ", ".join(f"{SHORT[k]}={v:g}" if isinstance(v, float) else f"{SHORT[k]}={v}"
+  return ", ".join(f"{runs.SHORT[k]}={v:g}" if isinstance(v, float) else f"{runs.SHORT[k]}={v}"
                    for k, v in setting.items())
 
 
@@ -150,7 +134,7 @@ class Sweep:
     self.seeds = runs.seeds(config, "sweep_seeds")
 
   def score(self, method, recipe) -> dict:
-    key = (method, recipe_key(recipe))
+    key = (method, runs.recipe_key(recipe))
     if key not in self.cache:
       t0 = time.time()
       per_seed = runs.over_seeds(
@@ -177,7 +161,7 @@ class Sweep:
         res = self.score(method, {**recipe, **setting})
         results.append(res)
         rows.append({"method": method, "stage": stage + 1, "stage_name": stage_name,
-                     "setting": setting_label(setting), "recipe": recipe_key({**recipe, **setting}),
+                     "setting": setting_label(setting), "recipe": runs.recipe_key({**recipe, **setting}),
                      **res})
       incumbent = {k: recipe.get(k) for k in grid[0]}
       pick = choose(grid, [r["knn"] for r in results], incumbent,
@@ -229,10 +213,10 @@ def transfer(config, names, chosen, workdir, progress) -> list:
       configs = [runs.training_config(config, name, {**recipe, **fields}, seed=s)
                  for s in seeds]
       per_seed = runs.over_seeds(configs, [
-          os.path.join(workdir, "transfer", name, recipe_key(recipe), f"seed{s}")
+          os.path.join(workdir, "transfer", name, runs.recipe_key(recipe), f"seed{s}")
           for s in seeds], progress, "test")
       rows.append({"method": name, "display": methods.display_name(configs[0]),
-                   "recipe": which, "overrides": recipe_key(recipe), "evaluated_on": "test",
+                   "recipe": which, "overrides": runs.recipe_key(recipe), "evaluated_on": "test",
                    **mean_std(per_seed, ("knn", "linear", "final_loss", "uniform_rows")),
                    "seeds": len(seeds)})
       print(json.dumps(rows[-1]), flush=True)

@@ -106,6 +106,25 @@ def _data_kind(dataset: str):
     return None
 
 
+# Short names of the fields a sweep sets, in the order of a recipe's key.
+SHORT = {"augment": "", "augment_strength": "aug", "learning_rate": "lr", "temperature": "T",
+         "head.num_layers": "L", "head.final_projection": "proj",
+         "head.activation": "act", "head.fuse_within_view": "within",
+         "num_steps": "steps"}
+
+
+def recipe_key(recipe: Dict) -> str:
+  """A run directory's name for a recipe (flat overrides; fields of
+  :data:`SHORT` in its order): ``lr0.004_L1_projnone_actrelu_steps800``."""
+  parts = []
+  for field in SHORT:
+    if field in recipe:
+      v = recipe[field]
+      v = {True: "1", False: "0"}.get(v, v) if isinstance(v, bool) else v
+      parts.append(f"{SHORT[field]}{v:g}" if isinstance(v, float) else f"{SHORT[field]}{v}")
+  return "_".join(parts)
+
+
 def training_config(config, method: str, recipe: Dict, **fields):
   """The training config of the sweep ``method`` (its ``config.runs`` entry)
   with ``recipe`` and ``fields`` (dotted keys) over it; the warm-up is
