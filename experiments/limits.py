@@ -21,9 +21,10 @@ learning rate.  Downstream metric: weighted kNN accuracy
 (``tfjax.evaluation.knn_accuracy``, cosine, k = 20, τ = 0.07) of the
 *encoder output* on clean (un-augmented) held-out points, with a clean
 labelled reference set.  Baselines: kNN on the raw input, and on the encoder
-at initialisation (the MLP has no BatchNorm, so this is simply the untrained
-encoder; with BatchNorm its statistics would be re-estimated on the training
-sources first, as in ``tfjax.train.evaluate_untrained``).
+at initialisation (``tfjax.train.evaluate_untrained`` with the clean reference
+points as its training data; the MLP has no BatchNorm, so this is simply the
+untrained encoder; with BatchNorm its statistics would be re-estimated on
+those points first).
 
 Two sweeps (the operational definitions of docs/theory.md, section 5):
 
@@ -66,11 +67,12 @@ import os
 import sys
 import time
 
-import jax
 import numpy as np
 
-from experiments.common import cli, markdown_table, pyplot, write_report
-from tfjax import theory
+from experiments import runs
+from experiments.common import cli
+from experiments.report import markdown_table, pyplot, write_report
+from tfjax import theory, train
 from tfjax.evaluation import extract_features, knn_accuracy
 
 
@@ -117,26 +119,8 @@ def encoder_features(state, x):
 
 def train_point(config, workdir, data, progress):
   """Trains one grid point; ``(final state, per-step metric records)``."""
-  from tfjax import train
   res = train.train_and_evaluate(config, workdir, data=data, progress=progress)
   return res["state"], train.read_metrics(os.path.join(workdir, "metrics.jsonl"))
-
-
-def untrained_state(config, x_train):
-  """The encoder at initialisation (same key as every grid point's run).
-
-  BatchNorm statistics, if the encoder has any, are re-estimated on the
-  training sources (the fair random baseline of ``evaluate_untrained``).
-  """
-  from tfjax import evaluation
-  from tfjax.state import create_train_state
-  state = create_train_state(config, jax.random.key(config.seed),
-                             x_train.shape[1:], config.model.num_classes)
-  if state.batch_stats:
-    state = state.replace(batch_stats=evaluation.precise_batch_stats(
-        state.model, state.variables, x_train,
-        batch_size=min(config.batch_size * config.num_views, len(x_train))))
-  return state
 
 
 def eval_sets(rng, centres, sigma, n_test):
@@ -342,8 +326,7 @@ def plot_coverage(plt, path, rows):
 
 
 def run(config, workdir: str, *, progress: bool = True):
-  from tfjax.state import validate_config
-  validate_config(config, config.num_devices or jax.device_count())  # before any compute
+  runs.validate([config])  # before any compute
   k, d = config.model.num_classes, config.model.dim
   sigma, rho = config.model.sigma, config.model.rho
   t_start = time.time()
@@ -353,14 +336,10 @@ def run(config, workdir: str, *, progress: bool = True):
   centres = equicorrelated_centres(rng, k, d, rho)
   evals = eval_sets(rng, centres, sigma, config.n_test)
   xr, yr, xt, yt = evals
-  x_bn, _ = sample_sources(np.random.default_rng(config.seed + 2), centres, sigma,
-                           num_sources(config))
-  s0 = untrained_state(point_config(config, supervised=False,
-                                    batch_size=config.batch_size,
-                                    strength=config.s_grid[0]), x_bn)
-  baselines = {"raw": knn(config, xr, yr, xt, yt),
-               "init": knn(config, encoder_features(s0, xr), yr,
-                           encoder_features(s0, xt), yt)}
+  init = runs.with_fields(point_config(config, supervised=False, batch_size=config.batch_size,
+                                      strength=config.s_grid[0]), {"eval.head_knn": False})
+  baselines = {"raw": knn(config, xr, yr, xt, yt),  # the same kNN as evaluate_untrained's
+               "init": train.evaluate_untrained(init, data=evals)["knn"]}
   log(f"kNN raw input {baselines['raw']:.3f}, encoder at init {baselines['init']:.3f}")
 
   # --- augmentation sweep (self-supervised) ---
