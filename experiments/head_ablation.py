@@ -166,21 +166,26 @@ def score(config, workdir, progress, seeds, target, recipe, part) -> dict:
   return row
 
 
-def run(config, workdir: str, *, progress: bool = True):
-  """The ablation (see the module docstring)."""
+def check(config) -> list[str]:
+  """The targets of ``config``; every setting's config is checked (before
+  any compute) and the comparison activations are registered."""
   names = target_names(config)
   if not config.validation_fraction:
     raise ValueError("the ablation chooses forms on validation data: set "
                      "validation_fraction")
-  bt = config.budget
-  if bt.target and bt.target not in names:
-    raise ValueError(f"budget.target {bt.target!r} is not in compare")
+  if config.budget.target and config.budget.target not in names:
+    raise ValueError(f"budget.target {config.budget.target!r} is not in compare")
   for act in config.comparison_activations:
     register_activation(act)
   runs.validate([runs.training_config(config, name, {**recipe, "head.activation": act})
                  for name in names for recipe in relu_grid(config, name)
-                 for act in (config.activation, *config.comparison_activations)],
-                1)  # every setting's config checked before any compute
+                 for act in (config.activation, *config.comparison_activations)], 1)
+  return names
+
+
+def run(config, workdir: str, *, progress: bool = True):
+  """The ablation (see the module docstring)."""
+  names, bt = check(config), config.budget
   seeds = runs.seeds(config)
   budget_seeds = runs.seeds(config, "budget.seeds", bt.seeds) if bt.target else []
   t_job = time.time()
