@@ -17,10 +17,10 @@ TransFusion; the head's form and depth for self-supervised TransFusion);
 4. ``num_steps``.
 
 A setting within ``tie_tolerance`` of a stage's best is a tie; ties keep the
-incumbent (the value carried in, i.e. the pre-sweep default), else the first
+incumbent (the value carried in, at first the starting recipe's), else the first
 setting in grid order.  A setting that repeats an earlier run reuses it.
-Then the transfer check: each method's chosen recipe and its pre-sweep
-default on ``transfer.dataset`` (MNIST-1D generated with other settings),
+Then the transfer check: each method's chosen recipe and its starting
+recipe on ``transfer.dataset`` (MNIST-1D generated with other settings),
 trained on its training split and evaluated on its test split, over
 ``transfer.seeds`` seeds, beside the random-init backbone with BatchNorm
 statistics of the data.
@@ -62,7 +62,7 @@ def uses_temperature(config, method) -> bool:
 
 
 def default_recipe(config, method) -> dict:
-  """The pre-sweep recipe: the fields the sweep tunes for ``method``."""
+  """The starting recipe (``config.defaults``): the fields the sweep tunes for ``method``."""
   d = config.defaults
   out = {"augment": d.augment, "augment_strength": d.augment_strength,
          "learning_rate": d.learning_rate}
