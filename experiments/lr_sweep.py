@@ -46,7 +46,7 @@ import numpy as np
 
 from experiments import runs
 from experiments.common import cli
-from experiments.report import markdown_table, pm, pyplot, save, write_report
+from experiments.report import markdown_table, mean_std, pm, pyplot, save, write_report
 from experiments.configs.lr_sweep import BACKBONE
 from tfjax import methods
 
@@ -169,17 +169,15 @@ def _curve(run_dir) -> Dict[str, list]:
   return out
 
 
-def _summary(runs: Sequence[Dict]) -> Dict:
-  """Mean and std over seeds of each metric (the ok runs), and the status."""
-  ok = [r for r in runs if r["status"] == "ok"]
-  out = {"seeds": len(runs), "diverged": len(runs) - len(ok),
-         "seed_variances": [r["variance"] for r in ok]}
-  for k in METRICS:
-    vals = [r[k] for r in ok]
-    out[k] = float(np.mean(vals)) if vals else None
-    out[k + "_std"] = float(np.std(vals)) if vals else None
+def _summary(seed_runs: Sequence[Dict]) -> Dict:
+  """Mean and std (ddof 0) over seeds of each metric (the ok runs), and the status."""
+  ok = [r for r in seed_runs if r["status"] == "ok"]
+  out = {"seeds": len(seed_runs), "diverged": len(seed_runs) - len(ok),
+         "seed_variances": [r["variance"] for r in ok],
+         **(mean_std(ok, METRICS, ddof=0) if ok else
+            {k: None for m in METRICS for k in (m, m + "_std")})}
   out["status"] = ("ok" if not out["diverged"] else
-                   "diverged" if not ok else f"{out['diverged']}/{len(runs)} diverged")
+                   "diverged" if not ok else f"{out['diverged']}/{len(seed_runs)} diverged")
   return out
 
 
