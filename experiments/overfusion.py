@@ -274,29 +274,35 @@ def search(config, workdir: str, *, progress: bool = True):
                                  data_by_noise[setting["noise"]], workdir, progress))
       say(rescued[-1])
   rows += rescued
+  _search_report(config, workdir, rows, names, len(grid), collapsed, len(seen),
+                 time.time() - t0)
+  return rows
+
+
+def _search_report(config, workdir, rows, names, settings, collapsed, rerun, seconds):
+  """search.md / search.json (one row per run, notes) and overfusion_search.png."""
   _plot_search(workdir, rows, names)
   region = "; ".join(f"{f} ∈ {{{config.search[f]}}}" for f in SEARCH_FIELDS)
   notes = ["## Notes", "",
            f"Searched: {region}; {config.num_steps} steps of batch {config.batch_size}, "
-           f"seed {config.seed}, {len(grid)} settings × {len(names)} base losses. "
+           f"seed {config.seed}, {settings} settings × {len(names)} base losses. "
            "A run collapsed onto a line when rank95 = 1 (95 % of its normalised test "
            "embeddings' energy in one direction), as in CLOA's figure.", ""]
   if collapsed:
     notes.append(f"Collapsed base runs: {len(collapsed)} of "
                  f"{sum(r['run'] in [methods.get(n).display_name for n in names] for r in rows)}"
-                 f"; {len(seen)} of them (the first of each data noise and width) "
+                 f"; {rerun} of them (the first of each data noise and width) "
                  "were rerun with OAR (rows marked OAR-).")
   else:
     notes.append("No base run collapsed onto a line in the region searched: CLOA's "
                  "3-D figure is **not reproduced** there.")
-  notes.append(f"\nTime {time.time() - t0:.0f} s.")
+  notes.append(f"\nTime {seconds:.0f} s.")
   columns = ["run", *SEARCH_FIELDS, "variance", "rank95", "top1_energy", "knn", "status"]
   table = markdown_table(rows, columns)
   write_report(workdir, f"# Over-fusion: searching for InfoNCE's collapse onto a line\n\n"
                f"{table}\n" + "\n".join(notes) + "\n", rows, name="search")
   print(table)
   print("\n".join(notes))
-  return rows
 
 
 def _plot_search(workdir, rows, names):
