@@ -112,9 +112,10 @@ def executed_flops(n: int, width: int, layers: int, implementation: str,
 # ----------------------------------------------------------------------------
 # memory helpers (CPU: /proc)
 # ----------------------------------------------------------------------------
-def _proc_status(field: str):
+def _proc_bytes(field: str, path: str = "/proc/self/status"):
+  """A ``FIELD: N kB`` line of ``path`` in bytes (None without ``/proc``)."""
   try:
-    with open("/proc/self/status") as f:
+    with open(path) as f:
       for line in f:
         if line.startswith(field + ":"):
           return int(line.split()[1]) * 1024
@@ -130,17 +131,6 @@ def _reset_peak_rss() -> bool:
     return True
   except OSError:
     return False
-
-
-def _available_ram() -> float | None:
-  try:
-    with open("/proc/meminfo") as f:
-      for line in f:
-        if line.startswith("MemAvailable:"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    return None
-  return None
 
 
 # ----------------------------------------------------------------------------
@@ -221,9 +211,9 @@ def _plan_bytes(compiled):
 
 
 def worker_step(cfg):
-  baseline = _proc_status("VmRSS")
+  baseline = _proc_bytes("VmRSS")
   jax, _ = _init_jax()
-  baseline = _proc_status("VmRSS") or baseline
+  baseline = _proc_bytes("VmRSS") or baseline
   t0 = time.perf_counter()
   step, args = _build_step(cfg)
   compiled = step.lower(*args).compile()
@@ -249,7 +239,7 @@ def worker_step(cfg):
       times.append(time.perf_counter() - t)
   res.update(step_s=statistics.median(times), step_times_s=times,
              loss=float(metrics["loss"]))
-  peak = _proc_status("VmHWM")
+  peak = _proc_bytes("VmHWM")
   if peak is not None and baseline is not None:
     res["peak_rss_minus_baseline_bytes"] = peak - baseline
     res["peak_rss_reset_after_compile"] = reset
@@ -475,7 +465,7 @@ def run(config, workdir: str, progress: bool = True,
   log(f"matmul peak ({matmul_cfg}) ...")
   report["matmul"].append(worker("matmul", matmul_cfg))
   report["device"] = report["matmul"][0].get("device", "?")
-  avail = _available_ram()
+  avail = _proc_bytes("MemAvailable", "/proc/meminfo")
   max_bytes = (config.max_ram_gib * GIB if config.max_ram_gib else
                0.6 * avail if avail and report["matmul"][0].get("platform", "cpu") == "cpu"
                else None)
