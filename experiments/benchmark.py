@@ -67,6 +67,7 @@ import subprocess
 import sys
 import time
 
+from experiments.report import write_report
 from tfjax.runtime import CPU_SCHEDULERS, use_low_memory_cpu_scheduler
 
 GIB = 2.0**30
@@ -111,9 +112,10 @@ def executed_flops(n: int, width: int, layers: int, implementation: str,
 # ----------------------------------------------------------------------------
 # memory helpers (CPU: /proc)
 # ----------------------------------------------------------------------------
-def _proc_status(field: str):
+def _proc_bytes(field: str, path: str = "/proc/self/status"):
+  """A ``FIELD: N kB`` line of ``path`` in bytes (None without ``/proc``)."""
   try:
-    with open("/proc/self/status") as f:
+    with open(path) as f:
       for line in f:
         if line.startswith(field + ":"):
           return int(line.split()[1]) * 1024
@@ -129,17 +131,6 @@ def _reset_peak_rss() -> bool:
     return True
   except OSError:
     return False
-
-
-def _available_ram() -> float | None:
-  try:
-    with open("/proc/meminfo") as f:
-      for line in f:
-        if line.startswith("MemAvailable:"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    return None
-  return None
 
 
 # ----------------------------------------------------------------------------
@@ -219,9 +210,9 @@ def _plan_bytes(compiled):
 
 
 def worker_step(cfg):
-  baseline = _proc_status("VmRSS")
+  baseline = _proc_bytes("VmRSS")
   jax, _ = _init_jax()
-  baseline = _proc_status("VmRSS") or baseline
+  baseline = _proc_bytes("VmRSS") or baseline
   t0 = time.perf_counter()
   step, args = _build_step(cfg)
   compiled = step.lower(*args).compile()
@@ -247,7 +238,7 @@ def worker_step(cfg):
       times.append(time.perf_counter() - t)
   res.update(step_s=statistics.median(times), step_times_s=times,
              loss=float(metrics["loss"]))
-  peak = _proc_status("VmHWM")
+  peak = _proc_bytes("VmHWM")
   if peak is not None and baseline is not None:
     res["peak_rss_minus_baseline_bytes"] = peak - baseline
     res["peak_rss_reset_after_compile"] = reset
@@ -419,14 +410,9 @@ def _csv(value, cast=str):
   return [cast(v) for v in str(value).replace(" ", "").split(",") if v]
 
 
-def run(config, workdir: str, progress: bool = True,
-        command: str | None = None):
-  """Runs the benchmark of ``config`` (experiments/configs/benchmark.py).
-
-  Writes ``benchmark.json`` and ``benchmark.md`` to ``workdir``; returns the
-  report (a dict).  ``progress``: one line per subprocess on stderr;
-  ``command``: the command line, written at the top of the table.
-  """
+def check(config):
+  """``(sizes, widths, implementations)`` of ``config``, checked before any
+  subprocess starts."""
   if config.xla_cpu_scheduler not in CPU_SCHEDULERS:
     raise ValueError(f"unknown xla_cpu_scheduler {config.xla_cpu_scheduler!r}"
                      f"; choose one of {CPU_SCHEDULERS}")
@@ -441,87 +427,83 @@ def run(config, workdir: str, progress: bool = True,
   if odd:
     raise ValueError(f"sizes and cap_granularity must be multiples of "
                      f"num_views = {v} (views of n/{v} sources), got {odd}")
+  return sizes, widths, implementations
+
+
+def run(config, workdir: str, progress: bool = True,
+        command: str | None = None):
+  """Runs the benchmark of ``config`` (experiments/configs/benchmark.py).
+
+  Writes ``benchmark.json`` and ``benchmark.md`` to ``workdir``; returns the
+  report (a dict).  ``progress``: one line per subprocess on stderr;
+  ``command``: the command line, written at the top of the table.
+  """
+  sizes, widths, implementations = check(config)
   from tfjax.config import base_config
-  base_fields = set(base_config().keys())
   train_fields = {k: v for k, v in json.loads(config.to_json()).items()
-                  if k in base_fields}
-  layers, block_size = config.head.num_layers, config.head.block_size
-  compute_dtype = config.head.compute_dtype or "none"
-  scheduler, timeout = config.xla_cpu_scheduler, float(config.timeout)
-  avail = _available_ram()
-  max_bytes = (config.max_ram_gib * GIB if config.max_ram_gib
-               else (0.6 * avail if avail else None))
-  matmul_cfg = {"size": config.matmul_size,
-                "dtype": "float32" if compute_dtype == "none" else compute_dtype}
+                  if k in base_config()}
+  layers, compute_dtype = config.head.num_layers, config.head.compute_dtype or "none"
+
+  def worker(kind, cfg):
+    return run_worker(kind, cfg, float(config.timeout), config.xla_cpu_scheduler)
 
   def log(msg):
     if progress:
       print(msg, file=sys.stderr, flush=True)
 
-  report = {"layers": layers, "block_size": block_size,
-            "compute_dtype": compute_dtype, "xla_cpu_scheduler": scheduler,
-            "command": command,
-            "step": step_description(config),
-            "load_start": [round(x, 2) for x in os.getloadavg()],
+  def load():
+    return [round(x, 2) for x in os.getloadavg()]
+
+  report = {"layers": layers, "block_size": config.head.block_size,
+            "compute_dtype": compute_dtype, "xla_cpu_scheduler": config.xla_cpu_scheduler,
+            "command": command, "step": step_description(config), "load_start": load(),
             "cpu_count": os.cpu_count(), "matmul": [], "results": [],
             "config": json.loads(config.to_json())}
+  matmul_cfg = {"size": config.matmul_size,
+                "dtype": "float32" if compute_dtype == "none" else compute_dtype}
   log(f"matmul peak ({matmul_cfg}) ...")
-  report["matmul"].append(run_worker("matmul", matmul_cfg, timeout, scheduler))
+  report["matmul"].append(worker("matmul", matmul_cfg))
   report["device"] = report["matmul"][0].get("device", "?")
-  platform = report["matmul"][0].get("platform", "cpu")
-  if platform != "cpu":
-    max_bytes = config.max_ram_gib * GIB if config.max_ram_gib else None
-
+  avail = _proc_bytes("MemAvailable", "/proc/meminfo")
+  max_bytes = (config.max_ram_gib * GIB if config.max_ram_gib else
+               0.6 * avail if avail and report["matmul"][0].get("platform", "cpu") == "cpu"
+               else None)
   for width in widths:
     for n in sizes:
       for impl in implementations:
-        cfg = {"config": train_fields, "n": n, "width": width,
-               "implementation": impl, "repeats": config.repeats,
-               "warmup": config.warmup, "max_bytes": max_bytes}
         log(f"step {impl} n={n} width={width} ...")
         t = time.time()
-        r = run_worker("step", cfg, timeout, scheduler)
-        r.update(implementation=impl, n=n, width=width,
-                 load=[round(x, 2) for x in os.getloadavg()],
-                 wall_s=time.time() - t,
-                 model_flops=model_flops(n, width, layers),
+        r = worker("step", {"config": train_fields, "n": n, "width": width,
+                            "implementation": impl, "repeats": config.repeats,
+                            "warmup": config.warmup, "max_bytes": max_bytes})
+        r.update(implementation=impl, n=n, width=width, load=load(),
+                 wall_s=time.time() - t, model_flops=model_flops(n, width, layers),
                  executed_flops=executed_flops(n, width, layers, impl))
         report["results"].append(r)
-        log(json.dumps({k: r.get(k) for k in
-                        ("implementation", "n", "width", "step_s",
-                         "skipped", "error")}))
-
+        log(json.dumps({k: r.get(k) for k in ("implementation", "n", "width", "step_s",
+                                              "skipped", "error")}))
   log("matmul peak again ...")
-  report["matmul"].append(run_worker("matmul", matmul_cfg, timeout, scheduler))
+  report["matmul"].append(worker("matmul", matmul_cfg))
   peaks = [m["flops_per_s"] for m in report["matmul"] if "flops_per_s" in m]
-  report["matmul_peak_flops_per_s"] = max(peaks) if peaks else float("nan")
+  report["matmul_peak_flops_per_s"] = peak = max(peaks) if peaks else float("nan")
   for r in report["results"]:
     if r.get("step_s"):
       r["model_flops_per_s"] = r["model_flops"] / r["step_s"]
-      r["fraction_of_peak"] = r["model_flops_per_s"] / report[
-          "matmul_peak_flops_per_s"]
+      r["fraction_of_peak"] = r["model_flops_per_s"] / peak
       r["executed_flops_per_s"] = r["executed_flops"] / r["step_s"]
-
   if config.memory_cap_gib > 0:
-    gran = config.cap_granularity
-    report.update(memory_cap_gib=config.memory_cap_gib, cap_granularity=gran,
-                  max_n=[])
+    report.update(memory_cap_gib=config.memory_cap_gib,
+                  cap_granularity=config.cap_granularity, max_n=[])
     for width in widths:
       for impl in implementations:
         log(f"largest n within {config.memory_cap_gib} GiB: {impl} w={width}")
-        cfg = {"config": train_fields, "width": width, "implementation": impl,
-               "cap_bytes": config.memory_cap_gib * GIB, "granularity": gran}
-        r = run_worker("max_n", cfg, timeout, scheduler)
-        r.update(implementation=impl, width=width)
-        report["max_n"].append(r)
-  report["load_end"] = [round(x, 2) for x in os.getloadavg()]
-
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "benchmark.json"), "w") as f:
-    json.dump(report, f, indent=1)
+        r = worker("max_n", {"config": train_fields, "width": width, "implementation": impl,
+                             "cap_bytes": config.memory_cap_gib * GIB,
+                             "granularity": config.cap_granularity})
+        report["max_n"].append({**r, "implementation": impl, "width": width})
+  report["load_end"] = load()
   md = markdown(report)
-  with open(os.path.join(workdir, "benchmark.md"), "w") as f:
-    f.write(md)
+  write_report(workdir, md, report, name="benchmark")
   print(md)
   return report
 

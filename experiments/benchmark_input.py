@@ -103,7 +103,7 @@ COLUMNS = ["dataset", "kind", "x_shape", "batch", "make_dataset",
 
 def run(config, workdir: str, progress: bool = True):
   """Measures every dataset of ``config.datasets``; writes results.md/json."""
-  from experiments.common import write_results
+  from experiments.report import write_results
 
   names = [s for s in config.datasets.replace(" ", "").split(",") if s]
   load_start = [round(x, 2) for x in os.getloadavg()]

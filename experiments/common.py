@@ -1,4 +1,8 @@
-"""What the experiment scripts share: the command line, work dirs, tables, figures.
+"""What the experiment scripts share: the command line and the compilation cache.
+
+Tables, figures and files are in :mod:`experiments.report`; training runs
+over seeds, finished-run re-reading and the baselines in
+:mod:`experiments.runs`.
 
 Every experiment is ``run(config, workdir, progress=True) -> results`` plus a ``main`` that
 parses the command line with :func:`cli`::
@@ -21,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
-import json
 import os
 import re
 import sys
@@ -121,7 +124,9 @@ def cli(run: Callable, name: str, argv: Optional[Sequence[str]] = None,
           config=os.path.relpath(config_path(config_name or name)), name=name)
       print(f"{description}\n\nflags:\n{fv.get_help()}\n\n{epilogue}")
       return None
-    fv([f"experiments.{name}"] + argv)
+    stray = fv([f"experiments.{name}"] + argv)[1:]
+    if stray:  # absl keeps positional arguments: a flag without its dashes
+      raise ValueError(stray_argument(stray[0], fv))
     config = fv.config
     parsing = False
     _one_line_warnings()
@@ -220,6 +225,14 @@ def compilation_cache(directory: Optional[str], min_compile_seconds: float = 0.1
     for k, v in before.items():
       jax.config.update(k, v)
     cc.reset_cache()
+
+
+def stray_argument(argument: str, fv) -> str:
+  """The error of a positional ``argument`` (the commands take flags only)."""
+  flag = argument.lstrip("-").split("=")[0]
+  hint = (f"; did you mean --{argument}?" if flag in fv or flag.startswith("config.")
+          else "")
+  return f"unexpected argument {argument!r} (flags start with --){hint}"
 
 
 class ShadowedOverrideError(ValueError):
@@ -348,75 +361,3 @@ def _workdir_name(config_filename: str, name: str) -> str:
   base = os.path.splitext(os.path.basename(config_filename.split(":")[0]))[0]
   arg = config_filename.split(":", 1)[1] if ":" in config_filename else ""
   return f"{base}_{arg}" if arg else (base or name)
-
-
-def markdown_table(rows: Sequence[Dict], columns: Sequence[str]) -> str:
-  """Rows of dicts as a markdown table; floats with three decimals."""
-  head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-  body = ""
-  for row in rows:
-    cells = []
-    for c in columns:
-      v = row.get(c, "")
-      cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
-    body += "| " + " | ".join(cells) + " |\n"
-  return head + body
-
-
-def write_results(workdir: str, title: str, rows: List[Dict],
-                  columns: Sequence[str], notes: str = "") -> str:
-  """Writes ``results.md`` (title, table, notes) and ``results.json``."""
-  table = markdown_table(rows, columns)
-  write_report(workdir, f"# {title}\n\n{table}\n{notes}\n", rows)
-  return table
-
-
-def write_report(workdir: str, markdown: str, data, name: str = "results") -> None:
-  """Writes ``NAME.md`` (the markdown as given) and ``NAME.json`` (``data``)."""
-  with open(os.path.join(workdir, f"{name}.md"), "w") as f:
-    f.write(markdown)
-  with open(os.path.join(workdir, f"{name}.json"), "w") as f:
-    json.dump(data, f, indent=2, default=float)
-
-
-def finished_results(config, run_dir: str) -> Optional[Dict]:
-  """The ``results.json`` of a run in ``run_dir`` that finished with exactly
-  ``config``'s training fields, or None (train or evaluate it again).
-
-  Sweeps call this to re-read a finished run instead of re-evaluating it;
-  any difference, even in a field a rerun may change, means None (an
-  evaluation field changes the results; ``train_and_evaluate`` then decides).
-  """
-  from tfjax import rerun
-  paths = [os.path.join(run_dir, n) for n in ("results.json", "config.json")]
-  if not all(os.path.exists(p) for p in paths):
-    return None
-  with open(paths[0]) as f:
-    res = json.load(f)
-  with open(paths[1]) as f:
-    fixed, free = rerun.config_diff(rerun.config_fields(json.load(f)),
-                                    rerun.config_fields(config))
-  if res.get("step") != config.num_steps or fixed or free:
-    return None
-  return res
-
-
-def pyplot():
-  """matplotlib.pyplot on the headless Agg backend."""
-  from tfjax.plots import pyplot as _pyplot
-  return _pyplot()
-
-
-def accuracy_bars(ax, rows: Sequence[Dict], metrics: Sequence[str], title: str):
-  """Grouped bars on ``ax``: one group per metric, one bar per row (its
-  ``method``), error bars from ``METRIC_std`` (0 where there is none)."""
-  width = 0.8 / max(1, len(rows))
-  for i, row in enumerate(rows):
-    ax.bar([j + i * width for j in range(len(metrics))],
-           [row.get(m, 0.0) for m in metrics], width, label=row["method"],
-           yerr=[row.get(f"{m}_std", 0.0) for m in metrics], capsize=2)
-  ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))])
-  ax.set_xticklabels(metrics, fontsize=8, rotation=20, ha="right")
-  ax.set_ylim(0, 1)
-  ax.set_ylabel("test accuracy (mean ± std over seeds)")
-  ax.set_title(title, fontsize=9)

@@ -6,7 +6,7 @@
 
 For each dataset of ``config.datasets`` the runs of ``config.compare`` are
 trained on that dataset's backbone (``config.backbones``) by the main job
-(:func:`experiments.train.run`) in ``WORKDIR/<dataset>`` and evaluated on
+(:func:`experiments.runs.compare`) in ``WORKDIR/<dataset>`` and evaluated on
 the backbone's (inductive) features with weighted kNN, a linear probe and MLP
 fine-tuning, beside the fair random backbone and the raw inputs.  This script
 merges their tables into ``WORKDIR/results.md`` and ``downstream.png``.  A
@@ -16,12 +16,12 @@ naming the fields); ``--overwrite`` starts afresh.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
-from experiments import train as main_job
-from experiments.common import accuracy_bars, cli, pyplot, write_results
+from experiments.common import cli
+from experiments.report import plot_accuracy, write_results
+from experiments.runs import compare
 
 
 def dataset_config(config, name: str):
@@ -39,37 +39,27 @@ def dataset_config(config, name: str):
 def run(config, workdir: str, *, progress: bool = True):
   names = [n.strip() for n in config.datasets.split(",") if n.strip()]
   configs = [dataset_config(config, n) for n in names]  # all checked first
-  all_rows = []
+  rows = []
   for name, c in zip(names, configs):
-    rows = main_job.run(c, os.path.join(workdir, name), progress=progress)
-    all_rows += [{"dataset": name, **r} for r in rows]
+    rows += [{"dataset": name, **r} for r in
+             compare(c, os.path.join(workdir, name), progress=progress)]
+  report(config, workdir, rows)
+  return rows
 
+
+def report(config, workdir: str, rows) -> None:
+  """``results.md`` (the merged table), ``results.json``, ``downstream.png``
+  (one panel per dataset)."""
   metrics = [m for m in ("knn", "linear", "finetune@0.1", "finetune@0.5", "finetune@1",
-                         "knn_head") if any(m in r for r in all_rows)]
-  table = write_results(workdir, "Downstream accuracy (test set)",
-                        [main_job.formatted(r) for r in all_rows],
-                        ["dataset", "method"] + metrics + ["seeds", "minutes"],
-                        f"Mean ± std over {config.seeds} seed(s).")
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(all_rows, f, indent=2)
-  plot(all_rows, metrics, os.path.join(workdir, "downstream.png"))
+                         "knn_head") if any(m in r for r in rows)]
+  table = write_results(workdir, "Downstream accuracy (test set)", rows,
+                        ["dataset", "method"] + metrics + ["steps", "seeds", "minutes"],
+                        f"Mean ± std over {config.seeds} seed(s); steps: each "
+                        "run's own; minutes: its seeds' training time (train_seconds).")
+  datasets = dict.fromkeys(r["dataset"] for r in rows)
+  plot_accuracy({d: [r for r in rows if r["dataset"] == d] for d in datasets},
+                metrics, os.path.join(workdir, "downstream.png"))
   print(table)
-  return all_rows
-
-
-def plot(all_rows, metrics, path):
-  """One panel per dataset: grouped bars per metric; one legend outside."""
-  plt = pyplot()
-  datasets = list(dict.fromkeys(r["dataset"] for r in all_rows))
-  fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 3.6),
-                           squeeze=False)
-  for ax, ds in zip(axes[0], datasets):
-    accuracy_bars(ax, [r for r in all_rows if r["dataset"] == ds], metrics,
-                  f"{ds} (knn_head: the head's output; others: backbone)")
-  axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-  fig.tight_layout()
-  fig.savefig(path, dpi=110, bbox_inches="tight")
-  plt.close(fig)
 
 
 def main(argv=None):

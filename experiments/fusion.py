@@ -41,7 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import cli, pyplot, write_results
+from experiments.common import cli
+from experiments.report import pyplot, write_results
 from tfjax.models import FusionBlock, TransFusionHead
 
 

@@ -33,16 +33,17 @@ results.md, results.json and head_ablation.png.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
-import platform
 import sys
 import time
 
-from experiments.common import cli, markdown_table, pyplot, write_report
-from experiments.recipe_sweep import (recipe_key, summarise, train_once,
-                                      training_config)
+from experiments import runs
+from experiments.common import cli
+from experiments.report import (cell, machine, markdown_table, mean_std, pyplot, save,
+                                write_report)
 
 METRICS = ("knn", "linear", "knn_head", "uniform_rows", "final_loss")
 TARGET_TITLES = {"transfusion": "class targets", "transfusion_ssl": "self-supervised"}
@@ -98,11 +99,7 @@ def register_activation(name: str):
 # Settings.
 # ----------------------------------------------------------------------------
 def target_names(config) -> list[str]:
-  names = [n.strip() for n in config.compare.split(",") if n.strip()]
-  unknown = [n for n in names if n not in config.runs]
-  if unknown or not names:
-    raise ValueError(f"compare names unknown runs {unknown or names}; "
-                     f"defined: {sorted(config.runs)}")
+  names = runs.names(config.compare, config.runs, "compare")
   for name in names:
     if dict(config.runs[name]).get("loss", config.loss) != "jsd":
       raise ValueError(f"run {name!r} does not train the TransFusion head (loss jsd)")
@@ -152,12 +149,26 @@ def margin_sigma(row, base) -> float:
 # ----------------------------------------------------------------------------
 # The experiment.
 # ----------------------------------------------------------------------------
-def run(config, workdir: str, *, progress: bool = True):
-  """The ablation (see the module docstring)."""
-  import jax
-  from tfjax.config import validate
-  from tfjax.evaluation import evaluate_untrained
+def score(config, workdir, progress, seeds, target, recipe, part) -> dict:
+  """The row of one head form: its runs over ``seeds`` (validation split)."""
+  t0, key = time.time(), runs.recipe_key(recipe)
+  per_seed = runs.over_seeds(
+      [runs.training_config(config, target, recipe, seed=s) for s in seeds],
+      [os.path.join(workdir, "runs", target, key, f"seed{s}") for s in seeds],
+      progress, "validation")
+  row = {"target": target, "part": part, "form": form_label(recipe),
+         "projection": recipe["head.final_projection"],
+         "layers": recipe["head.num_layers"], "activation": recipe["head.activation"],
+         "steps": recipe["num_steps"], "recipe": key, **mean_std(per_seed, METRICS),
+         "seeds": len(per_seed), "evaluated_on": "validation",
+         "minutes": round((time.time() - t0) / 60, 2)}
+  print(json.dumps(row), flush=True)
+  return row
 
+
+def check(config) -> list[str]:
+  """The targets of ``config``; every setting's config is checked (before
+  any compute) and the comparison activations are registered."""
   names = target_names(config)
   if not config.validation_fraction:
     raise ValueError("the ablation chooses forms on validation data: set "
@@ -166,83 +177,56 @@ def run(config, workdir: str, *, progress: bool = True):
     raise ValueError(f"budget.target {config.budget.target!r} is not in compare")
   for act in config.comparison_activations:
     register_activation(act)
-  for name in names:  # every setting's config checked before any compute
-    for recipe in relu_grid(config, name):
-      for act in (config.activation, *config.comparison_activations):
-        validate(training_config(config, name, {**recipe,
-                                                "head.activation": act}), 1)
+  runs.validate([runs.training_config(config, name, {**recipe, "head.activation": act})
+                 for name in names for recipe in relu_grid(config, name)
+                 for act in (config.activation, *config.comparison_activations)], 1)
+  return names
 
-  say = print
+
+def run(config, workdir: str, *, progress: bool = True):
+  """The ablation (see the module docstring)."""
+  names, bt = check(config), config.budget
+  seeds = runs.seeds(config)
+  budget_seeds = runs.seeds(config, "budget.seeds", bt.seeds) if bt.target else []
   t_job = time.time()
-  seeds = [config.seed + k for k in range(config.seeds)]
-
-  def score(target, recipe, part, run_seeds=seeds) -> dict:
-    t0, per_seed = time.time(), []
-    key = recipe_key(recipe)
-    for seed in run_seeds:
-      c = training_config(config, target, recipe, seed=seed)
-      run_dir = os.path.join(workdir, "runs", target, key, f"seed{seed}")
-      per_seed.append(train_once(c, run_dir, progress))
-    on = {r["evaluated_on"] for r in per_seed}
-    if on != {"validation"}:
-      raise RuntimeError(f"{target} {key} was evaluated on {on}, not validation")
-    row = {"target": target, "part": part, "form": form_label(recipe),
-           "projection": recipe["head.final_projection"],
-           "layers": recipe["head.num_layers"],
-           "activation": recipe["head.activation"],
-           "steps": recipe["num_steps"], "recipe": key,
-           **summarise(per_seed, METRICS), "seeds": len(per_seed),
-           "evaluated_on": "validation",
-           "minutes": round((time.time() - t0) / 60, 2)}
-    say(json.dumps(row), flush=True)
-    return row
+  score_ = functools.partial(score, config, workdir, progress)
 
   rows, best_relu = [], {}
   for name in names:                                    # 1. ReLU forms
-    grid = [score(name, recipe, "relu") for recipe in relu_grid(config, name)]
+    grid = [score_(seeds, name, recipe, "relu") for recipe in relu_grid(config, name)]
     rows += grid
     best_relu[name] = best(grid)[0]
   for name in names:                                    # 2. comparisons
     b = best_relu[name]
-    for act in config.comparison_activations:
-      rows.append(score(name, form(b["projection"], b["layers"], act, b["steps"]),
-                        "comparison"))
+    rows += [score_(seeds, name, form(b["projection"], b["layers"], act, b["steps"]),
+                    "comparison")
+             for act in config.comparison_activations]
   budget_rows = []                                      # 3. longer training
-  bt = config.budget
   if bt.target and bt.forms and bt.steps:
     grid = [r for r in rows if r["target"] == bt.target and r["part"] == "relu"]
-    budget_seeds = seeds[:bt.seeds] if bt.seeds <= len(seeds) else [
-        config.seed + k for k in range(bt.seeds)]
     for b in best(grid, bt.forms):
       budget_rows.append({**b, "part": "budget"})
-      for steps in bt.steps:
-        budget_rows.append(score(bt.target, form(b["projection"], b["layers"],
-                                                 b["activation"], steps),
-                                 "budget", budget_seeds))
-
+      budget_rows += [score_(budget_seeds, bt.target, form(b["projection"], b["layers"],
+                                                           b["activation"], steps), "budget")
+                      for steps in bt.steps]
   base = None
   if config.random_baseline:                            # the fair baseline
-    per_seed = []
-    for seed in seeds:
-      c = training_config(config, names[0], relu_grid(config, names[0])[0], seed=seed)
-      c.eval.head_knn = False
-      per_seed.append(evaluate_untrained(c))
+    first = runs.training_config(config, names[0], relu_grid(config, names[0])[0])
     base = {"target": "random_init", "form": f"random-init {config.backbone}",
-            **summarise(per_seed, ("knn", "linear")), "seeds": len(per_seed),
-            "evaluated_on": "validation"}
-    say(json.dumps(base), flush=True)
+            **runs.random_init(first, seeds, ("knn", "linear"),
+                               fields={"eval.head_knn": False}),
+            "seeds": len(seeds), "evaluated_on": "validation"}
+    print(json.dumps(base), flush=True)
     for row in rows + budget_rows:
       row["margin_sigma"] = margin_sigma(row, base)
 
-  machine = (f"{jax.local_device_count()} {jax.default_backend()} device(s), "
-             f"{os.cpu_count()} CPU core(s), {platform.processor() or platform.machine()}")
   summary = {
       "dataset": config.dataset, "backbone": config.backbone,
       "validation_fraction": config.validation_fraction, "seeds": seeds,
       "targets": names, "rows": rows, "budget": budget_rows,
       "best_relu": {n: best_relu[n]["form"] for n in names},
       "random_baseline": base, "total_minutes": round((time.time() - t_job) / 60, 2),
-      "machine": machine}
+      "machine": machine()}
   md = results_markdown(config, summary)
   write_report(workdir, md, summary)
   plot(summary, os.path.join(workdir, "head_ablation.png"))
@@ -254,20 +238,12 @@ def run(config, workdir: str, *, progress: bool = True):
 # ----------------------------------------------------------------------------
 # Report.
 # ----------------------------------------------------------------------------
-def _pm(row, key):
-  if key not in row:
-    return ""
-  if row.get("seeds", 1) > 1 and f"{key}_std" in row:
-    return f"{row[key]:.3f} ± {row[f'{key}_std']:.3f}"
-  return f"{row[key]:.3f}"
-
-
 def _table(rows, with_steps=False):
   cols = ["form", "activation"] + (["steps"] if with_steps else []) + [
       "knn", "linear", "knn_head", "uniform_rows", "final_loss", "margin", "seeds"]
   out = []
   for r in rows:
-    out.append({**r, **{k: _pm(r, k) for k in METRICS},
+    out.append({**r, **{k: cell(r, k) for k in METRICS},
                 "activation": (r["activation"] if r["activation"] == "relu"
                                else f"{r['activation']} (softmax, comparison)"),
                 "margin": (f"{r['margin_sigma']:+.1f}σ" if "margin_sigma" in r else "")})
@@ -293,8 +269,8 @@ def results_markdown(config, s) -> str:
       f"exp_tT: temperature T), a comparison, not TransFusion.\n\n"]
   if base:
     parts.append(f"Random-init {s['backbone']} (BatchNorm statistics of the "
-                 f"data), same split: kNN {_pm(base, 'knn')}, linear "
-                 f"{_pm(base, 'linear')}.\n\n")
+                 f"data), same split: kNN {cell(base, 'knn')}, linear "
+                 f"{cell(base, 'linear')}.\n\n")
   for name in s["targets"]:
     rows = [r for r in s["rows"] if r["target"] == name]
     parts.append(f"## {name} ({TARGET_TITLES.get(name, name)}), "
@@ -391,9 +367,7 @@ def plot(s, path):
   fig.suptitle(f"Head ablation on {s['dataset']} (validation split): backbone "
                "accuracy per form of the truncated block, mean ± std over seeds "
                "(hatched: softmax comparison, not TransFusion)", fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110, bbox_inches="tight")
-  plt.close(fig)
+  save(fig, path)
 
 
 def main(argv=None):

@@ -21,9 +21,10 @@ learning rate.  Downstream metric: weighted kNN accuracy
 (``tfjax.probes.knn_accuracy``, cosine, k = 20, τ = 0.07) of the
 *encoder output* on clean (un-augmented) held-out points, with a clean
 labelled reference set.  Baselines: kNN on the raw input, and on the encoder
-at initialisation (the MLP has no BatchNorm, so this is simply the untrained
-encoder; with BatchNorm its statistics would be re-estimated on the training
-sources first, as in ``tfjax.evaluation.evaluate_untrained``).
+at initialisation (``tfjax.evaluation.evaluate_untrained`` with the clean reference
+points as its training data; the MLP has no BatchNorm, so this is simply the
+untrained encoder; with BatchNorm its statistics would be re-estimated on
+those points first).
 
 Two sweeps (the operational definitions of docs/theory.md, section 5):
 
@@ -66,12 +67,14 @@ import os
 import sys
 import time
 
-import jax
 import numpy as np
 
-from experiments.common import cli, markdown_table, pyplot, write_report
-from tfjax import theory
-from tfjax.evaluation import extract_features
+from experiments import runs
+from experiments.common import cli
+from experiments.report import markdown_table, pyplot, write_report
+from tfjax import theory, train
+from tfjax.evaluation import evaluate_untrained, extract_features
+from tfjax.metrics import read_metrics
 from tfjax.probes import knn_accuracy
 
 
@@ -118,27 +121,8 @@ def encoder_features(state, x):
 
 def train_point(config, workdir, data, progress):
   """Trains one grid point; ``(final state, per-step metric records)``."""
-  from tfjax import train
-  from tfjax.metrics import read_metrics
   res = train.train_and_evaluate(config, workdir, data=data, progress=progress)
   return res["state"], read_metrics(os.path.join(workdir, "metrics.jsonl"))
-
-
-def untrained_state(config, x_train):
-  """The encoder at initialisation (same key as every grid point's run).
-
-  BatchNorm statistics, if the encoder has any, are re-estimated on the
-  training sources (the fair random baseline of ``evaluate_untrained``).
-  """
-  from tfjax import evaluation
-  from tfjax.state import create_train_state
-  state = create_train_state(config, jax.random.key(config.seed),
-                             x_train.shape[1:], config.model.num_classes)
-  if state.batch_stats:
-    state = state.replace(batch_stats=evaluation.precise_batch_stats(
-        state.model, state.variables, x_train,
-        batch_size=min(config.batch_size * config.num_views, len(x_train))))
-  return state
 
 
 def eval_sets(rng, centres, sigma, n_test):
@@ -344,90 +328,84 @@ def plot_coverage(plt, path, rows):
 
 
 def run(config, workdir: str, *, progress: bool = True):
-  from tfjax.config import validate
-  validate(config)  # before any compute
+  runs.validate([config])  # before any compute
   k, d = config.model.num_classes, config.model.dim
   sigma, rho = config.model.sigma, config.model.rho
   t_start = time.time()
-  log = lambda msg: print(msg, flush=True)
-
   rng = np.random.default_rng(config.seed)
   centres = equicorrelated_centres(rng, k, d, rho)
   evals = eval_sets(rng, centres, sigma, config.n_test)
-  xr, yr, xt, yt = evals
-  x_bn, _ = sample_sources(np.random.default_rng(config.seed + 2), centres, sigma,
-                           num_sources(config))
-  s0 = untrained_state(point_config(config, supervised=False,
-                                    batch_size=config.batch_size,
-                                    strength=config.s_grid[0]), x_bn)
-  baselines = {"raw": knn(config, xr, yr, xt, yt),
-               "init": knn(config, encoder_features(s0, xr), yr,
-                           encoder_features(s0, xt), yt)}
+  init = runs.with_fields(point_config(config, supervised=False, batch_size=config.batch_size,
+                                      strength=config.s_grid[0]), {"eval.head_knn": False})
+  baselines = {"raw": knn(config, *evals),  # the same kNN as evaluate_untrained's
+               "init": evaluate_untrained(init, data=evals)["knn"]}
   log(f"kNN raw input {baselines['raw']:.3f}, encoder at init {baselines['init']:.3f}")
 
-  # --- augmentation sweep (self-supervised) ---
   aug = augmentation_sweep(config, centres, evals, workdir, log, progress)
   for r in aug:
     r.update(sigma=sigma, rho=rho, d=d)
-  s_pred = float(theory.max_augmentation(sigma, rho, d, margin_z=2.0,
-                                         versus="other_class"))
-  s_pred_same = float(theory.max_augmentation(sigma, rho, d, margin_z=2.0,
-                                              versus="same_class"))
-  best_aug = max(r["knn_acc"] for r in aug)
-  tol_aug = tolerance(best_aug, config.n_test, config.tol_abs)
-  s_grid = [r["s"] for r in aug]
-  s_meas = measured_max(s_grid, [r["knn_acc"] for r in aug], tol_aug)
-  above = [s for s in s_grid if s > s_meas]
-  s_bracket = f"[{s_meas:g}, {above[0]:g})" if above else f"≥ {s_meas:g} (grid end)"
-
-  # --- batch-size sweep (supervised) ---
+  tol_aug = tolerance(max(r["knn_acc"] for r in aug), config.n_test, config.tol_abs)
   bat = batch_sweep(config, centres, evals, workdir, log, progress)
   for r in bat:
     r.update(K=k)
-  n_pred = theory.min_batch_size(k, config.delta)
-  best_bat = max(r["knn_acc"] for r in bat)
-  tol_bat = tolerance(best_bat, config.n_test, config.tol_abs)
-  n_grid = [r["n"] for r in bat]
-  n_meas = measured_min(n_grid, [r["knn_acc"] for r in bat], tol_bat)
-  below = [n for n in n_grid if n < n_meas]
-  n_bracket = f"({below[-1]}, {n_meas}]" if below else f"≤ {n_meas} (grid start)"
-  cov_err = max(abs(r["uncovered"] - r["uncovered_theory"]) for r in bat)
-  fail_err = max(abs(r["batch_fail"] - r["batch_fail_theory"]) for r in bat)
-  cov_se = max(math.sqrt(r["batch_fail_theory"] * (1 - r["batch_fail_theory"])
-                         / config.num_steps) for r in bat)
-
-  plt = pyplot()
-  plot_augmentation(plt, os.path.join(workdir, "limits_augmentation.png"), aug,
-                    s_pred, s_pred_same, s_meas, tol_aug, baselines)
-  plot_batch(plt, os.path.join(workdir, "limits_batch.png"), bat, n_pred, n_meas,
-             tol_bat, config.delta, baselines)
-  plot_coverage(plt, os.path.join(workdir, "limits_coverage.png"), bat)
-
+  tol_bat = tolerance(max(r["knn_acc"] for r in bat), config.n_test, config.tol_abs)
   summary = {
-      "config": json.loads(config.to_json()), "seed": config.seed,
-      "baselines": baselines,
-      "augmentation": {"rows": aug, "tolerance": tol_aug, "measured_s_max": s_meas,
-                       "predicted_s_max_other": s_pred,
-                       "predicted_s_max_same": s_pred_same},
-      "batch": {"rows": bat, "tolerance": tol_bat, "measured_n_min": n_meas,
-                "predicted_n_min": n_pred, "max_abs_err_uncovered": cov_err,
-                "max_abs_err_batch_fail": fail_err},
-      "seconds": time.time() - t_start,
-  }
-  aug_cols = ["s", "knn_acc", "final_jsd", "cos_pos", "cos_pos_theory",
-              "cos_other", "cos_other_theory", "win_other", "win_same"]
-  bat_cols = ["n", "knn_acc", "final_jsd", "uncovered", "uncovered_theory",
-              "batch_fail", "batch_fail_theory"]
+      "config": json.loads(config.to_json()), "seed": config.seed, "baselines": baselines,
+      "augmentation": {
+          "rows": aug, "tolerance": tol_aug,
+          "measured_s_max": measured_max([r["s"] for r in aug],
+                                         [r["knn_acc"] for r in aug], tol_aug),
+          "predicted_s_max_other": float(theory.max_augmentation(
+              sigma, rho, d, margin_z=2.0, versus="other_class")),
+          "predicted_s_max_same": float(theory.max_augmentation(
+              sigma, rho, d, margin_z=2.0, versus="same_class"))},
+      "batch": {
+          "rows": bat, "tolerance": tol_bat,
+          "measured_n_min": measured_min([r["n"] for r in bat],
+                                         [r["knn_acc"] for r in bat], tol_bat),
+          "predicted_n_min": theory.min_batch_size(k, config.delta),
+          "max_abs_err_uncovered": max(abs(r["uncovered"] - r["uncovered_theory"])
+                                       for r in bat),
+          "max_abs_err_batch_fail": max(abs(r["batch_fail"] - r["batch_fail_theory"])
+                                        for r in bat)},
+      "seconds": time.time() - t_start}
+  report(config, workdir, summary)
+  return summary
+
+
+def log(message: str) -> None:
+  print(message, flush=True)
+
+
+def report(config, workdir: str, summary) -> None:
+  """The three figures, results.md (limits, both sweeps, notes), results.json."""
+  aug, bat, baselines = summary["augmentation"], summary["batch"], summary["baselines"]
+  s_meas, n_meas = aug["measured_s_max"], bat["measured_n_min"]
+  above = [r["s"] for r in aug["rows"] if r["s"] > s_meas]
+  s_bracket = f"[{s_meas:g}, {above[0]:g})" if above else f"≥ {s_meas:g} (grid end)"
+  below = [r["n"] for r in bat["rows"] if r["n"] < n_meas]
+  n_bracket = f"({below[-1]}, {n_meas}]" if below else f"≤ {n_meas} (grid start)"
+  cov_se = max(math.sqrt(r["batch_fail_theory"] * (1 - r["batch_fail_theory"])
+                         / config.num_steps) for r in bat["rows"])
+  plt = pyplot()
+  plot_augmentation(plt, os.path.join(workdir, "limits_augmentation.png"), aug["rows"],
+                    aug["predicted_s_max_other"], aug["predicted_s_max_same"], s_meas,
+                    aug["tolerance"], baselines)
+  plot_batch(plt, os.path.join(workdir, "limits_batch.png"), bat["rows"],
+             bat["predicted_n_min"], n_meas, bat["tolerance"], config.delta, baselines)
+  plot_coverage(plt, os.path.join(workdir, "limits_coverage.png"), bat["rows"])
   limits_rows = [
       {"limit": "max augmentation s_max", "predicted":
-       f"{s_pred:.2f} (other class, z=2); {s_pred_same:.2f} (same class)",
-       "measured": f"{s_meas:g}, i.e. in {s_bracket}", "tolerance": tol_aug},
-      {"limit": f"min batch size n_min (δ={config.delta})", "predicted": str(n_pred),
-       "measured": f"{n_meas}, i.e. in {n_bracket}", "tolerance": tol_bat},
-  ]
-  width = tuple(config.backbone_kwargs["hidden"])
+       f"{aug['predicted_s_max_other']:.2f} (other class, z=2); "
+       f"{aug['predicted_s_max_same']:.2f} (same class)",
+       "measured": f"{s_meas:g}, i.e. in {s_bracket}", "tolerance": aug["tolerance"]},
+      {"limit": f"min batch size n_min (δ={config.delta})",
+       "predicted": str(bat["predicted_n_min"]),
+       "measured": f"{n_meas}, i.e. in {n_bracket}", "tolerance": bat["tolerance"]}]
+  m = config.model
   md = (f"# TransFusion's limits: prediction vs measurement\n\n"
-        f"Model data: K={k}, d={d}, σ={sigma}, ρ={rho}; encoder MLP{width}"
+        f"Model data: K={m.num_classes}, d={m.dim}, σ={m.sigma}, ρ={m.rho}; encoder "
+        f"MLP{tuple(config.backbone_kwargs['hidden'])}"
         f"→{config.backbone_kwargs['out_features']}, TransFusion head "
         f"L={config.head.num_layers} ({config.head.activation}, tied initial "
         f"Q/K: {config.head.tie_qk_init}), {config.optimizer} lr="
@@ -438,25 +416,33 @@ def run(config, workdir: str, *, progress: bool = True):
         f"{config.n_test} clean reference and {config.n_test} clean test points. "
         f"Reference kNN: raw input {baselines['raw']:.3f}, encoder at init "
         f"{baselines['init']:.3f}.\n\n"
-        f"## Limits\n\n" + markdown_table(limits_rows,
-                                          ["limit", "predicted", "measured", "tolerance"]) +
+        "## Limits\n\n" + markdown_table(limits_rows,
+                                         ["limit", "predicted", "measured", "tolerance"]) +
         f"\n## Augmentation sweep (self-supervised, {config.batch_size} sources × 2 views)\n\n"
-        + markdown_table(aug, aug_cols) +
+        + markdown_table(aug["rows"], ["s", "knn_acc", "final_jsd", "cos_pos", "cos_pos_theory",
+                                       "cos_other", "cos_other_theory", "win_other",
+                                       "win_same"]) +
         f"\n## Batch-size sweep (supervised, 1 view, s={config.s_batch})\n\n"
-        + markdown_table(bat, bat_cols) +
+        + markdown_table(bat["rows"], ["n", "knn_acc", "final_jsd", "uncovered",
+                                       "uncovered_theory", "batch_fail",
+                                       "batch_fail_theory"]) +
         f"\nCoverage: largest |measured − theory| over the grid: uncovered-row "
-        f"fraction {cov_err:.4f}, batch failure rate {fail_err:.4f} (largest "
-        f"binomial SE of the failure rate over {config.num_steps} batches: {cov_se:.4f}).\n"
-        f"\n## Notes\n\n{notes(config, baselines, s_pred, s_meas, s_bracket, n_pred, n_meas, n_bracket, cov_err, fail_err, cov_se, best_aug)}"
-        f"\n\nTime {time.time() - t_start:.0f} s.\n")
+        f"fraction {bat['max_abs_err_uncovered']:.4f}, batch failure rate "
+        f"{bat['max_abs_err_batch_fail']:.4f} (largest binomial SE of the failure rate "
+        f"over {config.num_steps} batches: {cov_se:.4f}).\n"
+        f"\n## Notes\n\n{notes(config, summary, s_bracket, n_bracket, cov_se)}"
+        f"\n\nTime {summary['seconds']:.0f} s.\n")
   write_report(workdir, md, summary)
   print(md)
-  return summary
 
 
-def notes(config, baselines, s_pred, s_meas, s_bracket, n_pred, n_meas, n_bracket,
-          cov_err, fail_err, cov_se, best_aug):
+def notes(config, summary, s_bracket, n_bracket, cov_se):
   """The honest-notes paragraph of results.md (numbers from this run)."""
+  aug, bat, baselines = summary["augmentation"], summary["batch"], summary["baselines"]
+  s_pred, s_meas = aug["predicted_s_max_other"], aug["measured_s_max"]
+  n_pred, n_meas = bat["predicted_n_min"], bat["measured_n_min"]
+  cov_err, fail_err = bat["max_abs_err_uncovered"], bat["max_abs_err_batch_fail"]
+  best_aug = max(r["knn_acc"] for r in aug["rows"])
   agree_s = "agree" if abs(s_meas - s_pred) <= 0.25 * s_pred else "disagree"
   within = ("within sampling error" if fail_err <= 3 * cov_se + 1e-9
             else "NOT within 3 SE: check the coverage counting")

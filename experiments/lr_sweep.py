@@ -44,8 +44,9 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from experiments.common import (cli, finished_results, markdown_table, pyplot,
-                                write_report)
+from experiments import runs
+from experiments.common import cli
+from experiments.report import markdown_table, mean_std, pm, pyplot, save, write_report
 from experiments.configs.lr_sweep import BACKBONE
 from tfjax import methods
 
@@ -140,7 +141,7 @@ def _one_run(cfg, run_dir, data, progress) -> Dict:
   """The numbers of one run (``status`` "ok" or "diverged (…)")."""
   from tfjax import train
   try:
-    res = finished_results(cfg, run_dir)
+    res = runs.finished_results(cfg, run_dir)
     if res is None:
       res = train.train_and_evaluate(cfg, run_dir, progress=progress, data=data)
   except FloatingPointError as e:
@@ -168,17 +169,15 @@ def _curve(run_dir) -> Dict[str, list]:
   return out
 
 
-def _summary(runs: Sequence[Dict]) -> Dict:
-  """Mean and std over seeds of each metric (the ok runs), and the status."""
-  ok = [r for r in runs if r["status"] == "ok"]
-  out = {"seeds": len(runs), "diverged": len(runs) - len(ok),
-         "seed_variances": [r["variance"] for r in ok]}
-  for k in METRICS:
-    vals = [r[k] for r in ok]
-    out[k] = float(np.mean(vals)) if vals else None
-    out[k + "_std"] = float(np.std(vals)) if vals else None
+def _summary(seed_runs: Sequence[Dict]) -> Dict:
+  """Mean and std (ddof 0) over seeds of each metric (the ok runs), and the status."""
+  ok = [r for r in seed_runs if r["status"] == "ok"]
+  out = {"seeds": len(seed_runs), "diverged": len(seed_runs) - len(ok),
+         "seed_variances": [r["variance"] for r in ok],
+         **(mean_std(ok, METRICS, ddof=0) if ok else
+            {k: None for m in METRICS for k in (m, m + "_std")})}
   out["status"] = ("ok" if not out["diverged"] else
-                   "diverged" if not ok else f"{out['diverged']}/{len(runs)} diverged")
+                   "diverged" if not ok else f"{out['diverged']}/{len(seed_runs)} diverged")
   return out
 
 
@@ -190,94 +189,19 @@ def collapsed(summary: Dict, threshold: float) -> bool:
 
 def run(config, workdir: str, *, progress: bool = True):
   """Both stages on every dataset, then the figures, tables and verdicts."""
-  import jax
-  from tfjax.config import validate
-  from tfjax.evaluation import evaluate_untrained
-
-  names = loss_names(config)
-  lrs = learning_rates(config)
-  datasets = dataset_names(config)
-  devices = config.num_devices or jax.device_count()
-  for dataset in datasets:       # every run's config checked before any compute
-    for loss in names:
-      for oar in (False, True):
-        for stage in ("sweep", "test"):
-          validate(run_config(config, loss, oar, lrs[0], dataset=dataset,
-                              stage=stage), devices)
-  seeds = [config.seed + i for i in range(config.seeds)]
+  names, lrs, datasets = loss_names(config), learning_rates(config), dataset_names(config)
+  runs.validate([run_config(config, loss, oar, lrs[0], dataset=dataset, stage=stage)
+                 for dataset in datasets for loss in names for oar in (False, True)
+                 for stage in ("sweep", "test")])  # before any compute
+  seeds = runs.seeds(config)
   t0 = time.time()
   report = {"datasets": {}, "config": {"losses": names, "seeds": seeds,
                                        "temperature": config.temperature,
                                        "num_steps": config.num_steps},
             "collapse_variance": config.collapse_variance}
   for dataset in datasets:
-    base_cfg = run_config(config, names[0], False, lrs[0], dataset=dataset)
-    spec = validate(base_cfg, devices)
-    data = _load_data(config, dataset, spec)
-
-    def train_all(loss, oar, lr, stage):
-      out = []
-      for seed in seeds:
-        cfg = run_config(config, loss, oar, lr, dataset=dataset, seed=seed, stage=stage)
-        run_dir = os.path.join(workdir, dataset, stage,
-                               f"{methods.run_name(cfg)}_lr{lr:.3g}_s{seed}")
-        started = time.time()
-        r = _one_run(cfg, run_dir, data, progress)
-        out.append(r)
-        print(f"{dataset} {stage} {methods.display_name(cfg)} lr={lr:.3g} seed={seed}: "
-              + (" ".join(f"{k}={r[k]:.3f}" for k in ("finetune@0.1", "knn", "variance",
-                                                      "min_variance"))
-                 if r["status"] == "ok" else r["status"])
-              + f" ({time.time() - started:.0f} s; {time.time() - t0:.0f} s in all)", flush=True)
-      return out
-
-    sweep: Dict = {}           # (loss, oar) -> {lr: summary}
-    curves: Dict = {}          # (loss, oar, lr) -> seed 0's curve
-    grid = list(lrs)
-    for loss in names:
-      for oar in ("no", "yes"):
-        sweep[(loss, oar)] = {}
-    i = 0
-    while i < len(grid):
-      lr = grid[i]
-      for loss in names:
-        for oar in ("no", "yes"):
-          runs = train_all(loss, oar == "yes", lr, "sweep")
-          sweep[(loss, oar)][lr] = _summary(runs)
-          curves[(loss, oar, lr)] = runs[0]["curve"]
-      last = i == len(grid) - 1
-      if last and config.extend_to and lr * 10 <= config.extend_to * (1 + 1e-9):
-        probe = [l for l in names if l in COLLAPSING]
-        if probe and not any(collapsed(sweep[(l, "no")][x], config.collapse_variance)
-                             for l in probe for x in grid):
-          grid.append(lr * 10)
-      i += 1
-
-    base_val = evaluate_untrained(base_cfg, data=data)
-    test_cfg = run_config(config, names[0], False, lrs[0], dataset=dataset, stage="test")
-    base_test = evaluate_untrained(test_cfg, data=data)
-
-    chosen, test = {}, {}
-    for loss in names:
-      for oar in ("no", "yes"):
-        ok = {lr: s for lr, s in sweep[(loss, oar)].items() if s["finetune@0.1"] is not None}
-        if not ok:
-          continue
-        lr = max(ok, key=lambda x: ok[x]["finetune@0.1"])
-        chosen[(loss, oar)] = lr
-        test[(loss, oar)] = _summary(train_all(loss, oar == "yes", lr, "test"))
-
-    report["datasets"][dataset] = {
-        "grid": grid, "num_classes": spec.num_classes,
-        "sweep": {f"{l}|{o}|{lr:g}": s for (l, o), d in sweep.items() for lr, s in d.items()},
-        "chosen_lr": {f"{l}|{o}": lr for (l, o), lr in chosen.items()},
-        "test": {f"{l}|{o}": s for (l, o), s in test.items()},
-        "random_validation": {k: float(base_val[k]) for k in FINETUNE + ("knn",)},
-        "random_test": {k: float(base_test[k]) for k in FINETUNE + ("knn",)},
-        "verdicts": verdicts(sweep, test, names, grid, config.collapse_variance),
-    }
-    _plot_mechanism(workdir, dataset, sweep, curves, names, grid, config.collapse_variance)
-
+    report["datasets"][dataset] = one_dataset(config, dataset, names, lrs, seeds,
+                                              workdir, progress, t0)
   report["seconds"] = round(time.time() - t0, 1)
   _plot(workdir, report, names)
   md = _markdown(report, names, config)
@@ -286,10 +210,63 @@ def run(config, workdir: str, *, progress: bool = True):
   return report
 
 
-def _fmt(mean, std=None, digits=3):
-  if mean is None:
-    return "—"
-  return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+def one_dataset(config, dataset, names, lrs, seeds, workdir, progress, t0) -> Dict:
+  """Both stages on one dataset: the sweep (validation split, the grid grown
+  ×10 until InfoNCE / DCL collapse or ``extend_to``), the baselines, the test
+  runs at each variant's chosen learning rate, the verdicts."""
+  from tfjax.evaluation import evaluate_untrained
+  base_cfg = run_config(config, names[0], False, lrs[0], dataset=dataset)
+  spec, = runs.validate([base_cfg])
+  data = _load_data(config, dataset, spec)
+
+  def train_all(loss, oar, lr, stage):
+    out = []
+    for seed in seeds:
+      cfg = run_config(config, loss, oar, lr, dataset=dataset, seed=seed, stage=stage)
+      started = time.time()
+      out.append(_one_run(cfg, os.path.join(workdir, dataset, stage,
+                                            f"{methods.run_name(cfg)}_lr{lr:.3g}_s{seed}"),
+                          data, progress))
+      print(f"{dataset} {stage} {methods.display_name(cfg)} lr={lr:.3g} seed={seed}: "
+            + (" ".join(f"{k}={out[-1][k]:.3f}" for k in ("finetune@0.1", "knn", "variance",
+                                                          "min_variance"))
+               if out[-1]["status"] == "ok" else out[-1]["status"])
+            + f" ({time.time() - started:.0f} s; {time.time() - t0:.0f} s in all)", flush=True)
+    return out
+
+  variants = [(loss, oar) for loss in names for oar in ("no", "yes")]
+  sweep = {v: {} for v in variants}   # (loss, oar) -> {lr: summary}
+  curves = {}                          # (loss, oar, lr) -> seed 0's curve
+  grid = list(lrs)
+  for lr in grid:                      # the loop sees the learning rates it appends
+    for loss, oar in variants:
+      seed_runs = train_all(loss, oar == "yes", lr, "sweep")
+      sweep[(loss, oar)][lr] = _summary(seed_runs)
+      curves[(loss, oar, lr)] = seed_runs[0]["curve"]
+    probe = [l for l in names if l in COLLAPSING]
+    if (lr == grid[-1] and config.extend_to and lr * 10 <= config.extend_to * (1 + 1e-9)
+        and probe and not any(collapsed(sweep[(l, "no")][x], config.collapse_variance)
+                              for l in probe for x in grid)):
+      grid.append(lr * 10)
+  base_val = evaluate_untrained(base_cfg, data=data)
+  base_test = evaluate_untrained(
+      run_config(config, names[0], False, lrs[0], dataset=dataset, stage="test"), data=data)
+  chosen, test = {}, {}
+  for loss, oar in variants:
+    ok = {lr: s for lr, s in sweep[(loss, oar)].items() if s["finetune@0.1"] is not None}
+    if ok:
+      chosen[(loss, oar)] = max(ok, key=lambda x: ok[x]["finetune@0.1"])
+      test[(loss, oar)] = _summary(train_all(loss, oar == "yes", chosen[(loss, oar)], "test"))
+  _plot_mechanism(workdir, dataset, sweep, curves, names, grid, config.collapse_variance)
+  return {
+      "grid": grid, "num_classes": spec.num_classes,
+      "sweep": {f"{l}|{o}|{lr:g}": s for (l, o), d in sweep.items() for lr, s in d.items()},
+      "chosen_lr": {f"{l}|{o}": lr for (l, o), lr in chosen.items()},
+      "test": {f"{l}|{o}": s for (l, o), s in test.items()},
+      "random_validation": {k: float(base_val[k]) for k in FINETUNE + ("knn",)},
+      "random_test": {k: float(base_test[k]) for k in FINETUNE + ("knn",)},
+      "verdicts": verdicts(sweep, test, names, grid, config.collapse_variance),
+  }
 
 
 def verdicts(sweep, test, names, grid, threshold) -> List[Dict]:
@@ -338,14 +315,14 @@ def verdicts(sweep, test, names, grid, threshold) -> List[Dict]:
     else:
       out.append({"claim": f"{name} collapses at a high learning rate",
                   "verdict": "not reproduced in the region searched",
-                  "evidence": f"{region}: lowest mean end variance {_fmt(low)}"
+                  "evidence": f"{region}: lowest mean end variance {pm(low)}"
                               + seeds_note})
     if not where:
       evidence = f"{name} did not collapse (mean end variance) in {region}"
       if transient:
         evidence += "; during training, at lr " + ", ".join(
-            f"{lr}: lowest variance {_fmt(plain[float(lr)]['min_variance'])} without OAR, "
-            f"{_fmt(sweep[(loss, 'yes')][float(lr)]['min_variance'])} with"
+            f"{lr}: lowest variance {pm(plain[float(lr)]['min_variance'])} without OAR, "
+            f"{pm(sweep[(loss, 'yes')][float(lr)]['min_variance'])} with"
             for lr in transient if float(lr) in sweep[(loss, "yes")])
       out.append({"claim": f"OAR prevents {name}'s collapse", "verdict": "untestable here",
                   "evidence": evidence})
@@ -359,9 +336,9 @@ def verdicts(sweep, test, names, grid, threshold) -> List[Dict]:
       verdict = "reproduced" if all(ok for _, ok, _ in rescued) else "not reproduced"
       out.append({"claim": f"OAR prevents {name}'s collapse", "verdict": verdict,
                   "evidence": "; ".join(
-                      f"lr {lr:.3g}: OAR variance {_fmt(o and o['variance'])}, "
-                      f"finetune@10% {_fmt(o and o['finetune@0.1'])} vs "
-                      f"{_fmt(plain[lr]['finetune@0.1'])}" for lr, _, o in rescued)})
+                      f"lr {lr:.3g}: OAR variance {pm(o and o['variance'])}, "
+                      f"finetune@10% {pm(o and o['finetune@0.1'])} vs "
+                      f"{pm(plain[lr]['finetune@0.1'])}" for lr, _, o in rescued)})
   for loss in names:
     o, p = test.get((loss, "yes")), test.get((loss, "no"))
     name = methods.get(loss).display_name
@@ -376,8 +353,8 @@ def verdicts(sweep, test, names, grid, threshold) -> List[Dict]:
                "reversed" if _gap(p, o, "finetune@0.1") > 0 else
                "not reproduced (within the seed spread)")
     out.append({"claim": claim, "verdict": verdict,
-                "evidence": f"test finetune@10%: OAR {_fmt(o['finetune@0.1'], o['finetune@0.1_std'])}"
-                            f" vs {_fmt(p['finetune@0.1'], p['finetune@0.1_std'])} "
+                "evidence": f"test finetune@10%: OAR {pm(o['finetune@0.1'], o['finetune@0.1_std'])}"
+                            f" vs {pm(p['finetune@0.1'], p['finetune@0.1_std'])} "
                             f"(difference {diff:+.3f})"})
   return out
 
@@ -439,9 +416,7 @@ def _plot(workdir, report, names):
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(f"{title}: mean ± std over {len(report['config']['seeds'])} seeds "
                  "(dashed: base loss, solid: with OAR)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(os.path.join(workdir, fname), dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    save(fig, os.path.join(workdir, fname), dpi=100)
 
   # Table 3's shape: test accuracy at 10 / 50 / 100 % labels, ours vs paper.
   groups = [(loss, oar) for loss in names for oar in ("no", "yes")]
@@ -476,9 +451,7 @@ def _plot(workdir, report, names):
                      bbox_to_anchor=(1.02, 1.0))
   fig.suptitle("Table 3's comparison: fine-tuned accuracy with and without OAR "
                "(pale: base loss, solid: with OAR; error bars: std over seeds)", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "lr_sweep_table3.png"), dpi=100, bbox_inches="tight")
-  plt.close(fig)
+  save(fig, os.path.join(workdir, "lr_sweep_table3.png"), dpi=100)
 
 
 def _plot_mechanism(workdir, dataset, sweep, curves, names, grid, threshold):
@@ -513,10 +486,7 @@ def _plot_mechanism(workdir, dataset, sweep, curves, names, grid, threshold):
   axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
   fig.suptitle(f"{dataset}: the mechanism at lr {lr:.3g} (the lowest variance of "
                f"{methods.get(loss).display_name} in the sweep; seed 0)", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, f"lr_sweep_mechanism_{dataset}.png"), dpi=100,
-              bbox_inches="tight")
-  plt.close(fig)
+  save(fig, os.path.join(workdir, f"lr_sweep_mechanism_{dataset}.png"), dpi=100)
 
 
 def _markdown(report, names, config) -> str:
@@ -548,25 +518,25 @@ def _markdown(report, names, config) -> str:
         s = entry["test"].get(f"{loss}|{oar}")
         ref = PAPER.get(loss)
         paper = "/".join(f"{v:.3f}" for v in ref[oar == "yes"]) if ref else "—"
-        cells = [_fmt(s and s[k], s and s[k + "_std"]) for k in FINETUNE]
+        cells = [pm(s and s[k], s and s[k + "_std"]) for k in FINETUNE]
         lr = entry["chosen_lr"].get(f"{loss}|{oar}")
         lines.append(f"| {dataset} | {_label(loss, oar)} | "
                      f"{'—' if lr is None else f'{lr:.3g}'} | {' | '.join(cells)} | {paper} |")
     rnd = entry["random_test"]
     lines.append(f"| {dataset} | random init (BatchNorm of the data) | — | "
-                 + " | ".join(_fmt(rnd[k]) for k in FINETUNE) + " | — |")
+                 + " | ".join(pm(rnd[k]) for k in FINETUNE) + " | — |")
   lines += ["", "## The sweep (validation split)", ""]
   for dataset, entry in report["datasets"].items():
     rows = []
     for key, s in entry["sweep"].items():
       loss, oar, lr = key.split("|")
       rows.append({"method": _label(loss, oar), "lr": lr,
-                   **{k: _fmt(s[k], s[k + "_std"]) for k in
+                   **{k: pm(s[k], s[k + "_std"]) for k in
                       ("finetune@0.1", "knn", "variance", "min_variance")},
                    "status": s["status"]})
     rnd = entry["random_validation"]
     rows.append({"method": "random init (BatchNorm of the data)", "lr": "—",
-                 "finetune@0.1": _fmt(rnd["finetune@0.1"]), "knn": _fmt(rnd["knn"]),
+                 "finetune@0.1": pm(rnd["finetune@0.1"]), "knn": pm(rnd["knn"]),
                  "variance": "—", "min_variance": "—", "status": "no training"})
     lines += [f"### {dataset} (chance {1 / entry['num_classes']:.2f}; learning rates "
               + ", ".join(f"{lr:.3g}" for lr in entry["grid"]) + ")", "",

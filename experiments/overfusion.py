@@ -31,8 +31,10 @@ running averages), on the L2-normalised embeddings:
 * ``variance`` — ``tfjax.diagnostics.embedding_variance`` (0 = one point);
 * ``rank95`` — rank at 95 % energy (1 = all on one line ±z*);
 * ``class_var`` — mean within-class variance;
-* ``knn`` — cosine 10-NN majority-vote accuracy against the training
-  embeddings (all training labels; chance 1/3);
+* ``knn`` — the library's weighted kNN (``tfjax.probes``, cosine,
+  ``eval.knn_k`` neighbours at ``eval.knn_temperature``) of the embeddings
+  against the training embeddings (all training labels; chance 1/3), as
+  ``train_and_evaluate`` reports it;
 * ``anchor_acc`` — OAR runs only: accuracy of the nearest anchor;
 * ``final_loss`` — mean training loss of the steps logged in the last 50.
 
@@ -51,8 +53,10 @@ import time
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import cli, pyplot, write_results
-from tfjax import diagnostics, methods
+from experiments import runs
+from experiments.common import cli
+from experiments.report import markdown_table, pyplot, save, write_report, write_results
+from tfjax import diagnostics, methods, probes
 
 NUM_CLASSES = 3
 DIM = 3
@@ -101,18 +105,8 @@ def run_config(config, loss: str, oar: bool, seed: int):
   return c
 
 
-def knn_accuracy(train_z, train_y, test_z, test_y, k: int = 10) -> float:
-  """Cosine k-NN majority vote (ties: lowest class), numpy."""
-  a = train_z / np.maximum(np.linalg.norm(train_z, axis=1, keepdims=True), 1e-12)
-  b = test_z / np.maximum(np.linalg.norm(test_z, axis=1, keepdims=True), 1e-12)
-  nn_idx = np.argsort(-(b @ a.T), axis=1)[:, :k]
-  votes = np.zeros((len(b), NUM_CLASSES))
-  np.add.at(votes, (np.arange(len(b))[:, None], train_y[nn_idx]), 1.0)
-  return float((votes.argmax(1) == test_y).mean())
-
-
 def train_run(c, data: dict, workdir: str, progress: bool):
-  """Trains one encoder; returns (train embeddings, test embeddings, anchors, loss)."""
+  """Trains one encoder; returns (test embeddings, anchors, final loss, kNN)."""
   from tfjax import evaluation, train
   from tfjax.metrics import read_metrics
   from tfjax.state import eval_model
@@ -121,14 +115,25 @@ def train_run(c, data: dict, workdir: str, progress: bool):
       c, workdir, progress=progress,
       data=(data["x_train"], data["y_train"], data["x_test"], data["y_test"]))
   state = res["state"]
-  model = eval_model(state)
-  embed = lambda x: evaluation.extract_features(  # noqa: E731
-      model, state.variables, x, batch_size=c.eval.batch_size, embeddings=True)
+  test_z = evaluation.extract_features(eval_model(state), state.variables, data["x_test"],
+                                       batch_size=c.eval.batch_size, embeddings=True)
   records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
   tail = [r["loss"] for r in records if r["step"] > c.num_steps - 50]
   anchors = None if state.anchors is None else np.asarray(state.anchors)
-  return (embed(data["x_train"]), embed(data["x_test"]), anchors,
-          float(np.mean(tail)) if tail else float(res["final_loss"]))
+  return (test_z, anchors, float(np.mean(tail)) if tail else float(res["final_loss"]),
+          res["knn"])
+
+
+def geometry(test_z, labels) -> dict:
+  """The over-fusion diagnostics of the test embeddings (table columns)."""
+  summ = diagnostics.summary(jnp.asarray(test_z), jnp.asarray(labels), NUM_CLASSES)
+  return {"variance": summ["variance"], "rank95": int(summ["rank95"]),
+          "top1_energy": summ["top1_energy"], "class_var": summ["class_variance_mean"]}
+
+
+def say(row: dict) -> None:
+  print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in row.items()), flush=True)
 
 
 def run(config, workdir: str, *, progress: bool = True):
@@ -137,43 +142,37 @@ def run(config, workdir: str, *, progress: bool = True):
   if config.get("search") is not None and config.search.enabled:
     return search(config, workdir, progress=progress)
   names = loss_names(config)
-  from tfjax.config import validate
-  for name in names:  # every run's config checked before any compute
-    for oar in (False, True):
-      validate(run_config(config, name, oar, config.seed))
-
+  runs.validate([run_config(config, name, oar, config.seed)
+                 for name in names for oar in (False, True)])  # before any compute
   t0 = time.time()
   rows, shown = [], {}
-  for s in range(config.seeds):
-    seed = config.seed + s
+  for seed in runs.seeds(config):
     data = make_data(config, seed)
     for name in names:
       for oar in (False, True):
         c = run_config(config, name, oar, seed)
         run_dir = os.path.join(workdir, "runs", f"seed{seed}", methods.run_name(c))
-        tr_z, te_z, anchors, final_loss = train_run(c, data, run_dir, progress)
-        summ = diagnostics.summary(jnp.asarray(te_z), jnp.asarray(data["y_test"]),
-                                   NUM_CLASSES)
+        test_z, anchors, final_loss, knn = train_run(c, data, run_dir, progress)
         label = ("OAR-" if oar else "") + methods.get(name).display_name
-        row = {"run": label, "loss": name, "seed": seed,
-               "variance": summ["variance"], "rank95": int(summ["rank95"]),
-               "top1_energy": summ["top1_energy"],
-               "class_var": summ["class_variance_mean"],
-               "knn": knn_accuracy(tr_z, data["y_train"], te_z, data["y_test"]),
-               "anchor_acc": "", "final_loss": final_loss}
-        if oar:
-          u = te_z / np.maximum(np.linalg.norm(te_z, axis=1, keepdims=True), 1e-12)
-          row["anchor_acc"] = float(((u @ anchors.T).argmax(1) == data["y_test"]).mean())
-        rows.append(row)
-        print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in row.items()), flush=True)
-        if s == 0:
-          shown[label] = te_z
+        rows.append({"run": label, "loss": name, "seed": seed,
+                     **geometry(test_z, data["y_test"]), "knn": knn,
+                     "anchor_acc": "" if not oar else probes.knn_accuracy(  # nearest anchor
+                         anchors, np.arange(NUM_CLASSES), test_z, data["y_test"],
+                         num_classes=NUM_CLASSES, k=1),
+                     "final_loss": final_loss})
+        say(rows[-1])
+        if seed == config.seed:
+          shown[label] = test_z
+  report(config, workdir, rows, shown, time.time() - t0)
+  return rows
 
+
+def report(config, workdir, rows, shown, seconds) -> None:
+  """results.md / results.json and the two figures."""
   data0 = make_data(config, config.seed)
   _plot_embeddings(workdir, shown, data0["y_test"])
   _plot_variance(workdir, rows)
-  notes = _notes(rows, config, data0["angles"], time.time() - t0)
+  notes = _notes(rows, config, data0["angles"], seconds)
   table = write_results(
       workdir, f"Over-fusion on 3 lines in R³ ({config.num_steps} steps, batch "
       f"{config.batch_size}, {config.seeds} seed(s))", rows,
@@ -181,7 +180,6 @@ def run(config, workdir: str, *, progress: bool = True):
        "anchor_acc", "final_loss"], notes)
   print(table)
   print(notes)
-  return rows
 
 
 def main(argv=None):
@@ -228,15 +226,11 @@ def _search_run(config, setting, loss, oar, data, workdir, progress) -> dict:
   row = {"run": label, **{k: setting[k] for k in SEARCH_FIELDS}}
   run_dir = os.path.join(workdir, "search", _setting_name(setting), methods.run_name(c))
   try:
-    tr_z, te_z, _, _ = train_run(c, data, run_dir, progress)
+    test_z, _, _, knn = train_run(c, data, run_dir, progress)
   except FloatingPointError as e:
     return {**row, "variance": "", "rank95": "", "top1_energy": "", "knn": "",
             "status": f"diverged ({e})"}
-  summ = diagnostics.summary(jnp.asarray(te_z), jnp.asarray(data["y_test"]), NUM_CLASSES)
-  return {**row, "variance": summ["variance"], "rank95": int(summ["rank95"]),
-          "top1_energy": summ["top1_energy"],
-          "knn": knn_accuracy(tr_z, data["y_train"], te_z, data["y_test"]),
-          "status": "ok"}
+  return {**row, **geometry(test_z, data["y_test"]), "knn": knn, "status": "ok"}
 
 
 def line_collapse(row: dict) -> bool:
@@ -253,11 +247,8 @@ def search(config, workdir: str, *, progress: bool = True):
   """
   names = methods.parse_names(config.search.losses)
   grid = search_grid(config)
-  from tfjax.config import validate
-  for setting in grid:
-    for name in names:
-      for oar in (False, True):
-        validate(run_config(_setting_config(config, setting), name, oar, config.seed))
+  runs.validate([run_config(_setting_config(config, setting), name, oar, config.seed)
+                 for setting in grid for name in names for oar in (False, True)])
   t0 = time.time()
   rows, data_by_noise = [], {}
   for setting in grid:
@@ -266,10 +257,8 @@ def search(config, workdir: str, *, progress: bool = True):
           _setting_config(config, setting), config.seed)
     data = data_by_noise[setting["noise"]]
     for name in names:
-      row = _search_run(config, setting, name, False, data, workdir, progress)
-      rows.append(row)
-      print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in row.items()), flush=True)
+      rows.append(_search_run(config, setting, name, False, data, workdir, progress))
+      say(rows[-1])
   collapsed = [r for r in rows if line_collapse(r)]
   rescued = []
   seen, groups = [], set()
@@ -282,36 +271,39 @@ def search(config, workdir: str, *, progress: bool = True):
     seen.append(setting)
     groups.add((r["noise"], r["hidden"]))
     for name in names:
-      row = _search_run(config, setting, name, True, data_by_noise[setting["noise"]],
-                        workdir, progress)
-      rescued.append(row)
-      print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in row.items()), flush=True)
+      rescued.append(_search_run(config, setting, name, True,
+                                 data_by_noise[setting["noise"]], workdir, progress))
+      say(rescued[-1])
   rows += rescued
+  _search_report(config, workdir, rows, names, len(grid), collapsed, len(seen),
+                 time.time() - t0)
+  return rows
+
+
+def _search_report(config, workdir, rows, names, settings, collapsed, rerun, seconds):
+  """search.md / search.json (one row per run, notes) and overfusion_search.png."""
   _plot_search(workdir, rows, names)
   region = "; ".join(f"{f} ∈ {{{config.search[f]}}}" for f in SEARCH_FIELDS)
   notes = ["## Notes", "",
            f"Searched: {region}; {config.num_steps} steps of batch {config.batch_size}, "
-           f"seed {config.seed}, {len(grid)} settings × {len(names)} base losses. "
+           f"seed {config.seed}, {settings} settings × {len(names)} base losses. "
            "A run collapsed onto a line when rank95 = 1 (95 % of its normalised test "
            "embeddings' energy in one direction), as in CLOA's figure.", ""]
   if collapsed:
     notes.append(f"Collapsed base runs: {len(collapsed)} of "
                  f"{sum(r['run'] in [methods.get(n).display_name for n in names] for r in rows)}"
-                 f"; {len(seen)} of them (the first of each data noise and width) "
+                 f"; {rerun} of them (the first of each data noise and width) "
                  "were rerun with OAR (rows marked OAR-).")
   else:
     notes.append("No base run collapsed onto a line in the region searched: CLOA's "
                  "3-D figure is **not reproduced** there.")
-  notes.append(f"\nTime {time.time() - t0:.0f} s.")
-  from experiments.common import markdown_table, write_report
+  notes.append(f"\nTime {seconds:.0f} s.")
   columns = ["run", *SEARCH_FIELDS, "variance", "rank95", "top1_energy", "knn", "status"]
   table = markdown_table(rows, columns)
   write_report(workdir, f"# Over-fusion: searching for InfoNCE's collapse onto a line\n\n"
                f"{table}\n" + "\n".join(notes) + "\n", rows, name="search")
   print(table)
   print("\n".join(notes))
-  return rows
 
 
 def _plot_search(workdir, rows, names):
@@ -334,9 +326,7 @@ def _plot_search(workdir, rows, names):
   axes[0].set_xlim(0, 1), axes[1].set_xlim(0, 1)
   fig.suptitle("Collapse search on three lines in R³: every base run "
                "(diverged runs left blank)", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "overfusion_search.png"), dpi=100, bbox_inches="tight")
-  plt.close(fig)
+  save(fig, os.path.join(workdir, "overfusion_search.png"), dpi=100)
 
 
 def _plot_embeddings(workdir, shown, labels):
@@ -362,9 +352,7 @@ def _plot_embeddings(workdir, shown, labels):
   fig.suptitle("Normalised test embeddings on the unit sphere, first seed\n"
                "(colour = line / class; top: base loss, bottom: with OAR)",
                fontsize=9)
-  fig.tight_layout()
-  fig.savefig(f"{workdir}/overfusion_embeddings.png", dpi=100)
-  plt.close(fig)
+  save(fig, f"{workdir}/overfusion_embeddings.png", dpi=100)
 
 
 def _mean_by_run(rows, key):
@@ -387,9 +375,7 @@ def _plot_variance(workdir, rows):
   ax.set_ylabel("variance of normalised embeddings")
   ax.set_title("Spread of the test embeddings per run (mean over seeds)", fontsize=9)
   ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-  fig.tight_layout()
-  fig.savefig(f"{workdir}/overfusion_variance.png", dpi=100, bbox_inches="tight")
-  plt.close(fig)
+  save(fig, f"{workdir}/overfusion_variance.png", dpi=100)
 
 
 def _notes(rows, config, angles, seconds) -> str:

@@ -17,7 +17,8 @@ import os
 import sys
 import time
 
-from experiments.common import cli, write_results
+from experiments.common import cli
+from experiments.report import write_results
 
 
 def step_times(runs, batch, x_shape, num_classes, data_kind, rounds, steps):
@@ -49,7 +50,8 @@ def step_times(runs, batch, x_shape, num_classes, data_kind, rounds, steps):
 
 def run(config, workdir: str, *, progress: bool = True):
   import numpy as np
-  from experiments.train import formatted, mean_std, run_configs
+  from experiments.report import formatted, mean_std
+  from experiments.runs import run_configs
   from tfjax import train
   from tfjax.data.pipeline import read_batch
   from tfjax.config import validate

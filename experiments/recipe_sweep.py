@@ -17,10 +17,10 @@ TransFusion; the head's form and depth for self-supervised TransFusion);
 4. ``num_steps``.
 
 A setting within ``tie_tolerance`` of a stage's best is a tie; ties keep the
-incumbent (the value carried in, i.e. the pre-sweep default), else the first
+incumbent (the value carried in, at first the starting recipe's), else the first
 setting in grid order.  A setting that repeats an earlier run reuses it.
-Then the transfer check: each method's chosen recipe and its pre-sweep
-default on ``transfer.dataset`` (MNIST-1D generated with other settings),
+Then the transfer check: each method's chosen recipe and its starting
+recipe on ``transfer.dataset`` (MNIST-1D generated with other settings),
 trained on its training split and evaluated on its test split, over
 ``transfer.seeds`` seeds (0: no transfer check), beside the random-init
 backbone with BatchNorm statistics of the data.
@@ -36,30 +36,21 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 
-from experiments.common import (cli, finished_results, markdown_table, pyplot,
+from experiments import runs
+from experiments.common import cli
+from experiments.report import (cell, machine, markdown_table, mean_std, pyplot, save,
                                 write_report)
 
 STAGES = ("augmentation", "learning rate", "method", "steps")
-SHORT = {"augment": "", "augment_strength": "aug", "learning_rate": "lr", "temperature": "T",
-         "head.num_layers": "L", "head.final_projection": "proj",
-         "head.activation": "act", "head.fuse_within_view": "within",
-         "num_steps": "steps"}
-
 
 # ----------------------------------------------------------------------------
 # Recipes: flat {dotted field: value} overrides of the training config.
 # ----------------------------------------------------------------------------
 def method_names(config) -> list[str]:
-  names = [n.strip() for n in config.methods.split(",") if n.strip()]
-  unknown = [n for n in names if n not in config.runs]
-  if unknown or not names:
-    raise ValueError(f"methods names unknown runs {unknown or names}; "
-                     f"defined: {sorted(config.runs)}")
-  return names
+  return runs.names(config.methods, config.runs, "methods")
 
 
 def is_jsd(config, method) -> bool:
@@ -74,7 +65,7 @@ def uses_temperature(config, method) -> bool:
 
 
 def default_recipe(config, method) -> dict:
-  """The pre-sweep recipe: the fields the sweep tunes for ``method``."""
+  """The starting recipe (``config.defaults``): the fields the sweep tunes for ``method``."""
   d = config.defaults
   out = {"augment": d.augment, "augment_strength": d.augment_strength,
          "learning_rate": d.learning_rate}
@@ -121,17 +112,6 @@ def stage_grid(config, method, stage: int) -> list[dict]:
   return []  # a method without knobs of its own: stage 3 is skipped
 
 
-def recipe_key(recipe: dict) -> str:
-  """A directory name for a recipe (fields in a fixed order)."""
-  parts = []
-  for field in SHORT:
-    if field in recipe:
-      v = recipe[field]
-      v = {True: "1", False: "0"}.get(v, v) if isinstance(v, bool) else v
-      parts.append(f"{SHORT[field]}{v:g}" if isinstance(v, float) else f"{SHORT[field]}{v}")
-  return "_".join(parts)
-
-
 def setting_label(setting: dict) -> str:
   """A short label: ``lr=0.002``; head forms as ``L3 none/square/within``
   (projection, then the activation unless ReLU, then ``within``)."""
@@ -144,88 +124,32 @@ def setting_label(setting: dict) -> str:
     return f"L{setting['head.num_layers']} {form}"
   if "augment" in setting:
     return f"{setting['augment']} {setting['augment_strength']:g}"
-  return ", ".join(f"{SHORT[k]}={v:g}" if isinstance(v, float) else f"{SHORT[k]}={v}"
+  return ", ".join(f"{runs.SHORT[k]}={v:g}" if isinstance(v, float) else f"{runs.SHORT[k]}={v}"
                    for k, v in setting.items())
-
-
-def training_config(config, method, recipe: dict, **fields):
-  """The training config of ``method`` with ``recipe`` (and other ``fields``)."""
-  c = config.copy_and_resolve_references()
-  for key, value in dict(config.runs[method]).items():
-    setattr(c, key, value)
-  for key, value in {**recipe, **fields}.items():
-    *path, field = key.split(".")
-    target = c
-    for part in path:
-      target = getattr(target, part)
-    setattr(target, field, value)
-  c.warmup_steps = min(c.warmup_steps, max(1, c.num_steps // 10))
-  return c
-
-
-# ----------------------------------------------------------------------------
-# Runs.
-# ----------------------------------------------------------------------------
-def train_once(c, run_dir, progress, data=None) -> dict:
-  """One run's results (float fields, ``evaluated_on``, ``uniform_rows``);
-  a finished run's results.json is reused."""
-  from tfjax import train
-  from tfjax.metrics import read_metrics
-  res = finished_results(c, run_dir)
-  if res is None:  # train_and_evaluate refuses a real mismatch in one line
-    res = train.train_and_evaluate(c, run_dir, progress=progress, data=data)
-    res.pop("state")
-  out = {k: v for k, v in res.items() if isinstance(v, float)}
-  out["evaluated_on"] = res["evaluated_on"]
-  metrics = os.path.join(run_dir, "metrics.jsonl")
-  rows = [r for r in read_metrics(metrics) if "uniform_rows" in r] \
-      if os.path.exists(metrics) else []
-  if rows:
-    out["uniform_rows"] = float(rows[-1]["uniform_rows"])
-  return out
-
-
-def mean_std(values):
-  import numpy as np
-  values = [float(v) for v in values]
-  return (float(np.mean(values)),
-          float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
-
-
-def summarise(per_seed, keys):
-  out = {}
-  for key in keys:
-    values = [r[key] for r in per_seed if key in r]
-    if len(values) == len(per_seed):
-      out[key], out[f"{key}_std"] = mean_std(values)
-  return out
 
 
 class Sweep:
   """Runs the settings of the search (each distinct recipe once)."""
 
-  def __init__(self, config, workdir, progress, say):
-    self.config, self.workdir, self.progress, self.say = config, workdir, progress, say
+  def __init__(self, config, workdir, progress):
+    self.config, self.workdir, self.progress = config, workdir, progress
     self.cache = {}
-    self.seeds = [config.seed + k for k in range(config.sweep_seeds)]
+    self.seeds = runs.seeds(config, "sweep_seeds")
 
   def score(self, method, recipe) -> dict:
-    key = (method, recipe_key(recipe))
+    key = (method, runs.recipe_key(recipe))
     if key not in self.cache:
-      t0, per_seed = time.time(), []
-      for seed in self.seeds:
-        c = training_config(self.config, method, recipe, seed=seed)
-        run_dir = os.path.join(self.workdir, "runs", method, key[1], f"seed{seed}")
-        per_seed.append(train_once(c, run_dir, self.progress))
-      on = {r["evaluated_on"] for r in per_seed}
-      if on != {"validation"}:
-        raise RuntimeError(f"{method} {key[1]} was evaluated on {on}, not validation")
+      t0 = time.time()
+      per_seed = runs.over_seeds(
+          [runs.training_config(self.config, method, recipe, seed=s) for s in self.seeds],
+          [os.path.join(self.workdir, "runs", method, key[1], f"seed{s}")
+           for s in self.seeds], self.progress, "validation")
       self.cache[key] = {
-          **summarise(per_seed, ("knn", "final_loss", "uniform_rows")),
+          **mean_std(per_seed, ("knn", "final_loss", "uniform_rows")),
           "evaluated_on": "validation", "seeds": len(per_seed),
           "minutes": round((time.time() - t0) / 60, 2)}
-      self.say(json.dumps({"method": method, "recipe": key[1], **self.cache[key]}),
-               flush=True)
+      print(json.dumps({"method": method, "recipe": key[1], **self.cache[key]}),
+            flush=True)
     return self.cache[key]
 
   def search(self, method):
@@ -240,7 +164,7 @@ class Sweep:
         res = self.score(method, {**recipe, **setting})
         results.append(res)
         rows.append({"method": method, "stage": stage + 1, "stage_name": stage_name,
-                     "setting": setting_label(setting), "recipe": recipe_key({**recipe, **setting}),
+                     "setting": setting_label(setting), "recipe": runs.recipe_key({**recipe, **setting}),
                      **res})
       incumbent = {k: recipe.get(k) for k in grid[0]}
       pick = choose(grid, [r["knn"] for r in results], incumbent,
@@ -276,93 +200,71 @@ def choose(grid, scores, incumbent, tolerance) -> int:
   return tied[0]
 
 
-# ----------------------------------------------------------------------------
-# The experiment.
-# ----------------------------------------------------------------------------
-def run(config, workdir: str, *, progress: bool = True):
-  import jax
+def transfer(config, names, chosen, workdir, progress) -> list:
+  """The transfer check's rows: each method's recipes of
+  :func:`transfer_recipes` trained on ``transfer.dataset``'s training split
+  and evaluated on its test split, over ``transfer.seeds`` seeds, then the
+  random-init backbone."""
   from tfjax import methods
-  from tfjax.config import validate
-  from tfjax.evaluation import evaluate_untrained
+  tr = config.transfer
+  seeds = runs.seeds(config, "transfer.seeds", tr.seeds)
+  fields = {"dataset": tr.dataset, "validation_fraction": None,
+            "eval.linear_steps": tr.linear_steps}
+  rows = []
+  for name in names:
+    for which, recipe in transfer_recipes(config, name, chosen[name]):
+      configs = [runs.training_config(config, name, {**recipe, **fields}, seed=s)
+                 for s in seeds]
+      per_seed = runs.over_seeds(configs, [
+          os.path.join(workdir, "transfer", name, runs.recipe_key(recipe), f"seed{s}")
+          for s in seeds], progress, "test")
+      rows.append({"method": name, "display": methods.display_name(configs[0]),
+                   "recipe": which, "overrides": runs.recipe_key(recipe), "evaluated_on": "test",
+                   **mean_std(per_seed, ("knn", "linear", "final_loss", "uniform_rows")),
+                   "seeds": len(seeds)})
+      print(json.dumps(rows[-1]), flush=True)
+  if config.random_baseline:
+    rows.append({"method": "random_init", "recipe": "—",
+                 "display": f"random-init {config.backbone} (BatchNorm statistics "
+                            "of the data)", "overrides": "", "evaluated_on": "test",
+                 **runs.random_init(config, seeds, ("knn", "linear"), fields=fields),
+                 "seeds": len(seeds)})
+    print(json.dumps(rows[-1]), flush=True)
+  return rows
 
+
+def run(config, workdir: str, *, progress: bool = True):
   names = method_names(config)
   if not config.validation_fraction:
     raise ValueError("the sweep chooses on validation data: set validation_fraction")
-  for name in names:  # every setting's config checked before any compute
-    for stage in range(len(STAGES)):
-      for setting in stage_grid(config, name, stage):
-        validate(training_config(config, name, {**default_recipe(config, name),
-                                                 **setting}), 1)
-  say = print
+  runs.validate([runs.training_config(config, name, {**default_recipe(config, name), **s})
+                 for name in names for stage in range(len(STAGES))
+                 for s in stage_grid(config, name, stage)], 1)  # before any compute
+  runs.seeds(config, "transfer.seeds", config.transfer.seeds)
   t_job = time.time()
-  sweep = Sweep(config, workdir, progress, say)
+  sweep = Sweep(config, workdir, progress)
   chosen, rows = {}, []
   for name in names:
-    recipe, method_rows = sweep.search(name)
-    chosen[name] = recipe
+    chosen[name], method_rows = sweep.search(name)
     rows += method_rows
-    say(json.dumps({"method": name, "chosen": recipe}), flush=True)
+    print(json.dumps({"method": name, "chosen": chosen[name]}), flush=True)
   sweep_minutes = (time.time() - t_job) / 60
-
-  baseline_val = None
-  if config.random_baseline:
-    per_seed = []
-    for seed in sweep.seeds:
-      c = config.copy_and_resolve_references()
-      c.seed = seed
-      per_seed.append(evaluate_untrained(c))
-    baseline_val = summarise(per_seed, ("knn",))
-
-  # Transfer check: chosen vs default recipe on other data, its test split.
+  baseline_val = (runs.random_init(config, sweep.seeds, ("knn",))
+                  if config.random_baseline else None)
   t_transfer = time.time()
-  tr = config.transfer
-  transfer_rows = []
-  seeds = [config.seed + k for k in range(tr.seeds)]
-  for name in names if tr.seeds > 0 else ():  # transfer.seeds = 0: no check
-    for which, recipe in transfer_recipes(config, name, chosen[name]):
-      fields = dict(dataset=tr.dataset, validation_fraction=None)
-      per_seed = []
-      for seed in seeds:
-        c = training_config(config, name, recipe, seed=seed, **fields)
-        c.eval.linear_steps = tr.linear_steps
-        run_dir = os.path.join(workdir, "transfer", name, recipe_key(recipe),
-                               f"seed{seed}")
-        per_seed.append(train_once(c, run_dir, progress))
-      assert {r["evaluated_on"] for r in per_seed} == {"test"}
-      transfer_rows.append({
-          "method": name, "display": methods.display_name(c), "recipe": which,
-          "overrides": recipe_key(recipe), "evaluated_on": "test",
-          **summarise(per_seed, ("knn", "linear", "final_loss", "uniform_rows")),
-          "seeds": len(seeds)})
-      say(json.dumps(transfer_rows[-1]), flush=True)
-  if config.random_baseline and seeds:
-    per_seed = []
-    for seed in seeds:
-      c = config.copy_and_resolve_references()
-      c.dataset, c.validation_fraction, c.seed = tr.dataset, None, seed
-      c.eval.linear_steps = tr.linear_steps
-      per_seed.append(evaluate_untrained(c))
-    transfer_rows.append({"method": "random_init", "recipe": "—",
-                          "display": f"random-init {config.backbone} (BatchNorm "
-                                     "statistics of the data)",
-                          "overrides": "", "evaluated_on": "test",
-                          **summarise(per_seed, ("knn", "linear")), "seeds": len(seeds)})
-    say(json.dumps(transfer_rows[-1]), flush=True)
-  transfer_minutes = (time.time() - t_transfer) / 60
+  transfer_rows = transfer(config, names, chosen, workdir, progress)
 
   chosen_overrides = {name: {**dict(config.runs[name]), **chosen[name]} for name in names}
   with open(os.path.join(workdir, "chosen.json"), "w") as f:
     json.dump(chosen_overrides, f, indent=2)
-  machine = (f"{jax.local_device_count()} {jax.default_backend()} device(s), "
-             f"{os.cpu_count()} CPU core(s), {platform.processor() or platform.machine()}")
   summary = {
       "dataset": config.dataset, "validation_fraction": config.validation_fraction,
       "sweep_seeds": sweep.seeds, "tie_tolerance": config.tie_tolerance,
       "runs": rows, "chosen": chosen_overrides,
       "random_baseline_validation": baseline_val, "transfer": transfer_rows,
       "sweep_minutes": round(sweep_minutes, 2),
-      "transfer_minutes": round(transfer_minutes, 2),
-      "total_minutes": round((time.time() - t_job) / 60, 2), "machine": machine}
+      "transfer_minutes": round((time.time() - t_transfer) / 60, 2),
+      "total_minutes": round((time.time() - t_job) / 60, 2), "machine": machine()}
   md = results_markdown(config, summary)
   write_report(workdir, md, summary)
   plot(summary, names, os.path.join(workdir, "recipe_sweep.png"))
@@ -371,26 +273,18 @@ def run(config, workdir: str, *, progress: bool = True):
   return summary
 
 
-def _pm(row, key):
-  if key not in row:
-    return ""
-  if row.get("seeds", 1) > 1:
-    return f"{row[key]:.3f} ± {row[f'{key}_std']:.3f}"
-  return f"{row[key]:.3f}"
-
-
 def results_markdown(config, s) -> str:
   seeds = s["sweep_seeds"]
   sweep_table = markdown_table(
-      [{**r, "knn": _pm(r, "knn"), "final_loss": _pm(r, "final_loss"),
-        "uniform_rows": _pm(r, "uniform_rows"), "chosen": "◀" if r["chosen"] else ""}
+      [{**r, "knn": cell(r, "knn"), "final_loss": cell(r, "final_loss"),
+        "uniform_rows": cell(r, "uniform_rows"), "chosen": "◀" if r["chosen"] else ""}
        for r in s["runs"]],
       ["method", "stage", "setting", "knn", "final_loss", "uniform_rows", "chosen",
        "recipe"])
   chosen = "\n".join(f"* `{m}`: `{json.dumps(o)}`" for m, o in s["chosen"].items())
   tr = config.transfer
   transfer_table = markdown_table(
-      [{**r, "knn": _pm(r, "knn"), "linear": _pm(r, "linear")} for r in s["transfer"]],
+      [{**r, "knn": cell(r, "knn"), "linear": cell(r, "linear")} for r in s["transfer"]],
       ["method", "recipe", "knn", "linear", "overrides", "seeds"])
   base = s["random_baseline_validation"]
   base_line = ("" if not base else
@@ -467,9 +361,7 @@ def plot(s, names, path):
              bbox_to_anchor=(0.5, 0.0), ncol=len(labels))
   fig.suptitle("Recipe sweep: validation kNN accuracy per stage (each stage keeps "
                "the stars of the stages before)", fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110, bbox_inches="tight")
-  plt.close(fig)
+  save(fig, path)
 
 
 def main(argv=None):

@@ -42,7 +42,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from tests.test_train import tiny_config, toy_data
-from tfjax import train, workdir as workdirs
+from tfjax import evaluation, train, workdir as workdirs
 from tfjax.checkpoint import Checkpointer, CheckpointError, CheckpointWarning
 from tfjax.data.registry import DatasetNotFoundError
 from tfjax.metrics import MetricsWarning, read_metrics
@@ -516,6 +516,8 @@ def _cumulative_train_seconds(ctx):
   starts = json.load(open(os.path.join(ctx.dir, "run.json")))["starts"]
   return (0 < first < total and total <= done["train_seconds"] < total + 5
           and again["train_seconds"] == round(total, 1) and len(starts) == 3)
+
+
 # ----------------------------------------------------------------------------
 # 6. A damaged metrics.jsonl: the rerun works, the line is named, nothing lost.
 
@@ -614,6 +616,38 @@ def _prepare_twice_at_once(ctx):
       p.kill()
   return [(p.returncode, out.split(), err[-500:])
           for p, (out, err) in zip(procs, outs)]
+def _main_job_table(ctx):
+  """The main job's table with training faked: each run's row carries its own
+  steps (800 supervised, 1600 self-supervised) and the minutes its seeds'
+  runs report (train_seconds), and the header claims no one number of steps."""
+  from experiments import train as main_job
+  from experiments.configs.default import get_config
+  seconds = {800: 30.0, 1600: 90.0}   # per seed, as a resumed run reports it
+
+  def fake_train(config, workdir, **kwargs):
+    os.makedirs(workdir, exist_ok=True)
+    return {"knn": 0.5, "final_loss": 1.0, "train_seconds": seconds[config.num_steps],
+            "step": config.num_steps, "state": None}
+
+  ctx.monkeypatch.setattr(train, "train_and_evaluate", fake_train)
+  ctx.monkeypatch.setattr(evaluation, "evaluate_untrained", lambda c, data=None: {"knn": 0.25})
+  config = get_config("quick")
+  config.seeds, config.raw_baseline = 2, False
+  rows = main_job.run(config, ctx.dir, progress=False, data=toy_data())
+  cells = {r["method"]: (r.get("steps"), r.get("minutes")) for r in rows}
+  with open(os.path.join(ctx.dir, "results.md")) as f:
+    title, table = f.readline(), f.read()
+  header = [line for line in table.splitlines() if line.startswith("|")][0]
+  want = _display_steps(config)       # {method: its own num_steps}
+  return (set(want.values()) == {800, 1600} and "steps" not in title
+          and all(cells[m] == (n, round(2 * seconds[n] / 60, 2)) for m, n in want.items())
+          and "| steps |" in header and "train_seconds" in table)
+
+
+def _display_steps(config):
+  from experiments.runs import run_configs
+  from tfjax import methods
+  return {methods.display_name(c): c.num_steps for _, c in run_configs(config)}
 
 
 CASES = [
@@ -774,6 +808,20 @@ CASES = [
      Cli("is not writable: Not a directory")),
     ("cli: second command in a busy work directory", _cli_busy,
      Cli("is in use by another run (pid held by the test)")),
+    ("cli: a stray positional argument", _cli("--config=experiments/configs/default.py:quick",
+                                              "overwrite"),
+     Cli("unexpected argument 'overwrite' (flags start with --); did you mean --overwrite?")),
+    ("cli: a run named twice in compare",
+     _cli("--config=experiments/configs/default.py:quick",
+          "--config.compare=transfusion,transfusion"),
+     Cli("compare names run 'transfusion' twice")),
+    ("cli: seeds=0", _cli("--config=experiments/configs/default.py:quick", "--config.seeds=0"),
+     Cli("seeds must be an integer >= 1 (how many seeds), got 0")),
+    ("cli: seeds=-1", _cli("--config=experiments/configs/default.py:quick", "--config.seeds=-1"),
+     Cli("seeds must be an integer >= 1 (how many seeds), got -1")),
+    ("main job's table: each run's own steps, minutes from its train_seconds",
+     _main_job_table, Check(lambda out, ctx: out, "steps and minutes per row, no one "
+                            "number of steps in the header")),
     ("cli: --overwrite clears earlier runs, keeps other files",
      _cli_overwrite, Check(lambda out, ctx: out, "run files gone, lock held")),
     # 7. Concurrent dataset preparation.

@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl.testing import parameterized
 
 from tfjax.affinity import jsd_loss, target_affinity
 from tfjax.attention import adjacency, relu_attention

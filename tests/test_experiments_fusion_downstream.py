@@ -45,7 +45,7 @@ def test_downstream_tiny_writes_merged_table(tmp_path):
 
 def test_recipes_keep_their_augmentation_only_where_it_fits(capsys):
   from experiments.configs.downstream import get_config
-  from experiments.train import run_configs
+  from experiments.runs import run_configs
   from tfjax.config import validate
   config = get_config("")
   assert config.runs.simclr.get("augment") is None       # the method's recipe

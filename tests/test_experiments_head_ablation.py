@@ -13,7 +13,7 @@ import pytest
 
 from experiments import head_ablation
 from experiments.configs.head_ablation import get_config
-from experiments.recipe_sweep import training_config
+from experiments.runs import training_config
 from tfjax.attention import ACTIVATIONS, adjacency
 
 

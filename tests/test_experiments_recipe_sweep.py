@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from experiments import recipe_sweep
+from experiments import recipe_sweep, runs
 from experiments.configs.recipe_sweep import get_config
 
 METHODS = ("transfusion", "supcon", "simclr", "transfusion_ssl")
@@ -47,7 +47,7 @@ def test_every_setting_is_a_valid_training_config():
       for stage in range(4):
         for setting in recipe_sweep.stage_grid(c, m, stage):
           recipe = {**recipe_sweep.default_recipe(c, m), **setting}
-          t = recipe_sweep.training_config(c, m, recipe)
+          t = runs.training_config(c, m, recipe)
           validate(t, 1)
           assert t.validation_fraction == 0.2
           for key, value in recipe.items():
@@ -55,7 +55,7 @@ def test_every_setting_is_a_valid_training_config():
             for part in key.split("."):
               node = getattr(node, part)
             assert node == value, (m, key)
-  ssl = recipe_sweep.training_config(get_config(""), "transfusion_ssl", {})
+  ssl = runs.training_config(get_config(""), "transfusion_ssl", {})
   assert ssl.loss == "jsd" and ssl.label_fraction is None and not ssl.labels_in_loss
 
 

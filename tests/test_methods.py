@@ -1,6 +1,5 @@
 """The method registry: built-ins declared once; a new loss trains through the public API."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -7,7 +7,6 @@ import numpy as np
 import optax
 import pytest
 
-import tfjax
 from tfjax.models import FusionBlock, TransFusionHead
 
 

@@ -176,7 +176,7 @@ MAIN_JOB_SHARED = {"dataset": "mnist1d", "backbone": "cnn1d",
 
 def test_main_job_runs_resolve_to_exactly_the_chosen_recipes(capsys):
   from experiments.configs.default import get_config
-  from experiments.train import run_configs
+  from experiments.runs import run_configs
   from tfjax.workdir import config_fields
   runs = dict(run_configs(get_config()))
   assert list(runs) == list(MAIN_JOB_RUNS)
@@ -194,7 +194,7 @@ def test_main_job_runs_resolve_to_exactly_the_chosen_recipes(capsys):
 
 def test_main_job_runs_keep_what_the_command_line_sets():
   from experiments.configs.default import get_config
-  from experiments.train import run_configs
+  from experiments.runs import run_configs
   c = get_config("quick")
   c.runs.supcon.num_steps = 7          # --config.runs.supcon.num_steps=7
   c.learning_rate = 1e-4               # --config.learning_rate=1e-4: every run

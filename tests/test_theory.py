@@ -24,7 +24,6 @@ import math
 from fractions import Fraction
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

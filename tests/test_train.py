@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import train as main_job
+from experiments.runs import run_configs
 from tfjax import devices, evaluation, guards, methods, train
 from tfjax.config import base_config, validate
 from tfjax.data import splits
@@ -18,7 +19,7 @@ from tfjax.data.pipeline import batch_indices
 from tfjax.data.registry import get_dataset_spec
 from tfjax.metrics import read_metrics
 from tfjax.state import build_network, create_train_state
-from tfjax.step import step_key, train_step, train_steps
+from tfjax.step import step_key
 
 
 def tiny_config(**overrides):
@@ -404,7 +405,7 @@ def test_cli_overrides_and_one_line_errors(tmp_path, capsys):
   with pytest.raises(ValueError, match="compare names unknown runs"):
     cfg = seen["config"]
     cfg.compare = "nope"
-    main_job.run_configs(cfg)
+    run_configs(cfg)
 
 
 def test_semi_supervised_ids_match_positive_mask():

@@ -21,7 +21,7 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Union
 
 import jax
 import jax.numpy as jnp

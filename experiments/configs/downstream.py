@@ -12,7 +12,7 @@ table — e.g. digits kNN: TransFusion (class targets) 0.989 ± 0.002, SupCon
 The runs are the main job's (experiments/configs/default.py): TransFusion and
 SupCon with all labels in the target, SimCLR and self-supervised TransFusion
 without labels, each with the recipe chosen on MNIST-1D's validation split —
-applied unchanged to the other datasets (digits was not tuned: a check that
+applied unchanged to the other datasets (digits is not tuned on: a check that
 the recipes carry over), except that a run whose augmentation does not fit the
 data (the signal augmentation on images) uses the data kind's default.  Baselines: the randomly initialised backbone with
 BatchNorm statistics of the data, and the raw inputs.  Each dataset is one run

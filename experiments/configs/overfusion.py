@@ -18,8 +18,12 @@ Barlow Twins       0.945       3         0.925  0.492
 OAR-Barlow Twins   0.622       3         0.933  0.106       0.930
 =================  ==========  ========  =====  ==========  ==========
 
-(kNN: cosine 10-NN, chance 0.333; the README's over-fusion figure is this
-run's overfusion_embeddings.png.)
+(kNN in this table: a cosine 10-NN majority vote, chance 0.333.  The script
+reports the weighted kNN of ``tfjax.probes`` instead — ``eval.knn_k``
+neighbours at ``eval.knn_temperature``, the probe of every other experiment —
+so its kNN column differs from this one until the quick size is rerun; the
+other columns are unaffected.  The README's over-fusion figure is this run's
+overfusion_embeddings.png.)
 
     python -m experiments.overfusion --config=experiments/configs/overfusion.py:tiny   # smoke test
     python -m experiments.overfusion                                                  # full: 3 seeds

@@ -2,9 +2,10 @@ r"""Recipe sweep (experiments/recipe_sweep.py): each method's recipe chosen on v
 
     python -m experiments.recipe_sweep --noprogress
 
-Gives (shared 2-core CPU, 48 min wall; 2 seeds per setting; docs/recipes.md
-has every run): validation kNN (MNIST-1D, held-out 20 % of the training
-split) of the chosen recipes vs the pre-sweep defaults —
+With the vector augmentation alone (``"--config.grid.augment=('vector',)"``;
+shared 2-core CPU, 48 min wall; 2 seeds per setting; docs/recipes.md has
+every run) it gives validation kNN (MNIST-1D, held-out 20 % of the training
+split) of the chosen recipes vs the starting recipe —
 
 ===============  ==================================================  ======  =======
 method           chosen overrides                                    chosen  default
@@ -21,24 +22,24 @@ default: TransFusion 0.774 / 0.786 vs 0.405 / 0.648, SupCon 0.818 / 0.799
 vs 0.407 / 0.649, SimCLR 0.443 / 0.624 vs 0.386 / 0.638, self-supervised
 TransFusion 0.418 / 0.627 vs 0.328 / 0.625; random-init 0.486 / 0.652.
 
-The numbers above are the first sweep's, with the vector augmentation only.
-The second sweep added the signal augmentation for the self-supervised methods
-(28 min on the shared machine)::
+With the signal augmentation for the self-supervised methods (28 min on the
+shared machine)::
 
     python -m experiments.recipe_sweep --noprogress --config.methods=simclr,transfusion_ssl \
         "--config.grid.augment=('signal',)" "--config.grid.augment_strength=(0.3,0.5,1.0)" \
         "--config.grid.ssl_forms=('none/relu','none/square')"
 
-gives validation kNN 0.878 (SimCLR: signal 0.5, lr 4e-3, T 0.2, 1600 steps)
+it gives validation kNN 0.878 (SimCLR: signal 0.5, lr 4e-3, T 0.2, 1600 steps)
 and 0.839 (self-supervised TransFusion: signal 0.5, lr 1e-3, one cos² block
 without projection, 1600 steps); on mnist1d_shifted kNN / linear 0.596 / 0.706
 and 0.576 / 0.698 against the random-init 0.486 / 0.652.
 
     python -m experiments.recipe_sweep --config=experiments/configs/recipe_sweep.py:tiny  # smoke test
 
-The training fields are the main job's before the sweep (``experiments/
-configs/default.py`` as it was, spelt out here: MNIST-1D, CNN1D backbone,
-embedding 64, batch 128, AdamW, 400 steps), with
+The training fields are the sweep's starting recipe, spelt out here and not
+taken from ``experiments/configs/default.py`` (so that the starting point
+stays put when the main job's recipes change): MNIST-1D, CNN1D backbone,
+embedding 64, batch 128, AdamW, 400 steps, with
 ``validation_fraction = 0.2``: every sweep run trains on 80 % of the training
 split and is scored by kNN accuracy of its backbone features on the held-out,
 class-balanced 20 % (seed 0).  The test split is never read by the sweep.
@@ -50,7 +51,8 @@ The experiment's own fields:
 * ``sweep_seeds``: seeds per setting (the selection uses their mean).
 * ``tie_tolerance``: a setting within this of the stage's best counts as a
   tie; ties keep the incumbent (the value carried in from the stages before,
-  i.e. the default) when it is in the grid, else the first setting in grid order.
+  at first the starting recipe's) when it is in the grid, else the first
+  setting in grid order.
 * ``grid``: the values of each stage (1: ``augment`` × ``augment_strength``
   — ``vector`` masks, shifts by up to L/4, scales and adds noise at SNR 1/s;
   ``signal`` crops and resizes circularly, scales, adds a linear trend and
@@ -60,12 +62,12 @@ The experiment's own fields:
   ``ssl_forms`` × ``ssl_layers`` for self-supervised TransFusion — a form is
   ``PROJECTION/ACTIVATION[/within]``, ``within`` = fusion within each view —,
   4: ``num_steps``).
-* ``defaults``: the pre-sweep recipe (today's default.py values).
+* ``defaults``: the starting recipe of the tuned fields (each stage's first
+  incumbent, and the "default" row of the transfer check).
 * ``transfer``: the transfer check: ``dataset`` (trained on its own training
-  split, evaluated on its test split), ``seeds`` (0: no transfer check),
-  ``linear_steps`` and
-  ``chosen_at_default_steps``.  Each method's chosen recipe and its pre-sweep
-  default are trained there; with ``chosen_at_default_steps`` also the chosen
+  split, evaluated on its test split), ``seeds`` (0: no transfer check), ``linear_steps`` and
+  ``chosen_at_default_steps``.  Each method's chosen recipe and its starting
+  recipe are trained there; with ``chosen_at_default_steps`` also the chosen
   recipe at the default number of steps where the two differ (separating the
   gain of the other choices from that of longer training).
 * ``random_baseline``: also evaluate the random-init backbone with BatchNorm
@@ -112,9 +114,8 @@ FULL_GRID = dict(
 def get_config(arg: str = ""):
   if arg not in ("", "tiny"):
     raise ValueError(f"unknown config argument {arg!r}; use '' or 'tiny'")
-  # The main job's training fields before the sweep (experiments/configs/
-  # default.py as it was; spelt out so that the sweep does not move when the
-  # main job adopts its recipes).
+  # The sweep's starting recipe, spelt out so that it does not move with the
+  # main job's recipes (experiments/configs/default.py).
   c = base_config()
   # The fields a method's recipe fills when unset (tfjax.recipes), fixed
   # to the values this experiment runs with.
