@@ -250,10 +250,10 @@ def _overridden_fields(argv: Sequence[str]) -> List[str]:
 
 def run_fields(run) -> Dict:
   """A run's own fields (``config.runs.NAME``) as ``{dotted name: value}``;
-  a recipe field left None (:data:`tfjax.recipes.FIELDS`) is not the run's:
+  a recipe field left None (:data:`tfjax.methods.FIELDS`) is not the run's:
   the top-level value, else the method's recipe, holds."""
-  from tfjax.recipes import FIELDS
-  from tfjax.config import flatten  # lazily: --help must not import JAX
+  from tfjax.methods import FIELDS
+  from tfjax.rerun import flatten  # lazily: --help must not import JAX
   return {k: v for k, v in flatten(run).items() if not (k in FIELDS and v is None)}
 
 
@@ -319,7 +319,7 @@ def error_line(e: BaseException, argv: Optional[Sequence[str]] = None,
   if argv is not None and (locked or isinstance(e, (KeyError, AttributeError))):
     bad = locked.group(1) if locked else _field_name(text)
     path = _full_path(bad, argv)
-    from tfjax.config import suggest_fields
+    from tfjax.rerun import suggest_fields
     parent = path.split(".")[:-1]
     close = [".".join(parent + [c])
              for c in re.findall(r'Did you mean "([\w.]+)"', text)]

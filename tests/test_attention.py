@@ -181,7 +181,7 @@ def test_l2_normalize_zero_row_and_eps_floor():
 
 
 def test_normalize_parts_and_its_backward_match_l2_normalize():
-  from tfjax.attention import l2_normalize, normalize_parts
+  from tfjax.normalize import l2_normalize, normalize_parts
   from tfjax.blockwise import _normalize_bwd
   rng = np.random.default_rng(7)
   x = rng.normal(size=(6, 5)).astype(np.float32)

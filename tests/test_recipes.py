@@ -7,7 +7,7 @@ import pytest
 
 from tfjax import evaluation, methods, recipes, train
 from tfjax.config import base_config
-from tfjax.recipes import FALLBACK, FIELDS, Recipe
+from tfjax.methods import FALLBACK, FIELDS, Recipe
 
 
 def unset_fields(c):

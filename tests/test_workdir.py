@@ -12,7 +12,8 @@ import pytest
 
 from tests.test_train import tiny_config, toy_data
 from tfjax import rerun, workdir as wd
-from tfjax.config import suggest_fields, validate
+from tfjax.config import validate
+from tfjax.rerun import suggest_fields
 from tfjax.data import pipeline
 from tfjax.data.fingerprint import data_fingerprint
 from tfjax.data.registry import DatasetNotFoundError

@@ -13,7 +13,8 @@ loads a finished run from its work directory (``tfjax.loading``).
 """
 
 from tfjax.affinity import jsd_loss, positive_mask, row_jsd, target_affinity, valid_rows
-from tfjax.attention import adjacency, cosine_similarity, l2_normalize, relu_attention
+from tfjax.attention import adjacency, cosine_similarity, relu_attention
+from tfjax.normalize import l2_normalize
 from tfjax.backbones import CNN1D, MLP, ResNet18, SmallCNN, get_backbone
 from tfjax.blockwise import blockwise_attention, blockwise_jsd_loss
 from tfjax.models import AdjacencyBlock, FusionBlock, TransFusionHead

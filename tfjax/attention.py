@@ -50,12 +50,14 @@ Everything here is a pure function of arrays, jit-able, and works with traced
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Union
+from typing import Callable, Union
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from tfjax.normalize import acc_dtype, check_row_scale, normalize_parts
 
 Array = jax.Array
 Activation = Union[str, Callable[[Array], Array]]
@@ -156,135 +158,6 @@ def guard_weights(w: Array) -> Array:
   return jnp.where(w < 0, jnp.nan, w)
 
 
-def _acc_dtype(*dtypes):
-  """float32, or float64 when an input is float64: where norms and sums live."""
-  return jnp.promote_types(jnp.result_type(*dtypes), jnp.float32)
-
-
-def smallest_row_max(dtype) -> float:
-  """Smallest largest-|entry| a non-zero row may have to be normalised.
-
-  ``tiny / eps`` of the dtype the norms are computed in (float32 for
-  float16/bfloat16/float32 inputs: 2^-103 ≈ 9.9e-32; float64: ≈ 1.0e-292).
-  XLA:CPU flushes subnormal numbers (below ``tiny``, 1.2e-38 in float32) to
-  zero; in a row whose largest |entry| is at least ``tiny / eps`` the
-  flushed entries weigh less than the rounding of the largest one, so the
-  row's direction is exact to float rounding.
-  """
-  info = jnp.finfo(_acc_dtype(dtype))
-  return float(info.tiny) / float(info.eps)
-
-
-def check_row_scale(name: str, x, axis: int = -1) -> None:
-  """ValueError unless every row of a concrete ``x`` is zero or large enough.
-
-  A row along ``axis`` whose largest |entry| is non-zero but below
-  :func:`smallest_row_max` cannot be normalised in float32 without flushing
-  entries to zero (see there).  The check reads the values on the host,
-  where nothing is flushed; traced arrays, and arrays that are not floating
-  point, are not checked (under jit such a row normalises to NaN).  NaN/inf
-  entries are not an error here: they propagate to NaN.
-  """
-  if isinstance(x, jax.core.Tracer):
-    return
-  a = np.asarray(x)
-  if a.size == 0 or not jnp.issubdtype(a.dtype, jnp.floating):
-    return
-  bound = smallest_row_max(a.dtype)
-  row_max = np.max(np.abs(a.astype(np.float64)), axis=axis)
-  bad = np.argwhere((row_max > 0) & (row_max < bound))
-  if bad.size:
-    row = tuple(int(i) for i in bad[0])
-    where = f"row {row[0]}" if len(row) == 1 else f"row {row}"
-    raise ValueError(
-        f"{name} {where} has largest |entry| {row_max[row]:.3g}, below "
-        f"{bound:.3g}: entries under float32's smallest normal "
-        f"({float(jnp.finfo(jnp.float32).tiny):.3g}) are flushed to zero and "
-        f"would change its direction; rescale {name} (its normalisation "
-        "ignores any common factor)")
-
-
-def l2_normalize(x: Array, axis: int = -1,
-                 eps: Optional[float] = None) -> Array:
-  """Scales ``x`` to unit L2 norm along ``axis``; a zero vector stays zero.
-
-  ``x / ‖x‖`` for every row that is not exactly zero, at any scale (the row
-  is divided by its largest |entry| before squaring, and the norm is summed
-  in float32 or wider), so ``l2_normalize(c·x) == l2_normalize(x)`` for any
-  c > 0 that keeps the row finite and its largest |entry| at or above
-  :func:`smallest_row_max` (9.9e-32 in float32), and no float16 row
-  overflows.  A smaller non-zero row raises ValueError when ``x`` is
-  concrete and gives a NaN row under jit (its small entries would be
-  flushed to zero: see :func:`smallest_row_max`).  A zero row gives zeros
-  with a zero gradient (our choice: it has no direction).  With ``eps``
-  given, the floor ``x / max(‖x‖, eps)`` instead (rows below ``eps`` are
-  scaled by 1/eps, gradient 1/eps).  NaN/inf entries give NaN.  The result
-  has ``x``'s shape and dtype.
-
-  >>> l2_normalize(jnp.array([[3., 4.], [0., 0.]]))  # [[.6, .8], [0, 0]]
-  """
-  check_row_scale("x", x, axis)
-  return normalize_parts(x, axis, eps)[0]
-
-
-def _too_small_rows(xa: Array, axis: int) -> Array:
-  """Rows whose largest |entry| is non-zero and below smallest_row_max.
-
-  Read from the bits: arithmetic and comparisons on XLA:CPU treat a
-  subnormal as zero, so ``max(|x|) > 0`` cannot see such a row.  For
-  non-negative floats the integer order of the bits is the numeric order.
-  """
-  int_type = jnp.int64 if xa.dtype.itemsize == 8 else jnp.int32
-  magnitude = jax.lax.bitcast_convert_type(xa, int_type) & jnp.iinfo(
-      int_type).max                   # clears the sign bit
-  bound = np.asarray(smallest_row_max(xa.dtype), xa.dtype).view(
-      np.dtype(int_type))
-  row_max = jnp.max(magnitude, axis=axis, keepdims=True)
-  return (row_max > 0) & (row_max < bound)
-
-
-def normalize_parts(x: Array, axis: int = -1, eps: Optional[float] = None):
-  """``l2_normalize(x)`` with what its backward needs -> (x̂, r, on).
-
-  ``x̂`` (shape and dtype of x), ``r = 1/‖x‖`` (``1/max(‖x‖, eps)`` with
-  ``eps``; 0 for a zero row without ``eps``) and ``on`` (the row is not
-  zero, resp. ``‖x‖ > eps``); ``r`` and ``on`` keep ``axis`` with size 1,
-  ``r`` in float32 or wider (it can exceed float16's range).
-  :mod:`tfjax.blockwise` saves these as residuals and applies
-  ``dx = r·(dx̂ − [on] x̂ (x̂·dx̂))`` itself.
-  """
-  acc = _acc_dtype(x.dtype)
-  xa = x.astype(acc)
-  # x̂ does not depend on the row scale m, so m is a constant for autodiff.
-  m = jax.lax.stop_gradient(jnp.max(jnp.abs(xa), axis=axis, keepdims=True))
-  zero = m == 0                       # False for NaN: NaN propagates
-  scale = jnp.where(zero, 1.0, m)
-  # XLA divides by multiplying with 1/scale, which is subnormal, hence
-  # flushed to 0, for scale > 1/tiny (8.5e37 in float32).  Rows above
-  # sqrt(max) are brought down by an exact power of two on both sides
-  # first; every other row is multiplied by 1.0 (same bits).
-  big = float(np.sqrt(float(jnp.finfo(acc).max)))
-  pre = jnp.where(scale > big, 1.0 / big, 1.0).astype(acc)
-  y = (xa * pre) / (scale * pre)      # largest |entry| is 1
-  sq = jnp.sum(jnp.square(y), axis=axis, keepdims=True)
-  norm = jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, sq)))
-  if eps is None:
-    on = ~zero
-    denom = jnp.where(zero, 1.0, norm)
-    x_hat = jnp.where(zero, 0.0, y / denom)
-    r = jnp.where(zero, 0.0, 1.0 / (scale * denom))
-  else:
-    floor = eps / scale
-    on = norm > floor
-    denom = jnp.maximum(norm, floor)
-    x_hat = y / denom
-    r = 1.0 / (scale * denom)
-  # A row too small to normalise (see smallest_row_max) becomes NaN, with a
-  # NaN gradient: a product, not a where, so the backward sees it too.
-  poison = jnp.where(_too_small_rows(xa, axis), jnp.nan, 1.0).astype(acc)
-  return (x_hat * poison).astype(x.dtype), r * poison, on
-
-
 def _check_2d(name: str, x: Array) -> None:
   """Asserts (chex) that ``x`` is a 2-D floating-point array [rows, features]."""
   chex.assert_rank(
@@ -310,7 +183,7 @@ def _check_pair(q: Array, k: Array) -> None:
 
 def _cosines(q: Array, k: Array) -> Array:
   """Cosines [n, m] in float32 or wider (the dtype the adjacency works in)."""
-  acc = _acc_dtype(q.dtype, k.dtype)
+  acc = acc_dtype(q.dtype, k.dtype)
   return jnp.matmul(normalize_parts(q)[0], normalize_parts(k)[0].T,
                     preferred_element_type=acc).astype(acc)
 
@@ -354,7 +227,7 @@ def normalize_rows(weights: Array, mask: Array, eps: float = ROW_EPS) -> Array:
   NaN (it is not masked); a negative weight gives NaN (see
   :func:`guard_weights`).
   """
-  acc = _acc_dtype(weights.dtype)
+  acc = acc_dtype(weights.dtype)
   w = guard_weights(weights.astype(acc)) + eps
   w = jnp.where(mask, 0.0, w)
   return (w / jnp.sum(w, axis=-1, keepdims=True)).astype(weights.dtype)

@@ -17,10 +17,8 @@ change the trained parameters, may change on any rerun: ``input.*``,
 
 from __future__ import annotations
 
-import difflib
-import json
 import math
-from typing import Any, Dict, List, Optional
+from typing import Optional
 
 import ml_collections
 
@@ -59,7 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
   # "bfloat16" (parameters, BatchNorm statistics, losses and optimiser state
   # stay float32; tfjax.precision).
   c.compute_dtype = "float32"
-  # None (here and in the other recipe fields, tfjax.recipes.FIELDS): the
+  # None (here and in the other recipe fields, tfjax.methods.FIELDS): the
   # method's recipe, chosen on validation data, fills it when training starts
   # (tfjax.recipes.resolve, said in one line); a value set here is kept.
   c.head = ml_collections.ConfigDict(dict(
@@ -396,29 +394,3 @@ def _round_up(x: float, digits: int = 3) -> float:
   """``x`` rounded up to ``digits`` significant digits."""
   scale = 10.0 ** (math.floor(math.log10(x)) - digits + 1)
   return min(1.0, math.ceil(x / scale) * scale)
-
-
-# ----------------------------------------------------------------------------
-# Field names.
-# ----------------------------------------------------------------------------
-def flatten(d, prefix: str = "") -> Dict[str, Any]:
-  """``{dotted name: leaf}`` of a nested mapping (a dict or a ConfigDict);
-  an empty mapping is a leaf."""
-  out = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    if hasattr(v, "items") and len(v):
-      out.update(flatten(v, key + "."))
-    else:
-      out[key] = v
-  return out
-
-
-def suggest_fields(name: str, config=None, n: int = 3) -> List[str]:
-  """Up to ``n`` field names of ``config`` (default the training fields)
-  closest to ``name`` (a dotted or a last-part name)."""
-  config = base_config() if config is None else config
-  names = list(flatten(json.loads(config.to_json())))
-  if "." not in name:
-    names = sorted(set(config.keys()) | {k for k in names if "." not in k})
-  return difflib.get_close_matches(name, names, n=n, cutoff=0.6)

@@ -18,7 +18,7 @@ one line (±z*).  These measure it:
 
 All array functions are pure and jit-able; the plotting helpers and
 :func:`summary` run on the host.  Embeddings are L2-normalised scale-safely
-(:func:`tfjax.attention.l2_normalize`, in float32 or wider: the numbers are
+(:func:`tfjax.normalize.l2_normalize`, in float32 or wider: the numbers are
 the same for ``z`` and ``1e±30·z``, and a zero row stays zero, no NaN), and
 spectra are divided by their largest value before squaring.  Non-finite
 embeddings are reported, never hidden: variances become NaN and ranks −1
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tfjax.attention import check_row_scale, l2_normalize
+from tfjax.normalize import check_row_scale, l2_normalize
 
 Array = jax.Array
 

@@ -8,7 +8,7 @@ devices, and only process 0 writes metrics, plots and results (checkpoints
 are written through orbax, which every process calls and which coordinates
 the processes itself).
 
-Launch (see README "Scaling out")::
+Launch (see docs/training.md, "Scaling out")::
 
     # every host / process:
     python -m experiments.train --coordinator_address HOST0:1234 \\

@@ -1,25 +1,14 @@
 """A finished (or running) run, loaded from its work directory.
 
-:func:`load_run` rebuilds the network a run trained from its remembered
-``config.json``, restores the parameters and BatchNorm statistics of its
-newest finite checkpoint (or of a given step) and returns a :class:`Run`
-whose methods give the run's representations of new inputs:
-
-* :meth:`Run.features` — the backbone features [n, F] the probes use;
-* :meth:`Run.embeddings` — the projector's output [n, D];
-* :meth:`Run.adjacency` — the TransFusion head's adjacency of one batch
-  [n, n] (methods with a head only);
-* :meth:`Run.source` — a split of the run's own dataset (``train``,
-  ``validation`` with ``validation_fraction``, ``test``).
-
-Loading only reads the directory: it takes no lock, removes nothing and
-moves no checkpoint aside, so a run may be loaded while it trains.
-
-Example::
+:func:`load_run` rebuilds the network from the run's ``config.json``,
+restores its newest finite checkpoint (or a given step) and returns a
+:class:`Run`: ``features`` [n, F] (what the probes use), ``embeddings``
+[n, D], ``adjacency`` [n, n] (methods with a head) and ``source(split)``.
+Loading only reads the directory (no lock, nothing moved), so a run may be
+loaded while it trains.
 
     >>> run = tfjax.load_run("workdirs/default/transfusion/seed0")
     >>> f = run.features(x_test)                  # [n, F], numpy
-    >>> a = run.adjacency(x_test[:256])           # [256, 256]
 """
 
 from __future__ import annotations

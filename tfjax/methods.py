@@ -40,7 +40,6 @@ import jax
 import jax.numpy as jnp
 
 from tfjax import losses
-from tfjax.recipes import Recipe
 
 Array = jax.Array
 
@@ -56,6 +55,56 @@ def semi_supervised_ids(groups: Array, labels: Array) -> Array:
   views carry the same label.  Returns int [m].
   """
   return jnp.where(labels >= 0, labels, -1 - groups)
+
+
+
+# The recipe fields: dotted config name -> type.  base_config() leaves them
+# unset (None).
+FIELDS: Mapping[str, type] = types.MappingProxyType({
+    "augment": str, "augment_strength": float, "learning_rate": float,
+    "temperature": float, "num_steps": int, "head.num_layers": int,
+    "head.final_projection": str, "head.activation": str,
+})
+
+# For the fields a recipe does not name (those its method does not read:
+# a temperature for JSD, a head for SimCLR) and for a method registered
+# without a recipe: the middle of the sweeps' grids (docs/recipes.md), one
+# head block with learned Q/K and ReLU, the kind's default augmentation.
+FALLBACK: Mapping[str, Any] = types.MappingProxyType({
+    "augment": "", "augment_strength": 0.5, "learning_rate": 2e-3,
+    "temperature": 0.1, "num_steps": 800, "head.num_layers": 1,
+    "head.final_projection": "learned", "head.activation": "relu",
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """Fields chosen for one method on validation data.
+
+  Attributes:
+    labels: True for the class-target recipe (``label_fraction`` set and
+      ``labels_in_loss``), False for the self-supervised one.
+    kind: the data kind it was chosen on (``tfjax.data`` kinds: ``"signal"``,
+      ``"vector"``, ``"image"``).
+    fields: dotted config name (one of :data:`FIELDS`) -> value.
+    source: where the choice is documented, e.g. ``"docs/recipes.md, first
+      sweep"``.
+  """
+  labels: bool
+  kind: str
+  fields: Mapping[str, Any]
+  source: str = ""
+
+  def __post_init__(self):
+    unknown = sorted(set(self.fields) - set(FIELDS))
+    if unknown:
+      raise ValueError(f"recipe sets fields {unknown} that are not recipe "
+                       f"fields; known: {sorted(FIELDS)}")
+    object.__setattr__(self, "fields", types.MappingProxyType(dict(self.fields)))
+
+  def __hash__(self):
+    return hash((self.labels, self.kind, tuple(sorted(self.fields.items())),
+                 self.source))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +160,7 @@ class Method:
       top-level config field of that name when there is one (``temperature``,
       ``lambda_offdiag``), else from ``config.loss_options``, else the default.
     recipes: the training fields chosen for it on validation data, per use
-      of labels and kind of data (:class:`tfjax.recipes.Recipe`); they fill
+      of labels and kind of data (:class:`Recipe`); they fill
       the config fields left unset (:func:`tfjax.recipes.resolve`).
   """
   name: str
@@ -262,7 +311,7 @@ def _vicreg(inputs: LossInputs) -> Array:
 
 
 # Each recipe was chosen on MNIST-1D's validation split (docs/recipes.md);
-# fields a recipe leaves out take tfjax.recipes.FALLBACK.
+# fields a recipe leaves out take FALLBACK.
 _SIGNAL_SSL = {"augment": "signal", "augment_strength": 0.5}
 
 register(Method("jsd", "TransFusion (JSD)", _jsd, accepts_labels=True,

@@ -26,57 +26,10 @@ recipe for its use of labels gets :data:`FALLBACK`, said aloud as well.
 
 from __future__ import annotations
 
-import dataclasses
-import types
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-# The recipe fields: dotted config name -> type.  base_config() leaves them
-# unset (None).
-FIELDS: Mapping[str, type] = types.MappingProxyType({
-    "augment": str, "augment_strength": float, "learning_rate": float,
-    "temperature": float, "num_steps": int, "head.num_layers": int,
-    "head.final_projection": str, "head.activation": str,
-})
-
-# For the fields a recipe does not name (those its method does not read:
-# a temperature for JSD, a head for SimCLR) and for a method registered
-# without a recipe: the middle of the sweeps' grids (docs/recipes.md), one
-# head block with learned Q/K and ReLU, the kind's default augmentation.
-FALLBACK: Mapping[str, Any] = types.MappingProxyType({
-    "augment": "", "augment_strength": 0.5, "learning_rate": 2e-3,
-    "temperature": 0.1, "num_steps": 800, "head.num_layers": 1,
-    "head.final_projection": "learned", "head.activation": "relu",
-})
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-  """Fields chosen for one method on validation data.
-
-  Attributes:
-    labels: True for the class-target recipe (``label_fraction`` set and
-      ``labels_in_loss``), False for the self-supervised one.
-    kind: the data kind it was chosen on (``tfjax.data`` kinds: ``"signal"``,
-      ``"vector"``, ``"image"``).
-    fields: dotted config name (one of :data:`FIELDS`) -> value.
-    source: where the choice is documented, e.g. ``"docs/recipes.md, first
-      sweep"``.
-  """
-  labels: bool
-  kind: str
-  fields: Mapping[str, Any]
-  source: str = ""
-
-  def __post_init__(self):
-    unknown = sorted(set(self.fields) - set(FIELDS))
-    if unknown:
-      raise ValueError(f"recipe sets fields {unknown} that are not recipe "
-                       f"fields; known: {sorted(FIELDS)}")
-    object.__setattr__(self, "fields", types.MappingProxyType(dict(self.fields)))
-
-  def __hash__(self):
-    return hash((self.labels, self.kind, tuple(sorted(self.fields.items())),
-                 self.source))
+from tfjax import methods
+from tfjax.methods import FALLBACK, FIELDS, Recipe
 
 
 def uses_labels(config) -> bool:
@@ -142,7 +95,6 @@ def resolve(config, kind: Optional[str] = None) -> Tuple[Any, Dict[str, Any]]:
   result is a copy (FieldReferences resolved).  An unknown ``config.loss``
   raises the registry's ValueError naming the known methods.
   """
-  from tfjax import methods
   if kind is None:
     kind = data_kind(config)
   method = methods.get(config.loss)
@@ -174,7 +126,6 @@ def describe(config, filled: Mapping[str, Any], kind: Optional[str] = None) -> s
   ("" when nothing was filled)."""
   if not filled:
     return ""
-  from tfjax import methods
   if kind is None:
     kind = data_kind(config)
   method = methods.get(config.loss)

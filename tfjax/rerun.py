@@ -13,10 +13,11 @@ reach a run through its data, compared by fingerprint
 
 from __future__ import annotations
 
+import difflib
 import json
 from typing import Any, Dict, List, Tuple
 
-from tfjax.config import base_config, flatten
+from tfjax.config import base_config
 
 __all__ = ["FREE_FIELDS", "config_diff", "config_fields", "describe", "rerun_changes"]
 
@@ -99,3 +100,29 @@ def rerun_changes(old, new) -> Tuple[List[Change], List[Change]]:
 def describe(changes: List[Change]) -> str:
   """``"field old -> new; ..."`` with long values shortened."""
   return "; ".join(f"{k} {_short(a)} -> {_short(b)}" for k, a, b in changes)
+
+
+# ----------------------------------------------------------------------------
+# Field names.
+# ----------------------------------------------------------------------------
+def flatten(d, prefix: str = "") -> Dict[str, Any]:
+  """``{dotted name: leaf}`` of a nested mapping (a dict or a ConfigDict);
+  an empty mapping is a leaf."""
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if hasattr(v, "items") and len(v):
+      out.update(flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def suggest_fields(name: str, config=None, n: int = 3) -> List[str]:
+  """Up to ``n`` field names of ``config`` (default the training fields)
+  closest to ``name`` (a dotted or a last-part name)."""
+  config = base_config() if config is None else config
+  names = list(flatten(json.loads(config.to_json())))
+  if "." not in name:
+    names = sorted(set(config.keys()) | {k for k in names if "." not in k})
+  return difflib.get_close_matches(name, names, n=n, cutoff=0.6)

@@ -8,8 +8,8 @@ fusion block's backward allocates its accumulators long before it runs.  On
 this project's 2-core CPU, turning it off (XLA's memory-minimising list
 scheduler instead) cut the compiled plan of the blockwise training step at
 n = 16384, width 512, L = 5 from 2.48 GiB to 1.52 GiB, and made the step at
-n = 2048 faster too (1.92 s → 1.45 s, measured back to back; README, "Large
-batches").
+n = 2048 faster too (1.92 s → 1.45 s, measured back to back;
+docs/benchmark/README.md).
 
 XLA reads this option once per process from ``XLA_FLAGS``; with JAX 0.10 a
 per-compile ``compiler_options={...}`` is accepted but does not change the

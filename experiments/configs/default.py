@@ -33,7 +33,7 @@ what seed 0 compiled.
 
 import ml_collections
 
-from tfjax import recipes
+from tfjax import methods
 from tfjax.config import base_config
 
 # Each run names its method and its use of labels; the method's recipe in
@@ -51,7 +51,7 @@ def run(loss: str, label_fraction=None, labels_in_loss: bool = False):
       "loss": loss, "labels_in_loss": labels_in_loss,
       "label_fraction": ml_collections.FieldReference(label_fraction, field_type=float),
       "head": {}})
-  for field, kind in recipes.FIELDS.items():
+  for field, kind in methods.FIELDS.items():
     *path, leaf = field.split(".")
     node = r[path[0]] if path else r
     node[leaf] = ml_collections.FieldReference(None, field_type=kind)
@@ -68,7 +68,7 @@ RUNS = {
 
 def training_fields():
   """The main job's shared training fields; the recipe fields
-  (tfjax.recipes.FIELDS) stay unset, for each run's method to fill.  Other
+  (tfjax.methods.FIELDS) stay unset, for each run's method to fill.  Other
   experiments on MNIST-1D start from them too."""
   c = base_config()
   c.dataset = "mnist1d"

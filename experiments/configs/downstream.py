@@ -4,7 +4,7 @@ r"""Downstream comparison: the main job's methods on one backbone per dataset.
     python -m experiments.downstream                   # 5 seeds
     python -m experiments.downstream --config.datasets=cifar10 --config.data_dir=DIR
 
-Gives (5 seeds, test split, 2-core CPU, 18 min): see the README's "Downstream"
+Gives (5 seeds, test split, 2-core CPU, 18 min): see docs/experiments.md "Downstream accuracy"
 table — e.g. digits kNN: TransFusion (class targets) 0.989 ± 0.002, SupCon
 0.992 ± 0.003, SimCLR 0.973 ± 0.003, self-supervised TransFusion
 0.976 ± 0.006, random-init SmallCNN 0.936 ± 0.008, raw pixels 0.975.

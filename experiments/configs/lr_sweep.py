@@ -92,7 +92,7 @@ SIZES = {
     "quick": dict(num_steps=200, batch_size=128, eval_steps=100,
                   lrs="0.01,0.1,1,10,1000", losses="info_nce",
                   datasets="digits", seeds=3, extend_to=1000.0),
-    # The README's CPU run: quick on both datasets.
+    # The CPU run of docs/experiments.md: quick on both datasets.
     "cpu": dict(num_steps=200, batch_size=128, eval_steps=100,
                 lrs="0.001,0.01,0.1,1,10,100", losses="info_nce",
                 datasets="digits,mnist1d", seeds=3, extend_to=1000.0),

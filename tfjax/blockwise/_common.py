@@ -12,7 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from tfjax.attention import ROW_EPS, guard_weights, normalize_parts
+from tfjax.attention import ROW_EPS, guard_weights
+from tfjax.normalize import normalize_parts
 
 Array = jax.Array
 
@@ -105,7 +106,7 @@ def _normalize_bwd(x_hat: Array, r: Array, on: Array, d_hat: Array) -> Array:
   """VJP of ``l2_normalize``: ``dx = r·(dx̂ − x̂ (x̂·dx̂))`` -> x̂'s dtype.
 
   ``r = 1/‖x‖`` (float32 or wider) and ``on`` come from
-  :func:`tfjax.attention.normalize_parts`; a zero row has ``r = 0`` (zero
+  :func:`tfjax.normalize.normalize_parts`; a zero row has ``r = 0`` (zero
   gradient).  Computed in r's dtype, returned in x̂'s.
   """
   out_dtype = x_hat.dtype

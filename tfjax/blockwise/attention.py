@@ -22,8 +22,9 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
+from tfjax.normalize import check_row_scale
 from tfjax.attention import (Activation, _check_2d, check_columns,
-                             check_row_scale, get_activation)
+                             get_activation)
 from tfjax.blockwise._common import (DEFAULT_BLOCK_SIZE, _allowed, _blocks,
                                      _check_block_size, _compute_dtype, _dot,
                                      _dot_t, _layout, _normalize,

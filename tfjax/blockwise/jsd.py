@@ -26,8 +26,9 @@ import jax.numpy as jnp
 
 from tfjax.affinity import (checked_ids, masked_global_mean,
                             nan_unless_finite)
+from tfjax.normalize import check_row_scale
 from tfjax.attention import (Activation, _check_2d, check_columns,
-                             check_row_scale, get_activation)
+                             get_activation)
 from tfjax.blockwise._common import (DEFAULT_BLOCK_SIZE, _allowed, _blocks,
                                      _check_block_size, _compute_dtype, _dot,
                                      _dot_t, _layout, _normalize,

@@ -17,6 +17,7 @@
   live in :mod:`tfjax.data.augment_image` and :mod:`tfjax.data.augment_vector`.
 """
 from tfjax.data import builders  # noqa: F401  (registers the offline TFDS builders; cheap: TF loads lazily)
+from tfjax.data import user  # noqa: F401  (registers the user's data with the registry and the sources)
 from tfjax.data.augment import get_augment_fn  # noqa: F401
 from tfjax.data.augment_image import (  # noqa: F401
     color_jitter,

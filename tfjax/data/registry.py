@@ -115,12 +115,42 @@ DATASETS: Dict[str, DatasetSpec] = {
 }
 
 
+def data_kind(shape: Tuple[int, ...], where: str) -> str:
+    """The kind of examples of ``shape`` (one example, no batch axis); ``where`` names the data."""
+    if len(shape) == 3:
+        return "image"
+    if len(shape) == 2 and shape[-1] == 1:
+        return "signal"
+    if len(shape) == 1:
+        return "vector"
+    raise ValueError(f"{where}: examples of shape {shape} fit no kind (image [N, H, W, C], "
+                     "signal [N, L, 1] or vector [N, d])")
+
+
+# The resolver of the user's data names and the opener of their splits, set
+# by tfjax.data.user when tfjax.data is imported (the registry and the
+# sources do not import the modules that read the user's files).
+_USER_DATA = {"resolve": None, "open": None}
+
+
+def set_user_data(resolve, open_source) -> None:
+    """Registers ``resolve(name, *, data_dir, image_size, unlabelled) -> DatasetSpec
+    | None`` and ``open_source(spec, split)`` for the user's data."""
+    _USER_DATA.update(resolve=resolve, open=open_source)
+
+
+def open_user_source(spec: DatasetSpec, split: str):
+    """A source of ``split`` of the user's data (``spec.origin`` not ``"registry"``)."""
+    return _USER_DATA["open"](spec, split)
+
+
 def get_dataset_spec(name: str, *, data_dir: Optional[str] = None, image_size: int = 32,
                      unlabelled: bool = False) -> DatasetSpec:
     """Return the :class:`DatasetSpec` of ``name``: a registry name or the user's data.
 
     ``tfds:``, ``folder:`` and ``npz:`` names, and bare TFDS names outside
-    the registry, are resolved by :func:`tfjax.data.user.user_spec` (which
+    the registry, are resolved by :func:`tfjax.data.user.user_spec` (through
+    the resolver it registers; it
     reads the dataset's description from disk and checks its layout);
     ``data_dir``, ``image_size`` and ``unlabelled`` matter only to those.
 
@@ -130,12 +160,11 @@ def get_dataset_spec(name: str, *, data_dir: Optional[str] = None, image_size: i
     """
     if isinstance(name, str) and name in DATASETS:
         return DATASETS[name]
-    if isinstance(name, str) and name:
-        from tfjax.data import user
-
-        if name.startswith(USER_PREFIXES) or user.is_tfds_name(name, data_dir):
-            return user.user_spec(name, data_dir=data_dir, image_size=image_size,
-                                  unlabelled=unlabelled)
+    if isinstance(name, str) and name and _USER_DATA["resolve"] is not None:
+        spec = _USER_DATA["resolve"](name, data_dir=data_dir, image_size=image_size,
+                                     unlabelled=unlabelled)
+        if spec is not None:
+            return spec
     raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}, "
                      "or tfds:NAME[/CONFIG], folder:PATH, npz:PATH")
 

@@ -20,7 +20,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from tfjax.data.registry import DatasetNotFoundError, DatasetSpec, get_dataset_spec
+from tfjax.data.registry import DatasetNotFoundError, DatasetSpec, get_dataset_spec, open_user_source
 
 __all__ = [
     "ArraySource",
@@ -201,8 +201,6 @@ def open_source(name: str, split: str, *, data_dir: Optional[str] = None,
         _check_pos_int(take, "take")
     spec = spec or get_dataset_spec(name, data_dir=data_dir)
     if spec.origin != "registry":
-        from tfjax.data.user import open_user_source
-
         out = open_user_source(spec, split)
     else:
         spec, builder = prepare_dataset(name, data_dir=data_dir, download=download)

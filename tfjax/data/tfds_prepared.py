@@ -10,9 +10,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from tfjax.data.registry import DatasetNotFoundError, DatasetSpec
+from tfjax.data.registry import DatasetNotFoundError, DatasetSpec, data_kind
 from tfjax.data.sources import TFDSSource
-from tfjax.data.user import data_kind
 
 __all__ = ["is_tfds_name", "tfds_spec", "open_tfds_source", "TFDSUserSource"]
 

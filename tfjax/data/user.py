@@ -45,23 +45,11 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from tfjax.data.registry import DatasetNotFoundError, DatasetSpec
+from tfjax.data.registry import DatasetNotFoundError, DatasetSpec, data_kind, set_user_data
 
 __all__ = ["user_spec", "open_user_source", "is_tfds_name", "load_npz", "data_kind", "NPZ_KEYS"]
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-
-
-def data_kind(shape: Tuple[int, ...], where: str) -> str:
-    """The kind of examples of ``shape`` (one example, no batch axis); ``where`` names the data."""
-    if len(shape) == 3:
-        return "image"
-    if len(shape) == 2 and shape[-1] == 1:
-        return "signal"
-    if len(shape) == 1:
-        return "vector"
-    raise ValueError(f"{where}: examples of shape {shape} fit no kind (image [N, H, W, C], "
-                     "signal [N, L, 1] or vector [N, d])")
 
 
 def _num_classes(y_train, y_test, where: str) -> int:
@@ -197,3 +185,18 @@ def is_tfds_name(name: str, data_dir: Optional[str] = None) -> bool:
     from tfjax.data.tfds_prepared import is_tfds_name as known
 
     return known(name, data_dir)
+
+
+def _resolve(name: str, *, data_dir: Optional[str], image_size: int, unlabelled: bool):
+    """The user's data of ``name`` (``tfds:``, ``folder:``, ``npz:`` or a bare TFDS
+    name), or None for a name that is none of these."""
+    from tfjax.data.registry import USER_PREFIXES
+
+    if name.startswith(USER_PREFIXES) or is_tfds_name(name, data_dir):
+        return user_spec(name, data_dir=data_dir, image_size=image_size, unlabelled=unlabelled)
+    return None
+
+
+# The registry and the sources reach the user's data through these two
+# (registered when tfjax.data is imported), so they import nothing above them.
+set_user_data(_resolve, open_user_source)

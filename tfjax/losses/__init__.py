@@ -33,10 +33,10 @@ info_nce`` etc.):
   :mod:`tfjax.affinity`).
 
 Cosine-based losses L2-normalise the embeddings inside, scale-safely
-(:func:`tfjax.attention.l2_normalize`: each row divided by its largest
+(:func:`tfjax.normalize.l2_normalize`: each row divided by its largest
 |entry| before squaring, norms summed in float32 or wider), so they are the
 same for ``z`` and ``c·z`` (any c > 0 that keeps each non-zero row's largest
-|entry| between :func:`tfjax.attention.smallest_row_max`, 9.9e-32, and
+|entry| between :func:`tfjax.normalize.smallest_row_max`, 9.9e-32, and
 float32's largest value; ValueError below) and finite for float16/bfloat16
 inputs; a zero row gives a finite loss and a finite (zero) gradient for that
 row.

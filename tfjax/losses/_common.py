@@ -3,7 +3,7 @@
 Checks run in Python on static shapes (and on values only when they are
 concrete): ranks, dtypes and shapes through ``chex`` (``AssertionError``),
 bad values through ``ValueError`` (including embedding rows too small to
-normalise, :func:`tfjax.attention.check_row_scale`).  The pmap helpers gather rows and sum
+normalise, :func:`tfjax.normalize.check_row_scale`).  The pmap helpers gather rows and sum
 statistics over ``axis_name`` (or do nothing when it is ``None``) so that
 each loss sees the global batch.  :func:`nan_unless_finite` (from
 :mod:`tfjax.affinity`) makes a loss NaN when any input entry is NaN/inf.
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tfjax.affinity import nan_unless_finite  # noqa: F401  (re-exported)
-from tfjax.attention import check_row_scale
+from tfjax.normalize import check_row_scale
 
 Array = jax.Array
 

@@ -4,7 +4,7 @@ Cosine-similarity losses with a temperature, over the global batch under
 pmap (see :mod:`tfjax.losses` for the ``axis_name`` and gradient
 conventions).  Each checks its inputs in Python, then runs one jit-compiled
 body.  The embeddings are normalised scale-safely
-(:func:`tfjax.attention.l2_normalize`), in float32 or wider, so each loss is
+(:func:`tfjax.normalize.l2_normalize`), in float32 or wider, so each loss is
 the same for ``z`` and ``1e±30·z`` and finite for float16/bfloat16 inputs; a
 NaN/inf in any input entry makes the loss and its gradient NaN.
 """
@@ -17,7 +17,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from tfjax.attention import l2_normalize
+from tfjax.normalize import l2_normalize
 from tfjax.losses._common import (_check_embeddings, _check_labels,
                                   _check_temperature, _check_views, _float,
                                   _gather, _global_rows, _psum, _row_offset,

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tfjax.attention import l2_normalize
+from tfjax.normalize import l2_normalize
 from tfjax.losses._common import (_check_embeddings, _check_labels,
                                   _check_scalar, _float, _is_concrete, _psum,
                                   nan_unless_finite)
