@@ -26,7 +26,6 @@ import numpy as np
 from tfjax.workdir import WorkdirError
 
 __all__ = ["Run", "RunLoadError", "load_run", "SPLITS"]
-
 SPLITS = ("train", "validation", "test")
 
 
@@ -47,11 +46,8 @@ def _tuples(value):
 
 
 def _merged(defaults, saved: Dict[str, Any]) -> Dict[str, Any]:
-  """``saved`` over the ConfigDict ``defaults``: a training field the run's
-  config.json lacks (added to the base config since) takes its default,
-  which is what the run trained with.  The blocks of :data:`OWN_FIELDS`
-  (each backbone or method its own fields) are the saved ones as they are,
-  never mixed with the defaults."""
+  """``saved`` over the ConfigDict ``defaults`` (a field config.json lacks
+  takes its default); :data:`OWN_FIELDS` blocks are kept as saved."""
   import ml_collections
   out = {}
   for key in defaults.keys():
@@ -75,9 +71,8 @@ OWN_FIELDS = ("backbone_kwargs", "loss_options")
 def read_config(workdir: str):
   """The run's config (``WORKDIR/config.json``) as a locked ConfigDict.
 
-  Raises :class:`RunLoadError` naming the file when it is missing, is not
-  valid JSON or is not a JSON object, and naming the field when a value
-  cannot train (:func:`tfjax.config.validate`'s checks).
+  Raises :class:`RunLoadError` naming the file (missing, not a JSON object)
+  or the field (:func:`tfjax.config.validate`'s checks).
   """
   import ml_collections
 
