@@ -217,7 +217,7 @@ def _rerun(ctx, **overrides):
 
 
 def _after_mismatch(ctx):
-  assert config_json(ctx.dir)["learning_rate"] == 1e-3      # not overwritten
+  assert config_json(ctx.dir)["learning_rate"] == 4e-3      # the recipe's, not overwritten
   assert checkpoint_steps(ctx.dir) == [2, 4]
   assert lock_is_free(ctx.dir)
 
