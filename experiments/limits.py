@@ -4,19 +4,14 @@
     python -m experiments.limits --config=experiments/configs/limits.py:tiny   # smoke test
     python -m experiments.limits                                               # full size (GPU)
 
-Data: the model of docs/theory.md §0 (K unit centres with pairwise cosine ρ,
-sources ``μ_y + σu``, views ``x + s u'``, ``u, u' ~ N(0, I/d)``), generated
-here and trained through :func:`tfjax.train.train_and_evaluate` (``data=``;
-views by ``augment="isotropic_noise"``).  Metric: weighted kNN
-(``tfjax.probes``) of the encoder output on clean held-out points; baselines:
-the raw input and the untrained encoder.  Two sweeps (docs/theory.md §5):
-augmentation s (self-supervised; ``ŝ_max`` = largest s within ``tol`` of the
-best, predicted by ``theory.max_augmentation``, other class, z = 2) and batch
-size n (supervised, i.i.d. labels; ``n̂_min`` = smallest n from which on all
-are within ``tol``, predicted by ``theory.min_batch_size``), with the rows
-without a positive against ``theory.expected_uncovered_fraction`` /
-``failure_probability``.  ``tol = max(tol_abs, 2·SE)``.  The config's
-docstring lists the fields and the quick size's result.
+Data from the model of docs/theory.md §0, generated here and trained through
+:func:`tfjax.train.train_and_evaluate` (``data=``); weighted kNN (``tfjax.probes``)
+of the encoder output on clean held-out points, against the raw input and the
+untrained encoder.  Two sweeps (docs/theory.md §5): augmentation s
+(self-supervised; measured ``ŝ_max`` vs ``theory.max_augmentation``) and batch
+size n (supervised; ``n̂_min`` vs ``theory.min_batch_size``, with the rows
+without a positive vs ``theory.expected_uncovered_fraction`` /
+``failure_probability``).  The config's docstring lists the fields.
 
 Writes limits_augmentation.png, limits_batch.png, limits_coverage.png,
 results.md and results.json; each grid point's run under ``WORKDIR/aug_s<s>``
