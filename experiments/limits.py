@@ -1,62 +1,22 @@
-"""Experiment 5: TransFusion's two limits, measured and plotted against our theory.
+"""TransFusion's two limits, theory vs measurement (docs/experiments.md, "The two limits").
 
     python -m experiments.limits --config=experiments/configs/limits.py:quick --noprogress
     python -m experiments.limits --config=experiments/configs/limits.py:tiny   # smoke test
     python -m experiments.limits                                               # full size (GPU)
 
-Data: the model of docs/theory.md (section 0) exactly.  K unit class
-centres in R^d with pairwise cosine exactly ρ (Cholesky factor of the Gram
-matrix in a random orthonormal basis), sources ``x = μ_y + σu`` and views
-``v = x + s u'`` with ``u, u' ~ N(0, I/d)``; labels i.i.d. uniform.  The
-sources of a grid point are generated in NumPy (``num_steps × batch_size`` of
-them, so each is seen about once, capped at ``max_sources``) and passed to
-the one training loop (:func:`tfjax.train.train_and_evaluate`, ``data=``);
-the training step makes the views on device with ``augment="isotropic_noise"``
-(``x + s·N(0, I/d)``: the model's ``s u'``).
-
-Model: the MLP backbone (the per-sample encoder; the inductive
-representation), no projector, and a TransFusion head, trained with the JSD
-loss by AdamW without weight decay (i.e. Adam; our choice) at a constant
-learning rate.  Downstream metric: weighted kNN accuracy
-(``tfjax.probes.knn_accuracy``, cosine, k = 20, τ = 0.07) of the
-*encoder output* on clean (un-augmented) held-out points, with a clean
-labelled reference set.  Baselines: kNN on the raw input, and on the encoder
-at initialisation (``tfjax.evaluation.evaluate_untrained`` with the clean reference
-points as its training data; the MLP has no BatchNorm, so this is simply the
-untrained encoder; with BatchNorm its statistics would be re-estimated on
-those points first).
-
-Two sweeps (the operational definitions of docs/theory.md, section 5):
-
-* **Augmentation** — self-supervised (positives = the other view of the
-  same source; 2 views per source, no labels), augmentation strength s over
-  a grid.  Measured limit ``ŝ_max`` = largest swept s with
-  ``acc(s) ≥ max acc − tol``.  Predicted limit
-  ``tfjax.theory.max_augmentation(σ, ρ, d, versus="other_class",
-  margin_z=2)`` — the strength at which a view's positive stops out-scoring
-  other-class views by two fluctuation scales in the space where the
-  cosines are taken (docs/theory.md §4.1 argues that this, not the
-  same-class limit, is the one that should show in class accuracy; the
-  same-class limit is drawn too).
-* **Batch size** — supervised (positives = same class, one view per sample,
-  i.i.d. class draws so some rows lack a positive), n over a grid.  Measured
-  limit ``n̂_min`` = smallest swept n from which on every larger swept n has
-  ``acc ≥ max acc − tol``; predicted ``tfjax.theory.min_batch_size(K, δ)``.
-  Alongside: the fraction of rows without a positive (the step metric
-  ``rows_without_positive`` of every step, from ``metrics.jsonl``) and of
-  batches with at least one such row, against
-  ``expected_uncovered_fraction`` and ``failure_probability``.
-
-Tolerance (our choice): ``tol = max(tol_abs, 2·SE)`` with SE the binomial
-standard error of the best accuracy on the test set.  Fixed number of
-training steps at every grid point (so larger batches also see more data).
+Data from the model of docs/theory.md §0, generated here and trained through
+:func:`tfjax.train.train_and_evaluate` (``data=``); weighted kNN (``tfjax.probes``)
+of the encoder output on clean held-out points, against the raw input and the
+untrained encoder.  Two sweeps (docs/theory.md §5): augmentation s
+(self-supervised; measured ``ŝ_max`` vs ``theory.max_augmentation``) and batch
+size n (supervised; ``n̂_min`` vs ``theory.min_batch_size``, with the rows
+without a positive vs ``theory.expected_uncovered_fraction`` /
+``failure_probability``).  The config's docstring lists the fields.
 
 Writes limits_augmentation.png, limits_batch.png, limits_coverage.png,
-results.md and results.json; each grid point's training run (config,
-metrics.jsonl, checkpoint) under ``WORKDIR/aug_s<s>`` and
-``WORKDIR/batch_n<n>``.  A rerun resumes every grid point from its
-checkpoint; a changed config or data model is refused, naming what differs;
-``--overwrite`` starts afresh.
+results.md and results.json; each grid point's run under ``WORKDIR/aug_s<s>``
+and ``WORKDIR/batch_n<n>`` resumes from its checkpoint (a changed config is
+refused, naming what differs; ``--overwrite`` starts afresh).
 """
 
 from __future__ import annotations
@@ -119,12 +79,6 @@ def encoder_features(state, x):
   return extract_features(eval_model(state), state.variables, x)
 
 
-def train_point(config, workdir, data, progress):
-  """Trains one grid point; ``(final state, per-step metric records)``."""
-  res = train.train_and_evaluate(config, workdir, data=data, progress=progress)
-  return res["state"], read_metrics(os.path.join(workdir, "metrics.jsonl"))
-
-
 def eval_sets(rng, centres, sigma, n_test):
   """Clean labelled reference and test points (balanced)."""
   k, d = centres.shape
@@ -177,74 +131,75 @@ def empirical_cosines(rng, centres, sigma, s, n=2000):
   return float(cos(a, b).mean()), float(cos(a, c).mean())
 
 
-def augmentation_sweep(config, centres, evals, workdir, log, progress):
-  d = config.model.dim
-  sigma, rho = config.model.sigma, config.model.rho
+def train_point(config, c, run_dir, sources, evals, progress):
+  """Trains one grid point; its kNN accuracy, final JSD (mean of the last 20
+  steps), mean uncovered-row fraction, and every step's fraction."""
   xr, yr, xt, yt = evals
+  state = train.train_and_evaluate(c, run_dir, data=(*sources, xt, yt),
+                                   progress=progress)["state"]
+  records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+  frac = np.array([r["rows_without_positive"] for r in records])
+  return {"knn_acc": knn(config, encoder_features(state, xr), yr,
+                         encoder_features(state, xt), yt),
+          "final_jsd": float(np.mean([r["loss"] for r in records[-20:]])),
+          "uncovered": float(frac.mean())}, frac
+
+
+def augmentation_sweep(config, centres, evals, workdir, progress):
+  d, sigma, rho = config.model.dim, config.model.sigma, config.model.rho
   # One training set for the whole sweep (as the seed is): only s changes.
-  x_src, y_src = sample_sources(np.random.default_rng(config.seed + 2), centres,
-                                sigma, num_sources(config))
+  sources = sample_sources(np.random.default_rng(config.seed + 2), centres,
+                           sigma, num_sources(config))
   rng = np.random.default_rng(config.seed + 1)
   rows = []
   for s in config.s_grid:
     t0 = time.time()
-    c = point_config(config, supervised=False, batch_size=config.batch_size,
-                     strength=s)
-    state, records = train_point(c, os.path.join(workdir, f"aug_s{s:g}"),
-                                 (x_src, y_src, xt, yt), progress)
-    acc = knn(config, encoder_features(state, xr), yr,
-              encoder_features(state, xt), yt)
-    frac = np.array([r["rows_without_positive"] for r in records])
+    c = point_config(config, supervised=False, batch_size=config.batch_size, strength=s)
+    row, _ = train_point(config, c, os.path.join(workdir, f"aug_s{s:g}"), sources,
+                         evals, progress)
     cp, co = empirical_cosines(rng, centres, sigma, s)
     rows.append({
-        "s": float(s), "knn_acc": acc,
-        "final_jsd": float(np.mean([r["loss"] for r in records[-20:]])),
-        "uncovered": float(frac.mean()),
-        "cos_pos": cp,
+        "s": float(s), **row, "cos_pos": cp,
         "cos_pos_theory": float(theory.expected_cosine(sigma, s, rho, d)),
         "cos_other": co,
-        "cos_other_theory": float(theory.expected_cosine(
-            sigma, s, rho, d, pair="other_class")),
+        "cos_other_theory": float(theory.expected_cosine(sigma, s, rho, d,
+                                                         pair="other_class")),
         "win_other": float(theory.win_probability(sigma, s, rho, d)),
-        "win_same": float(theory.win_probability(sigma, s, rho, d,
-                                                 versus="same_class")),
-    })
-    log(f"aug s={s:.2f}  knn {acc:.3f}  JSD {rows[-1]['final_jsd']:.3f}  "
-        f"({time.time() - t0:.1f} s)")
+        "win_same": float(theory.win_probability(sigma, s, rho, d, versus="same_class")),
+        "sigma": sigma, "rho": rho, "d": d})
+    print(f"aug s={s:.2f}  knn {row['knn_acc']:.3f}  JSD {row['final_jsd']:.3f}  "
+          f"({time.time() - t0:.1f} s)", flush=True)
   return rows
 
 
-def batch_sweep(config, centres, evals, workdir, log, progress):
+def batch_sweep(config, centres, evals, workdir, progress):
   k = config.model.num_classes
-  xr, yr, xt, yt = evals
   rows = []
   for n in config.n_grid:
     t0 = time.time()
-    c = point_config(config, supervised=True, batch_size=n,
-                     strength=config.s_batch)
-    x_src, y_src = sample_sources(np.random.default_rng([config.seed, 3, n]),
-                                  centres, config.model.sigma, num_sources(c))
-    state, records = train_point(c, os.path.join(workdir, f"batch_n{n}"),
-                                 (x_src, y_src, xt, yt), progress)
-    acc = knn(config, encoder_features(state, xr), yr,
-              encoder_features(state, xt), yt)
-    frac = np.array([r["rows_without_positive"] for r in records])
+    c = point_config(config, supervised=True, batch_size=n, strength=config.s_batch)
+    sources = sample_sources(np.random.default_rng([config.seed, 3, n]), centres,
+                             config.model.sigma, num_sources(c))
+    row, frac = train_point(config, c, os.path.join(workdir, f"batch_n{n}"), sources,
+                            evals, progress)
     rows.append({
-        "n": int(n), "knn_acc": acc,
-        "final_jsd": float(np.mean([r["loss"] for r in records[-20:]])),
-        "uncovered": float(frac.mean()),
+        "n": int(n), **row,
         "uncovered_theory": theory.expected_uncovered_fraction(n, k),
         "batch_fail": float((frac > 0).mean()),
         "batch_fail_theory": theory.failure_probability(n, k),
-        "steps": len(records),
-    })
-    log(f"batch n={n}  knn {acc:.3f}  uncovered {rows[-1]['uncovered']:.3f} "
-        f"(theory {rows[-1]['uncovered_theory']:.3f})  ({time.time() - t0:.1f} s)")
+        "steps": len(frac), "K": k})
+    print(f"batch n={n}  knn {row['knn_acc']:.3f}  uncovered {row['uncovered']:.3f} "
+          f"(theory {rows[-1]['uncovered_theory']:.3f})  ({time.time() - t0:.1f} s)",
+          flush=True)
   return rows
 
 
-def _accuracy_sweep(plt, xs, acc, tol, baselines):
-  """Figure of a sweep's kNN accuracy, its tolerance band and the baselines."""
+def plot_sweep(path, xs, rows, tol, baselines, vlines, twin, xlabel, title):
+  """A sweep's kNN accuracy, its tolerance band, the baselines, the limits
+  ``vlines`` ``[(x, style, label)]``, and theory curves ``twin``
+  (``(ylabel, ylim, [(grid, values, style, label)])``) on a second y-axis."""
+  plt = pyplot()
+  acc = [r["knn_acc"] for r in rows]
   fig, ax = plt.subplots(figsize=(6.4, 3.8))
   ax.plot(xs, acc, "o-", color="C0", label="kNN accuracy (encoder output)")
   ax.axhspan(max(acc) - tol, max(acc), color="C0", alpha=0.12,
@@ -252,78 +207,75 @@ def _accuracy_sweep(plt, xs, acc, tol, baselines):
   for name, v, ls in (("raw input", baselines["raw"], ":"),
                       ("encoder at init", baselines["init"], "-.")):
     ax.axhline(v, color="gray", ls=ls, lw=1, label=f"kNN, {name}")
-  return fig, ax
-
-
-def _save_with_twin_legend(plt, fig, ax, twin, path):
-  """One legend for both y-axes, below the axes (off the data); save, close."""
+  for x, style, label in vlines:
+    ax.axvline(x, **style, label=label)
+  ax.set_xlabel(xlabel), ax.set_ylabel("kNN accuracy")
+  tw = ax.twinx()
+  ylabel, ylim, curves = twin
+  for grid, values, style, label in curves:
+    tw.plot(grid, values, color="C2", lw=1, **style, label=label)
+  tw.set_ylabel(ylabel, color="C2"), tw.set_ylim(*ylim)
+  ax.set_title(title, fontsize=9)
+  # One legend for both y-axes, below the axes (off the data).
   h1, l1 = ax.get_legend_handles_labels()
-  h2, l2 = twin.get_legend_handles_labels()
+  h2, l2 = tw.get_legend_handles_labels()
   ax.legend(h1 + h2, l1 + l2, fontsize=6, loc="upper center",
             bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
   fig.tight_layout(), fig.savefig(path, dpi=100, bbox_inches="tight")
   plt.close(fig)
 
 
-def plot_augmentation(plt, path, rows, s_pred, s_pred_same, s_meas, tol,
-                      baselines):
-  s = [r["s"] for r in rows]
-  fig, ax = _accuracy_sweep(plt, s, [r["knn_acc"] for r in rows], tol,
-                            baselines)
-  ax.axvline(s_pred, color="C3", label=f"predicted s_max (other class) {s_pred:.2f}")
-  ax.axvline(s_pred_same, color="C3", ls="--", lw=1,
-             label=f"predicted s_max (same class) {s_pred_same:.2f}")
-  ax.axvline(s_meas, color="C0", ls="--", lw=1, label=f"measured s_max {s_meas:.2f}")
-  ax.set_xlabel("augmentation strength s"), ax.set_ylabel("kNN accuracy")
-  tw = ax.twinx()
+def plot_figures(config, workdir, summary):
+  """limits_augmentation.png, limits_batch.png and limits_coverage.png."""
+  aug, bat, baselines = summary["augmentation"], summary["batch"], summary["baselines"]
+  m, s_pred, s_same = config.model, aug["predicted_s_max_other"], aug["predicted_s_max_same"]
+  s = [r["s"] for r in aug["rows"]]
   grid = np.linspace(0, max(s) * 1.05, 120)
-  for versus, ls in (("other_class", "-"), ("same_class", "--")):
-    tw.plot(grid, np.asarray(theory.win_probability(
-        rows[0]["sigma"], grid, rows[0]["rho"], rows[0]["d"], versus=versus)),
-        color="C2", ls=ls, lw=1, label=f"theory P(positive wins), {versus}")
-  tw.set_ylabel("predicted win probability", color="C2"), tw.set_ylim(0.45, 1.01)
-  ax.set_title("augmentation sweep (self-supervised): kNN accuracy vs s",
-               fontsize=9)
-  _save_with_twin_legend(plt, fig, ax, tw, path)
-
-
-def plot_batch(plt, path, rows, n_pred, n_meas, tol, delta, baselines):
-  n = [r["n"] for r in rows]
-  fig, ax = _accuracy_sweep(plt, n, [r["knn_acc"] for r in rows], tol,
-                            baselines)
-  ax.axvline(n_pred, color="C3", label=f"predicted n_min (δ={delta}) {n_pred}")
-  ax.axvline(n_meas, color="C0", ls="--", lw=1, label=f"measured n_min {n_meas}")
-  ax.set_xlabel("batch size n (supervised, i.i.d. labels)")
-  ax.set_ylabel("kNN accuracy")
-  tw = ax.twinx()
-  k = rows[0]["K"]
+  plot_sweep(
+      os.path.join(workdir, "limits_augmentation.png"), s, aug["rows"], aug["tolerance"],
+      baselines,
+      [(s_pred, {"color": "C3"}, f"predicted s_max (other class) {s_pred:.2f}"),
+       (s_same, {"color": "C3", "ls": "--", "lw": 1},
+        f"predicted s_max (same class) {s_same:.2f}"),
+       (aug["measured_s_max"], {"color": "C0", "ls": "--", "lw": 1},
+        f"measured s_max {aug['measured_s_max']:.2f}")],
+      ("predicted win probability", (0.45, 1.01),
+       [(grid, np.asarray(theory.win_probability(m.sigma, grid, m.rho, m.dim, versus=v)),
+         {"ls": ls}, f"theory P(positive wins), {v}")
+        for v, ls in (("other_class", "-"), ("same_class", "--"))]),
+      "augmentation strength s",
+      "augmentation sweep (self-supervised): kNN accuracy vs s")
+  n, k = [r["n"] for r in bat["rows"]], m.num_classes
+  n_pred, n_meas = bat["predicted_n_min"], bat["measured_n_min"]
   grid = np.arange(2, max(max(n), n_pred) + 2)
-  tw.plot(grid, [theory.coverage_probability(int(m), k) for m in grid],
-          color="C2", lw=1, label="theory P(every row has a positive)")
-  tw.set_ylabel("coverage probability", color="C2"), tw.set_ylim(0, 1.01)
-  ax.set_title("batch-size sweep (supervised): kNN accuracy vs n", fontsize=9)
-  _save_with_twin_legend(plt, fig, ax, tw, path)
-
-
-def plot_coverage(plt, path, rows):
-  fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.2))
-  k = rows[0]["K"]
-  grid = np.arange(2, max(r["n"] for r in rows) + 2)
-  a1.plot(grid, [theory.expected_uncovered_fraction(int(m), k) for m in grid],
-          color="C2", label="theory (left: (1 − 1/K)^(n−1); right: exact)")
-  a1.plot([r["n"] for r in rows], [r["uncovered"] for r in rows], "o",
-          color="C0", label="measured (training batches)")
-  a1.set_xlabel("batch size n"), a1.set_ylabel("fraction of rows without positive")
-  a1.set_title("rows without a positive", fontsize=9)
-  a2.plot(grid, [theory.failure_probability(int(m), k) for m in grid],
-          color="C2")
-  a2.plot([r["n"] for r in rows], [r["batch_fail"] for r in rows], "o",
-          color="C0")
-  a2.set_xlabel("batch size n"), a2.set_ylabel("P(some row has no positive)")
-  a2.set_title("batches with such a row", fontsize=9)
-  h, l = a1.get_legend_handles_labels()
+  plot_sweep(
+      os.path.join(workdir, "limits_batch.png"), n, bat["rows"], bat["tolerance"],
+      baselines,
+      [(n_pred, {"color": "C3"}, f"predicted n_min (δ={config.delta}) {n_pred}"),
+       (n_meas, {"color": "C0", "ls": "--", "lw": 1}, f"measured n_min {n_meas}")],
+      ("coverage probability", (0, 1.01),
+       [(grid, [theory.coverage_probability(int(g), k) for g in grid], {},
+         "theory P(every row has a positive)")]),
+      "batch size n (supervised, i.i.d. labels)",
+      "batch-size sweep (supervised): kNN accuracy vs n")
+  plt = pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+  grid = np.arange(2, max(n) + 2)
+  for ax, formula, key, ylabel, title in (
+      (axes[0], theory.expected_uncovered_fraction, "uncovered",
+       "fraction of rows without positive", "rows without a positive"),
+      (axes[1], theory.failure_probability, "batch_fail",
+       "P(some row has no positive)", "batches with such a row")):
+    ax.plot(grid, [formula(int(g), k) for g in grid], color="C2",
+            label="theory (left: (1 − 1/K)^(n−1); right: exact)")
+    ax.plot(n, [r[key] for r in bat["rows"]], "o", color="C0",
+            label="measured (training batches)")
+    ax.set_xlabel("batch size n"), ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+  h, l = axes[0].get_legend_handles_labels()
   fig.legend(h, l, fontsize=7, loc="lower center", ncol=2, frameon=False)
-  fig.tight_layout(rect=(0, 0.08, 1, 1)), fig.savefig(path, dpi=100)
+  fig.tight_layout(rect=(0, 0.08, 1, 1)), fig.savefig(
+      os.path.join(workdir, "limits_coverage.png"), dpi=100)
   plt.close(fig)
 
 
@@ -339,42 +291,30 @@ def run(config, workdir: str, *, progress: bool = True):
                                       strength=config.s_grid[0]), {"eval.head_knn": False})
   baselines = {"raw": knn(config, *evals),  # the same kNN as evaluate_untrained's
                "init": evaluate_untrained(init, data=evals)["knn"]}
-  log(f"kNN raw input {baselines['raw']:.3f}, encoder at init {baselines['init']:.3f}")
-
-  aug = augmentation_sweep(config, centres, evals, workdir, log, progress)
-  for r in aug:
-    r.update(sigma=sigma, rho=rho, d=d)
-  tol_aug = tolerance(max(r["knn_acc"] for r in aug), config.n_test, config.tol_abs)
-  bat = batch_sweep(config, centres, evals, workdir, log, progress)
-  for r in bat:
-    r.update(K=k)
-  tol_bat = tolerance(max(r["knn_acc"] for r in bat), config.n_test, config.tol_abs)
+  print(f"kNN raw input {baselines['raw']:.3f}, encoder at init {baselines['init']:.3f}",
+        flush=True)
+  aug = augmentation_sweep(config, centres, evals, workdir, progress)
+  bat = batch_sweep(config, centres, evals, workdir, progress)
+  tol_aug, tol_bat = (tolerance(max(r["knn_acc"] for r in rows), config.n_test,
+                                config.tol_abs) for rows in (aug, bat))
   summary = {
       "config": json.loads(config.to_json()), "seed": config.seed, "baselines": baselines,
       "augmentation": {
           "rows": aug, "tolerance": tol_aug,
           "measured_s_max": measured_max([r["s"] for r in aug],
                                          [r["knn_acc"] for r in aug], tol_aug),
-          "predicted_s_max_other": float(theory.max_augmentation(
-              sigma, rho, d, margin_z=2.0, versus="other_class")),
-          "predicted_s_max_same": float(theory.max_augmentation(
-              sigma, rho, d, margin_z=2.0, versus="same_class"))},
+          **{f"predicted_s_max_{v}": float(theory.max_augmentation(
+              sigma, rho, d, margin_z=2.0, versus=f"{v}_class")) for v in ("other", "same")}},
       "batch": {
           "rows": bat, "tolerance": tol_bat,
           "measured_n_min": measured_min([r["n"] for r in bat],
                                          [r["knn_acc"] for r in bat], tol_bat),
           "predicted_n_min": theory.min_batch_size(k, config.delta),
-          "max_abs_err_uncovered": max(abs(r["uncovered"] - r["uncovered_theory"])
-                                       for r in bat),
-          "max_abs_err_batch_fail": max(abs(r["batch_fail"] - r["batch_fail_theory"])
-                                        for r in bat)},
+          **{f"max_abs_err_{key}": max(abs(r[key] - r[f"{key}_theory"]) for r in bat)
+             for key in ("uncovered", "batch_fail")}},
       "seconds": time.time() - t_start}
   report(config, workdir, summary)
   return summary
-
-
-def log(message: str) -> None:
-  print(message, flush=True)
 
 
 def report(config, workdir: str, summary) -> None:
@@ -387,13 +327,7 @@ def report(config, workdir: str, summary) -> None:
   n_bracket = f"({below[-1]}, {n_meas}]" if below else f"≤ {n_meas} (grid start)"
   cov_se = max(math.sqrt(r["batch_fail_theory"] * (1 - r["batch_fail_theory"])
                          / config.num_steps) for r in bat["rows"])
-  plt = pyplot()
-  plot_augmentation(plt, os.path.join(workdir, "limits_augmentation.png"), aug["rows"],
-                    aug["predicted_s_max_other"], aug["predicted_s_max_same"], s_meas,
-                    aug["tolerance"], baselines)
-  plot_batch(plt, os.path.join(workdir, "limits_batch.png"), bat["rows"],
-             bat["predicted_n_min"], n_meas, bat["tolerance"], config.delta, baselines)
-  plot_coverage(plt, os.path.join(workdir, "limits_coverage.png"), bat["rows"])
+  plot_figures(config, workdir, summary)
   limits_rows = [
       {"limit": "max augmentation s_max", "predicted":
        f"{aug['predicted_s_max_other']:.2f} (other class, z=2); "

@@ -1,46 +1,23 @@
-"""CLOA's 3-D over-fusion example: three lines in R³, negation augmentation.
+"""CLOA's 3-D over-fusion example: three lines in R³, negation augmentation
+(docs/experiments.md, "Over-fusion"; the config's docstring holds every option
+and the quick size's result).
 
     python -m experiments.overfusion --config=experiments/configs/overfusion.py:quick --noprogress
     python -m experiments.overfusion             # full size (3 seeds)
     python -m experiments.overfusion --config=experiments/configs/overfusion.py:search
 
-The config (``experiments/configs/overfusion.py``) holds every option; its
-docstring gives the measured result of the quick size.
+Data ``x = t·u_k + ε`` on three seeded random lines ``u_k`` (generated here per
+seed, trained through ``tfjax.train.train_and_evaluate(..., data=...)``),
+augmentation ``augment="sign_flip_noise"``; an MLP straight to 3-D embeddings,
+each method of ``config.losses`` without and with OAR, every run of a seed from
+the same initialisation and batches.  Columns, on the normalised held-out
+embeddings (encoder in eval mode): ``variance``, ``rank95`` (1 = on one line),
+``top1_energy``, ``class_var`` (``tfjax.diagnostics``), ``knn``
+(``tfjax.probes``' weighted kNN, as ``train_and_evaluate`` reports it),
+``anchor_acc`` (OAR runs: nearest anchor) and ``final_loss`` (last 50 steps).
 
-Data: three rank-1 subspaces (lines through the origin) in R³ with random
-unit directions ``u_k`` (seeded; our choice, the paper does not give them),
-``x = t·u_k + ε`` with ``t ~ N(0, 1)`` and ``ε ~ N(0, σ²I/3)``, balanced
-classes, generated here per seed and trained through
-``tfjax.train.train_and_evaluate(config, workdir, data=...)``.
-Augmentation (CLOA's toy one, ``augment="sign_flip_noise"``):
-``x → s·x + η`` with a random sign ``s = ±1`` (probability ½ each) and
-``η ~ N(0, σ_aug² I/3)``.
-
-Encoder: ``backbone="mlp"`` with ``hidden=(h, h), out_features=3,
-batch_norm=True`` — three Dense layers, ReLU and BatchNorm between them —
-straight to 3-D embeddings (``embed_dim=0``, no projector), trained with Adam
-(our choice) on each method of ``config.losses`` (registry names of
-:mod:`tfjax.methods`; default InfoNCE, DCL, VICReg, Barlow Twins), each
-without and with OAR (weight 1 on a class-balanced 10 % labelled subset,
-seeded by ``seed``).  Every run of a seed starts from the same
-initialisation and sees the same batches and views.
-
-Measured on held-out points, with the encoder in eval mode (BatchNorm
-running averages), on the L2-normalised embeddings:
-
-* ``variance`` — ``tfjax.diagnostics.embedding_variance`` (0 = one point);
-* ``rank95`` — rank at 95 % energy (1 = all on one line ±z*);
-* ``class_var`` — mean within-class variance;
-* ``knn`` — the library's weighted kNN (``tfjax.probes``, cosine,
-  ``eval.knn_k`` neighbours at ``eval.knn_temperature``) of the embeddings
-  against the training embeddings (all training labels; chance 1/3), as
-  ``train_and_evaluate`` reports it;
-* ``anchor_acc`` — OAR runs only: accuracy of the nearest anchor;
-* ``final_loss`` — mean training loss of the steps logged in the last 50.
-
-Runs live in ``WORKDIR/runs/seed<S>/<method run name>`` and resume from
-their checkpoints when started again (with the same config).  Writes
-overfusion_embeddings.png (3-D scatter per run, first seed),
+Runs live in ``WORKDIR/runs/seed<S>/<method run name>`` and resume from their
+checkpoints.  Writes overfusion_embeddings.png (first seed),
 overfusion_variance.png, results.md, results.json.
 """
 
@@ -96,12 +73,8 @@ def run_config(config, loss: str, oar: bool, seed: int):
   c.seed = seed
   c.loss = loss
   c.backbone_kwargs.hidden = (config.hidden, config.hidden)
-  if oar:
-    c.label_fraction = config.oar.label_fraction
-    c.oar_weight = config.oar.weight
-  else:
-    c.label_fraction = None
-    c.oar_weight = 0.0
+  c.label_fraction, c.oar_weight = ((config.oar.label_fraction, config.oar.weight) if oar
+                                    else (None, 0.0))
   return c
 
 
@@ -260,22 +233,20 @@ def search(config, workdir: str, *, progress: bool = True):
       rows.append(_search_run(config, setting, name, False, data, workdir, progress))
       say(rows[-1])
   collapsed = [r for r in rows if line_collapse(r)]
-  rescued = []
-  seen, groups = [], set()
+  rescued, groups = [], set()
   for r in collapsed:   # one collapsed setting per (noise, width): the first
-    setting = {k: r[k] for k in SEARCH_FIELDS}
-    if setting in seen or (r["noise"], r["hidden"]) in groups:
+    if (r["noise"], r["hidden"]) in groups:
       continue
-    if len(seen) == config.search.max_oar_settings:
+    if len(groups) == config.search.max_oar_settings:
       break
-    seen.append(setting)
     groups.add((r["noise"], r["hidden"]))
+    setting = {k: r[k] for k in SEARCH_FIELDS}
     for name in names:
       rescued.append(_search_run(config, setting, name, True,
                                  data_by_noise[setting["noise"]], workdir, progress))
       say(rescued[-1])
   rows += rescued
-  _search_report(config, workdir, rows, names, len(grid), collapsed, len(seen),
+  _search_report(config, workdir, rows, names, len(grid), collapsed, len(groups),
                  time.time() - t0)
   return rows
 

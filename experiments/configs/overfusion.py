@@ -2,28 +2,26 @@ r"""CLOA's 3-D over-fusion example (experiments/overfusion.py): three lines in R
 
     python -m experiments.overfusion --config=experiments/configs/overfusion.py:quick --noprogress
 
-Gives (2-core CPU, 58 s wall; 400 Adam steps of batch 256, seed 0, 600 test
-points): no base loss collapses onto one line — every run keeps rank95 = 3.
+Gives (2-core CPU shared with other jobs, 239 s wall; 400 Adam steps of batch
+256, seed 0, 600 test points): no base loss collapses onto one line — every
+run keeps rank95 = 3.
 
 =================  ==========  ========  =====  ==========  ==========
 run                variance    rank95    kNN    class_var   anchor_acc
 =================  ==========  ========  =====  ==========  ==========
-InfoNCE            0.993       3         0.935  0.589
-OAR-InfoNCE        0.937       3         0.930  0.617       0.673
-DCL                0.993       3         0.937  0.589
-OAR-DCL            0.939       3         0.925  0.620       0.677
-VICReg             0.967       3         0.928  0.508
-OAR-VICReg         0.526       3         0.888  0.313       0.580
-Barlow Twins       0.945       3         0.925  0.492
-OAR-Barlow Twins   0.622       3         0.933  0.106       0.930
+InfoNCE            0.993       3         0.938  0.589
+OAR-InfoNCE        0.938       3         0.925  0.616       0.675
+DCL                0.994       3         0.937  0.589
+OAR-DCL            0.939       3         0.920  0.619       0.678
+VICReg             0.967       3         0.932  0.508
+OAR-VICReg         0.526       3         0.890  0.313       0.582
+Barlow Twins       0.945       3         0.920  0.493
+OAR-Barlow Twins   0.622       3         0.930  0.107       0.930
 =================  ==========  ========  =====  ==========  ==========
 
-(kNN in this table: a cosine 10-NN majority vote, chance 0.333.  The script
-reports the weighted kNN of ``tfjax.probes`` instead — ``eval.knn_k``
-neighbours at ``eval.knn_temperature``, the probe of every other experiment —
-so its kNN column differs from this one until the quick size is rerun; the
-other columns are unaffected.  The README's over-fusion figure is this run's
-overfusion_embeddings.png.)
+(kNN: the weighted kNN of ``tfjax.probes`` — ``eval.knn_k`` neighbours at
+``eval.knn_temperature``, chance 0.333.  The README's over-fusion figure is
+this run's overfusion_embeddings.png.)
 
     python -m experiments.overfusion --config=experiments/configs/overfusion.py:tiny   # smoke test
     python -m experiments.overfusion                                                  # full: 3 seeds
