@@ -391,9 +391,8 @@ def _notes(rows, config, angles, seconds) -> str:
         "OAR does pull each class toward its anchor (anchor accuracy above) and "
         "usually lowers the within-class variance, but it does not rescue a "
         "collapse here because there is none to rescue. Probes outside the "
-        "defaults (300 steps at the tiny size with SGD lr 1 and 0.1, Adam lr "
-        "0.05; measured before the port to the library's training loop) did not "
-        "collapse InfoNCE or DCL either. The paper's exact data noise, widths, "
+        "defaults (the search mode, docs/overfusion_search.md) collapse InfoNCE "
+        "and DCL only with SGD at lr 10-1000, tau <= 0.1 and widths 4-8. The paper's exact data noise, widths, "
         "temperature, optimiser and step count are not stated; a collapse may "
         "need other values than ours.")
   else:
