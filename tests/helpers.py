@@ -47,3 +47,14 @@ def make_views(key, x, *, num_views: int = 2, strength, augment_fn: Callable, gr
     views = jnp.concatenate([augment_batch(keys[v], x, strength, augment_fn) for v in range(num_views)], axis=0)
     groups = jnp.tile(jnp.arange(n, dtype=jnp.int32), num_views) + jnp.asarray(group_offset, jnp.int32)
     return views, groups
+
+
+def set_fields(config, fields):
+  """Sets ``{dotted name: value}`` on ``config`` in place; returns it."""
+  for key, value in fields.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    setattr(node, leaf, value)
+  return config

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.helpers import set_fields
+
 from tfjax import evaluation, train
 from tfjax.backbones import get_backbone
 from tfjax.config import base_config, validate
@@ -34,13 +36,7 @@ def small_config(compute_dtype="bfloat16", **overrides):
   c.warmup_steps = 0
   c.num_devices = 1
   c.compute_dtype = compute_dtype
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    setattr(node, leaf, value)
-  return c
+  return set_fields(c, overrides)
 
 
 def float_dtypes(tree):

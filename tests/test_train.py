@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.helpers import set_fields
+
 from experiments import train as main_job
 from experiments.runs import run_configs
 from tfjax import devices, evaluation, guards, methods, train
@@ -40,13 +42,7 @@ def tiny_config(**overrides):
   c.eval.finetune_steps = 20
   c.eval.finetune_fractions = (0.5,)
   c.eval.knn_k = 3
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    setattr(node, leaf, value)
-  return c
+  return set_fields(c, overrides)
 
 
 def toy_data(n_train=48, n_test=24, dim=8, classes=3, seed=0):
