@@ -3,31 +3,15 @@
     python -m experiments.lr_sweep --config=experiments/configs/lr_sweep.py:quick --noprogress
     python -m experiments.lr_sweep               # 4 losses, lr decades 1e-7 … 1 (GPU)
 
-The config (``experiments/configs/lr_sweep.py``) holds every option and the
-protocol (the authors' temperature 1, a separate labelled batch per step,
-weight decay 5e-4); its docstring gives the measured result of the quick size.
-
-Two stages, per dataset of ``config.datasets``:
-
-1. **Sweep** (on a validation split: training uses the other 80 % of the
-   training split).  For every method of ``config.losses``, without and with
-   OAR, at every learning rate of ``config.lrs`` and every seed: one run of
-   ``tfjax.train.train_and_evaluate``.  If no learning rate made InfoNCE or
-   DCL collapse, the grid grows upward (×10) until one does or
-   ``config.extend_to`` is passed.  Each run reports CLOA's fine-tuning
-   accuracy at 10 / 50 / 100 % labels, kNN, the embedding variance of the
-   projector outputs (where the loss and OAR act) at the end and its minimum
-   over training, and its per-step mechanism (base-loss and OAR gradient
-   norms, backbone weight norm, embedding variance) in its ``metrics.jsonl``.
-2. **Test** (Table 3's shape).  For every method ± OAR, the learning rate
-   with the best mean fine-tuning accuracy at 10 % labels on the validation
-   split is retrained on the whole training split, every seed, and evaluated
-   on the test split.  The fair random baseline (the random-init backbone
-   with BatchNorm statistics of the data) is evaluated on both splits.
-
-Then each of CLOA's claims gets a verdict — *reproduced*, *not reproduced in
-the region searched*, or *untestable here* — from the numbers (rules in
-:func:`verdicts`).  Runs live in ``WORKDIR/DATASET/{sweep,test}/<run>_lr<lr>_s<seed>``
+Per dataset of ``config.datasets``: a sweep on a validation split (every method
+of ``config.losses`` ± OAR, every learning rate and seed; the grid grows ×10
+until InfoNCE or DCL collapse or ``config.extend_to`` is passed), then each
+variant retrained on the whole training split at its validation-chosen
+learning rate and evaluated on the test split (Table 3's shape), beside the
+random-init backbone with BatchNorm statistics of the data; then a verdict per
+claim of CLOA (:func:`verdicts`).  The protocol and fields:
+``experiments/configs/lr_sweep.py``; the method and its results:
+docs/experiments.md.  Runs live in ``WORKDIR/DATASET/{sweep,test}/<run>_lr<lr>_s<seed>``
 and resume when the sweep is started again.
 
 Writes lr_sweep_table3.png, lr_sweep_accuracy.png, lr_sweep_variance.png,
@@ -59,8 +43,6 @@ PAPER = {
     "barlow_twins": ((.415, .502, .539), (.676, .697, .700)),
     "vicreg": ((.420, .467, .524), (.663, .673, .691)),
 }
-# InfoNCE at lr = 1 in the draft: (accuracy, embedding variance), plain / OAR.
-PAPER_LR1 = {"no": (.10, .05), "yes": (.665, .89)}
 FINETUNE = ("finetune@0.1", "finetune@0.5", "finetune@1")
 METRICS = FINETUNE + ("knn", "variance", "min_variance", "feature_variance")
 COLLAPSING = ("info_nce", "dcl")   # the losses CLOA says collapse
@@ -68,6 +50,12 @@ COLLAPSING = ("info_nce", "dcl")   # the losses CLOA says collapse
 EXPERIMENT_FIELDS = ("datasets", "losses", "lrs", "extend_to", "seeds",
                      "sweep_validation_fraction", "oar", "collapse_variance",
                      "max_train_examples", "max_test_examples")
+CURVE_KEYS = ("embedding_variance", "param_norm", "base_grad_norm", "oar_grad_norm",
+              "base_loss", "oar_loss")
+OARS = ("no", "yes")
+COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
+          "tab:brown", "tab:pink", "tab:olive"]
+RANDOM = "random init (BatchNorm of the data)"
 
 
 def learning_rates(config) -> list[float]:
@@ -88,8 +76,7 @@ def loss_names(config) -> list[str]:
 def dataset_names(config) -> list[str]:
   """The datasets of ``config.datasets``, each with a known backbone."""
   names = [d.strip() for d in str(config.datasets).split(",") if d.strip()]
-  unknown = [d for d in names if d not in BACKBONE]
-  if not names or unknown:
+  if not names or any(d not in BACKBONE for d in names):
     raise ValueError(f"config.datasets must list datasets of {sorted(BACKBONE)}, "
                      f"got {config.datasets!r}")
   return names
@@ -106,35 +93,27 @@ def run_config(config, loss: str, oar: bool, lr: float, *, dataset: str = None,
   if dataset is not None and dataset != c.dataset:
     c.dataset = dataset
     c.backbone, c.backbone_kwargs = BACKBONE[dataset]
-  c.loss = loss
-  c.learning_rate = lr
+  c.loss, c.learning_rate = loss, lr
   c.seed = config.seed if seed is None else seed
   c.validation_fraction = config.sweep_validation_fraction if stage == "sweep" else None
   c.warmup_steps = min(c.warmup_steps, c.num_steps // 10)
   c.log_every = max(1, min(c.log_every, c.num_steps // 4))
-  if oar:
-    c.label_fraction = config.oar.label_fraction
-    c.oar_weight = config.oar.weight
-    c.labelled_batch_size = config.oar.labelled_batch_size if config.oar.separate_batch else 0
-  else:
-    c.label_fraction = None
-    c.oar_weight = 0.0
-    c.labelled_batch_size = 0
+  o = config.oar
+  c.label_fraction, c.oar_weight, c.labelled_batch_size = (
+      (o.label_fraction, o.weight, o.labelled_batch_size if o.separate_batch else 0)
+      if oar else (None, 0.0, 0))
   return c
 
 
 def _load_data(config, dataset, spec):
   """``data=`` of the runs: None (the pipeline reads the dataset), or the
-  first ``max_*_examples`` records as arrays."""
+  first ``max_*_examples`` records (0 = the whole split) as arrays."""
   if not (config.max_train_examples or config.max_test_examples):
     return None
   from tfjax.data.pipeline import load_arrays
-  take = lambda n: n or None  # noqa: E731  (0 = the whole split)
-  x_tr, y_tr = load_arrays(dataset, spec.train_split, config.data_dir,
-                           take=take(config.max_train_examples))
-  x_te, y_te = load_arrays(dataset, spec.test_split, config.data_dir,
-                           take=take(config.max_test_examples))
-  return x_tr, y_tr, x_te, y_te
+  return tuple(a for split, n in ((spec.train_split, config.max_train_examples),
+                                  (spec.test_split, config.max_test_examples))
+               for a in load_arrays(dataset, split, config.data_dir, take=n or None))
 
 
 def _one_run(cfg, run_dir, data, progress) -> Dict:
@@ -155,18 +134,11 @@ def _one_run(cfg, run_dir, data, progress) -> Dict:
           "status": "ok", "curve": curve}
 
 
-CURVE_KEYS = ("embedding_variance", "param_norm", "base_grad_norm", "oar_grad_norm",
-              "base_loss", "oar_loss")
-
-
 def _curve(run_dir) -> Dict[str, list]:
   from tfjax.metrics import read_metrics
   path = os.path.join(run_dir, "metrics.jsonl")
   rows = read_metrics(path) if os.path.exists(path) else []
-  out = {"step": [r["step"] for r in rows]}
-  for k in CURVE_KEYS:
-    out[k] = [r.get(k) for r in rows]
-  return out
+  return {"step": [r["step"] for r in rows], **{k: [r.get(k) for r in rows] for k in CURVE_KEYS}}
 
 
 def _summary(seed_runs: Sequence[Dict]) -> Dict:
@@ -220,30 +192,20 @@ def one_dataset(config, dataset, names, lrs, seeds, workdir, progress, t0) -> Di
   data = _load_data(config, dataset, spec)
 
   def train_all(loss, oar, lr, stage):
-    out = []
-    for seed in seeds:
-      cfg = run_config(config, loss, oar, lr, dataset=dataset, seed=seed, stage=stage)
-      started = time.time()
-      out.append(_one_run(cfg, os.path.join(workdir, dataset, stage,
-                                            f"{methods.run_name(cfg)}_lr{lr:.3g}_s{seed}"),
-                          data, progress))
-      print(f"{dataset} {stage} {methods.display_name(cfg)} lr={lr:.3g} seed={seed}: "
-            + (" ".join(f"{k}={out[-1][k]:.3f}" for k in ("finetune@0.1", "knn", "variance",
-                                                          "min_variance"))
-               if out[-1]["status"] == "ok" else out[-1]["status"])
-            + f" ({time.time() - started:.0f} s; {time.time() - t0:.0f} s in all)", flush=True)
-    return out
+    return [_seed_run(run_config(config, loss, oar == "yes", lr, dataset=dataset, seed=seed,
+                                 stage=stage), stage, workdir, data, progress, t0)
+            for seed in seeds]
 
-  variants = [(loss, oar) for loss in names for oar in ("no", "yes")]
+  variants = [(loss, oar) for loss in names for oar in OARS]
   sweep = {v: {} for v in variants}   # (loss, oar) -> {lr: summary}
   curves = {}                          # (loss, oar, lr) -> seed 0's curve
   grid = list(lrs)
+  probe = [l for l in names if l in COLLAPSING]
   for lr in grid:                      # the loop sees the learning rates it appends
     for loss, oar in variants:
-      seed_runs = train_all(loss, oar == "yes", lr, "sweep")
+      seed_runs = train_all(loss, oar, lr, "sweep")
       sweep[(loss, oar)][lr] = _summary(seed_runs)
       curves[(loss, oar, lr)] = seed_runs[0]["curve"]
-    probe = [l for l in names if l in COLLAPSING]
     if (lr == grid[-1] and config.extend_to and lr * 10 <= config.extend_to * (1 + 1e-9)
         and probe and not any(collapsed(sweep[(l, "no")][x], config.collapse_variance)
                               for l in probe for x in grid)):
@@ -252,11 +214,11 @@ def one_dataset(config, dataset, names, lrs, seeds, workdir, progress, t0) -> Di
   base_test = evaluate_untrained(
       run_config(config, names[0], False, lrs[0], dataset=dataset, stage="test"), data=data)
   chosen, test = {}, {}
-  for loss, oar in variants:
-    ok = {lr: s for lr, s in sweep[(loss, oar)].items() if s["finetune@0.1"] is not None}
+  for v in variants:
+    ok = {lr: s for lr, s in sweep[v].items() if s["finetune@0.1"] is not None}
     if ok:
-      chosen[(loss, oar)] = max(ok, key=lambda x: ok[x]["finetune@0.1"])
-      test[(loss, oar)] = _summary(train_all(loss, oar == "yes", chosen[(loss, oar)], "test"))
+      chosen[v] = max(ok, key=lambda x: ok[x]["finetune@0.1"])
+      test[v] = _summary(train_all(*v, chosen[v], "test"))
   _plot_mechanism(workdir, dataset, sweep, curves, names, grid, config.collapse_variance)
   return {
       "grid": grid, "num_classes": spec.num_classes,
@@ -269,6 +231,20 @@ def one_dataset(config, dataset, names, lrs, seeds, workdir, progress, t0) -> Di
   }
 
 
+def _seed_run(cfg, stage, workdir, data, progress, t0) -> Dict:
+  """:func:`_one_run` in ``WORKDIR/DATASET/STAGE/<run>_lr<lr>_s<seed>``, said in one line."""
+  lr, started = cfg.learning_rate, time.time()
+  out = _one_run(cfg, os.path.join(workdir, cfg.dataset, stage,
+                                   f"{methods.run_name(cfg)}_lr{lr:.3g}_s{cfg.seed}"),
+                 data, progress)
+  print(f"{cfg.dataset} {stage} {methods.display_name(cfg)} lr={lr:.3g} seed={cfg.seed}: "
+        + (" ".join(f"{k}={out[k]:.3f}" for k in ("finetune@0.1", "knn", "variance",
+                                                  "min_variance"))
+           if out["status"] == "ok" else out["status"])
+        + f" ({time.time() - started:.0f} s; {time.time() - t0:.0f} s in all)", flush=True)
+  return out
+
+
 def verdicts(sweep, test, names, grid, threshold) -> List[Dict]:
   """CLOA's three claims, judged from the sweep (validation) and test runs.
 
@@ -277,86 +253,74 @@ def verdicts(sweep, test, names, grid, threshold) -> List[Dict]:
     *not reproduced in the region searched*.
   * "OAR prevents the collapse": *untestable here* when nothing collapsed;
     *reproduced* when, at every learning rate where the plain loss collapsed,
-    the OAR run did not (mean end variance ≥ ``threshold``) and its
-    fine-tuning accuracy at 10 % labels is higher by more than two standard
-    deviations of the difference; else *not reproduced*.
-  * "OAR improves accuracy at 10 % labels" (Table 3): on the test split, at
-    each variant's validation-chosen learning rate, OAR's mean fine-tuning
-    accuracy at 10 % labels exceeds the plain loss's by more than two
-    standard deviations of the difference: *reproduced*; below it by more
-    than that: *reversed*; otherwise *not reproduced (within the seed spread)*.
+    the OAR run did not and beats it at 10 % labels by more than two
+    standard deviations of the difference (:func:`_gap`); else *not reproduced*.
+  * "OAR improves accuracy at 10 % labels" (Table 3, test split, each
+    variant at its validation-chosen learning rate): *reproduced* when OAR
+    is higher by more than two standard deviations of the difference,
+    *reversed* when lower by more, else *not reproduced (within the seed spread)*.
   """
   out = []
-  region = f"lr {min(grid):.3g} … {max(grid):.3g}"
   for loss in names:
-    if loss not in COLLAPSING:
-      continue
-    plain = sweep[(loss, "no")]
-    where = [lr for lr, s in plain.items() if collapsed(s, threshold)]
-    low = min((s["variance"] for s in plain.values() if s["variance"] is not None),
-              default=None)
-    name = methods.get(loss).display_name
-    some = [f"{sum(v < threshold for v in s.get('seed_variances', []))} of "
-            f"{s['seeds']} seeds at lr {lr:.3g}" for lr, s in sorted(plain.items())
-            if any(v < threshold for v in s.get("seed_variances", []))]
-    seeds_note = ("; single seeds below it: " + ", ".join(some)) if some else ""
-    transient = [f"{lr:.3g}" for lr, s in sorted(plain.items())
-                 if s["min_variance"] is not None and s["min_variance"] < threshold
-                 and lr not in where]
-    if transient:
-      seeds_note += ("; a transient collapse (mean lowest variance during training "
-                     f"< {threshold}) that training recovered from at lr "
-                     + ", ".join(transient))
-    if where:
-      out.append({"claim": f"{name} collapses at a high learning rate",
-                  "verdict": "reproduced",
-                  "evidence": f"mean end variance < {threshold} at lr "
-                              + ", ".join(f"{lr:.3g}" for lr in where) + seeds_note})
-    else:
-      out.append({"claim": f"{name} collapses at a high learning rate",
-                  "verdict": "not reproduced in the region searched",
-                  "evidence": f"{region}: lowest mean end variance {pm(low)}"
-                              + seeds_note})
-    if not where:
-      evidence = f"{name} did not collapse (mean end variance) in {region}"
-      if transient:
-        evidence += "; during training, at lr " + ", ".join(
-            f"{lr}: lowest variance {pm(plain[float(lr)]['min_variance'])} without OAR, "
-            f"{pm(sweep[(loss, 'yes')][float(lr)]['min_variance'])} with"
-            for lr in transient if float(lr) in sweep[(loss, "yes")])
-      out.append({"claim": f"OAR prevents {name}'s collapse", "verdict": "untestable here",
-                  "evidence": evidence})
-    else:
-      rescued = []
-      for lr in where:
-        o, p = sweep[(loss, "yes")].get(lr), plain[lr]
-        ok = (o is not None and o["variance"] is not None and o["variance"] >= threshold
-              and _gap(o, p, "finetune@0.1") > 0)
-        rescued.append((lr, ok, o))
-      verdict = "reproduced" if all(ok for _, ok, _ in rescued) else "not reproduced"
-      out.append({"claim": f"OAR prevents {name}'s collapse", "verdict": verdict,
-                  "evidence": "; ".join(
-                      f"lr {lr:.3g}: OAR variance {pm(o and o['variance'])}, "
-                      f"finetune@10% {pm(o and o['finetune@0.1'])} vs "
-                      f"{pm(plain[lr]['finetune@0.1'])}" for lr, _, o in rescued)})
+    if loss in COLLAPSING:
+      out += _collapse_verdicts(loss, sweep[(loss, "no")], sweep[(loss, "yes")], grid,
+                                threshold)
   for loss in names:
     o, p = test.get((loss, "yes")), test.get((loss, "no"))
-    name = methods.get(loss).display_name
-    claim = f"OAR improves {name}'s accuracy at 10 % labels"
+    claim = f"OAR improves {methods.get(loss).display_name}'s accuracy at 10 % labels"
     if o is None or p is None or o["finetune@0.1"] is None or p["finetune@0.1"] is None:
       out.append({"claim": claim, "verdict": "untestable here",
                   "evidence": "a variant diverged at every learning rate"})
       continue
-    gap = _gap(o, p, "finetune@0.1")
-    diff = o["finetune@0.1"] - p["finetune@0.1"]
-    verdict = ("reproduced" if gap > 0 else
+    verdict = ("reproduced" if _gap(o, p, "finetune@0.1") > 0 else
                "reversed" if _gap(p, o, "finetune@0.1") > 0 else
                "not reproduced (within the seed spread)")
     out.append({"claim": claim, "verdict": verdict,
                 "evidence": f"test finetune@10%: OAR {pm(o['finetune@0.1'], o['finetune@0.1_std'])}"
                             f" vs {pm(p['finetune@0.1'], p['finetune@0.1_std'])} "
-                            f"(difference {diff:+.3f})"})
+                            f"(difference {o['finetune@0.1'] - p['finetune@0.1']:+.3f})"})
   return out
+
+
+def _collapse_verdicts(loss, plain, with_oar, grid, threshold) -> List[Dict]:
+  """The collapse claim and the rescue claim of one collapsing loss."""
+  name = methods.get(loss).display_name
+  where = [lr for lr, s in plain.items() if collapsed(s, threshold)]
+  some = [f"{sum(v < threshold for v in s.get('seed_variances', []))} of "
+          f"{s['seeds']} seeds at lr {lr:.3g}" for lr, s in sorted(plain.items())
+          if any(v < threshold for v in s.get("seed_variances", []))]
+  note = ("; single seeds below it: " + ", ".join(some)) if some else ""
+  transient = [f"{lr:.3g}" for lr, s in sorted(plain.items())
+               if s["min_variance"] is not None and s["min_variance"] < threshold
+               and lr not in where]
+  if transient:
+    note += ("; a transient collapse (mean lowest variance during training "
+             f"< {threshold}) that training recovered from at lr " + ", ".join(transient))
+  collapse, rescue = (f"{name} collapses at a high learning rate",
+                      f"OAR prevents {name}'s collapse")
+  if where:
+    rescued = [(lr, with_oar.get(lr)) for lr in where]
+    ok = all(o is not None and o["variance"] is not None and o["variance"] >= threshold
+             and _gap(o, plain[lr], "finetune@0.1") > 0 for lr, o in rescued)
+    return [{"claim": collapse, "verdict": "reproduced",
+             "evidence": f"mean end variance < {threshold} at lr "
+                         + ", ".join(f"{lr:.3g}" for lr in where) + note},
+            {"claim": rescue, "verdict": "reproduced" if ok else "not reproduced",
+             "evidence": "; ".join(
+                 f"lr {lr:.3g}: OAR variance {pm(o and o['variance'])}, "
+                 f"finetune@10% {pm(o and o['finetune@0.1'])} vs "
+                 f"{pm(plain[lr]['finetune@0.1'])}" for lr, o in rescued)}]
+  region = f"lr {min(grid):.3g} … {max(grid):.3g}"
+  low = min((s["variance"] for s in plain.values() if s["variance"] is not None), default=None)
+  evidence = f"{name} did not collapse (mean end variance) in {region}"
+  if transient:
+    evidence += "; during training, at lr " + ", ".join(
+        f"{lr}: lowest variance {pm(plain[float(lr)]['min_variance'])} without OAR, "
+        f"{pm(with_oar[float(lr)]['min_variance'])} with"
+        for lr in transient if float(lr) in with_oar)
+  return [{"claim": collapse, "verdict": "not reproduced in the region searched",
+           "evidence": f"{region}: lowest mean end variance {pm(low)}" + note},
+          {"claim": rescue, "verdict": "untestable here", "evidence": evidence}]
 
 
 def _gap(a, b, key) -> float:
@@ -372,8 +336,12 @@ def _label(loss, oar):
   return ("OAR-" if oar == "yes" else "") + methods.get(loss).display_name
 
 
-COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
-          "tab:brown", "tab:pink", "tab:olive"]
+# The sweep's figures: (key, file, y label, title).
+SWEEP_FIGURES = (
+    ("finetune@0.1", "lr_sweep_accuracy.png", "fine-tuning accuracy, 10 % labels\n"
+     "(validation split)", "Accuracy across the learning-rate sweep"),
+    ("variance", "lr_sweep_variance.png", "embedding variance at the end\n"
+     "(validation projector outputs)", "Collapse across the sweep (0 = one point)"))
 
 
 def _sweep_series(entry, loss, oar, key):
@@ -384,26 +352,22 @@ def _sweep_series(entry, loss, oar, key):
 
 
 def _plot(workdir, report, names):
+  """The sweep's figures (:data:`SWEEP_FIGURES`) and Table 3's, ours beside the paper's."""
   plt = pyplot()
   datasets = list(report["datasets"])
   colors = dict(zip(names, COLORS))
-  for key, fname, ylabel, title in (
-      ("finetune@0.1", "lr_sweep_accuracy.png", "fine-tuning accuracy, 10 % labels\n"
-       "(validation split)", "Accuracy across the learning-rate sweep"),
-      ("variance", "lr_sweep_variance.png", "embedding variance at the end\n"
-       "(validation projector outputs)", "Collapse across the sweep (0 = one point)")):
+  for key, fname, ylabel, title in SWEEP_FIGURES:
     fig, axes = plt.subplots(1, len(datasets), figsize=(max(7.0, 5.2 * len(datasets)), 3.8),
                              squeeze=False, sharey=True)
     for ax, dataset in zip(axes[0], datasets):
       entry = report["datasets"][dataset]
       for loss in names:
-        for oar, ls in (("no", "--"), ("yes", "-")):
+        for oar, ls in zip(OARS, ("--", "-")):
           x, y, e = _sweep_series(entry, loss, oar, key)
           ax.errorbar(x, y, yerr=e, fmt=ls, marker="o", ms=4, capsize=3,
                       color=colors[loss], label=_label(loss, oar))
       if key == "finetune@0.1":
-        ax.axhline(entry["random_validation"][key], color="gray", ls=":",
-                   label="random init (BatchNorm of the data)")
+        ax.axhline(entry["random_validation"][key], color="gray", ls=":", label=RANDOM)
         ax.axhline(1 / entry["num_classes"], color="black", lw=0.8, ls="-.", label="chance")
       else:
         ax.axhline(report.get("collapse_variance", 0.1), color="gray", ls=":",
@@ -418,8 +382,7 @@ def _plot(workdir, report, names):
                  "(dashed: base loss, solid: with OAR)", fontsize=9)
     save(fig, os.path.join(workdir, fname), dpi=100)
 
-  # Table 3's shape: test accuracy at 10 / 50 / 100 % labels, ours vs paper.
-  groups = [(loss, oar) for loss in names for oar in ("no", "yes")]
+  groups = [(loss, oar) for loss in names for oar in OARS]
   fig, axes = plt.subplots(1, len(datasets) + 1, figsize=(4.6 * (len(datasets) + 1), 3.8),
                            squeeze=False, sharey=True)
   width = 0.8 / len(groups)
@@ -439,7 +402,7 @@ def _plot(workdir, report, names):
       rnd = report["datasets"][dataset]["random_test"]
       for j, k in enumerate(FINETUNE):   # one mark over each group of bars
         ax.plot([j - width / 2, j + 0.8 - width / 2], [rnd[k]] * 2, "--", color="black",
-                lw=1.2, label="random init (BatchNorm of the data)" if j == 0 else None)
+                lw=1.2, label=RANDOM if j == 0 else None)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(3)], ["10 %", "50 %", "100 %"])
     ax.set_xlabel("labels for fine-tuning")
     ax.set_title("CLOA draft, CIFAR-10 (Table 3)" if dataset == "paper"
@@ -454,28 +417,25 @@ def _plot(workdir, report, names):
   save(fig, os.path.join(workdir, "lr_sweep_table3.png"), dpi=100)
 
 
+MECHANISM_PANELS = (("embedding_variance", "embedding variance (batch)"),
+                    ("param_norm", "backbone weight norm"),
+                    ("base_grad_norm", "base-loss gradient norm"),
+                    ("oar_grad_norm", "OAR gradient norm"))
+
+
 def _plot_mechanism(workdir, dataset, sweep, curves, names, grid, threshold):
   """Per-step mechanism of the runs at the learning rate where the base loss's
   variance was lowest (seed 0): variance, weight norm, both gradient norms."""
-  probe = [l for l in names if l in COLLAPSING] or names[:1]
-  loss = probe[0]
-  plain = sweep[(loss, "no")]
-  ok = {lr: s for lr, s in plain.items() if s["min_variance"] is not None}
+  loss = ([l for l in names if l in COLLAPSING] or names[:1])[0]
+  ok = {lr: s for lr, s in sweep[(loss, "no")].items() if s["min_variance"] is not None}
   lr = min(ok, key=lambda x: ok[x]["min_variance"]) if ok else max(grid)
-  plt = pyplot()
-  fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
-  panels = (("embedding_variance", "embedding variance (batch)"),
-            ("param_norm", "backbone weight norm"),
-            ("base_grad_norm", "base-loss gradient norm"),
-            ("oar_grad_norm", "OAR gradient norm"))
-  for ax, (key, title) in zip(axes, panels):
-    for oar, ls in (("no", "--"), ("yes", "-")):
+  fig, axes = pyplot().subplots(1, 4, figsize=(15, 3.4))
+  for ax, (key, title) in zip(axes, MECHANISM_PANELS):
+    for oar, ls, color in zip(OARS, ("--", "-"), ("tab:blue", "tab:red")):
       c = curves.get((loss, oar, lr))
-      if not c or not c["step"]:
-        continue
-      ys = [np.nan if v is None else v for v in c[key]]
-      ax.plot(c["step"], ys, ls, color="tab:blue" if oar == "no" else "tab:red",
-              label=_label(loss, oar))
+      if c and c["step"]:
+        ax.plot(c["step"], [np.nan if v is None else v for v in c[key]], ls, color=color,
+                label=_label(loss, oar))
     if key == "embedding_variance":
       ax.axhline(threshold, color="gray", ls=":", label="collapse threshold")
       ax.set_ylim(0, 1.02)
@@ -490,58 +450,54 @@ def _plot_mechanism(workdir, dataset, sweep, curves, names, grid, threshold):
 
 
 def _markdown(report, names, config) -> str:
-  seeds = report["config"]["seeds"]
+  """results.md: the protocol, the verdicts, Table 3's comparison, the sweep."""
+  seeds, o, entries = report["config"]["seeds"], config.oar, report["datasets"].items()
+  PERCENT, LR_CHOSEN, PAPER_COL = (("10 %", "50 %", "100 %"), "lr (chosen on validation)",
+                                   "paper (CIFAR-10, ResNet-18)")
+  table3 = []
+  for d, e in entries:
+    for loss in names:
+      for oar in OARS:
+        s, lr = e["test"].get(f"{loss}|{oar}"), e["chosen_lr"].get(f"{loss}|{oar}")
+        table3.append({"dataset": d, "method": _label(loss, oar),
+                       LR_CHOSEN: "—" if lr is None else f"{lr:.3g}",
+                       **{c: pm(s and s[k], s and s[k + "_std"]) for c, k in zip(PERCENT, FINETUNE)},
+                       PAPER_COL: "/".join(f"{v:.3f}" for v in PAPER[loss][oar == "yes"])
+                       if loss in PAPER else "—"})
+    table3.append({"dataset": d, "method": RANDOM, LR_CHOSEN: "—", PAPER_COL: "—",
+                   **{c: pm(e["random_test"][k]) for c, k in zip(PERCENT, FINETUNE)}})
   lines = [f"# CLOA's learning-rate protocol: collapse and OAR "
            f"({len(seeds)} seeds, mean ± std)", "",
            f"Protocol: temperature {config.temperature}, SGD momentum {config.momentum}, "
            f"weight decay {config.weight_decay}, cosine schedule with "
            f"{config.warmup_steps} warm-up steps, {config.num_steps} steps of batch "
            f"{config.batch_size}"
-           + (f" plus a separate labelled batch of {config.oar.labelled_batch_size}"
-              if config.oar.separate_batch else "")
-           + f" for OAR (λ = {config.oar.weight}, {config.oar.label_fraction:.0%} "
+           + (f" plus a separate labelled batch of {o.labelled_batch_size}"
+              if o.separate_batch else "")
+           + f" for OAR (λ = {o.weight}, {o.label_fraction:.0%} "
            f"labels); fine-tuning head {config.eval.finetune_steps} steps. Sweep on "
            f"a {config.sweep_validation_fraction:.0%} validation split; the Table-3 "
            "rows retrain each variant at its validation-chosen learning rate and "
-           "report the test split.", ""]
-  lines += ["## Verdicts", "", "| dataset | claim | verdict | evidence |", "|---|---|---|---|"]
-  for dataset, entry in report["datasets"].items():
-    for v in entry["verdicts"]:
-      lines.append(f"| {dataset} | {v['claim']} | **{v['verdict']}** | {v['evidence']} |")
-  lines += ["", "## Table 3's comparison (test split; fine-tuning accuracy at "
-            "10 / 50 / 100 % labels)", "",
-            "| dataset | method | lr (chosen on validation) | 10 % | 50 % | 100 % | "
-            "paper (CIFAR-10, ResNet-18) |", "|---|---|---|---|---|---|---|"]
-  for dataset, entry in report["datasets"].items():
-    for loss in names:
-      for oar in ("no", "yes"):
-        s = entry["test"].get(f"{loss}|{oar}")
-        ref = PAPER.get(loss)
-        paper = "/".join(f"{v:.3f}" for v in ref[oar == "yes"]) if ref else "—"
-        cells = [pm(s and s[k], s and s[k + "_std"]) for k in FINETUNE]
-        lr = entry["chosen_lr"].get(f"{loss}|{oar}")
-        lines.append(f"| {dataset} | {_label(loss, oar)} | "
-                     f"{'—' if lr is None else f'{lr:.3g}'} | {' | '.join(cells)} | {paper} |")
-    rnd = entry["random_test"]
-    lines.append(f"| {dataset} | random init (BatchNorm of the data) | — | "
-                 + " | ".join(pm(rnd[k]) for k in FINETUNE) + " | — |")
-  lines += ["", "## The sweep (validation split)", ""]
-  for dataset, entry in report["datasets"].items():
-    rows = []
-    for key, s in entry["sweep"].items():
-      loss, oar, lr = key.split("|")
-      rows.append({"method": _label(loss, oar), "lr": lr,
-                   **{k: pm(s[k], s[k + "_std"]) for k in
-                      ("finetune@0.1", "knn", "variance", "min_variance")},
-                   "status": s["status"]})
+           "report the test split.", "", "## Verdicts", "",
+           markdown_table([{"dataset": d, **v, "verdict": f"**{v['verdict']}**"}
+                           for d, e in entries for v in e["verdicts"]],
+                          ["dataset", "claim", "verdict", "evidence"])
+           + "\n## Table 3's comparison (test split; fine-tuning accuracy at "
+           "10 / 50 / 100 % labels)", "",
+           markdown_table(table3, ["dataset", "method", LR_CHOSEN, *PERCENT, PAPER_COL]),
+           "## The sweep (validation split)", ""]
+  shown = ("finetune@0.1", "knn", "variance", "min_variance")
+  for dataset, entry in entries:
+    rows = [{"method": _label(*key.split("|")[:2]), "lr": key.split("|")[2],
+             **{k: pm(s[k], s[k + "_std"]) for k in shown}, "status": s["status"]}
+            for key, s in entry["sweep"].items()]
     rnd = entry["random_validation"]
-    rows.append({"method": "random init (BatchNorm of the data)", "lr": "—",
-                 "finetune@0.1": pm(rnd["finetune@0.1"]), "knn": pm(rnd["knn"]),
-                 "variance": "—", "min_variance": "—", "status": "no training"})
+    rows.append({"method": RANDOM, "lr": "—", "finetune@0.1": pm(rnd["finetune@0.1"]),
+                 "knn": pm(rnd["knn"]), "variance": "—", "min_variance": "—",
+                 "status": "no training"})
     lines += [f"### {dataset} (chance {1 / entry['num_classes']:.2f}; learning rates "
               + ", ".join(f"{lr:.3g}" for lr in entry["grid"]) + ")", "",
-              markdown_table(rows, ["method", "lr", "finetune@0.1", "knn", "variance",
-                                    "min_variance", "status"]), ""]
+              markdown_table(rows, ["method", "lr", *shown, "status"]), ""]
   lines += ["`variance`: 1 − ‖mean‖² of the normalised projector outputs of the "
             "evaluation split at the end (0 = one point); `min_variance`: its "
             "lowest value over training (the logged training batches and the end), "

@@ -3,33 +3,17 @@
     python -m experiments.recipe_sweep --noprogress
     python -m experiments.recipe_sweep --config=experiments/configs/recipe_sweep.py:tiny
 
-The config (``experiments/configs/recipe_sweep.py``) holds the main job's
-training fields plus the sweep's own.  Every sweep run holds out a
-class-balanced fifth of the training split (``validation_fraction``, seed 0)
-and is scored by kNN accuracy of its backbone features on it; the test split
-is never read by the sweep.  For each method of ``config.methods`` the
-search goes through four stages, each keeping the best value of the stages
-before:
-
-1. the augmentation (``augment`` × ``augment_strength``); 2. ``learning_rate``; 3. the method's own knobs
-(temperature for the methods that read one — SupCon, SimCLR, DCL; the head's depth and final projection for
-TransFusion; the head's form and depth for self-supervised TransFusion);
-4. ``num_steps``.
-
-A setting within ``tie_tolerance`` of a stage's best is a tie; ties keep the
-incumbent (the value carried in, at first the starting recipe's), else the first
-setting in grid order.  A setting that repeats an earlier run reuses it.
-Then the transfer check: each method's chosen recipe and its starting
-recipe on ``transfer.dataset`` (MNIST-1D generated with other settings),
-trained on its training split and evaluated on its test split, over
-``transfer.seeds`` seeds (0: no transfer check), beside the random-init
-backbone with BatchNorm statistics of the data.
+Every sweep run holds out a class-balanced ``validation_fraction`` of the
+training split and is scored by kNN accuracy on it (the test split is never
+read).  Per method of ``config.methods``, four stages (:data:`STAGES`,
+:func:`stage_grid`) each keep the best setting (:func:`choose`); then each
+chosen recipe and its default are trained on ``transfer.dataset`` and
+evaluated on its test split (:func:`transfer`).  The protocol and its results:
+docs/experiments.md; the fields: ``experiments/configs/recipe_sweep.py``.
 
 Runs live in ``WORKDIR/runs/<method>/<recipe>/seed<N>`` (transfer:
-``WORKDIR/transfer/...``); a finished run's results.json is reused when the
-sweep is started again (``--overwrite`` deletes every run and starts
-afresh).  Writes results.md, results.json, chosen.json and
-recipe_sweep.png.
+``WORKDIR/transfer/...``) and finished ones are reused on a restart.  Writes
+results.md, results.json, chosen.json and recipe_sweep.png.
 """
 
 from __future__ import annotations
@@ -41,7 +25,7 @@ import time
 
 from experiments import runs
 from experiments.common import cli
-from experiments.report import (cell, machine, markdown_table, mean_std, pyplot, save,
+from experiments.report import (formatted, machine, markdown_table, mean_std, pyplot, save,
                                 write_report)
 
 STAGES = ("augmentation", "learning rate", "method", "steps")
@@ -53,15 +37,18 @@ def method_names(config) -> list[str]:
   return runs.names(config.methods, config.runs, "methods")
 
 
+def _loss(config, method) -> str:
+  return dict(config.runs[method]).get("loss", config.loss)
+
+
 def is_jsd(config, method) -> bool:
-  return dict(config.runs[method]).get("loss", config.loss) == "jsd"
+  return _loss(config, method) == "jsd"
 
 
 def uses_temperature(config, method) -> bool:
   """The method reads ``temperature`` (the registry's options say so)."""
   from tfjax import methods
-  loss = dict(config.runs[method]).get("loss", config.loss)
-  return "temperature" in methods.get(loss).options
+  return "temperature" in methods.get(_loss(config, method)).options
 
 
 def default_recipe(config, method) -> dict:
@@ -99,14 +86,13 @@ def stage_grid(config, method, stage: int) -> list[dict]:
     return [{"learning_rate": float(v)} for v in g.learning_rate]
   if stage == 3:
     return [{"num_steps": int(v)} for v in g.num_steps]
-  loss = dict(config.runs[method]).get("loss", config.loss)
   if uses_temperature(config, method):
     return [{"temperature": float(v)} for v in g.temperature]
-  if loss == "jsd" and dict(config.runs[method]).get("labels_in_loss"):
+  if is_jsd(config, method) and dict(config.runs[method]).get("labels_in_loss"):
     return [{"head.num_layers": int(n), "head.final_projection": p,
              "head.activation": "relu", "head.fuse_within_view": False}
             for n in g.transfusion_layers for p in g.transfusion_projection]
-  if loss == "jsd":
+  if is_jsd(config, method):
     return [{**parse_form(f), "head.num_layers": int(n)}
             for f in g.ssl_forms for n in g.ssl_layers]
   return []  # a method without knobs of its own: stage 3 is skipped
@@ -159,18 +145,15 @@ class Sweep:
       grid = stage_grid(self.config, method, stage)
       if not grid:
         continue
-      results = []
-      for setting in grid:
-        res = self.score(method, {**recipe, **setting})
-        results.append(res)
-        rows.append({"method": method, "stage": stage + 1, "stage_name": stage_name,
-                     "setting": setting_label(setting), "recipe": runs.recipe_key({**recipe, **setting}),
-                     **res})
-      incumbent = {k: recipe.get(k) for k in grid[0]}
-      pick = choose(grid, [r["knn"] for r in results], incumbent,
+      stage_rows = [{"method": method, "stage": stage + 1, "stage_name": stage_name,
+                     "setting": setting_label(setting),
+                     "recipe": runs.recipe_key({**recipe, **setting}),
+                     **self.score(method, {**recipe, **setting})} for setting in grid]
+      pick = choose(grid, [r["knn"] for r in stage_rows], {k: recipe.get(k) for k in grid[0]},
                     self.config.tie_tolerance)
-      for i, row in enumerate(rows[len(rows) - len(grid):]):
+      for i, row in enumerate(stage_rows):
         row["chosen"] = i == pick
+      rows += stage_rows
       recipe = {**recipe, **grid[pick]}
     return recipe, rows
 
@@ -234,6 +217,7 @@ def transfer(config, names, chosen, workdir, progress) -> list:
 
 
 def run(config, workdir: str, *, progress: bool = True):
+  """The four-stage search of every method on validation data, then the transfer check."""
   names = method_names(config)
   if not config.validation_fraction:
     raise ValueError("the sweep chooses on validation data: set validation_fraction")
@@ -253,10 +237,7 @@ def run(config, workdir: str, *, progress: bool = True):
                   if config.random_baseline else None)
   t_transfer = time.time()
   transfer_rows = transfer(config, names, chosen, workdir, progress)
-
   chosen_overrides = {name: {**dict(config.runs[name]), **chosen[name]} for name in names}
-  with open(os.path.join(workdir, "chosen.json"), "w") as f:
-    json.dump(chosen_overrides, f, indent=2)
   summary = {
       "dataset": config.dataset, "validation_fraction": config.validation_fraction,
       "sweep_seeds": sweep.seeds, "tie_tolerance": config.tie_tolerance,
@@ -265,26 +246,32 @@ def run(config, workdir: str, *, progress: bool = True):
       "sweep_minutes": round(sweep_minutes, 2),
       "transfer_minutes": round((time.time() - t_transfer) / 60, 2),
       "total_minutes": round((time.time() - t_job) / 60, 2), "machine": machine()}
+  write(config, summary, names, workdir)
+  return summary
+
+
+def write(config, summary, names, workdir) -> None:
+  """chosen.json, results.md, results.json and recipe_sweep.png of ``summary``."""
+  with open(os.path.join(workdir, "chosen.json"), "w") as f:
+    json.dump(summary["chosen"], f, indent=2)
   md = results_markdown(config, summary)
   write_report(workdir, md, summary)
   plot(summary, names, os.path.join(workdir, "recipe_sweep.png"))
   print("\n" + md)
   print(f"wrote {workdir}/results.md, results.json, chosen.json, recipe_sweep.png")
-  return summary
 
 
 def results_markdown(config, s) -> str:
   seeds = s["sweep_seeds"]
   sweep_table = markdown_table(
-      [{**r, "knn": cell(r, "knn"), "final_loss": cell(r, "final_loss"),
-        "uniform_rows": cell(r, "uniform_rows"), "chosen": "◀" if r["chosen"] else ""}
-       for r in s["runs"]],
+      [{**formatted(r, ("knn", "final_loss", "uniform_rows")),
+        "chosen": "◀" if r["chosen"] else ""} for r in s["runs"]],
       ["method", "stage", "setting", "knn", "final_loss", "uniform_rows", "chosen",
        "recipe"])
   chosen = "\n".join(f"* `{m}`: `{json.dumps(o)}`" for m, o in s["chosen"].items())
   tr = config.transfer
   transfer_table = markdown_table(
-      [{**r, "knn": cell(r, "knn"), "linear": cell(r, "linear")} for r in s["transfer"]],
+      [formatted(r, ("knn", "linear")) for r in s["transfer"]],
       ["method", "recipe", "knn", "linear", "overrides", "seeds"])
   base = s["random_baseline_validation"]
   base_line = ("" if not base else
@@ -324,30 +311,22 @@ def plot(s, names, path):
   colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
   fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2),
                            sharey=True, squeeze=False)
-  axes = axes[0]
-  base = s["random_baseline_validation"]
+  axes, base = axes[0], s["random_baseline_validation"]
   for ax, name in zip(axes, names):
-    rows = [r for r in s["runs"] if r["method"] == name]
-    x = 0
-    ticks, labels = [], []
-    for stage in range(1, len(STAGES) + 1):
-      srows = [r for r in rows if r["stage"] == stage]
-      if not srows:
-        continue
+    x, ticks, labels = 0, [], []
+    for stage, color in zip(range(1, len(STAGES) + 1), colors):
+      srows = [r for r in s["runs"] if r["method"] == name and r["stage"] == stage]
       xs = list(range(x, x + len(srows)))
-      ax.errorbar(xs, [r["knn"] for r in srows], yerr=[r.get("knn_std", 0) for r in srows],
-                  fmt="o-", color=colors[stage - 1], ms=4, capsize=2,
-                  label=f"stage {stage}: {STAGES[stage - 1]}")
-      for xi, r in zip(xs, srows):
-        if r["chosen"]:
-          ax.plot([xi], [r["knn"]], marker="*", ms=13, color=colors[stage - 1],
-                  markeredgecolor="black", linestyle="none")
-      ticks += xs
-      labels += [r["setting"] for r in srows]
-      x += len(srows) + 1
+      if srows:
+        ax.errorbar(xs, [r["knn"] for r in srows], yerr=[r.get("knn_std", 0) for r in srows],
+                    fmt="o-", color=color, ms=4, capsize=2,
+                    label=f"stage {stage}: {STAGES[stage - 1]}")
+        ax.plot([xi for xi, r in zip(xs, srows) if r["chosen"]],
+                [r["knn"] for r in srows if r["chosen"]], marker="*", ms=13, color=color,
+                markeredgecolor="black", linestyle="none")
+        ticks, labels, x = ticks + xs, labels + [r["setting"] for r in srows], x + len(srows) + 1
     if base:
-      ax.axhline(base["knn"], color="gray", ls="--", lw=1,
-                 label="random-init backbone")
+      ax.axhline(base["knn"], color="gray", ls="--", lw=1, label="random-init backbone")
     ax.set_xticks(ticks)
     ax.set_xticklabels(labels, rotation=75, fontsize=6.5, ha="right")
     ax.set_title(name, fontsize=10)
@@ -356,9 +335,8 @@ def plot(s, names, path):
   handles, labels = axes[0].get_legend_handles_labels()
   handles.append(plt.Line2D([], [], marker="*", ms=11, color="white",
                             markerfacecolor="gray", markeredgecolor="black"))
-  labels.append("chosen setting")
-  fig.legend(handles, labels, fontsize=8, loc="upper center",
-             bbox_to_anchor=(0.5, 0.0), ncol=len(labels))
+  fig.legend(handles, labels + ["chosen setting"], fontsize=8, loc="upper center",
+             bbox_to_anchor=(0.5, 0.0), ncol=len(labels) + 1)
   fig.suptitle("Recipe sweep: validation kNN accuracy per stage (each stage keeps "
                "the stars of the stages before)", fontsize=10)
   save(fig, path)
