@@ -137,15 +137,15 @@ def finished_results(config, run_dir: str) -> Optional[Dict]:
   any difference, even in a field a rerun may change, means None (an
   evaluation field changes the results; ``train_and_evaluate`` then decides).
   """
-  from tfjax import workdir
+  from tfjax import rerun
   paths = [os.path.join(run_dir, n) for n in ("results.json", "config.json")]
   if not all(os.path.exists(p) for p in paths):
     return None
   with open(paths[0]) as f:
     res = json.load(f)
   with open(paths[1]) as f:
-    fixed, free = workdir.config_diff(workdir.config_fields(json.load(f)),
-                                      workdir.config_fields(config))
+    fixed, free = rerun.config_diff(rerun.config_fields(json.load(f)),
+                                    rerun.config_fields(config))
   if res.get("step") != config.num_steps or fixed or free:
     return None
   return res
