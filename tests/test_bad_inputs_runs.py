@@ -632,7 +632,7 @@ def _main_job_table(ctx):
   ctx.monkeypatch.setattr(train, "train_and_evaluate", fake_train)
   ctx.monkeypatch.setattr(evaluation, "evaluate_untrained", lambda c, data=None: {"knn": 0.25})
   config = get_config("quick")
-  config.seeds, config.raw_baseline = 2, False
+  config.seeds, config.raw_baseline, config.batch_size = 2, False, 16
   rows = main_job.run(config, ctx.dir, progress=False, data=toy_data())
   cells = {r["method"]: (r.get("steps"), r.get("minutes")) for r in rows}
   with open(os.path.join(ctx.dir, "results.md")) as f:
@@ -793,8 +793,8 @@ CASES = [
      Cli("unknown config field 'clusters.sigm'; did you mean clusters.sigma?")),
     ("cli: unknown config argument", _cli("--config=experiments/configs/default.py:quik"),
      Cli("ValueError: unknown config argument 'quik'")),
-    ("cli: override every run replaces", _cli("--config.num_steps=7"),
-     Cli("--config.num_steps changes no run: every run sets its own num_steps")),
+    ("cli: override every run replaces", _cli("--config.loss=dcl"),
+     Cli("--config.loss changes no run: every run sets its own loss")),
     ("cli: num_steps=0 of a run", _cli("--config.compare=supcon",
                                        "--config.runs.supcon.num_steps=0"),
      Cli("num_steps must be an integer >= 1, got 0")),

@@ -388,6 +388,7 @@ def test_deep_fusion_learns_mnist1d_beyond_its_untrained_backbone(tmp_path):
 
 def test_command_line_selects_deep_fusion_and_its_options(tmp_path):
   from experiments import train as main_job
+  from experiments.runs import run_configs
   from experiments.common import cli
   seen = {}
 
@@ -403,7 +404,7 @@ def test_command_line_selects_deep_fusion_and_its_options(tmp_path):
                           "--config.deep_fusion.mlp_ratio=2",
                           f"--workdir={tmp_path}", "--noprogress"],
       config_name="default")
-  (name, c), = main_job.run_configs(seen["config"])
+  (name, c), = run_configs(seen["config"])
   validate(c, 1, check_data=False)
   assert c.loss == "deep_fusion" and methods.run_name(c) == "deep_fusion"
   head = build_network(c).head

@@ -89,7 +89,7 @@ def _batch(config, step=0, labelled=8):
 def test_step_takes_oar_on_the_labelled_batch_and_logs_each_gradient():
   config = tiny_config(loss="info_nce", label_fraction=0.1, oar_weight=0.7,
                        labelled_batch_size=8, optimizer="sgd", learning_rate=0.1,
-)
+                       temperature=0.1)
   state = fresh_state(config)
   batch = _batch(config)
   key = step_key(0, 0)

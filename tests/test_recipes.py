@@ -177,7 +177,7 @@ MAIN_JOB_SHARED = {"dataset": "mnist1d", "backbone": "cnn1d",
 def test_main_job_runs_resolve_to_exactly_the_chosen_recipes(capsys):
   from experiments.configs.default import get_config
   from experiments.runs import run_configs
-  from tfjax.workdir import config_fields
+  from tfjax.rerun import config_fields
   runs = dict(run_configs(get_config()))
   assert list(runs) == list(MAIN_JOB_RUNS)
   for name, fields in MAIN_JOB_RUNS.items():

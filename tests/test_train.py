@@ -388,7 +388,7 @@ def test_cli_overrides_and_one_line_errors(tmp_path, capsys):
   cli(fake_run, "train", ["--config=experiments/configs/default.py:quick",
                           "--config.num_steps=7", "--config.compare=supcon",
                           f"--workdir={tmp_path}"], config_name="default")
-  assert dict(main_job.run_configs(seen["config"]))["supcon"].num_steps == 7
+  assert dict(run_configs(seen["config"]))["supcon"].num_steps == 7
   with pytest.warns(UserWarning, match=r"--config.temperature is replaced by "
                     r"the own temperature of runs supcon \(set "
                     r"--config.runs.supcon.temperature"):

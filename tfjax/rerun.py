@@ -120,9 +120,15 @@ def flatten(d, prefix: str = "") -> Dict[str, Any]:
 
 def suggest_fields(name: str, config=None, n: int = 3) -> List[str]:
   """Up to ``n`` field names of ``config`` (default the training fields)
-  closest to ``name`` (a dotted or a last-part name)."""
+  closest to ``name`` (a dotted or a last-part name); for a dotted name,
+  those under the same parent first (``head.num_layrs``: ``head.num_layers``,
+  not ``deep_fusion.num_layers``)."""
   config = base_config() if config is None else config
   names = list(flatten(json.loads(config.to_json())))
   if "." not in name:
     names = sorted(set(config.keys()) | {k for k in names if "." not in k})
-  return difflib.get_close_matches(name, names, n=n, cutoff=0.6)
+    return difflib.get_close_matches(name, names, n=n, cutoff=0.6)
+  parent = name.rsplit(".", 1)[0] + "."
+  siblings = [k for k in names if k.startswith(parent)]
+  return (difflib.get_close_matches(name, siblings, n=n, cutoff=0.6)
+          or difflib.get_close_matches(name, names, n=n, cutoff=0.6))

@@ -112,7 +112,9 @@ def head_options(config) -> dict:
 # Network, optimiser, anchors, state.
 # ----------------------------------------------------------------------------
 def build_network(config, axis_name: Optional[str] = None) -> ContrastiveNet:
-  """The configured ``ContrastiveNet`` (a head only for methods that use one)."""
+  """The configured ``ContrastiveNet`` (a head only for methods that use one;
+  its unset fields from the method's recipe, :mod:`tfjax.recipes`)."""
+  config = recipes.resolve(config)[0]
   dtype, head_dtype = compute_dtypes(config)
   if config.backbone == "identity":
     backbone = Identity()

@@ -3,7 +3,8 @@ r"""bfloat16 vs float32 compute on the main job's class-target TransFusion recip
     python -m experiments.precision --noprogress                                   # 3 seeds each
     python -m experiments.precision --config=experiments/configs/precision.py:tiny # smoke test
 
-The runs are ``RECIPES["transfusion"]`` of experiments/configs/default.py on
+The runs are the main job's class-target TransFusion run (``RUNS["transfusion"]``
+of experiments/configs/default.py, its recipe from the method registry) on
 its ``training_fields()`` (MNIST-1D, CNN1D, 800 steps, batch 128), once with
 ``compute_dtype="float32"`` and once with ``"bfloat16"``; both are evaluated
 on the test split (kNN and linear probe of the backbone features; no
@@ -14,7 +15,7 @@ input pipeline and the logging (docs/precision.md).
 
 import ml_collections
 
-from experiments.configs.default import RECIPES, training_fields
+from experiments.configs.default import run, training_fields
 
 
 def get_config(arg: str = ""):
@@ -22,9 +23,11 @@ def get_config(arg: str = ""):
   c.eval.finetune_fractions = ()
   c.eval.head_knn = False
   with c.unlocked():
-    c.runs = ml_collections.ConfigDict({
-        dtype: dict(RECIPES["transfusion"], compute_dtype=dtype)
-        for dtype in ("float32", "bfloat16")})
+    c.runs = ml_collections.ConfigDict()
+    for dtype in ("float32", "bfloat16"):
+      r = run("jsd", label_fraction=1.0, labels_in_loss=True)
+      r.compute_dtype = dtype
+      c.runs[dtype] = r
     c.compare = "float32,bfloat16"
     c.seeds = 3
     c.timing_rounds = 5
