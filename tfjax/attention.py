@@ -17,13 +17,14 @@ Numerics (our choices):
 * Scale: each row is divided by its largest |entry| before it is squared, and
   norms are accumulated in float32 (float64 for float64 inputs), so the
   cosines, hence the adjacency, are the same for ``x`` and ``c·x`` for any
-  c > 0 that keeps the row finite (up to float32's largest value, 3.4e38)
-  and its largest |entry| at or above :func:`smallest_row_max` (9.9e-32 in
-  float32), and a float16 row of norm ≥ 256 (whose squared norm overflows
-  float16) is fine.  Below that bound XLA flushes the entries under
-  float32's smallest normal (1.2e-38) to zero, which would turn the row
-  silently: a concrete input raises ValueError naming the array and row
-  (:func:`check_row_scale`), and under jit that row normalises to NaN.
+  c > 0 that keeps the row's largest |entry| between
+  :func:`tfjax.normalize.smallest_row_max` and
+  :func:`tfjax.normalize.largest_row_max` (9.9e-32 ... 8.5e37 in float32), and
+  a float16 row of norm ≥ 256 (whose squared norm overflows float16) is
+  fine.  Outside that range XLA flushes subnormals to zero (the row's tiny
+  entries, or the reciprocal of its scale): a concrete input raises
+  ValueError naming the array and row (:func:`check_row_scale`); under jit
+  the caller keeps the range.
 * Dtypes: rows are normalised in float32 (float64 for float64 inputs) and
   cast back to the inputs' dtype; the cosine matmul accumulates in float32,
   and the activations and the row normalisation run in float32, where

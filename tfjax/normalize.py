@@ -1,12 +1,13 @@
-"""Row normalisation that is exact over the whole float range.
+"""Row normalisation, scale-safe over the range the float allows.
 
 Every cosine in tfjax (the attention, the losses, the diagnostics) divides a
-row by its norm here: the row is first scaled by its largest |entry| (a power
-of two above ``sqrt(max)``, so no overflow), the norm is taken in float32 or
-wider, and a non-zero row whose largest |entry| lies below
-:func:`smallest_row_max` — whose tiny entries XLA flushes to zero — is
-refused (a concrete input raises one line naming the array and row; under
-``jit`` the row becomes NaN, never a silently wrong cosine).
+row by its norm here: the row is first divided by its largest |entry|, then
+the norm is taken in float32 or wider.  That is exact for rows whose largest
+|entry| lies in [:func:`smallest_row_max`, :func:`largest_row_max`] (float32:
+9.9e-32 ... 8.5e37).  Outside it XLA flushes subnormals to zero (tiny entries,
+or the reciprocal of a huge row's scale), so a concrete input with such a row
+raises one line naming the array and the row (:func:`check_row_scale`); under
+``jit`` the caller keeps the range (docs/training.md says so).
 """
 
 from __future__ import annotations
@@ -39,23 +40,39 @@ def smallest_row_max(dtype) -> float:
   return float(info.tiny) / float(info.eps)
 
 
+def largest_row_max(dtype) -> float:
+  """Largest largest-|entry| a row may have to be normalised: ``1 / tiny``
+  of the dtype the norms are computed in (float32: 8.5e37).  XLA divides by
+  multiplying with the reciprocal, which is subnormal, hence flushed to 0,
+  above it."""
+  return 1.0 / float(jnp.finfo(acc_dtype(dtype)).tiny)
+
+
 def check_row_scale(name: str, x, axis: int = -1) -> None:
-  """ValueError unless every row of a concrete ``x`` is zero or large enough.
+  """ValueError unless every row of a concrete ``x`` is zero or in range.
 
   A row along ``axis`` whose largest |entry| is non-zero but below
-  :func:`smallest_row_max` cannot be normalised in float32 without flushing
-  entries to zero (see there).  The check reads the values on the host,
-  where nothing is flushed; traced arrays, and arrays that are not floating
-  point, are not checked (under jit such a row normalises to NaN).  NaN/inf
-  entries are not an error here: they propagate to NaN.
+  :func:`smallest_row_max`, or finite and above :func:`largest_row_max`,
+  cannot be normalised (entries, or the reciprocal of the largest one, are
+  flushed to zero).  The check reads the values on the host, where nothing
+  is flushed; traced arrays, and arrays that are not floating point, are not
+  checked.  NaN/inf entries are not an error here: they propagate to NaN.
   """
   if isinstance(x, jax.core.Tracer):
     return
   a = np.asarray(x)
   if a.size == 0 or not jnp.issubdtype(a.dtype, jnp.floating):
     return
-  bound = smallest_row_max(a.dtype)
+  bound, top = smallest_row_max(a.dtype), largest_row_max(a.dtype)
   row_max = np.max(np.abs(a.astype(np.float64)), axis=axis)
+  huge = np.argwhere(np.isfinite(row_max) & (row_max > top))
+  if huge.size:
+    row = tuple(int(i) for i in huge[0])
+    where = f"row {row[0]}" if len(row) == 1 else f"row {row}"
+    raise ValueError(
+        f"{name} {where} has largest |entry| {row_max[row]:.3g}, above "
+        f"{top:.3g}: the reciprocal of its scale is flushed to zero; rescale "
+        f"{name} (its normalisation ignores any common factor)")
   bad = np.argwhere((row_max > 0) & (row_max < bound))
   if bad.size:
     row = tuple(int(i) for i in bad[0])
@@ -75,11 +92,10 @@ def l2_normalize(x: Array, axis: int = -1,
   ``x / ‖x‖`` for every row that is not exactly zero, at any scale (the row
   is divided by its largest |entry| before squaring, and the norm is summed
   in float32 or wider), so ``l2_normalize(c·x) == l2_normalize(x)`` for any
-  c > 0 that keeps the row finite and its largest |entry| at or above
-  :func:`smallest_row_max` (9.9e-32 in float32), and no float16 row
-  overflows.  A smaller non-zero row raises ValueError when ``x`` is
-  concrete and gives a NaN row under jit (its small entries would be
-  flushed to zero: see :func:`smallest_row_max`).  A zero row gives zeros
+  c > 0 that keeps the row's largest |entry| in [:func:`smallest_row_max`,
+  :func:`largest_row_max`] (9.9e-32 ... 8.5e37 in float32), and no float16
+  row overflows.  A row outside raises ValueError when ``x`` is concrete
+  (see :func:`check_row_scale`).  A zero row gives zeros
   with a zero gradient (our choice: it has no direction).  With ``eps``
   given, the floor ``x / max(‖x‖, eps)`` instead (rows below ``eps`` are
   scaled by 1/eps, gradient 1/eps).  NaN/inf entries give NaN.  The result
@@ -89,22 +105,6 @@ def l2_normalize(x: Array, axis: int = -1,
   """
   check_row_scale("x", x, axis)
   return normalize_parts(x, axis, eps)[0]
-
-
-def _too_small_rows(xa: Array, axis: int) -> Array:
-  """Rows whose largest |entry| is non-zero and below smallest_row_max.
-
-  Read from the bits: arithmetic and comparisons on XLA:CPU treat a
-  subnormal as zero, so ``max(|x|) > 0`` cannot see such a row.  For
-  non-negative floats the integer order of the bits is the numeric order.
-  """
-  int_type = jnp.int64 if xa.dtype.itemsize == 8 else jnp.int32
-  magnitude = jax.lax.bitcast_convert_type(xa, int_type) & jnp.iinfo(
-      int_type).max                   # clears the sign bit
-  bound = np.asarray(smallest_row_max(xa.dtype), xa.dtype).view(
-      np.dtype(int_type))
-  row_max = jnp.max(magnitude, axis=axis, keepdims=True)
-  return (row_max > 0) & (row_max < bound)
 
 
 def normalize_parts(x: Array, axis: int = -1, eps: Optional[float] = None):
@@ -123,13 +123,7 @@ def normalize_parts(x: Array, axis: int = -1, eps: Optional[float] = None):
   m = jax.lax.stop_gradient(jnp.max(jnp.abs(xa), axis=axis, keepdims=True))
   zero = m == 0                       # False for NaN: NaN propagates
   scale = jnp.where(zero, 1.0, m)
-  # XLA divides by multiplying with 1/scale, which is subnormal, hence
-  # flushed to 0, for scale > 1/tiny (8.5e37 in float32).  Rows above
-  # sqrt(max) are brought down by an exact power of two on both sides
-  # first; every other row is multiplied by 1.0 (same bits).
-  big = float(np.sqrt(float(jnp.finfo(acc).max)))
-  pre = jnp.where(scale > big, 1.0 / big, 1.0).astype(acc)
-  y = (xa * pre) / (scale * pre)      # largest |entry| is 1
+  y = xa / scale                      # largest |entry| is 1
   sq = jnp.sum(jnp.square(y), axis=axis, keepdims=True)
   norm = jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, sq)))
   if eps is None:
@@ -143,7 +137,4 @@ def normalize_parts(x: Array, axis: int = -1, eps: Optional[float] = None):
     denom = jnp.maximum(norm, floor)
     x_hat = y / denom
     r = 1.0 / (scale * denom)
-  # A row too small to normalise (see smallest_row_max) becomes NaN, with a
-  # NaN gradient: a product, not a where, so the backward sees it too.
-  poison = jnp.where(_too_small_rows(xa, axis), jnp.nan, 1.0).astype(acc)
-  return (x_hat * poison).astype(x.dtype), r * poison, on
+  return x_hat.astype(x.dtype), r, on

@@ -37,7 +37,7 @@ Cosine-based losses L2-normalise the embeddings inside, scale-safely
 |entry| before squaring, norms summed in float32 or wider), so they are the
 same for ``z`` and ``c·z`` (any c > 0 that keeps each non-zero row's largest
 |entry| between :func:`tfjax.normalize.smallest_row_max`, 9.9e-32, and
-float32's largest value; ValueError below) and finite for float16/bfloat16
+:func:`tfjax.normalize.largest_row_max`, 8.5e37; ValueError outside) and finite for float16/bfloat16
 inputs; a zero row gives a finite loss and a finite (zero) gradient for that
 row.
 
