@@ -384,9 +384,9 @@ def test_command_line_trains_an_npz(tmp_path, labelled):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.load(open(tmp_path / "w" / "results.json"))
     if labelled:
-        assert [r["method"] for r in rows] == ["SimCLR (InfoNCE)", "raw inputs (no training)"]
+        assert [r["method"] for r in rows] == ["SimCLR (InfoNCE), self-supervised", "raw inputs (no training)"]
         assert 0.0 <= rows[0]["knn"] <= 1.0
     else:   # no probes, no baselines: the training loss only
-        assert [r["method"] for r in rows] == ["SimCLR (InfoNCE)"]
+        assert [r["method"] for r in rows] == ["SimCLR (InfoNCE), self-supervised"]
         assert "knn" not in rows[0] and np.isfinite(rows[0]["final_loss"])
         assert "no labels, so no baselines" in proc.stdout

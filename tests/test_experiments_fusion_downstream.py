@@ -35,8 +35,9 @@ def test_downstream_tiny_writes_merged_table(tmp_path):
   from experiments.configs.downstream import get_config
   rows = downstream.run(get_config("tiny"), str(tmp_path), progress=False)
   methods = [r["method"] for r in rows]
-  assert methods[:4] == ["TransFusion (JSD), 100% labels", "SupCon, 100% labels",
-                         "SimCLR (InfoNCE)", "TransFusion (JSD)"]
+  assert methods[:4] == ["TransFusion (JSD), class targets", "SupCon, class targets",
+                         "SimCLR (InfoNCE), self-supervised",
+                         "TransFusion (JSD), self-supervised"]
   assert all(0.0 <= r["knn"] <= 1.0 for r in rows)
   assert "| digits | raw inputs (no training) |" in (tmp_path / "results.md").read_text()
   assert (tmp_path / "downstream.png").stat().st_size > 0
