@@ -940,10 +940,11 @@ def _job(workdir, num_steps):
 
 
 def _said(out: str):
-  """What a command printed besides its first line (the dataset) and
-  TensorFlow's start-up lines."""
+  """What a command printed besides its start-up lines (each run's recipe,
+  the dataset) and TensorFlow's."""
   return [l for l in out.splitlines()
           if l.strip() and not l.startswith("dataset ")
+          and not re.match(r"run '\w+': .* recipe", l)
           and not any(s in l for s in _TF_STARTUP)]
 
 

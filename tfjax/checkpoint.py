@@ -175,6 +175,10 @@ class Checkpointer:
         self._manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001  (a full disk: OSError, one line)
       if _no_space(e):
+        # orbax's writer threads fail their late callbacks on the closed
+        # event loop for the rest of the process: no tracebacks for those.
+        if not getattr(sys.unraisablehook, "drops_closed_loop_errors", False):
+          sys.unraisablehook = _closed_loop_errors_dropped(sys.unraisablehook)
         raise OSError(errno.ENOSPC, "No space left on device",
                       os.path.join(self.directory, str(int(step)))) from None
       raise
