@@ -251,6 +251,10 @@ def compare(config, workdir: str, *, progress: bool = True, data=None) -> List[D
                  "minutes": round(seconds / 60, 2)})
   if not primary:
     return rows
+  if not spec.labelled:   # nothing to probe the baselines with
+    if config.random_baseline or config.raw_baseline:
+      say(f"dataset {config.dataset}: no labels, so no baselines", flush=True)
+    return rows
   if config.random_baseline:
     rows.append({"method": f"random-init {config.backbone} (BatchNorm "
                            "statistics of the data)",

@@ -41,7 +41,9 @@ def run(config, workdir: str, *, progress: bool = True, data=None):
 def report(config, workdir: str, rows, seconds: float) -> None:
   """``results.md`` (the table), ``results.json`` (the rows), ``comparison.png``."""
   import jax
-  metrics = compared_metrics(config)
+  # Unlabelled data has no probes: the training loss is the one number.
+  labelled = any("knn" in r for r in rows)
+  metrics = compared_metrics(config) if labelled else ["final_loss"]
   seeds = f"seeds {config.seed}…{config.seed + config.seeds - 1}"
   table = write_results(
       workdir, f"{config.dataset}, backbone {config.backbone}, batch "
@@ -57,10 +59,10 @@ def report(config, workdir: str, rows, seconds: float) -> None:
       "over every invocation that trained them; no evaluation). Total time of "
       f"this invocation {seconds / 60:.1f} min on {jax.local_device_count()} "
       f"{jax.default_backend()} device(s).")
-  plot_accuracy({"downstream accuracy": rows}, metrics,
-                f"{workdir}/comparison.png")
+  if labelled:
+    plot_accuracy({"downstream accuracy": rows}, metrics, f"{workdir}/comparison.png")
   print("\n" + table)
-  print(f"wrote {workdir}/results.md, results.json, comparison.png")
+  print(f"wrote {workdir}/results.md, results.json" + (", comparison.png" if labelled else ""))
 
 
 def main(argv=None):

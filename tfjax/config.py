@@ -224,7 +224,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
     where = f" of {spec.name!r}"
   else:
     from tfjax.data.checks import check_data
-    num_train, num_classes = check_data(data, config.get("validation_fraction"))
+    num_train, num_classes = check_data(data, config.get("validation_fraction"),
+                                        labelled=spec.labelled)
     where = ""
   _check_batch_fits(config, num_train, where)
   _check_label_fraction(config, num_train, num_classes)

@@ -29,7 +29,8 @@ def _held_out(labels, fraction: Optional[float]) -> int:
     return int(sum(min(n, max(1, math.floor(fraction * n + 0.5))) for n in counts))
 
 
-def check_data(data, validation_fraction: Optional[float] = None) -> Tuple[int, Optional[int]]:
+def check_data(data, validation_fraction: Optional[float] = None,
+               labelled: bool = True) -> Tuple[int, Optional[int]]:
     """Checks data given as arrays or sources; ``(training examples, classes)``.
 
     ``data``: ``(x_train, y_train, x_test, y_test)`` arrays, or two sources
@@ -37,7 +38,8 @@ def check_data(data, validation_fraction: Optional[float] = None) -> Tuple[int, 
     ``labels``, are checked whole; others by size and shape, without reading
     records).  The training examples exclude those ``validation_fraction``
     holds out of arrays; the classes are those of the training labels (None
-    when they are not in memory).  Raises ValueError naming the array.
+    when they are not in memory; None for unlabelled data, ``labelled``
+    False, whose labels are all -1).  Raises ValueError naming the array.
     """
 
     if len(data) == 2:   # two sources, already split: in-memory ones are checked whole
@@ -73,9 +75,9 @@ def check_data(data, validation_fraction: Optional[float] = None) -> Tuple[int, 
     for key, (x, y) in named.items():
         if x is not None:
             _check_finite(key, x)
-        if y is not None:
+        if y is not None and (labelled or not (np.asarray(y) == -1).all()):
             _check_labels_array("y" + key[1:], y)
-    labels = named["x_train"][1]
+    labels = named["x_train"][1] if labelled else None
     classes = len(np.unique(labels)) if labels is not None else None
     return sizes["x_train"] - held, classes
 
