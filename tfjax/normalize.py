@@ -65,24 +65,20 @@ def check_row_scale(name: str, x, axis: int = -1) -> None:
     return
   bound, top = smallest_row_max(a.dtype), largest_row_max(a.dtype)
   row_max = np.max(np.abs(a.astype(np.float64)), axis=axis)
-  huge = np.argwhere(np.isfinite(row_max) & (row_max > top))
-  if huge.size:
-    row = tuple(int(i) for i in huge[0])
-    where = f"row {row[0]}" if len(row) == 1 else f"row {row}"
-    raise ValueError(
-        f"{name} {where} has largest |entry| {row_max[row]:.3g}, above "
-        f"{top:.3g}: the reciprocal of its scale is flushed to zero; rescale "
-        f"{name} (its normalisation ignores any common factor)")
-  bad = np.argwhere((row_max > 0) & (row_max < bound))
-  if bad.size:
-    row = tuple(int(i) for i in bad[0])
-    where = f"row {row[0]}" if len(row) == 1 else f"row {row}"
-    raise ValueError(
-        f"{name} {where} has largest |entry| {row_max[row]:.3g}, below "
-        f"{bound:.3g}: entries under float32's smallest normal "
-        f"({float(jnp.finfo(jnp.float32).tiny):.3g}) are flushed to zero and "
-        f"would change its direction; rescale {name} (its normalisation "
-        "ignores any common factor)")
+  tiny = float(jnp.finfo(jnp.float32).tiny)
+  for out, why in (
+      (np.isfinite(row_max) & (row_max > top),
+       f"above {top:.3g}: the reciprocal of its scale is flushed to zero"),
+      ((row_max > 0) & (row_max < bound),
+       f"below {bound:.3g}: entries under float32's smallest normal "
+       f"({tiny:.3g}) are flushed to zero and would change its direction")):
+    bad = np.argwhere(out)
+    if bad.size:
+      row = tuple(int(i) for i in bad[0])
+      where = f"row {row[0]}" if len(row) == 1 else f"row {row}"
+      raise ValueError(
+          f"{name} {where} has largest |entry| {row_max[row]:.3g}, {why}; "
+          f"rescale {name} (its normalisation ignores any common factor)")
 
 
 def l2_normalize(x: Array, axis: int = -1,
