@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import warnings
 from typing import Any, Callable, Optional
 
@@ -364,6 +365,28 @@ def _stale_tmp(ctx):
 
 def _save_nan(ctx):
   Checkpointer(ctx.dir).save(1, {"w": np.array([1.0, np.nan], np.float32)})
+
+
+def test_closed_loop_errors_are_dropped_only_while_held(capsys):
+  """tensorstore's late callbacks into orbax's closed event loop reach
+  ``sys.unraisablehook`` or ``sys.excepthook``; while a save or restore is
+  under way (or after a failed one) those, and only those, print nothing."""
+  from tfjax.checkpoint import _ClosedLoopErrorsDropped
+  hooks = (sys.unraisablehook, sys.excepthook)
+  dropped = _ClosedLoopErrorsDropped()
+  dropped.start()
+  try:
+    closed = RuntimeError("Event loop is closed")
+    sys.excepthook(RuntimeError, closed, None)
+    sys.unraisablehook(types.SimpleNamespace(
+        exc_type=RuntimeError, exc_value=closed, exc_traceback=None,
+        err_msg=None, object=None))
+    assert capsys.readouterr().err == ""
+    sys.excepthook(ValueError, ValueError("other"), None)
+    assert "ValueError: other" in capsys.readouterr().err
+  finally:
+    dropped.stop()
+  assert (sys.unraisablehook, sys.excepthook) == hooks
 
 
 def _restore_nan(ctx):
@@ -943,7 +966,7 @@ def _said(out: str):
   """What a command printed besides its start-up lines (each run's recipe,
   the dataset) and TensorFlow's."""
   return [l for l in out.splitlines()
-          if l.strip() and not l.startswith("dataset ")
+          if l.strip() and not l.startswith(("dataset ", "preparing dataset "))
           and not re.match(r"run '\w+': .* recipe", l)
           and not any(s in l for s in _TF_STARTUP)]
 

@@ -390,3 +390,18 @@ def test_command_line_trains_an_npz(tmp_path, labelled):
         assert [r["method"] for r in rows] == ["SimCLR (InfoNCE), self-supervised"]
         assert "knn" not in rows[0] and np.isfinite(rows[0]["final_loss"])
         assert "no labels, so no baselines" in proc.stdout
+
+
+def test_first_preparation_of_an_offline_dataset_says_one_line(tmp_path, capfd):
+    """TFDS's banner, progress bars and absl warnings are held back while an
+    offline dataset is generated; one line says what happens, and nothing
+    the second time."""
+    from tfjax.data.sources import prepare_dataset
+
+    spec, builder = prepare_dataset("subspaces_tiny", data_dir=str(tmp_path))
+    out, err = capfd.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert out == "" and lines == [f"preparing dataset subspaces_tiny (generated here, once) in {tmp_path}"], (out, err)
+    assert builder.is_prepared() and builder.info.splits["train"].num_examples > 0
+    prepare_dataset("subspaces_tiny", data_dir=str(tmp_path))
+    assert capfd.readouterr() == ("", "")

@@ -84,21 +84,47 @@ def _quiet():
       logger.setLevel(level)
 
 
-def _closed_loop_errors_dropped(hook):
-  """``sys.unraisablehook`` without the "Event loop is closed" errors.
+def _closed_loop_error(value) -> bool:
+  return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
 
-  After a failed restore, reads that orbax started complete in tensorstore's
-  threads and call back into the asyncio loop orbax has closed; tensorstore
-  reports each failed callback as unraisable (a bare traceback on stderr).
-  They say nothing about the checkpoint that is restored next.
+
+class _ClosedLoopErrorsDropped:
+  """``sys.unraisablehook`` and ``sys.excepthook`` without the "Event loop is
+  closed" errors, from :meth:`start` to :meth:`stop`.
+
+  After a failed write or restore, operations that orbax started complete in
+  tensorstore's threads and call back into the asyncio loop orbax has closed;
+  tensorstore reports each failed callback as unraisable or through
+  ``PyErr_Print`` (a bare traceback on stderr), sometimes before the failure
+  itself reaches us.  They say nothing the one-line report does not.
   """
-  def unraisablehook(unraisable):
-    value = unraisable.exc_value
-    if not (isinstance(value, RuntimeError)
-            and str(value) == "Event loop is closed"):
-      hook(unraisable)
-  unraisablehook.drops_closed_loop_errors = True
-  return unraisablehook
+
+  def __init__(self):
+    self._saved = None       # the hooks to put back
+    self._ours = None
+
+  def start(self) -> None:
+    if self._saved is not None:
+      return
+    unraisable, excepthook = self._saved = (sys.unraisablehook, sys.excepthook)
+
+    def unraisablehook(info):
+      if not _closed_loop_error(info.exc_value):
+        unraisable(info)
+
+    def quiet_excepthook(kind, value, tb):
+      if not _closed_loop_error(value):
+        excepthook(kind, value, tb)
+
+    self._ours = (unraisablehook, quiet_excepthook)
+    sys.unraisablehook, sys.excepthook = self._ours
+
+  def stop(self) -> None:
+    if self._saved is None:
+      return
+    if (sys.unraisablehook, sys.excepthook) == self._ours:
+      sys.unraisablehook, sys.excepthook = self._saved
+    self._saved = self._ours = None
 
 
 def _no_space(error: BaseException) -> bool:
@@ -132,7 +158,10 @@ class Checkpointer:
     self.max_to_keep = max_to_keep
     self.removed_tmp = self._remove_tmp() if jax.process_index() == 0 else []
     self._manager = self._open()
-    self._unraisablehook = None   # the hook to restore once dropping ends
+    # Dropped during each save and restore; after a failed restore, until
+    # close(); after a failed write, for good.
+    self._closed_loop_errors = _ClosedLoopErrorsDropped()
+    self._failed = self._failed_write = False
 
   def _open(self):
     return ocp.CheckpointManager(
@@ -168,20 +197,23 @@ class Checkpointer:
     if bad:
       raise FloatingPointError(
           f"not writing checkpoint {int(step)}: {_names(bad)} not finite")
+    self._closed_loop_errors.start()
     try:
       with _quiet():
         self._manager.save(int(step), args=ocp.args.StandardSave(tree),
                            force=True)
         self._manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001  (a full disk: OSError, one line)
+      # orbax's writer threads fail their late callbacks on the closed
+      # event loop, for the rest of the process: no tracebacks for those.
+      self._failed = self._failed_write = True
       if _no_space(e):
-        # orbax's writer threads fail their late callbacks on the closed
-        # event loop for the rest of the process: no tracebacks for those.
-        if not getattr(sys.unraisablehook, "drops_closed_loop_errors", False):
-          sys.unraisablehook = _closed_loop_errors_dropped(sys.unraisablehook)
         raise OSError(errno.ENOSPC, "No space left on device",
                       os.path.join(self.directory, str(int(step)))) from None
       raise
+    finally:
+      if not self._failed:
+        self._closed_loop_errors.stop()
 
   def restore_latest(self, template: Any) -> Optional[Any]:
     """The newest readable checkpoint, restored into ``template``'s structure.
@@ -196,6 +228,14 @@ class Checkpointer:
       return None
     host_template = jax.device_get(template)
     skipped = []
+    self._closed_loop_errors.start()
+    try:
+      return self._restore_newest_readable(steps, host_template, skipped)
+    finally:
+      if not self._failed:
+        self._closed_loop_errors.stop()
+
+  def _restore_newest_readable(self, steps, host_template, skipped):
     for step in steps:
       try:
         with _quiet():
@@ -205,9 +245,7 @@ class Checkpointer:
         if bad:
           raise FloatingPointError(f"{_names(bad)} not finite")
       except Exception as e:  # noqa: BLE001  (any failure: try the previous one)
-        if self._unraisablehook is None:       # until close()
-          self._unraisablehook = sys.unraisablehook
-          sys.unraisablehook = _closed_loop_errors_dropped(sys.unraisablehook)
+        self._failed = True
         reason = _one_line(e)
         skipped.append(f"step {step}: {reason}")
         older = [s for s in steps if s < step]
@@ -242,10 +280,9 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
-    if self._unraisablehook is not None:
-      if getattr(sys.unraisablehook, "drops_closed_loop_errors", False):
-        sys.unraisablehook = self._unraisablehook
-      self._unraisablehook = None
+    if not self._failed_write:
+      self._closed_loop_errors.stop()
+      self._failed = False
 
 
 def _names(paths: List[str], n: int = 3) -> str:

@@ -140,15 +140,56 @@ def prepare_dataset(name: str, data_dir: Optional[str] = None, download: bool = 
 
     spec = get_dataset_spec(name)
     builder = tfds.builder(spec.tfds_name, data_dir=data_dir, file_format="array_record")
-    if download and not spec.offline and not builder.is_prepared():
+    with _absl_quiet():   # (TFDS warns of a version folder without dataset_info.json)
+        prepared = builder.is_prepared()
+    if download and not spec.offline and not prepared:
         require_tensorflow(f"downloading and preparing {name!r} (TFDS encodes its images with it)")
-    if (spec.offline or download) and not builder.is_prepared():
-        with _preparing(builder):
+    if (spec.offline or download) and not prepared:
+        with _preparing(builder), (_quiet_tfds(name, builder) if spec.offline
+                                   else contextlib.nullcontext()):
             # Built again: another process may have prepared it meanwhile,
             # and a builder reads the splits on disk when it is created.
             builder = tfds.builder(spec.tfds_name, data_dir=data_dir, file_format="array_record")
             builder.download_and_prepare(file_format="array_record")  # no-op when prepared / mocked
     return spec, builder
+
+
+@contextlib.contextmanager
+def _quiet_tfds(name: str, builder):
+    """One line instead of TFDS's output while an offline dataset is generated.
+
+    Generating one takes seconds; TFDS's banner, progress bars and absl
+    warnings about the not yet written folder would be most of what a first
+    run prints.  Downloads of real datasets keep TFDS's progress bars.
+    """
+    import sys
+
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    print(f"preparing dataset {name} (generated here, once) in {builder.data_dir_root}",
+          file=sys.stderr, flush=True)
+    bars = getattr(tqdm_utils, "_active", True)
+    tqdm_utils.display_progress_bar(False)
+    try:
+        with _absl_quiet(), open(os.devnull, "w") as devnull, \
+                contextlib.redirect_stdout(devnull):
+            yield               # TFDS prints its banner to stdout
+    finally:
+        tqdm_utils.display_progress_bar(bars)
+
+
+@contextlib.contextmanager
+def _absl_quiet():
+    """absl's warnings (TFDS logs through absl) held back; errors still shown."""
+    import logging
+
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager
