@@ -38,6 +38,7 @@ class Encoder(nn.Module):
   """Signals [n, 40] -> (features [n, F] for the probes, embeddings [n, D]
   for the loss): the loss acts on a projection, the probes read the layer
   before it (the usual contrastive split)."""
+
   features: int = 64
   embed_dim: int = 32
 
@@ -51,9 +52,10 @@ class Encoder(nn.Module):
 def load_mnist1d(num_samples: int = 5000, seed: int = 42):
   """``(x_train [N, 40], y_train, x_test [M, 40], y_test)`` float32 / int32."""
   from mnist1d.data import get_dataset_args, make_dataset
+
   args = get_dataset_args()
   args.num_samples, args.seed = num_samples, seed
-  state = np.random.get_state()   # make_dataset reseeds NumPy's global RNG
+  state = np.random.get_state()  # make_dataset reseeds NumPy's global RNG
   try:
     d = make_dataset(args)
   finally:
@@ -75,8 +77,9 @@ def augment(key, x):
 # ----------------------------------------------------------------------------
 # (a) TransFusion and (b) SupCon + OAR: the only tfjax in the loop.
 # ----------------------------------------------------------------------------
-def transfusion_loss(use_labels: bool = True, num_layers: int = 1,
-                     final_projection: str = "learned"):
+def transfusion_loss(
+  use_labels: bool = True, num_layers: int = 1, final_projection: str = "learned"
+):
   """TransFusion: the head's adjacency across the batch should put each
   row's mass on its positives: the other view of the same signal, and with
   ``use_labels`` every sample of the same class too.  Self-supervised
@@ -84,33 +87,42 @@ def transfusion_loss(use_labels: bool = True, num_layers: int = 1,
   and keys die there), a stronger augmentation and longer training
   (docs/recipes.md): in this example's 300 steps it does not beat the
   untrained encoder."""
-  head = tfjax.TransFusionHead(num_layers=num_layers,
-                               final_projection=final_projection)
+  head = tfjax.TransFusionHead(num_layers=num_layers, final_projection=final_projection)
 
   def loss(params, z, labels):
-    adjacency = head.apply(params["head"], z)              # [2n, 2n]
-    views = jnp.tile(jnp.arange(z.shape[0] // 2), 2)       # row i and n+i
+    adjacency = head.apply(params["head"], z)  # [2n, 2n]
+    views = jnp.tile(jnp.arange(z.shape[0] // 2), 2)  # row i and n+i
     target = tfjax.target_affinity(views, labels if use_labels else None)
     return tfjax.jsd_loss(adjacency, target)
+
   return loss, {"head": head}
 
 
-def supcon_oar_loss(num_classes: int, embed_dim: int, weight: float = 1.0,
-                    seed: int = 7):
+def supcon_oar_loss(num_classes: int, embed_dim: int, weight: float = 1.0, seed: int = 7):
   """SupCon plus λ·OAR; the anchors are fixed, outside the trained params."""
   anchors = losses.orthonormal_anchors(jax.random.key(seed), num_classes, embed_dim)
 
   def loss(params, z, labels):
-    del params   # no trained parameters of its own
+    del params  # no trained parameters of its own
     return losses.supcon(z, labels) + weight * losses.oar_loss(z, labels, anchors)
+
   return loss, {}
 
 
 # ----------------------------------------------------------------------------
 # Your training loop.
 # ----------------------------------------------------------------------------
-def train(make_loss, x, y, *, steps: int = 300, batch_size: int = 128,
-          learning_rate: float = 2e-3, seed: int = 0, model=None):
+def train(
+  make_loss,
+  x,
+  y,
+  *,
+  steps: int = 300,
+  batch_size: int = 128,
+  learning_rate: float = 2e-3,
+  seed: int = 0,
+  model=None,
+):
   """Trains ``model`` (and the loss's own modules, e.g. a head) with Adam.
 
   ``make_loss`` is ``(loss(params, z, labels), its own modules)``.
@@ -141,8 +153,7 @@ def train(make_loss, x, y, *, steps: int = 300, batch_size: int = 128,
   rng = np.random.default_rng(seed)
   for i in range(steps):
     idx = rng.choice(len(x), batch_size, replace=False)
-    params, opt_state, value = step(params, opt_state, x[idx], y[idx],
-                                    jax.random.fold_in(key, i))
+    params, opt_state, value = step(params, opt_state, x[idx], y[idx], jax.random.fold_in(key, i))
     history.append(float(value))
   return model, initial, params, np.asarray(history)
 
@@ -150,21 +161,29 @@ def train(make_loss, x, y, *, steps: int = 300, batch_size: int = 128,
 def knn(model, params, x_train, y_train, x_test, y_test, k: int = 20) -> float:
   """kNN accuracy of the encoder's features (held-out queries)."""
   features = jax.jit(lambda x: model.apply(params["encoder"], x)[0])
-  return knn_accuracy(np.asarray(features(x_train)), y_train,
-                      np.asarray(features(x_test)), y_test,
-                      num_classes=int(y_train.max()) + 1, k=k)
+  return knn_accuracy(
+    np.asarray(features(x_train)),
+    y_train,
+    np.asarray(features(x_test)),
+    y_test,
+    num_classes=int(y_train.max()) + 1,
+    k=k,
+  )
 
 
 def main():
   x_train, y_train, x_test, y_test = load_mnist1d()
   for name, make_loss in (
-      ("TransFusion (head + JSD)", transfusion_loss()),
-      ("SupCon + OAR", supcon_oar_loss(10, Encoder.embed_dim))):
+    ("TransFusion (head + JSD)", transfusion_loss()),
+    ("SupCon + OAR", supcon_oar_loss(10, Encoder.embed_dim)),
+  ):
     model, initial, params, history = train(make_loss, x_train, y_train)
     before = knn(model, initial, x_train, y_train, x_test, y_test)
     after = knn(model, params, x_train, y_train, x_test, y_test)
-    print(f"{name}: loss {history[:10].mean():.3f} -> {history[-10:].mean():.3f}; "
-          f"kNN {before:.3f} (untrained) -> {after:.3f}")
+    print(
+      f"{name}: loss {history[:10].mean():.3f} -> {history[-10:].mean():.3f}; "
+      f"kNN {before:.3f} (untrained) -> {after:.3f}"
+    )
 
 
 if __name__ == "__main__":

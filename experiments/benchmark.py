@@ -36,44 +36,58 @@ GIB = 2.0**30
 
 def step_description(config) -> str:
   """What the timed step is, in words (written above the table)."""
-  return (f"tfjax.step.train_step (jitted, state donated): backbone {config.backbone!r}, "
-          f"embed_dim {config.embed_dim} (0: no projector), TransFusion head with the "
-          f"{config.loss} loss over {config.num_views} views (augmentation "
-          f"{config.augment or 'default'!r} at strength {config.augment_strength}) of "
-          f"n/{config.num_views} sources, {config.optimizer} (weight decay "
-          f"{config.weight_decay}, {config.schedule} learning rate {config.learning_rate})")
+  return (
+    f"tfjax.step.train_step (jitted, state donated): backbone {config.backbone!r}, "
+    f"embed_dim {config.embed_dim} (0: no projector), TransFusion head with the "
+    f"{config.loss} loss over {config.num_views} views (augmentation "
+    f"{config.augment or 'default'!r} at strength {config.augment_strength}) of "
+    f"n/{config.num_views} sources, {config.optimizer} (weight decay "
+    f"{config.weight_decay}, {config.schedule} learning rate {config.learning_rate})"
+  )
 
 
-def model_flops(n: int, width: int, layers: int, keys: int | None = None,
-                qk_width: int | None = None) -> int:
+def model_flops(
+  n: int, width: int, layers: int, keys: int | None = None, qk_width: int | None = None
+) -> int:
   """Matmul FLOPs of one training step (multiply-add = 2; d = width, h = Q/K width, N keys).
 
   fwd = (L−1)·[2nd(2h + d) + 2nNh + 2nNd] + [2nd·2h + 2nNh]; step = 3·fwd (backward = 2 ×
   forward).  The rest of the step has no matmul (the tests count every ``dot_general``).
   """
   d, h, big_n = width, qk_width or width, keys or n
-  fwd = ((layers - 1) * (2 * n * d * (2 * h + d) + 2 * n * big_n * h + 2 * n * big_n * d)
-         + 2 * n * d * 2 * h + 2 * n * big_n * h)
+  fwd = (
+    (layers - 1) * (2 * n * d * (2 * h + d) + 2 * n * big_n * h + 2 * n * big_n * d)
+    + 2 * n * d * 2 * h
+    + 2 * n * big_n * h
+  )
   return 3 * fwd
 
 
-def executed_flops(n: int, width: int, layers: int, implementation: str,
-                   keys: int | None = None, qk_width: int | None = None) -> int:
+def executed_flops(
+  n: int,
+  width: int,
+  layers: int,
+  implementation: str,
+  keys: int | None = None,
+  qk_width: int | None = None,
+) -> int:
   """Matmul FLOPs executed: the blockwise path recomputes blocks, (L−1)·[6nd(2h + d) +
   2nN(4h + 3d)] + [12ndh + 10nNh]."""
   if implementation == "dense":
     return model_flops(n, width, layers, keys, qk_width)
   d, h, big_n = width, qk_width or width, keys or n
-  return ((layers - 1) * (6 * n * d * (2 * h + d) + 2 * n * big_n * (4 * h + 3 * d))
-          + 12 * n * d * h + 10 * n * big_n * h)
+  return (
+    (layers - 1) * (6 * n * d * (2 * h + d) + 2 * n * big_n * (4 * h + 3 * d))
+    + 12 * n * d * h
+    + 10 * n * big_n * h
+  )
 
 
 def _proc_bytes(field: str, path: str = "/proc/self/status"):
   """A ``FIELD: N kB`` line of ``path`` in bytes (None without ``/proc``)."""
   try:
     with open(path) as f:
-      return next((int(line.split()[1]) * 1024 for line in f
-                   if line.startswith(field + ":")), None)
+      return next((int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":")), None)
   except OSError:
     return None
 
@@ -94,6 +108,7 @@ def _init_jax():
   import jax.numpy as jnp
   import tfjax.state  # noqa: F401
   import tfjax.devices  # noqa: F401
+
   jax.block_until_ready(jnp.zeros(()) + 1)
   return jax, jnp
 
@@ -124,13 +139,18 @@ def _build_step(cfg, abstract=False):
   config = step_config(cfg)
   views = config.num_views
   if n % views:
-    raise ValueError(f"n must be a multiple of num_views = {views} (views of "
-                     f"n/{views} sources), got {n}")
-  state = create_train_state(config, jax.random.key(0), x_shape=(w,), num_classes=2,
-                             data_kind="vector")
+    raise ValueError(
+      f"n must be a multiple of num_views = {views} (views of n/{views} sources), got {n}"
+    )
+  state = create_train_state(
+    config, jax.random.key(0), x_shape=(w,), num_classes=2, data_kind="vector"
+  )
   shape = (n // views, w)
-  batch = {"x": jax.ShapeDtypeStruct(shape, jnp.float32) if abstract else
-           jnp.asarray(np.random.default_rng(0).standard_normal(shape, dtype=np.float32))}
+  batch = {
+    "x": jax.ShapeDtypeStruct(shape, jnp.float32)
+    if abstract
+    else jnp.asarray(np.random.default_rng(0).standard_normal(shape, dtype=np.float32))
+  }
   return compile_step(1), (state, batch, jax.random.key(1))
 
 
@@ -138,8 +158,10 @@ def _plan_bytes(compiled):
   m = compiled.memory_analysis()
   if m is None:
     return None
-  out = {k: int(getattr(m, k + "_size_in_bytes", 0) or 0)
-         for k in ("temp", "argument", "output", "alias", "generated_code")}
+  out = {
+    k: int(getattr(m, k + "_size_in_bytes", 0) or 0)
+    for k in ("temp", "argument", "output", "alias", "generated_code")
+  }
   out["total"] = out["temp"] + out["argument"] + out["output"] - out["alias"]
   return out
 
@@ -147,6 +169,7 @@ def _plan_bytes(compiled):
 def worker_step(cfg):
   """Compiles and times one config's step; its plan, measured peaks and loss."""
   import resource
+
   baseline = _proc_bytes("VmRSS")
   jax, _ = _init_jax()
   baseline = _proc_bytes("VmRSS") or baseline
@@ -158,8 +181,9 @@ def worker_step(cfg):
   res = {"compile_s": compile_s, "plan_bytes": plan, "baseline_rss_bytes": baseline}
   limit = cfg.get("max_bytes")
   if plan is not None and limit and plan["total"] > limit:
-    res["skipped"] = (f"needs {plan['total'] / GIB:.1f} GiB (XLA plan) > "
-                      f"{limit / GIB:.1f} GiB allowed")
+    res["skipped"] = (
+      f"needs {plan['total'] / GIB:.1f} GiB (XLA plan) > {limit / GIB:.1f} GiB allowed"
+    )
     return res
   device = jax.devices()[0]
   reset = _reset_peak_rss()
@@ -168,14 +192,15 @@ def worker_step(cfg):
     t = time.perf_counter()
     state, metrics = compiled(state, batch, key)
     jax.block_until_ready((state, metrics))
-    if i >= warmup:                          # the first calls warm up
+    if i >= warmup:  # the first calls warm up
       times.append(time.perf_counter() - t)
   res.update(step_s=statistics.median(times), step_times_s=times, loss=float(metrics["loss"]))
   peak = _proc_bytes("VmHWM")
   if peak is not None and baseline is not None:
     res.update(peak_rss_minus_baseline_bytes=peak - baseline, peak_rss_reset_after_compile=reset)
-  res["ru_maxrss_minus_baseline_bytes"] = (
-      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - (baseline or 0))
+  res["ru_maxrss_minus_baseline_bytes"] = resource.getrusage(
+    resource.RUSAGE_SELF
+  ).ru_maxrss * 1024 - (baseline or 0)
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   if stats and "peak_bytes_in_use" in stats:
     res["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
@@ -193,8 +218,10 @@ def worker_max_n(cfg):
   """Largest n whose XLA plan fits cfg["cap_bytes"] (compile only)."""
   _init_jax()
   n_fit, probes = largest_n_within(
-      cfg["cap_bytes"], lambda n: worker_plan(dict(cfg, n=n))["plan_bytes"]["total"],
-      cfg["granularity"])
+    cfg["cap_bytes"],
+    lambda n: worker_plan(dict(cfg, n=n))["plan_bytes"]["total"],
+    cfg["granularity"],
+  )
   return {"largest_n": n_fit, "probes": {str(k): v for k, v in sorted(probes.items())}}
 
 
@@ -212,12 +239,17 @@ def worker_matmul(cfg):
     jax.block_until_ready(f(a, b))
     times.append(time.perf_counter() - t)
   best = min(times)
-  return {"size": size, "dtype": str(dtype), "seconds": best, "flops_per_s": 2 * size**3 / best,
-          "device": str(jax.devices()[0]), "platform": jax.devices()[0].platform}
+  return {
+    "size": size,
+    "dtype": str(dtype),
+    "seconds": best,
+    "flops_per_s": 2 * size**3 / best,
+    "device": str(jax.devices()[0]),
+    "platform": jax.devices()[0].platform,
+  }
 
 
-WORKERS = {"step": worker_step, "plan": worker_plan, "matmul": worker_matmul,
-           "max_n": worker_max_n}
+WORKERS = {"step": worker_step, "plan": worker_plan, "matmul": worker_matmul, "max_n": worker_max_n}
 
 
 def run_worker(kind: str, cfg: dict, timeout: float, cpu_scheduler: str = "memory") -> dict:
@@ -271,39 +303,59 @@ def _fmt(value, spec: str, scale: float = 1.0) -> str:
 def markdown(report) -> str:
   peak, matmul = report["matmul_peak_flops_per_s"], report["matmul"]
   lines = [
-      "# TransFusion step benchmark: dense vs blockwise", "",
-      f"Device: {report['device']}; matmul peak (jnp.dot {matmul[0]['size']}², "
-      f"{matmul[0]['dtype']}): {peak / 1e9:.1f} GFLOP/s (max of {len(matmul)} measurements: "
-      + ", ".join(f"{m['flops_per_s'] / 1e9:.1f}" for m in matmul)
-      + "). Load average at start/end: "
-      f"{report['load_start']} / {report['load_end']}.", "",
-      f"L = {report['layers']}, block_size = {report['block_size']}, "
-      f"compute dtype = {report['compute_dtype']}, XLA CPU scheduler = "
-      f"{report.get('xla_cpu_scheduler', 'memory')}. FLOPs per step = "
-      "3·[(L−1)(2nd(2h+d) + 2n²h + 2n²d) + 4ndh + 2n²h] (model FLOPs, h = d).", ""]
+    "# TransFusion step benchmark: dense vs blockwise",
+    "",
+    f"Device: {report['device']}; matmul peak (jnp.dot {matmul[0]['size']}², "
+    f"{matmul[0]['dtype']}): {peak / 1e9:.1f} GFLOP/s (max of {len(matmul)} measurements: "
+    + ", ".join(f"{m['flops_per_s'] / 1e9:.1f}" for m in matmul)
+    + "). Load average at start/end: "
+    f"{report['load_start']} / {report['load_end']}.",
+    "",
+    f"L = {report['layers']}, block_size = {report['block_size']}, "
+    f"compute dtype = {report['compute_dtype']}, XLA CPU scheduler = "
+    f"{report.get('xla_cpu_scheduler', 'memory')}. FLOPs per step = "
+    "3·[(L−1)(2nd(2h+d) + 2n²h + 2n²d) + 4ndh + 2n²h] (model FLOPs, h = d).",
+    "",
+  ]
   if report.get("step"):
     lines += [f"Step: {report['step']}.", ""]
   if report.get("command"):
     lines[1:1] = ["", f"Command: `{report['command']}`"]
-  lines += ["| impl | width | n | step s | model GFLOP | GFLOP/s | % of peak | "
-            "XLA plan GiB | peak RSS−base GiB | device peak GiB | note |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+  lines += [
+    "| impl | width | n | step s | model GFLOP | GFLOP/s | % of peak | "
+    "XLA plan GiB | peak RSS−base GiB | device peak GiB | note |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for r in report["results"]:
     step = r.get("step_s")
     rate = None if step is None else r["model_flops"] / step
-    cells = [r["implementation"], r["width"], r["n"], _fmt(step, ".3f"),
-             _fmt(r["model_flops"], ".1f", 1e9), _fmt(rate, ".1f", 1e9),
-             "—" if rate is None else f"{100 * rate / peak:.0f}%",
-             _fmt((r.get("plan_bytes") or {}).get("total"), ".2f", GIB),
-             _fmt(r.get("peak_rss_minus_baseline_bytes"), ".2f", GIB),
-             _fmt(r.get("device_peak_bytes"), ".2f", GIB), r.get("skipped") or r.get("error") or ""]
+    cells = [
+      r["implementation"],
+      r["width"],
+      r["n"],
+      _fmt(step, ".3f"),
+      _fmt(r["model_flops"], ".1f", 1e9),
+      _fmt(rate, ".1f", 1e9),
+      "—" if rate is None else f"{100 * rate / peak:.0f}%",
+      _fmt((r.get("plan_bytes") or {}).get("total"), ".2f", GIB),
+      _fmt(r.get("peak_rss_minus_baseline_bytes"), ".2f", GIB),
+      _fmt(r.get("device_peak_bytes"), ".2f", GIB),
+      r.get("skipped") or r.get("error") or "",
+    ]
     lines.append("| " + " | ".join(map(str, cells)) + " |")
   if report.get("max_n"):
-    lines += ["", f"Largest n whose XLA plan fits {report['memory_cap_gib']} GiB (compile only, "
-              f"multiple of {report['cap_granularity']}):", "",
-              "| impl | width | largest n |", "|---|---|---|"]
-    lines += [f"| {m['implementation']} | {m['width']} | {m.get('largest_n', m.get('error'))} |"
-              for m in report["max_n"]]
+    lines += [
+      "",
+      f"Largest n whose XLA plan fits {report['memory_cap_gib']} GiB (compile only, "
+      f"multiple of {report['cap_granularity']}):",
+      "",
+      "| impl | width | largest n |",
+      "|---|---|---|",
+    ]
+    lines += [
+      f"| {m['implementation']} | {m['width']} | {m.get('largest_n', m.get('error'))} |"
+      for m in report["max_n"]
+    ]
   return "\n".join(lines) + "\n"
 
 
@@ -314,8 +366,9 @@ def _csv(value, cast=str):
 def check(config):
   """``(sizes, widths, implementations)`` of ``config``, checked before any subprocess."""
   if config.xla_cpu_scheduler not in CPU_SCHEDULERS:
-    raise ValueError(f"unknown xla_cpu_scheduler {config.xla_cpu_scheduler!r}"
-                     f"; choose one of {CPU_SCHEDULERS}")
+    raise ValueError(
+      f"unknown xla_cpu_scheduler {config.xla_cpu_scheduler!r}; choose one of {CPU_SCHEDULERS}"
+    )
   sizes, widths = _csv(config.sizes, int), _csv(config.widths, int)
   implementations = _csv(config.implementations)
   for impl in implementations:
@@ -324,8 +377,10 @@ def check(config):
   v = config.num_views
   odd = [n for n in sizes + [config.cap_granularity] if n % v]
   if odd:
-    raise ValueError(f"sizes and cap_granularity must be multiples of "
-                     f"num_views = {v} (views of n/{v} sources), got {odd}")
+    raise ValueError(
+      f"sizes and cap_granularity must be multiples of "
+      f"num_views = {v} (views of n/{v} sources), got {odd}"
+    )
   return sizes, widths, implementations
 
 
@@ -336,24 +391,39 @@ def _load():
 def _worker(config, progress: bool, kind: str, cfg: dict) -> dict:
   """``run_worker`` with ``config``'s timeout and scheduler; one line per call on stderr."""
   if progress:
-    print(kind, {k: v for k, v in cfg.items() if k != "config"}, "...", file=sys.stderr,
-          flush=True)
+    print(kind, {k: v for k, v in cfg.items() if k != "config"}, "...", file=sys.stderr, flush=True)
   r = run_worker(kind, cfg, float(config.timeout), config.xla_cpu_scheduler)
   if progress and kind == "step":
-    print(json.dumps({k: r.get(k) for k in ("step_s", "skipped", "error")}),
-          file=sys.stderr, flush=True)
+    print(
+      json.dumps({k: r.get(k) for k in ("step_s", "skipped", "error")}), file=sys.stderr, flush=True
+    )
   return r
 
 
 def _measure_step(worker, config, fields, n: int, width: int, impl: str, max_bytes) -> dict:
   """The result row of one (n, width, implementation): the step worker's, plus FLOPs."""
   layers, t = config.head.num_layers, time.time()
-  r = worker("step", {"config": fields, "n": n, "width": width, "implementation": impl,
-                      "repeats": config.repeats, "warmup": config.warmup,
-                      "max_bytes": max_bytes})
-  r.update(implementation=impl, n=n, width=width, load=_load(), wall_s=time.time() - t,
-           model_flops=model_flops(n, width, layers),
-           executed_flops=executed_flops(n, width, layers, impl))
+  r = worker(
+    "step",
+    {
+      "config": fields,
+      "n": n,
+      "width": width,
+      "implementation": impl,
+      "repeats": config.repeats,
+      "warmup": config.warmup,
+      "max_bytes": max_bytes,
+    },
+  )
+  r.update(
+    implementation=impl,
+    n=n,
+    width=width,
+    load=_load(),
+    wall_s=time.time() - t,
+    model_flops=model_flops(n, width, layers),
+    executed_flops=executed_flops(n, width, layers, impl),
+  )
   return r
 
 
@@ -363,24 +433,43 @@ def run(config, workdir: str, progress: bool = True, command: str | None = None)
   ``command``: the command line, written at the top of the table."""
   sizes, widths, implementations = check(config)
   from tfjax.config import base_config
+
   fields = {k: v for k, v in json.loads(config.to_json()).items() if k in base_config()}
   compute_dtype = config.head.compute_dtype or "none"
   worker = functools.partial(_worker, config, progress)
-  report = {"layers": config.head.num_layers, "block_size": config.head.block_size,
-            "compute_dtype": compute_dtype, "xla_cpu_scheduler": config.xla_cpu_scheduler,
-            "command": command, "step": step_description(config), "load_start": _load(),
-            "cpu_count": os.cpu_count(), "matmul": [], "results": [],
-            "config": json.loads(config.to_json())}
-  matmul_cfg = {"size": config.matmul_size,
-                "dtype": "float32" if compute_dtype == "none" else compute_dtype}
+  report = {
+    "layers": config.head.num_layers,
+    "block_size": config.head.block_size,
+    "compute_dtype": compute_dtype,
+    "xla_cpu_scheduler": config.xla_cpu_scheduler,
+    "command": command,
+    "step": step_description(config),
+    "load_start": _load(),
+    "cpu_count": os.cpu_count(),
+    "matmul": [],
+    "results": [],
+    "config": json.loads(config.to_json()),
+  }
+  matmul_cfg = {
+    "size": config.matmul_size,
+    "dtype": "float32" if compute_dtype == "none" else compute_dtype,
+  }
   report["matmul"].append(worker("matmul", matmul_cfg))
   report["device"] = report["matmul"][0].get("device", "?")
   avail = _proc_bytes("MemAvailable", "/proc/meminfo")
-  max_bytes = (config.max_ram_gib * GIB if config.max_ram_gib else
-               0.6 * avail if avail and report["matmul"][0].get("platform", "cpu") == "cpu"
-               else None)
-  report["results"] = [_measure_step(worker, config, fields, n, width, impl, max_bytes)
-                       for width in widths for n in sizes for impl in implementations]
+  max_bytes = (
+    config.max_ram_gib * GIB
+    if config.max_ram_gib
+    else 0.6 * avail
+    if avail and report["matmul"][0].get("platform", "cpu") == "cpu"
+    else None
+  )
+  report["results"] = [
+    _measure_step(worker, config, fields, n, width, impl, max_bytes)
+    for width in widths
+    for n in sizes
+    for impl in implementations
+  ]
   report["matmul"].append(worker("matmul", matmul_cfg))
   peaks = [m["flops_per_s"] for m in report["matmul"] if "flops_per_s" in m]
   report["matmul_peak_flops_per_s"] = peak = max(peaks) if peaks else float("nan")
@@ -390,14 +479,28 @@ def run(config, workdir: str, progress: bool = True, command: str | None = None)
       r["fraction_of_peak"] = r["model_flops_per_s"] / peak
       r["executed_flops_per_s"] = r["executed_flops"] / r["step_s"]
   if config.memory_cap_gib > 0:
-    report.update(memory_cap_gib=config.memory_cap_gib,
-                  cap_granularity=config.cap_granularity,
-                  max_n=[{**worker("max_n", {"config": fields, "width": width,
-                                             "implementation": impl,
-                                             "cap_bytes": config.memory_cap_gib * GIB,
-                                             "granularity": config.cap_granularity}),
-                          "implementation": impl, "width": width}
-                         for width in widths for impl in implementations])
+    report.update(
+      memory_cap_gib=config.memory_cap_gib,
+      cap_granularity=config.cap_granularity,
+      max_n=[
+        {
+          **worker(
+            "max_n",
+            {
+              "config": fields,
+              "width": width,
+              "implementation": impl,
+              "cap_bytes": config.memory_cap_gib * GIB,
+              "granularity": config.cap_granularity,
+            },
+          ),
+          "implementation": impl,
+          "width": width,
+        }
+        for width in widths
+        for impl in implementations
+      ],
+    )
   report["load_end"] = _load()
   md = markdown(report)
   write_report(workdir, md, report, name="benchmark")
@@ -407,16 +510,21 @@ def run(config, workdir: str, progress: bool = True, command: str | None = None)
 
 def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
-  if argv[:1] == ["--worker"]:               # a subprocess of run_worker
+  if argv[:1] == ["--worker"]:  # a subprocess of run_worker
     kind, cfg = argv[1], argv[2]
     # Before JAX starts: XLA reads its flags once per process.
     use_low_memory_cpu_scheduler(os.environ.get("TFJAX_XLA_CPU_SCHEDULER", "memory"))
     print(json.dumps(WORKERS[kind](json.loads(cfg))), flush=True)
     return None
   from experiments.common import cli
+
   command = " ".join(["python -m experiments.benchmark"] + argv)
-  return cli(lambda config, workdir, progress=True: run(
-      config, workdir, progress, command=command), "benchmark", argv, __doc__)
+  return cli(
+    lambda config, workdir, progress=True: run(config, workdir, progress, command=command),
+    "benchmark",
+    argv,
+    __doc__,
+  )
 
 
 if __name__ == "__main__":

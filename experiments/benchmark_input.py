@@ -24,6 +24,7 @@ start, compiles) and times ``steps`` batches.  Writes ``results.md`` and
 ``results.json`` to the work directory and prints the table.  Nothing
 resumes: every call measures afresh and replaces them.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,43 +47,54 @@ def measure(config, name: str) -> dict:
   """Examples/s of the four measurements (module docstring) for dataset ``name``."""
   from tfjax.data import get_dataset_spec
   from tfjax.data.augment import get_augmentation
-  from tfjax.data.pipeline import (device_prefetch, make_dataset, open_source,
-                                   train_batches)
+  from tfjax.data.pipeline import device_prefetch, make_dataset, open_source, train_batches
   from tfjax.step import global_index_views, step_key
 
   spec = get_dataset_spec(name)
   b, steps, warmup = config.batch_size, config.steps, config.warmup
   inp = config.input
 
-  it = make_dataset(name, config.split, batch_size=b, seed=config.seed,
-                    data_dir=config.data_dir, download=config.download,
-                    num_threads=inp.num_threads)
+  it = make_dataset(
+    name,
+    config.split,
+    batch_size=b,
+    seed=config.seed,
+    data_dir=config.data_dir,
+    download=config.download,
+    num_threads=inp.num_threads,
+  )
   make = _rate(lambda: next(it), steps, warmup, b)
 
-  source = open_source(name, config.split, data_dir=config.data_dir,
-                       download=config.download)
+  source = open_source(name, config.split, data_dir=config.data_dir, download=config.download)
 
   def batches(device: bool):
-    host = train_batches(source, seed=config.seed, batch_size=b, start_step=0,
-                         end_step=warmup + steps, num_threads=inp.num_threads,
-                         prefetch=inp.host_prefetch)
+    host = train_batches(
+      source,
+      seed=config.seed,
+      batch_size=b,
+      start_step=0,
+      end_step=warmup + steps,
+      num_threads=inp.num_threads,
+      prefetch=inp.host_prefetch,
+    )
     return device_prefetch(host, size=inp.device_prefetch) if device else host
 
   host = batches(False)
   reader = _rate(lambda: next(host), steps, warmup, b)
 
   dev = batches(True)
-  on_device = _rate(lambda: jax.block_until_ready(next(dev)[-1]), steps,
-                    warmup, b)
+  on_device = _rate(lambda: jax.block_until_ready(next(dev)[-1]), steps, warmup, b)
 
   augment = get_augmentation(config.augment, spec.kind)
-  strength, num_views, seed = (float(config.augment_strength),
-                               int(config.num_views), int(config.seed))
+  strength, num_views, seed = (
+    float(config.augment_strength),
+    int(config.num_views),
+    int(config.seed),
+  )
 
   @jax.jit
   def views(step, x):  # the step's views; its key folded in on device
-    return global_index_views(augment, step_key(seed, step), x, strength,
-                              num_views, 0)
+    return global_index_views(augment, step_key(seed, step), x, strength, num_views, 0)
 
   dev = batches(True)
 
@@ -91,14 +103,28 @@ def measure(config, name: str) -> dict:
     jax.block_until_ready(views(first, batch["x"]))
 
   viewed = _rate(with_views, steps, warmup, b)
-  return {"dataset": name, "kind": spec.kind,
-          "x_shape": "×".join(map(str, spec.x_shape)), "batch": b,
-          "make_dataset": round(make), "train_batches": round(reader),
-          "+ device_prefetch": round(on_device), "+ views": round(viewed)}
+  return {
+    "dataset": name,
+    "kind": spec.kind,
+    "x_shape": "×".join(map(str, spec.x_shape)),
+    "batch": b,
+    "make_dataset": round(make),
+    "train_batches": round(reader),
+    "+ device_prefetch": round(on_device),
+    "+ views": round(viewed),
+  }
 
 
-COLUMNS = ["dataset", "kind", "x_shape", "batch", "make_dataset",
-           "train_batches", "+ device_prefetch", "+ views"]
+COLUMNS = [
+  "dataset",
+  "kind",
+  "x_shape",
+  "batch",
+  "make_dataset",
+  "train_batches",
+  "+ device_prefetch",
+  "+ views",
+]
 
 
 def run(config, workdir: str, progress: bool = True):
@@ -114,23 +140,24 @@ def run(config, workdir: str, progress: bool = True):
     rows.append(measure(config, name))
   dev = jax.devices()[0]
   notes = (
-      f"Examples per second; {config.steps} timed batches after "
-      f"{config.warmup} untimed, split {config.split!r}, device "
-      f"{dev.platform}:{dev.device_kind}, {os.cpu_count()} CPU cores, "
-      f"reader threads {config.input.num_threads}, host prefetch "
-      f"{config.input.host_prefetch}, device prefetch "
-      f"{config.input.device_prefetch}; views: {config.num_views} of the "
-      f"augmentation {config.augment or 'default of the kind'!r} at strength "
-      f"{config.augment_strength}.  Load average at start/end: {load_start} / "
-      f"{[round(x, 2) for x in os.getloadavg()]}.\n")
-  table = write_results(workdir, "Input-pipeline throughput (examples/s)",
-                        rows, COLUMNS, notes)
+    f"Examples per second; {config.steps} timed batches after "
+    f"{config.warmup} untimed, split {config.split!r}, device "
+    f"{dev.platform}:{dev.device_kind}, {os.cpu_count()} CPU cores, "
+    f"reader threads {config.input.num_threads}, host prefetch "
+    f"{config.input.host_prefetch}, device prefetch "
+    f"{config.input.device_prefetch}; views: {config.num_views} of the "
+    f"augmentation {config.augment or 'default of the kind'!r} at strength "
+    f"{config.augment_strength}.  Load average at start/end: {load_start} / "
+    f"{[round(x, 2) for x in os.getloadavg()]}.\n"
+  )
+  table = write_results(workdir, "Input-pipeline throughput (examples/s)", rows, COLUMNS, notes)
   print("\n" + table + "\n" + notes)
   return rows
 
 
 def main(argv=None):
   from experiments.common import cli
+
   return cli(run, "benchmark_input", argv, __doc__)
 
 

@@ -63,9 +63,14 @@ def config_path(name: str) -> str:
   return os.path.join(CONFIG_DIR, f"{name}.py")
 
 
-def cli(run: Callable, name: str, argv: Optional[Sequence[str]] = None,
-        description: str = "", default_arg: Optional[str] = None,
-        config_name: Optional[str] = None):
+def cli(
+  run: Callable,
+  name: str,
+  argv: Optional[Sequence[str]] = None,
+  description: str = "",
+  default_arg: Optional[str] = None,
+  config_name: Optional[str] = None,
+):
   """Parses ``--config``, ``--config.*``, ``--workdir`` and friends, then runs.
 
   ``run(config, workdir, progress=...)`` is called with the loaded,
@@ -94,34 +99,58 @@ def cli(run: Callable, name: str, argv: Optional[Sequence[str]] = None,
   try:
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file(
-        "config", default, f"config file (default {os.path.relpath(default)}); "
-        "a suffix :ARG is passed to its get_config; override any field with "
-        "--config.FIELD=VALUE (fields: tfjax/config.py and the config file)",
-        flag_values=fv,
-        sys_argv=[f"experiments.{name}"] + argv)  # which overrides to define
-    flags.DEFINE_string("workdir", None, "work directory (default "
-                        f"workdirs/{name}[_ARG]); a rerun resumes the runs it "
-                        "holds from their checkpoints", flag_values=fv)
-    flags.DEFINE_boolean("overwrite", False, "delete what earlier runs wrote "
-                         "in the work directory (checkpoints, metrics, configs, "
-                         "results) and start afresh", flag_values=fv)
-    flags.DEFINE_boolean("progress", True, "progress bars (--noprogress: off)",
-                         flag_values=fv)
-    flags.DEFINE_boolean("debug", False, "show the traceback of an error",
-                         flag_values=fv)
-    flags.DEFINE_enum("xla_cpu_scheduler", None, ["memory", "concurrency"],
-                      "XLA's CPU scheduler (tfjax.runtime); 'memory' for large "
-                      "blockwise batches on CPU", flag_values=fv)
-    flags.DEFINE_string("coordinator_address", None, "multi-process runs: "
-                        "HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS)",
-                        flag_values=fv)
-    flags.DEFINE_string("num_processes", None, "multi-process runs: number of "
-                        "processes, or 'auto' on TPU pods / SLURM", flag_values=fv)
-    flags.DEFINE_integer("process_id", None, "multi-process runs: this "
-                         "process's id", flag_values=fv)
+      "config",
+      default,
+      f"config file (default {os.path.relpath(default)}); "
+      "a suffix :ARG is passed to its get_config; override any field with "
+      "--config.FIELD=VALUE (fields: tfjax/config.py and the config file)",
+      flag_values=fv,
+      sys_argv=[f"experiments.{name}"] + argv,
+    )  # which overrides to define
+    flags.DEFINE_string(
+      "workdir",
+      None,
+      "work directory (default "
+      f"workdirs/{name}[_ARG]); a rerun resumes the runs it "
+      "holds from their checkpoints",
+      flag_values=fv,
+    )
+    flags.DEFINE_boolean(
+      "overwrite",
+      False,
+      "delete what earlier runs wrote "
+      "in the work directory (checkpoints, metrics, configs, "
+      "results) and start afresh",
+      flag_values=fv,
+    )
+    flags.DEFINE_boolean("progress", True, "progress bars (--noprogress: off)", flag_values=fv)
+    flags.DEFINE_boolean("debug", False, "show the traceback of an error", flag_values=fv)
+    flags.DEFINE_enum(
+      "xla_cpu_scheduler",
+      None,
+      ["memory", "concurrency"],
+      "XLA's CPU scheduler (tfjax.runtime); 'memory' for large blockwise batches on CPU",
+      flag_values=fv,
+    )
+    flags.DEFINE_string(
+      "coordinator_address",
+      None,
+      "multi-process runs: HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS)",
+      flag_values=fv,
+    )
+    flags.DEFINE_string(
+      "num_processes",
+      None,
+      "multi-process runs: number of processes, or 'auto' on TPU pods / SLURM",
+      flag_values=fv,
+    )
+    flags.DEFINE_integer(
+      "process_id", None, "multi-process runs: this process's id", flag_values=fv
+    )
     if any(a in ("-h", "--help", "--helpfull") for a in argv):
       epilogue = HELP_EPILOGUE.format(
-          config=os.path.relpath(config_path(config_name or name)), name=name)
+        config=os.path.relpath(config_path(config_name or name)), name=name
+      )
       print(f"{description}\n\nflags:\n{fv.get_help()}\n\n{epilogue}")
       return None
     stray = fv([f"experiments.{name}"] + argv)[1:]
@@ -134,27 +163,36 @@ def cli(run: Callable, name: str, argv: Optional[Sequence[str]] = None,
       warnings.warn(message)
     if fv.xla_cpu_scheduler:
       from tfjax.runtime import use_low_memory_cpu_scheduler
+
       use_low_memory_cpu_scheduler(fv.xla_cpu_scheduler)
     from tfjax import distributed
     from tfjax import workdir as workdirs
-    distributed.initialize(fv.coordinator_address, fv.num_processes,
-                           fv.process_id)  # before any JAX computation
+
+    distributed.initialize(
+      fv.coordinator_address, fv.num_processes, fv.process_id
+    )  # before any JAX computation
     workdir = fv.workdir or os.path.join(
-        "workdirs", _workdir_name(fv["config"].config_filename, name))
+      "workdirs", _workdir_name(fv["config"].config_filename, name)
+    )
     with contextlib.ExitStack() as held:
+
       def prepare():
         workdirs.check_writable(workdir)
         held.enter_context(workdirs.lock(workdir))
         if fv.overwrite:
           removed = workdirs.clear_tree(workdir)
-          print(f"--overwrite: removed {len(removed)} files and directories "
-                f"of earlier runs under {workdir}", file=sys.stderr, flush=True)
+          print(
+            f"--overwrite: removed {len(removed)} files and directories "
+            f"of earlier runs under {workdir}",
+            file=sys.stderr,
+            flush=True,
+          )
+
       workdirs.agree(prepare)
-      cache = (os.path.join(workdir, COMPILATION_CACHE)
-               if config.get("compilation_cache") else None)
+      cache = os.path.join(workdir, COMPILATION_CACHE) if config.get("compilation_cache") else None
       with compilation_cache(cache):
         return run(config, workdir, progress=fv.progress)
-  except KeyboardInterrupt:   # Ctrl-C: one line, exit status 128 + SIGINT
+  except KeyboardInterrupt:  # Ctrl-C: one line, exit status 128 + SIGINT
     if debug:
       raise
     print(f"interrupted; {_resume_hint(workdir)}", file=sys.stderr)
@@ -163,11 +201,16 @@ def cli(run: Callable, name: str, argv: Optional[Sequence[str]] = None,
     if debug:
       raise
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-      print(f"error: no space left on device writing {e.filename or workdir}; "
-            f"free some, then {_resume_hint(workdir)}", file=sys.stderr)
+      print(
+        f"error: no space left on device writing {e.filename or workdir}; "
+        f"free some, then {_resume_hint(workdir)}",
+        file=sys.stderr,
+      )
     else:
-      print(f"error: {error_line(e, argv if parsing else None, config)} "
-            "(--debug for the traceback)", file=sys.stderr)
+      print(
+        f"error: {error_line(e, argv if parsing else None, config)} (--debug for the traceback)",
+        file=sys.stderr,
+      )
     raise SystemExit(2) from None
   finally:
     warnings.formatwarning = formatwarning
@@ -178,8 +221,9 @@ def _resume_hint(workdir: Optional[str]) -> str:
   under ``workdir`` (naming its step and run directory), or start again."""
   newest = None
   if workdir is not None:
-    for path in glob.glob(os.path.join(glob.escape(workdir), "**", "checkpoints",
-                                       "*"), recursive=True):
+    for path in glob.glob(
+      os.path.join(glob.escape(workdir), "**", "checkpoints", "*"), recursive=True
+    ):
       if os.path.basename(path).isdigit() and os.path.isdir(path):
         if newest is None or os.path.getmtime(path) > os.path.getmtime(newest):
           newest = path
@@ -187,8 +231,9 @@ def _resume_hint(workdir: Optional[str]) -> str:
     return "rerun the same command to start again (no checkpoint yet)"
   run_dir = os.path.relpath(os.path.dirname(os.path.dirname(newest)), workdir)
   where = "" if run_dir == "." else f" of {run_dir}"
-  return (f"rerun the same command to resume from step "
-          f"{os.path.basename(newest)}'s checkpoint{where}")
+  return (
+    f"rerun the same command to resume from step {os.path.basename(newest)}'s checkpoint{where}"
+  )
 
 
 # Where a config with ``compilation_cache = True`` keeps XLA's programs.
@@ -213,12 +258,15 @@ def compilation_cache(directory: Optional[str], min_compile_seconds: float = 0.1
     return
   import jax
   from jax.experimental.compilation_cache import compilation_cache as cc
-  settings = {"jax_compilation_cache_dir": os.path.abspath(directory),
-              "jax_persistent_cache_min_compile_time_secs": min_compile_seconds}
+
+  settings = {
+    "jax_compilation_cache_dir": os.path.abspath(directory),
+    "jax_persistent_cache_min_compile_time_secs": min_compile_seconds,
+  }
   before = {k: getattr(jax.config, k) for k in settings}
   for k, v in settings.items():
     jax.config.update(k, v)
-  cc.reset_cache()   # JAX opens its cache once: open it here, in directory
+  cc.reset_cache()  # JAX opens its cache once: open it here, in directory
   try:
     yield
   finally:
@@ -230,8 +278,7 @@ def compilation_cache(directory: Optional[str], min_compile_seconds: float = 0.1
 def stray_argument(argument: str, fv) -> str:
   """The error of a positional ``argument`` (the commands take flags only)."""
   flag = argument.lstrip("-").split("=")[0]
-  hint = (f"; did you mean --{argument}?" if flag in fv or flag.startswith("config.")
-          else "")
+  hint = f"; did you mean --{argument}?" if flag in fv or flag.startswith("config.") else ""
   return f"unexpected argument {argument!r} (flags start with --){hint}"
 
 
@@ -254,6 +301,7 @@ def run_fields(run) -> Dict:
   the top-level value, else the method's recipe, holds."""
   from tfjax.methods import FIELDS
   from tfjax.rerun import flatten  # lazily: --help must not import JAX
+
   return {k: v for k, v in flatten(run).items() if not (k in FIELDS and v is None)}
 
 
@@ -267,40 +315,44 @@ def shadowed_overrides(config, argv: Sequence[str]) -> List[str]:
   runs = config.get("runs") if hasattr(config, "get") else None
   if not runs or not hasattr(runs, "items"):
     return []
-  names = [n.strip() for n in str(config.get("compare") or "").split(",")
-           if n.strip() in runs] or list(runs.keys())
+  names = [
+    n.strip() for n in str(config.get("compare") or "").split(",") if n.strip() in runs
+  ] or list(runs.keys())
   per_run = {n: run_fields(runs[n]) if hasattr(runs[n], "items") else {} for n in names}
   messages = []
   for field in _overridden_fields(argv):
     if field.split(".")[0] == "runs":
       continue
-    setting = [n for n in names if any(k == field or k.startswith(field + ".")
-                                       for k in per_run[n])]
+    setting = [n for n in names if any(k == field or k.startswith(field + ".") for k in per_run[n])]
     if not setting:
       continue
     where = ", ".join(f"--config.runs.{n}.{field}" for n in setting)
     if len(setting) == len(names):
       raise ShadowedOverrideError(
-          f"--config.{field} changes no run: every run sets its own {field} "
-          f"(runs {', '.join(setting)}); set {where}")
-    messages.append(f"--config.{field} is replaced by the own {field} of runs "
-                    f"{', '.join(setting)} (set {where} to change theirs)")
+        f"--config.{field} changes no run: every run sets its own {field} "
+        f"(runs {', '.join(setting)}); set {where}"
+      )
+    messages.append(
+      f"--config.{field} is replaced by the own {field} of runs "
+      f"{', '.join(setting)} (set {where} to change theirs)"
+    )
   return messages
 
 
 def _one_line_warnings():
   """Warnings as one line each (``warning: MESSAGE``), without the source line."""
-  warnings.formatwarning = (
-      lambda message, category, *args, **kwargs:
-      f"warning: {' '.join(str(message).split())}\n")
+  warnings.formatwarning = lambda message, category, *args, **kwargs: (
+    f"warning: {' '.join(str(message).split())}\n"
+  )
 
 
-_LOCKED = re.compile(r'Key "([^"]+)" does not exist and cannot be added since '
-                     r"the config is locked")
+_LOCKED = re.compile(
+  r'Key "([^"]+)" does not exist and cannot be added since '
+  r"the config is locked"
+)
 
 
-def error_line(e: BaseException, argv: Optional[Sequence[str]] = None,
-               config=None) -> str:
+def error_line(e: BaseException, argv: Optional[Sequence[str]] = None, config=None) -> str:
   """The one-line form of an error: ``Type: message``.
 
   While the command line is parsed (``argv`` given), a missing key is an
@@ -312,7 +364,7 @@ def error_line(e: BaseException, argv: Optional[Sequence[str]] = None,
   if isinstance(e, (KeyError, AttributeError)) and len(e.args) == 1:
     text = str(e.args[0])
   text = text.replace("\\n", "\n").replace("\\'", "'")
-  if "Traceback (most recent call last)" in text:   # a config file raised
+  if "Traceback (most recent call last)" in text:  # a config file raised
     last = [l for l in text.strip().splitlines() if l.strip()][-1].strip()
     return last
   locked = _LOCKED.search(text)
@@ -320,9 +372,9 @@ def error_line(e: BaseException, argv: Optional[Sequence[str]] = None,
     bad = locked.group(1) if locked else _field_name(text)
     path = _full_path(bad, argv)
     from tfjax.rerun import suggest_fields
+
     parent = path.split(".")[:-1]
-    close = [".".join(parent + [c])
-             for c in re.findall(r'Did you mean "([\w.]+)"', text)]
+    close = [".".join(parent + [c]) for c in re.findall(r'Did you mean "([\w.]+)"', text)]
     try:
       if config is not None:
         close += suggest_fields(path, config)
@@ -338,8 +390,13 @@ def error_line(e: BaseException, argv: Optional[Sequence[str]] = None,
 
 
 def _field_name(text: str) -> str:
-  for pattern in (r"lookup: ([\w.]+)", r'instead of "([\w.]+)"',
-                  r"'([\w.]+)'", r'"([\w.]+)"', r"^\s*([\w.]+)"):
+  for pattern in (
+    r"lookup: ([\w.]+)",
+    r'instead of "([\w.]+)"',
+    r"'([\w.]+)'",
+    r'"([\w.]+)"',
+    r"^\s*([\w.]+)",
+  ):
     m = re.search(pattern, text)
     if m:
       return m.group(1)
@@ -353,7 +410,7 @@ def _full_path(name: str, argv: Sequence[str]) -> str:
     if field == name:
       return field
     if name in parts:
-      return ".".join(parts[:parts.index(name) + 1])
+      return ".".join(parts[: parts.index(name) + 1])
   return name
 
 

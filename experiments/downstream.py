@@ -27,8 +27,7 @@ from experiments.runs import compare
 def dataset_config(config, name: str):
   """The main-job config of one dataset: its backbone and ``dataset``."""
   if name not in config.backbones:
-    raise ValueError(f"no backbone for dataset {name!r}; known: "
-                     f"{sorted(config.backbones)}")
+    raise ValueError(f"no backbone for dataset {name!r}; known: {sorted(config.backbones)}")
   c = config.copy_and_resolve_references()
   c.dataset = name
   c.backbone = config.backbones[name].backbone
@@ -41,8 +40,9 @@ def run(config, workdir: str, *, progress: bool = True):
   configs = [dataset_config(config, n) for n in names]  # all checked first
   rows = []
   for name, c in zip(names, configs):
-    rows += [{"dataset": name, **r} for r in
-             compare(c, os.path.join(workdir, name), progress=progress)]
+    rows += [
+      {"dataset": name, **r} for r in compare(c, os.path.join(workdir, name), progress=progress)
+    ]
   report(config, workdir, rows)
   return rows
 
@@ -50,15 +50,25 @@ def run(config, workdir: str, *, progress: bool = True):
 def report(config, workdir: str, rows) -> None:
   """``results.md`` (the merged table), ``results.json``, ``downstream.png``
   (one panel per dataset)."""
-  metrics = [m for m in ("knn", "linear", "finetune@0.1", "finetune@0.5", "finetune@1",
-                         "knn_head") if any(m in r for r in rows)]
-  table = write_results(workdir, "Downstream accuracy (test set)", rows,
-                        ["dataset", "method"] + metrics + ["steps", "seeds", "minutes"],
-                        f"Mean ± std over {config.seeds} seed(s); steps: each "
-                        "run's own; minutes: its seeds' training time (train_seconds).")
+  metrics = [
+    m
+    for m in ("knn", "linear", "finetune@0.1", "finetune@0.5", "finetune@1", "knn_head")
+    if any(m in r for r in rows)
+  ]
+  table = write_results(
+    workdir,
+    "Downstream accuracy (test set)",
+    rows,
+    ["dataset", "method"] + metrics + ["steps", "seeds", "minutes"],
+    f"Mean ± std over {config.seeds} seed(s); steps: each "
+    "run's own; minutes: its seeds' training time (train_seconds).",
+  )
   datasets = dict.fromkeys(r["dataset"] for r in rows)
-  plot_accuracy({d: [r for r in rows if r["dataset"] == d] for d in datasets},
-                metrics, os.path.join(workdir, "downstream.png"))
+  plot_accuracy(
+    {d: [r for r in rows if r["dataset"] == d] for d in datasets},
+    metrics,
+    os.path.join(workdir, "downstream.png"),
+  )
   print(table)
 
 

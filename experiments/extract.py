@@ -21,8 +21,7 @@ import sys
 SPLITS = ("train", "validation", "test")
 
 
-def extract(workdir: str, split: str = "test", what: str = "features",
-            out=None, step=None) -> str:
+def extract(workdir: str, split: str = "test", what: str = "features", out=None, step=None) -> str:
   """Writes ``what`` and the labels of ``split`` of the run in ``workdir``
   to ``out``; returns the line that says what it wrote."""
   if what not in ("features", "embeddings"):
@@ -35,7 +34,8 @@ def extract(workdir: str, split: str = "test", what: str = "features",
 
   import tfjax
   from tfjax.data.pipeline import source_labels
-  run = tfjax.load_run(workdir, step)   # a missing workdir is named first
+
+  run = tfjax.load_run(workdir, step)  # a missing workdir is named first
   if out is None:
     out = os.path.join(workdir, f"{what}_{split}.npz")
     _check_out(out)
@@ -43,8 +43,10 @@ def extract(workdir: str, split: str = "test", what: str = "features",
   values = run.features(source) if what == "features" else run.embeddings(source)
   labels = source_labels(source)
   np.savez(out, **{what: values, "labels": labels, "step": np.int64(run.step)})
-  return (f"wrote {what} {list(values.shape)} and labels [{len(labels)}] of the "
-          f"{split} split (step {run.step}) to {out}")
+  return (
+    f"wrote {what} {list(values.shape)} and labels [{len(labels)}] of the "
+    f"{split} split (step {run.step}) to {out}"
+  )
 
 
 def _check_out(out: str) -> None:
@@ -52,28 +54,36 @@ def _check_out(out: str) -> None:
     raise ValueError(f"--out must name a .npz file, got {out!r}")
   folder = os.path.dirname(os.path.abspath(out))
   if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-    raise ValueError(f"--out {out!r}: directory {folder} does not exist or is "
-                     "not writable")
+    raise ValueError(f"--out {out!r}: directory {folder} does not exist or is not writable")
 
 
 def main(argv=None):
   from absl import flags
 
   from experiments.common import error_line
+
   argv = list(sys.argv[1:] if argv is None else argv)
   fv = flags.FlagValues()
-  flags.DEFINE_string("workdir", None, "the run's work directory (config.json, "
-                      "checkpoints/)", flag_values=fv)
-  flags.DEFINE_enum("split", "test", list(SPLITS), "which split of the run's "
-                    "dataset", flag_values=fv)
-  flags.DEFINE_enum("what", "features", ["features", "embeddings"], "backbone "
-                    "features or projector embeddings", flag_values=fv)
-  flags.DEFINE_string("out", None, "the .npz file (default "
-                      "WORKDIR/<what>_<split>.npz)", flag_values=fv)
-  flags.DEFINE_integer("step", None, "the checkpoint (default: the newest "
-                       "finite one)", flag_values=fv)
-  flags.DEFINE_boolean("debug", False, "show the traceback of an error",
-                       flag_values=fv)
+  flags.DEFINE_string(
+    "workdir", None, "the run's work directory (config.json, checkpoints/)", flag_values=fv
+  )
+  flags.DEFINE_enum(
+    "split", "test", list(SPLITS), "which split of the run's dataset", flag_values=fv
+  )
+  flags.DEFINE_enum(
+    "what",
+    "features",
+    ["features", "embeddings"],
+    "backbone features or projector embeddings",
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    "out", None, "the .npz file (default WORKDIR/<what>_<split>.npz)", flag_values=fv
+  )
+  flags.DEFINE_integer(
+    "step", None, "the checkpoint (default: the newest finite one)", flag_values=fv
+  )
+  flags.DEFINE_boolean("debug", False, "show the traceback of an error", flag_values=fv)
   if any(a in ("-h", "--help", "--helpfull") for a in argv):
     print(f"{__doc__}\nflags:\n{fv.get_help()}")
     return None

@@ -61,8 +61,7 @@ def gaussian_clusters(rng, centres, sigma, n):
 def within_cluster_noise(x: np.ndarray, labels: np.ndarray) -> float:
   u = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
   total = ((u - u.mean(0)) ** 2).sum()
-  within = sum(((u[labels == c] - u[labels == c].mean(0)) ** 2).sum()
-               for c in np.unique(labels))
+  within = sum(((u[labels == c] - u[labels == c].mean(0)) ** 2).sum() for c in np.unique(labels))
   return float(within / max(total, 1e-12))
 
 
@@ -81,8 +80,7 @@ def per_layer(head: TransFusionHead, params, x):
   h = x
   for i in range(head.num_layers - 1):
     block = FusionBlock(head.features, head.activation)
-    h, inter = block.apply({"params": params[f"fusion_{i}"]}, h,
-                           mutable=["intermediates"])
+    h, inter = block.apply({"params": params[f"fusion_{i}"]}, h, mutable=["intermediates"])
     adjs.append(np.asarray(inter["intermediates"]["adjacency"][0]))
     feats.append(np.asarray(h))
   adjs.append(np.asarray(head.apply({"params": params}, x)))
@@ -116,8 +114,7 @@ def run(config, workdir: str, *, progress: bool = True):
 
   init = create_train_state(config, jax.random.key(config.seed), x_tr.shape[1:], k)
   stats = {"init": per_layer(eval_model(init).head, init.params["head"], x_eval)}
-  res = train.train_and_evaluate(config, os.path.join(workdir, "run"), data=data,
-                                 progress=progress)
+  res = train.train_and_evaluate(config, os.path.join(workdir, "run"), data=data, progress=progress)
   state = res["state"]
   for r in read_metrics(os.path.join(workdir, "run", "metrics.jsonl")):
     print(f"step {r['step']:4d}  JSD {r['loss']:.4f}", flush=True)
@@ -128,25 +125,39 @@ def run(config, workdir: str, *, progress: bool = True):
   rows = []
   for name, (feats, adjs) in stats.items():
     for layer, a in enumerate(adjs, start=1):
-      rows.append({"model": name, "layer": layer,
-                   "mass_within": float((a * same).sum(1).mean()),
-                   "mass_between": float((a * ~same).sum(1).mean()),
-                   "mass_top_cluster": top_cluster_mass(a, y_te),
-                   "noise_in": within_cluster_noise(feats[layer - 1], y_te)})
+      rows.append(
+        {
+          "model": name,
+          "layer": layer,
+          "mass_within": float((a * same).sum(1).mean()),
+          "mass_between": float((a * ~same).sum(1).mean()),
+          "mass_top_cluster": top_cluster_mass(a, y_te),
+          "noise_in": within_cluster_noise(feats[layer - 1], y_te),
+        }
+      )
   for name in stats:  # noise of the transductive features X_{L-1}
-    rows.append({"model": name, "layer": "out", "mass_within": "",
-                 "mass_between": "", "mass_top_cluster": "",
-                 "noise_in": within_cluster_noise(stats[name][0][-1], y_te)})
+    rows.append(
+      {
+        "model": name,
+        "layer": "out",
+        "mass_within": "",
+        "mass_between": "",
+        "mass_top_cluster": "",
+        "noise_in": within_cluster_noise(stats[name][0][-1], y_te),
+      }
+    )
 
   plot_heatmaps(os.path.join(workdir, "fusion_heatmaps.png"), stats, layers)
   plot_layers(os.path.join(workdir, "fusion_layers.png"), stats, rows, y_te, chance)
   table = write_results(
-      workdir, f"Fusion on {k} Gaussian clusters (d={d}, noise norm σ={sigma}), "
-      f"batch {n_batch}, {config.num_steps} steps", rows,
-      ["model", "layer", "mass_within", "mass_between", "mass_top_cluster",
-       "noise_in"],
-      f"Chance within-cluster mass: {chance:.3f}. Final training JSD "
-      f"{res['final_loss']:.4f}. Time {time.time() - t0:.0f} s.")
+    workdir,
+    f"Fusion on {k} Gaussian clusters (d={d}, noise norm σ={sigma}), "
+    f"batch {n_batch}, {config.num_steps} steps",
+    rows,
+    ["model", "layer", "mass_within", "mass_between", "mass_top_cluster", "noise_in"],
+    f"Chance within-cluster mass: {chance:.3f}. Final training JSD "
+    f"{res['final_loss']:.4f}. Time {time.time() - t0:.0f} s.",
+  )
   print(table)
   return rows
 
@@ -157,16 +168,20 @@ def plot_heatmaps(path, stats, layers):
   for row, name in enumerate(stats):
     for layer, a in enumerate(stats[name][1]):
       ax = axes[row, layer]
-      im = ax.imshow(a, cmap="magma", vmin=0, vmax=np.quantile(a, 0.99) + 1e-9,
-                     interpolation="nearest")
+      im = ax.imshow(
+        a, cmap="magma", vmin=0, vmax=np.quantile(a, 0.99) + 1e-9, interpolation="nearest"
+      )
       ax.set_xticks([]), ax.set_yticks([])
       ax.set_title(f"{name}: layer {layer + 1}", fontsize=8)
       cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
       cb.ax.tick_params(labelsize=6)
       if layer == layers - 1:
         cb.set_label("attention weight", fontsize=7)
-  fig.suptitle("adjacency per layer (held-out batch ordered by cluster; "
-               "colour scale per panel, clipped at its 99th percentile)", fontsize=9)
+  fig.suptitle(
+    "adjacency per layer (held-out batch ordered by cluster; "
+    "colour scale per panel, clipped at its 99th percentile)",
+    fontsize=9,
+  )
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -178,8 +193,12 @@ def plot_layers(path, stats, rows, labels, chance):
   for name in stats:
     rs = [r for r in rows if r["model"] == name and r["layer"] != "out"]
     a1.plot([r["layer"] for r in rs], [r["mass_within"] for r in rs], "o-", label=name)
-    a2.plot(range(len(stats[name][0])),
-            [within_cluster_noise(f, labels) for f in stats[name][0]], "o-", label=name)
+    a2.plot(
+      range(len(stats[name][0])),
+      [within_cluster_noise(f, labels) for f in stats[name][0]],
+      "o-",
+      label=name,
+    )
   a1.axhline(chance, color="gray", ls="--", label="chance")
   a1.set_xlabel("layer"), a1.set_ylabel("attention mass within cluster")
   a1.set_title("own-cluster attention", fontsize=9)
@@ -189,8 +208,9 @@ def plot_layers(path, stats, rows, labels, chance):
   a2.set_title("within-cluster noise of the features", fontsize=9)
   a2.set_ylim(0, 1.02)
   handles, names = a1.get_legend_handles_labels()
-  fig.legend(handles, names, fontsize=8, loc="lower center", ncol=len(names),
-             bbox_to_anchor=(0.5, 0.0))
+  fig.legend(
+    handles, names, fontsize=8, loc="lower center", ncol=len(names), bbox_to_anchor=(0.5, 0.0)
+  )
   fig.tight_layout(rect=(0, 0.08, 1, 1))
   fig.savefig(path, dpi=100)
   plt.close(fig)

@@ -39,8 +39,9 @@ NUM_CLASSES = 3
 DIM = 3
 
 
-def make_lines(rng: np.random.Generator, n: int, directions: np.ndarray,
-               noise: float) -> tuple[np.ndarray, np.ndarray]:
+def make_lines(
+  rng: np.random.Generator, n: int, directions: np.ndarray, noise: float
+) -> tuple[np.ndarray, np.ndarray]:
   """``n`` points ``t·u_y + ε`` on the lines ``directions`` [k, 3]; balanced."""
   k = len(directions)
   y = rng.permutation(np.arange(n) % k)
@@ -58,8 +59,7 @@ def make_data(config, seed: int) -> dict:
   x_te, y_te = make_lines(rng, config.n_test, d, config.noise)
   cos = np.abs(d @ d.T)[np.triu_indices(NUM_CLASSES, 1)]
   angles = np.degrees(np.arccos(np.clip(cos, 0, 1)))
-  return dict(x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
-              directions=d, angles=angles)
+  return dict(x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te, directions=d, angles=angles)
 
 
 def loss_names(config) -> list[str]:
@@ -73,8 +73,9 @@ def run_config(config, loss: str, oar: bool, seed: int):
   c.seed = seed
   c.loss = loss
   c.backbone_kwargs.hidden = (config.hidden, config.hidden)
-  c.label_fraction, c.oar_weight = ((config.oar.label_fraction, config.oar.weight) if oar
-                                    else (None, 0.0))
+  c.label_fraction, c.oar_weight = (
+    (config.oar.label_fraction, config.oar.weight) if oar else (None, 0.0)
+  )
   return c
 
 
@@ -85,28 +86,41 @@ def train_run(c, data: dict, workdir: str, progress: bool):
   from tfjax.state import eval_model
 
   res = train.train_and_evaluate(
-      c, workdir, progress=progress,
-      data=(data["x_train"], data["y_train"], data["x_test"], data["y_test"]))
+    c,
+    workdir,
+    progress=progress,
+    data=(data["x_train"], data["y_train"], data["x_test"], data["y_test"]),
+  )
   state = res["state"]
-  test_z = evaluation.extract_features(eval_model(state), state.variables, data["x_test"],
-                                       batch_size=c.eval.batch_size, embeddings=True)
+  test_z = evaluation.extract_features(
+    eval_model(state),
+    state.variables,
+    data["x_test"],
+    batch_size=c.eval.batch_size,
+    embeddings=True,
+  )
   records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
   tail = [r["loss"] for r in records if r["step"] > c.num_steps - 50]
   anchors = None if state.anchors is None else np.asarray(state.anchors)
-  return (test_z, anchors, float(np.mean(tail)) if tail else float(res["final_loss"]),
-          res["knn"])
+  return (test_z, anchors, float(np.mean(tail)) if tail else float(res["final_loss"]), res["knn"])
 
 
 def geometry(test_z, labels) -> dict:
   """The over-fusion diagnostics of the test embeddings (table columns)."""
   summ = diagnostics.summary(jnp.asarray(test_z), jnp.asarray(labels), NUM_CLASSES)
-  return {"variance": summ["variance"], "rank95": int(summ["rank95"]),
-          "top1_energy": summ["top1_energy"], "class_var": summ["class_variance_mean"]}
+  return {
+    "variance": summ["variance"],
+    "rank95": int(summ["rank95"]),
+    "top1_energy": summ["top1_energy"],
+    "class_var": summ["class_variance_mean"],
+  }
 
 
 def say(row: dict) -> None:
-  print(" | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                   for k, v in row.items()), flush=True)
+  print(
+    " | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+    flush=True,
+  )
 
 
 def run(config, workdir: str, *, progress: bool = True):
@@ -115,8 +129,9 @@ def run(config, workdir: str, *, progress: bool = True):
   if config.get("search") is not None and config.search.enabled:
     return search(config, workdir, progress=progress)
   names = loss_names(config)
-  runs.validate([run_config(config, name, oar, config.seed)
-                 for name in names for oar in (False, True)])  # before any compute
+  runs.validate(
+    [run_config(config, name, oar, config.seed) for name in names for oar in (False, True)]
+  )  # before any compute
   t0 = time.time()
   rows, shown = [], {}
   for seed in runs.seeds(config):
@@ -127,12 +142,21 @@ def run(config, workdir: str, *, progress: bool = True):
         run_dir = os.path.join(workdir, "runs", f"seed{seed}", methods.run_name(c))
         test_z, anchors, final_loss, knn = train_run(c, data, run_dir, progress)
         label = ("OAR-" if oar else "") + methods.get(name).display_name
-        rows.append({"run": label, "loss": name, "seed": seed,
-                     **geometry(test_z, data["y_test"]), "knn": knn,
-                     "anchor_acc": "" if not oar else probes.knn_accuracy(  # nearest anchor
-                         anchors, np.arange(NUM_CLASSES), test_z, data["y_test"],
-                         num_classes=NUM_CLASSES, k=1),
-                     "final_loss": final_loss})
+        rows.append(
+          {
+            "run": label,
+            "loss": name,
+            "seed": seed,
+            **geometry(test_z, data["y_test"]),
+            "knn": knn,
+            "anchor_acc": ""
+            if not oar
+            else probes.knn_accuracy(  # nearest anchor
+              anchors, np.arange(NUM_CLASSES), test_z, data["y_test"], num_classes=NUM_CLASSES, k=1
+            ),
+            "final_loss": final_loss,
+          }
+        )
         say(rows[-1])
         if seed == config.seed:
           shown[label] = test_z
@@ -147,10 +171,23 @@ def report(config, workdir, rows, shown, seconds) -> None:
   _plot_variance(workdir, rows)
   notes = _notes(rows, config, data0["angles"], seconds)
   table = write_results(
-      workdir, f"Over-fusion on 3 lines in R³ ({config.num_steps} steps, batch "
-      f"{config.batch_size}, {config.seeds} seed(s))", rows,
-      ["run", "seed", "variance", "rank95", "top1_energy", "class_var", "knn",
-       "anchor_acc", "final_loss"], notes)
+    workdir,
+    f"Over-fusion on 3 lines in R³ ({config.num_steps} steps, batch "
+    f"{config.batch_size}, {config.seeds} seed(s))",
+    rows,
+    [
+      "run",
+      "seed",
+      "variance",
+      "rank95",
+      "top1_energy",
+      "class_var",
+      "knn",
+      "anchor_acc",
+      "final_loss",
+    ],
+    notes,
+  )
   print(table)
   print(notes)
 
@@ -168,6 +205,7 @@ SEARCH_FIELDS = ("noise", "hidden", "temperature", "optimizer", "learning_rate")
 def search_grid(config) -> list[dict]:
   """Every combination of the comma-separated values of ``config.search``."""
   import itertools
+
   values = []
   for field in SEARCH_FIELDS:
     raw = [v.strip() for v in str(config.search[field]).split(",") if v.strip()]
@@ -189,8 +227,10 @@ def _setting_config(config, setting: dict):
 
 
 def _setting_name(setting: dict) -> str:
-  return (f"noise{setting['noise']:g}_h{setting['hidden']}_t{setting['temperature']:g}_"
-          f"{setting['optimizer']}_lr{setting['learning_rate']:g}")
+  return (
+    f"noise{setting['noise']:g}_h{setting['hidden']}_t{setting['temperature']:g}_"
+    f"{setting['optimizer']}_lr{setting['learning_rate']:g}"
+  )
 
 
 def _search_run(config, setting, loss, oar, data, workdir, progress) -> dict:
@@ -201,8 +241,14 @@ def _search_run(config, setting, loss, oar, data, workdir, progress) -> dict:
   try:
     test_z, _, _, knn = train_run(c, data, run_dir, progress)
   except FloatingPointError as e:
-    return {**row, "variance": "", "rank95": "", "top1_energy": "", "knn": "",
-            "status": f"diverged ({e})"}
+    return {
+      **row,
+      "variance": "",
+      "rank95": "",
+      "top1_energy": "",
+      "knn": "",
+      "status": f"diverged ({e})",
+    }
   return {**row, **geometry(test_z, data["y_test"]), "knn": knn, "status": "ok"}
 
 
@@ -220,21 +266,26 @@ def search(config, workdir: str, *, progress: bool = True):
   """
   names = methods.parse_names(config.search.losses)
   grid = search_grid(config)
-  runs.validate([run_config(_setting_config(config, setting), name, oar, config.seed)
-                 for setting in grid for name in names for oar in (False, True)])
+  runs.validate(
+    [
+      run_config(_setting_config(config, setting), name, oar, config.seed)
+      for setting in grid
+      for name in names
+      for oar in (False, True)
+    ]
+  )
   t0 = time.time()
   rows, data_by_noise = [], {}
   for setting in grid:
     if setting["noise"] not in data_by_noise:
-      data_by_noise[setting["noise"]] = make_data(
-          _setting_config(config, setting), config.seed)
+      data_by_noise[setting["noise"]] = make_data(_setting_config(config, setting), config.seed)
     data = data_by_noise[setting["noise"]]
     for name in names:
       rows.append(_search_run(config, setting, name, False, data, workdir, progress))
       say(rows[-1])
   collapsed = [r for r in rows if line_collapse(r)]
   rescued, groups = [], set()
-  for r in collapsed:   # one collapsed setting per (noise, width): the first
+  for r in collapsed:  # one collapsed setting per (noise, width): the first
     if (r["noise"], r["hidden"]) in groups:
       continue
     if len(groups) == config.search.max_oar_settings:
@@ -242,12 +293,12 @@ def search(config, workdir: str, *, progress: bool = True):
     groups.add((r["noise"], r["hidden"]))
     setting = {k: r[k] for k in SEARCH_FIELDS}
     for name in names:
-      rescued.append(_search_run(config, setting, name, True,
-                                 data_by_noise[setting["noise"]], workdir, progress))
+      rescued.append(
+        _search_run(config, setting, name, True, data_by_noise[setting["noise"]], workdir, progress)
+      )
       say(rescued[-1])
   rows += rescued
-  _search_report(config, workdir, rows, names, len(grid), collapsed, len(groups),
-                 time.time() - t0)
+  _search_report(config, workdir, rows, names, len(grid), collapsed, len(groups), time.time() - t0)
   return rows
 
 
@@ -255,24 +306,37 @@ def _search_report(config, workdir, rows, names, settings, collapsed, rerun, sec
   """search.md / search.json (one row per run, notes) and overfusion_search.png."""
   _plot_search(workdir, rows, names)
   region = "; ".join(f"{f} ∈ {{{config.search[f]}}}" for f in SEARCH_FIELDS)
-  notes = ["## Notes", "",
-           f"Searched: {region}; {config.num_steps} steps of batch {config.batch_size}, "
-           f"seed {config.seed}, {settings} settings × {len(names)} base losses. "
-           "A run collapsed onto a line when rank95 = 1 (95 % of its normalised test "
-           "embeddings' energy in one direction), as in CLOA's figure.", ""]
+  notes = [
+    "## Notes",
+    "",
+    f"Searched: {region}; {config.num_steps} steps of batch {config.batch_size}, "
+    f"seed {config.seed}, {settings} settings × {len(names)} base losses. "
+    "A run collapsed onto a line when rank95 = 1 (95 % of its normalised test "
+    "embeddings' energy in one direction), as in CLOA's figure.",
+    "",
+  ]
   if collapsed:
-    notes.append(f"Collapsed base runs: {len(collapsed)} of "
-                 f"{sum(r['run'] in [methods.get(n).display_name for n in names] for r in rows)}"
-                 f"; {rerun} of them (the first of each data noise and width) "
-                 "were rerun with OAR (rows marked OAR-).")
+    notes.append(
+      f"Collapsed base runs: {len(collapsed)} of "
+      f"{sum(r['run'] in [methods.get(n).display_name for n in names] for r in rows)}"
+      f"; {rerun} of them (the first of each data noise and width) "
+      "were rerun with OAR (rows marked OAR-)."
+    )
   else:
-    notes.append("No base run collapsed onto a line in the region searched: CLOA's "
-                 "3-D figure is **not reproduced** there.")
+    notes.append(
+      "No base run collapsed onto a line in the region searched: CLOA's "
+      "3-D figure is **not reproduced** there."
+    )
   notes.append(f"\nTime {seconds:.0f} s.")
   columns = ["run", *SEARCH_FIELDS, "variance", "rank95", "top1_energy", "knn", "status"]
   table = markdown_table(rows, columns)
-  write_report(workdir, f"# Over-fusion: searching for InfoNCE's collapse onto a line\n\n"
-               f"{table}\n" + "\n".join(notes) + "\n", rows, name="search")
+  write_report(
+    workdir,
+    f"# Over-fusion: searching for InfoNCE's collapse onto a line\n\n"
+    f"{table}\n" + "\n".join(notes) + "\n",
+    rows,
+    name="search",
+  )
   print(table)
   print("\n".join(notes))
 
@@ -280,9 +344,11 @@ def _search_report(config, workdir, rows, names, settings, collapsed, rerun, sec
 def _plot_search(workdir, rows, names):
   plt = pyplot()
   base = [r for r in rows if not r["run"].startswith("OAR-")]
-  labels = [f"{r['run'].split(' ')[0]} σ{r['noise']:g} h{r['hidden']} τ{r['temperature']:g}"
-            f" {'Adam' if r['optimizer'] == 'adamw' else 'SGD'} {r['learning_rate']:g}"
-            for r in base]
+  labels = [
+    f"{r['run'].split(' ')[0]} σ{r['noise']:g} h{r['hidden']} τ{r['temperature']:g}"
+    f" {'Adam' if r['optimizer'] == 'adamw' else 'SGD'} {r['learning_rate']:g}"
+    for r in base
+  ]
   top1 = [r["top1_energy"] if r["status"] == "ok" else np.nan for r in base]
   knn = [r["knn"] if r["status"] == "ok" else np.nan for r in base]
   y = np.arange(len(base))
@@ -295,8 +361,9 @@ def _plot_search(workdir, rows, names):
   axes[1].set_xlabel("kNN accuracy (dotted: chance)")
   axes[0].set_yticks(y, labels, fontsize=6)
   axes[0].set_xlim(0, 1), axes[1].set_xlim(0, 1)
-  fig.suptitle("Collapse search on three lines in R³: every base run "
-               "(diverged runs left blank)", fontsize=9)
+  fig.suptitle(
+    "Collapse search on three lines in R³: every base run (diverged runs left blank)", fontsize=9
+  )
   save(fig, os.path.join(workdir, "overfusion_search.png"), dpi=100)
 
 
@@ -313,16 +380,18 @@ def _plot_embeddings(workdir, shown, labels):
     # Plain runs on the top row, their OAR versions below.
     base = run.removeprefix("OAR-")
     col = plain.index(base) if base in plain else len(plain) - 1
-    ax = fig.add_subplot(2, cols, col + 1 + (cols if run.startswith("OAR-") else 0),
-                         projection="3d")
+    ax = fig.add_subplot(
+      2, cols, col + 1 + (cols if run.startswith("OAR-") else 0), projection="3d"
+    )
     ax.scatter(u[:, 0], u[:, 1], u[:, 2], c=colors[labels], s=4, alpha=0.6)
     ax.set_xlim(-1, 1), ax.set_ylim(-1, 1), ax.set_zlim(-1, 1)
     ax.set_xticklabels([]), ax.set_yticklabels([]), ax.set_zticklabels([])
-    ax.set_title(f"{run}\nvar {diagnostics.embedding_variance(jnp.asarray(z)):.2f}",
-                 fontsize=8)
-  fig.suptitle("Normalised test embeddings on the unit sphere, first seed\n"
-               "(colour = line / class; top: base loss, bottom: with OAR)",
-               fontsize=9)
+    ax.set_title(f"{run}\nvar {diagnostics.embedding_variance(jnp.asarray(z)):.2f}", fontsize=8)
+  fig.suptitle(
+    "Normalised test embeddings on the unit sphere, first seed\n"
+    "(colour = line / class; top: base loss, bottom: with OAR)",
+    fontsize=9,
+  )
   save(fig, f"{workdir}/overfusion_embeddings.png", dpi=100)
 
 
@@ -337,8 +406,13 @@ def _plot_variance(workdir, rows):
   _, cvar = _mean_by_run(rows, "class_var")
   x = np.arange(len(runs))
   fig, ax = plt.subplots(figsize=(1.0 * len(runs) + 4.5, 3.6))
-  ax.bar(x - 0.2, var, 0.4, label="embedding variance\n(grey: base, red: OAR)",
-         color=["tab:red" if r.startswith("OAR-") else "tab:gray" for r in runs])
+  ax.bar(
+    x - 0.2,
+    var,
+    0.4,
+    label="embedding variance\n(grey: base, red: OAR)",
+    color=["tab:red" if r.startswith("OAR-") else "tab:gray" for r in runs],
+  )
   ax.bar(x + 0.2, cvar, 0.4, label="within-class variance", color="tab:blue", alpha=0.6)
   ax.set_xticks(x)
   ax.set_xticklabels(runs, rotation=30, ha="right", fontsize=8)
@@ -354,51 +428,59 @@ def _notes(rows, config, angles, seconds) -> str:
   _, knn = _mean_by_run(rows, "knn")
   _, rank = _mean_by_run(rows, "rank95")
   by = {r: (v, k, rk) for r, v, k, rk in zip(runs, var, knn, rank)}
-  optimizer = ("Adam" if config.optimizer == "adamw" and config.weight_decay == 0
-               else config.optimizer)
+  optimizer = (
+    "Adam" if config.optimizer == "adamw" and config.weight_decay == 0 else config.optimizer
+  )
   lines = [
-      "## Notes", "",
-      f"Setting: lines at pairwise angles {', '.join(f'{a:.0f}°' for a in angles)} "
-      f"(seed {config.seed}), data noise {config.noise}, augmentation = negation + "
-      f"noise {config.augment_strength}; MLP 3→{config.hidden}→{config.hidden}→3 "
-      f"with BatchNorm, {optimizer} lr {config.learning_rate} ({config.schedule}), "
-      f"temperature {config.temperature}, {config.num_steps} steps of batch "
-      f"{config.batch_size}; OAR weight {config.oar.weight:g} on a "
-      f"{config.oar.label_fraction:.0%} class-balanced labelled subset. Numbers on "
-      f"held-out points (means over seeds below). kNN chance = 0.333. "
-      f"Time {seconds:.0f} s.", ""]
+    "## Notes",
+    "",
+    f"Setting: lines at pairwise angles {', '.join(f'{a:.0f}°' for a in angles)} "
+    f"(seed {config.seed}), data noise {config.noise}, augmentation = negation + "
+    f"noise {config.augment_strength}; MLP 3→{config.hidden}→{config.hidden}→3 "
+    f"with BatchNorm, {optimizer} lr {config.learning_rate} ({config.schedule}), "
+    f"temperature {config.temperature}, {config.num_steps} steps of batch "
+    f"{config.batch_size}; OAR weight {config.oar.weight:g} on a "
+    f"{config.oar.label_fraction:.0%} class-balanced labelled subset. Numbers on "
+    f"held-out points (means over seeds below). kNN chance = 0.333. "
+    f"Time {seconds:.0f} s.",
+    "",
+  ]
   for base in dict.fromkeys(r.removeprefix("OAR-") for r in runs):
     plain, with_oar = by.get(base), by.get("OAR-" + base)
     if plain is None or with_oar is None:
       continue
     lines.append(
-        f"- {base}: variance {plain[0]:.3f} → {with_oar[0]:.3f} with OAR, rank95 "
-        f"{plain[2]:.1f} → {with_oar[2]:.1f}, kNN {plain[1]:.3f} → {with_oar[1]:.3f}.")
+      f"- {base}: variance {plain[0]:.3f} → {with_oar[0]:.3f} with OAR, rank95 "
+      f"{plain[2]:.1f} → {with_oar[2]:.1f}, kNN {plain[1]:.3f} → {with_oar[1]:.3f}."
+    )
   lines.append("")
   collapsed = [r for r in runs if not r.startswith("OAR-") and by[r][2] <= 1.0]
   separated = [r for r in runs if r.startswith("OAR-") and by[r][1] >= 0.9]
   lines.append(
-      "Paper's claim (CLOA): InfoNCE and DCL collapse onto one line, OAR separates "
-      "the three clusters. Measured here: plain runs whose embeddings lie on one "
-      f"line ±z* (rank95 = 1): {', '.join(collapsed) or 'none'}; OAR runs with "
-      f"kNN ≥ 0.9: {', '.join(separated) or 'none'}.")
+    "Paper's claim (CLOA): InfoNCE and DCL collapse onto one line, OAR separates "
+    "the three clusters. Measured here: plain runs whose embeddings lie on one "
+    f"line ±z* (rank95 = 1): {', '.join(collapsed) or 'none'}; OAR runs with "
+    f"kNN ≥ 0.9: {', '.join(separated) or 'none'}."
+  )
   plain_ok = [r for r in runs if not r.startswith("OAR-") and by[r][1] >= 0.9]
   if not collapsed:
     lines.append(
-        "\nWhere we disagree: in this setting no base loss collapses onto one line "
-        "(rank95 stays > 1 and the normalised embeddings keep most of their "
-        f"variance); plain runs with kNN ≥ 0.9: {', '.join(plain_ok) or 'none'}. "
-        "OAR does pull each class toward its anchor (anchor accuracy above) and "
-        "usually lowers the within-class variance, but it does not rescue a "
-        "collapse here because there is none to rescue. Probes outside the "
-        "defaults (the search mode, docs/overfusion_search.md) collapse InfoNCE "
-        "and DCL only with SGD at lr 10-1000, tau <= 0.1 and widths 4-8. The paper's exact data noise, widths, "
-        "temperature, optimiser and step count are not stated; a collapse may "
-        "need other values than ours.")
+      "\nWhere we disagree: in this setting no base loss collapses onto one line "
+      "(rank95 stays > 1 and the normalised embeddings keep most of their "
+      f"variance); plain runs with kNN ≥ 0.9: {', '.join(plain_ok) or 'none'}. "
+      "OAR does pull each class toward its anchor (anchor accuracy above) and "
+      "usually lowers the within-class variance, but it does not rescue a "
+      "collapse here because there is none to rescue. Probes outside the "
+      "defaults (the search mode, docs/overfusion_search.md) collapse InfoNCE "
+      "and DCL only with SGD at lr 10-1000, tau <= 0.1 and widths 4-8. The paper's exact data noise, widths, "
+      "temperature, optimiser and step count are not stated; a collapse may "
+      "need other values than ours."
+    )
   else:
     lines.append(
-        "\nWhere we agree: the runs listed as rank95 = 1 reproduce the collapse "
-        "onto one line; compare their OAR versions' kNN and variance above.")
+      "\nWhere we agree: the runs listed as rank95 = 1 reproduce the collapse "
+      "onto one line; compare their OAR versions' kNN and variance above."
+    )
   return "\n".join(lines)
 
 

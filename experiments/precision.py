@@ -31,8 +31,7 @@ def step_times(runs, batch, x_shape, num_classes, data_kind, rounds, steps):
   jitted = jax.jit(train_step)
   states = {}
   for name, c in runs:
-    s = st.create_train_state(c, jax.random.key(0), x_shape, num_classes,
-                              data_kind=data_kind)
+    s = st.create_train_state(c, jax.random.key(0), x_shape, num_classes, data_kind=data_kind)
     s, _ = jax.block_until_ready(jitted(s, batch, step_key(0, 0)))  # compile
     states[name] = s
   times = {name: [] for name, _ in runs}
@@ -69,30 +68,45 @@ def run(config, workdir: str, *, progress: bool = True):
     for seed in seeds:
       c_seed = c.copy_and_resolve_references()
       c_seed.seed = seed
-      res = train.train_and_evaluate(c_seed, os.path.join(workdir, name, f"seed{seed}"),
-                                     data=sources, progress=progress)
+      res = train.train_and_evaluate(
+        c_seed, os.path.join(workdir, name, f"seed{seed}"), data=sources, progress=progress
+      )
       res.pop("state")
-      per_seed.append({"knn": res["knn"], "linear": res["linear"],
-                       "train_ms": 1000 * res["train_seconds"] / max(c.num_steps - 1, 1)})
+      per_seed.append(
+        {
+          "knn": res["knn"],
+          "linear": res["linear"],
+          "train_ms": 1000 * res["train_seconds"] / max(c.num_steps - 1, 1),
+        }
+      )
       print(json.dumps({"run": name, "seed": seed, **per_seed[-1]}), flush=True)
     per_run[name] = per_seed
     rows.append({"compute_dtype": name, **mean_std(per_seed), "seeds": len(seeds)})
 
   batch = read_batch(sources[0], np.arange(config.batch_size))
   batch = {"x": batch["x"], "semi_label": batch["label"].astype(np.int32)}
-  ms = step_times(runs, batch, sources[0].x_shape, spec.num_classes, spec.kind,
-                  config.timing_rounds, config.timing_steps)
+  ms = step_times(
+    runs,
+    batch,
+    sources[0].x_shape,
+    spec.num_classes,
+    spec.kind,
+    config.timing_rounds,
+    config.timing_steps,
+  )
   for row in rows:
     row["step_ms"] = ms[row["compute_dtype"]]
     print(json.dumps({"run": row["compute_dtype"], "step_ms": row["step_ms"]}), flush=True)
   table = write_results(
-      workdir, f"{config.dataset}: float32 vs bfloat16 compute",
-      [formatted(r) for r in rows],
-      ["compute_dtype", "knn", "linear", "train_ms", "step_ms", "seeds"],
-      f"Mean ± standard deviation over seeds {seeds[0]}…{seeds[-1]} on the test "
-      "split; train_ms: training-loop wall time per step after compiling "
-      "(input and logging included); step_ms: the jitted step alone, median "
-      f"of {config.timing_rounds} alternating rounds of {config.timing_steps} steps.")
+    workdir,
+    f"{config.dataset}: float32 vs bfloat16 compute",
+    [formatted(r) for r in rows],
+    ["compute_dtype", "knn", "linear", "train_ms", "step_ms", "seeds"],
+    f"Mean ± standard deviation over seeds {seeds[0]}…{seeds[-1]} on the test "
+    "split; train_ms: training-loop wall time per step after compiling "
+    "(input and logging included); step_ms: the jitted step alone, median "
+    f"of {config.timing_rounds} alternating rounds of {config.timing_steps} steps.",
+  )
   with open(os.path.join(workdir, "per_seed.json"), "w") as f:
     json.dump(per_run, f, indent=2)
   print("\n" + table)

@@ -8,22 +8,24 @@ import platform
 from typing import Dict, Iterable, Optional, Sequence
 
 
-def mean_std(per_seed: Sequence[Dict], keys: Optional[Iterable[str]] = None,
-             ddof: int = 1) -> Dict[str, float]:
+def mean_std(
+  per_seed: Sequence[Dict], keys: Optional[Iterable[str]] = None, ddof: int = 1
+) -> Dict[str, float]:
   """``{key: mean, key_std: std}`` over the seeds' results.
 
   ``keys`` defaults to the float fields of the first seed's; a key is kept
   only where every seed has a float for it.  One seed has std 0.
   """
   import numpy as np
+
   out = {}
-  for key in (keys if keys is not None else
-              [k for k, v in per_seed[0].items() if isinstance(v, float)]):
+  for key in (
+    keys if keys is not None else [k for k, v in per_seed[0].items() if isinstance(v, float)]
+  ):
     values = [r[key] for r in per_seed if isinstance(r.get(key), float)]
     if values and len(values) == len(per_seed):
       out[key] = float(np.mean(values))
-      out[f"{key}_std"] = (float(np.std(values, ddof=ddof))
-                           if len(values) > ddof else 0.0)
+      out[f"{key}_std"] = float(np.std(values, ddof=ddof)) if len(values) > ddof else 0.0
   return out
 
 
@@ -61,13 +63,13 @@ def markdown_table(rows: Sequence[Dict], columns: Sequence[str]) -> str:
   return head + body
 
 
-def write_results(workdir: str, title: str, rows: Sequence[Dict],
-                  columns: Sequence[str], notes: str = "", data=None) -> str:
+def write_results(
+  workdir: str, title: str, rows: Sequence[Dict], columns: Sequence[str], notes: str = "", data=None
+) -> str:
   """Writes ``results.md`` (title, table of the formatted ``rows``, notes) and
   ``results.json`` (``data``, default the rows); returns the table."""
   table = markdown_table([formatted(r) for r in rows], columns)
-  write_report(workdir, f"# {title}\n\n{table}\n{notes}\n",
-               list(rows) if data is None else data)
+  write_report(workdir, f"# {title}\n\n{table}\n{notes}\n", list(rows) if data is None else data)
   return table
 
 
@@ -83,13 +85,17 @@ def write_report(workdir: str, markdown: str, data, name: str = "results") -> No
 def machine() -> str:
   """The devices, CPU cores and processor, for a report's time line."""
   import jax
-  return (f"{jax.local_device_count()} {jax.default_backend()} device(s), "
-          f"{os.cpu_count()} CPU core(s), {platform.processor() or platform.machine()}")
+
+  return (
+    f"{jax.local_device_count()} {jax.default_backend()} device(s), "
+    f"{os.cpu_count()} CPU core(s), {platform.processor() or platform.machine()}"
+  )
 
 
 def pyplot():
   """matplotlib.pyplot on the headless Agg backend."""
   from tfjax.plots import pyplot as _pyplot
+
   return _pyplot()
 
 
@@ -105,9 +111,14 @@ def accuracy_bars(ax, rows: Sequence[Dict], metrics: Sequence[str], title: str):
   ``method``), error bars from ``METRIC_std`` (0 where there is none)."""
   width = 0.8 / max(1, len(rows))
   for i, row in enumerate(rows):
-    ax.bar([j + i * width for j in range(len(metrics))],
-           [row.get(m, 0.0) for m in metrics], width, label=row["method"],
-           yerr=[row.get(f"{m}_std", 0.0) for m in metrics], capsize=2)
+    ax.bar(
+      [j + i * width for j in range(len(metrics))],
+      [row.get(m, 0.0) for m in metrics],
+      width,
+      label=row["method"],
+      yerr=[row.get(f"{m}_std", 0.0) for m in metrics],
+      capsize=2,
+    )
   ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))])
   ax.set_xticklabels(metrics, fontsize=8, rotation=20, ha="right")
   ax.set_ylim(0, 1)
@@ -115,15 +126,14 @@ def accuracy_bars(ax, rows: Sequence[Dict], metrics: Sequence[str], title: str):
   ax.set_title(title, fontsize=9)
 
 
-def plot_accuracy(groups: Dict[str, Sequence[Dict]], metrics: Sequence[str],
-                  path: str) -> None:
+def plot_accuracy(groups: Dict[str, Sequence[Dict]], metrics: Sequence[str], path: str) -> None:
   """One panel of :func:`accuracy_bars` per group (``{title: rows}``), one
   legend outside, right of the last panel."""
   plt = pyplot()
-  fig, axes = plt.subplots(1, len(groups), squeeze=False,
-                           figsize=((2.0 + 1.3 * len(metrics)) * len(groups), 3.6))
+  fig, axes = plt.subplots(
+    1, len(groups), squeeze=False, figsize=((2.0 + 1.3 * len(metrics)) * len(groups), 3.6)
+  )
   for ax, (title, rows) in zip(axes[0], groups.items()):
-    accuracy_bars(ax, rows, metrics,
-                  f"{title} (knn_head: the head's output; others: backbone)")
+    accuracy_bars(ax, rows, metrics, f"{title} (knn_head: the head's output; others: backbone)")
   axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   save(fig, path)

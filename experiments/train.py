@@ -33,6 +33,7 @@ def run(config, workdir: str, *, progress: bool = True, data=None):
   t_job = time.time()
   rows = compare(config, workdir, progress=progress, data=data)
   from tfjax import distributed
+
   if distributed.is_primary():
     report(config, workdir, rows, time.time() - t_job)
   return rows
@@ -41,24 +42,27 @@ def run(config, workdir: str, *, progress: bool = True, data=None):
 def report(config, workdir: str, rows, seconds: float) -> None:
   """``results.md`` (the table), ``results.json`` (the rows), ``comparison.png``."""
   import jax
+
   # Unlabelled data has no probes: the training loss is the one number.
   labelled = any("knn" in r for r in rows)
   metrics = compared_metrics(config) if labelled else ["final_loss"]
   seeds = f"seeds {config.seed}…{config.seed + config.seeds - 1}"
   table = write_results(
-      workdir, f"{config.dataset}, backbone {config.backbone}, batch "
-      f"{config.batch_size}, {config.seeds} seed(s)", rows,
-      ["method"] + metrics + ["feature_variance", "embedding_variance", "steps",
-                              "seeds", "minutes"],
-      f"Mean ± standard deviation over {config.seeds} seed(s) ({seeds}: "
-      "initialisation, batches, views); kNN, linear and fine-tuning on the "
-      "backbone features (inductive); knn_head on the head's output "
-      "(TransFusion's fused features, transductive; the projector's output "
-      "otherwise). steps: each run's own training steps; minutes: the training "
-      "time its seeds' runs report (train_seconds, summed over the seeds and "
-      "over every invocation that trained them; no evaluation). Total time of "
-      f"this invocation {seconds / 60:.1f} min on {jax.local_device_count()} "
-      f"{jax.default_backend()} device(s).")
+    workdir,
+    f"{config.dataset}, backbone {config.backbone}, batch "
+    f"{config.batch_size}, {config.seeds} seed(s)",
+    rows,
+    ["method"] + metrics + ["feature_variance", "embedding_variance", "steps", "seeds", "minutes"],
+    f"Mean ± standard deviation over {config.seeds} seed(s) ({seeds}: "
+    "initialisation, batches, views); kNN, linear and fine-tuning on the "
+    "backbone features (inductive); knn_head on the head's output "
+    "(TransFusion's fused features, transductive; the projector's output "
+    "otherwise). steps: each run's own training steps; minutes: the training "
+    "time its seeds' runs report (train_seconds, summed over the seeds and "
+    "over every invocation that trained them; no evaluation). Total time of "
+    f"this invocation {seconds / 60:.1f} min on {jax.local_device_count()} "
+    f"{jax.default_backend()} device(s).",
+  )
   if labelled:
     plot_accuracy({"downstream accuracy": rows}, metrics, f"{workdir}/comparison.png")
   print("\n" + table)

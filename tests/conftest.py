@@ -3,14 +3,17 @@
 Four fake CPU devices let the pmap tests run on a laptop or CI; XLA reads the
 flag once, when JAX initialises, so it must be set before anything imports jax.
 """
+
 import os
 
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Never let a test wait on a download: TFDS must fail fast offline.
-os.environ.setdefault("TFDS_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", ".tfds_test_data"))
+os.environ.setdefault(
+  "TFDS_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", ".tfds_test_data")
+)
 
 import jax  # noqa: E402
 

@@ -25,14 +25,19 @@ from tests.test_train import tiny_config, toy_data  # noqa: E402
 from tfjax import train  # noqa: E402
 
 assert jax.process_count() == int(num_processes), jax.process_count()
-config = tiny_config(num_devices=0, optimizer="sgd", learning_rate=0.05,
-                     num_steps=3, checkpoint_every=3, log_every=1)
-out = train.train_and_evaluate(config, workdir, data=toy_data(), progress=False,
-                               stop_after=3)
+config = tiny_config(
+  num_devices=0, optimizer="sgd", learning_rate=0.05, num_steps=3, checkpoint_every=3, log_every=1
+)
+out = train.train_and_evaluate(config, workdir, data=toy_data(), progress=False, stop_after=3)
 if distributed.is_primary():
-  flat = {jax.tree_util.keystr(k): np.asarray(v)
-          for k, v in jax.tree_util.tree_flatten_with_path(out["state"].params)[0]}
+  flat = {
+    jax.tree_util.keystr(k): np.asarray(v)
+    for k, v in jax.tree_util.tree_flatten_with_path(out["state"].params)[0]
+  }
   np.savez(os.path.join(workdir, "params.npz"), **flat)
-print(f"process {jax.process_index()} of {jax.process_count()}: "
-      f"{jax.local_device_count()} local / {jax.device_count()} global devices, "
-      f"step {out['step']}", flush=True)
+print(
+  f"process {jax.process_index()} of {jax.process_count()}: "
+  f"{jax.local_device_count()} local / {jax.device_count()} global devices, "
+  f"step {out['step']}",
+  flush=True,
+)

@@ -50,7 +50,6 @@ def random_rows(rng, n, m, zeros=0.3):
 
 
 class TargetTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_supervised_and_semi_supervised(self):
     rng = np.random.default_rng()
@@ -73,8 +72,9 @@ class TargetTest(chex.TestCase):
     groups = rng.integers(0, 4, size=12).astype(np.int32)
     labels = rng.integers(-1, 3, size=12).astype(np.int32)
     full = np_target(groups, labels)
-    part = tfjax.target_affinity(groups[4:8], labels[4:8], column_groups=groups,
-                                 column_labels=labels, diagonal_offset=4)
+    part = tfjax.target_affinity(
+      groups[4:8], labels[4:8], column_groups=groups, column_labels=labels, diagonal_offset=4
+    )
     np.testing.assert_allclose(part, full[4:8], atol=1e-7)
 
   def test_errors(self):
@@ -87,20 +87,26 @@ class TargetTest(chex.TestCase):
     with pytest.raises(AssertionError, match="column_groups must be integers"):
       tfjax.target_affinity(jnp.arange(2), column_groups=jnp.array([0.0, 1.0]))
     with pytest.raises(AssertionError, match="column_labels must be a 1-D"):
-      tfjax.target_affinity(jnp.arange(2), jnp.arange(2),
-                            column_labels=jnp.zeros((2, 1), jnp.int32))
-    with pytest.raises(AssertionError,
-                       match="column_labels and column_groups must have the same length"):
-      tfjax.target_affinity(jnp.arange(2), jnp.arange(2),
-                            column_groups=jnp.arange(3),
-                            column_labels=jnp.arange(2))
+      tfjax.target_affinity(
+        jnp.arange(2), jnp.arange(2), column_labels=jnp.zeros((2, 1), jnp.int32)
+      )
+    with pytest.raises(
+      AssertionError, match="column_labels and column_groups must have the same length"
+    ):
+      tfjax.target_affinity(
+        jnp.arange(2), jnp.arange(2), column_groups=jnp.arange(3), column_labels=jnp.arange(2)
+      )
     with pytest.raises(ValueError, match="for both rows and columns"):
       tfjax.target_affinity(jnp.arange(2), column_labels=jnp.arange(2))
 
   @parameterized.parameters("groups", "labels", "column_groups", "column_labels")
   def test_every_id_is_checked(self, name):
-    ids = dict(groups=jnp.arange(2), labels=jnp.arange(2),
-               column_groups=jnp.arange(2), column_labels=jnp.arange(2))
+    ids = dict(
+      groups=jnp.arange(2),
+      labels=jnp.arange(2),
+      column_groups=jnp.arange(2),
+      column_labels=jnp.arange(2),
+    )
     bad_rank = dict(ids, **{name: jnp.zeros((2, 1), jnp.int32)})
     with pytest.raises(AssertionError, match=rf"rank 2 .*\[{name} must be a 1-D"):
       tfjax.positive_mask(**bad_rank)
@@ -110,7 +116,6 @@ class TargetTest(chex.TestCase):
 
 
 class JSDTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_matches_numpy(self):
     rng = np.random.default_rng()
@@ -129,9 +134,9 @@ class JSDTest(chex.TestCase):
     groups = np.array([0, 0, 1, 1, 2, 3], np.int32)  # rows 4, 5 have no positive
     t = np_target(groups).astype(np.float32)
     a = t.copy()
-    a[4:] = random_rows(rng, 2, 6)      # whatever the invalid rows hold
+    a[4:] = random_rows(rng, 2, 6)  # whatever the invalid rows hold
     self.assertEqual(float(tfjax.jsd_loss(a, t)), 0.0)
-    a[0] = random_rows(rng, 1, 6)[0]    # a valid row differs
+    a[0] = random_rows(rng, 1, 6)[0]  # a valid row differs
     self.assertGreater(float(tfjax.jsd_loss(a, t)), 1e-4)
 
   def test_bounds(self):
@@ -142,8 +147,8 @@ class JSDTest(chex.TestCase):
       rows = np.asarray(tfjax.row_jsd(random_rows(rng, 9, 9, zeros=0.7), t))
       self.assertTrue(((rows >= -1e-7) & (rows <= np.log(2) + 1e-6)).all())
     # Disjoint supports reach log 2 exactly.
-    a = np.array([[0., 1., 0.]], np.float32)
-    t = np.array([[0., 0., 1.]], np.float32)
+    a = np.array([[0.0, 1.0, 0.0]], np.float32)
+    t = np.array([[0.0, 0.0, 1.0]], np.float32)
     np.testing.assert_allclose(tfjax.jsd_loss(a, t), np.log(2), rtol=1e-6)
 
   def test_no_valid_row_gives_zero_not_nan(self):
@@ -154,10 +159,12 @@ class JSDTest(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   def test_finite_gradients_at_edge_cases(self):
     # Row 0: a zero query.  Row 1: every cosine negative (ReLU is all zero).
-    q = jnp.array([[0., 0., 0.], [-1., -1., -1.], [1., 1., 0.], [1., 0., 1.],
-                   [0.5, 1., 1.]])
-    k = jnp.array([[1., 0., 0.], [1., 1., 1.], [1., 1., 0.], [1., 0., 1.],
-                   [0.5, 1., 1.]])
+    q = jnp.array(
+      [[0.0, 0.0, 0.0], [-1.0, -1.0, -1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.5, 1.0, 1.0]]
+    )
+    k = jnp.array(
+      [[1.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.5, 1.0, 1.0]]
+    )
     t = tfjax.target_affinity(jnp.array([0, 0, 1, 1, 1]))
     fn = lambda q, k: tfjax.jsd_loss(tfjax.adjacency(q, k), t)
     grads = self.variant(jax.grad(fn, argnums=(0, 1)))(q, k)
@@ -166,8 +173,9 @@ class JSDTest(chex.TestCase):
     self.assertGreater(float(jnp.abs(grads[0][2:]).sum()), 0.0)
 
   def test_shape_errors(self):
-    with pytest.raises(AssertionError,
-                       match=r"\(4, 4\), \(4, 3\).*target must have the adjacency's shape"):
+    with pytest.raises(
+      AssertionError, match=r"\(4, 4\), \(4, 3\).*target must have the adjacency's shape"
+    ):
       tfjax.jsd_loss(jnp.ones((4, 4)) / 4, jnp.ones((4, 3)))
     with pytest.raises(AssertionError, match=r"adjacency must be 2-D"):
       tfjax.jsd_loss(jnp.ones((4,)), jnp.ones((4,)))
@@ -179,8 +187,9 @@ def test_jsd_global_mean_under_pmap():
   groups = rng.integers(0, 5, size=16).astype(np.int32)
   t = np_target(groups).astype(np.float32)
   a = random_rows(rng, 16, 16)
-  per_device = jax.pmap(lambda a, t: tfjax.jsd_loss(a, t, axis_name="d"),
-                        axis_name="d")(a.reshape(n_dev, 4, 16), t.reshape(n_dev, 4, 16))
+  per_device = jax.pmap(lambda a, t: tfjax.jsd_loss(a, t, axis_name="d"), axis_name="d")(
+    a.reshape(n_dev, 4, 16), t.reshape(n_dev, 4, 16)
+  )
   np.testing.assert_allclose(per_device, np.full(n_dev, np_jsd_loss(a, t)), rtol=1e-5)
 
 
@@ -205,7 +214,7 @@ def test_traced_jsd_is_nan_for_negative_entries_not_checked():
   # plausible number: x·log x of a negative entry is NaN.
   t = tfjax.target_affinity(jnp.array([0, 0, 1, 1]))
   a = np.asarray(t, np.float32) * 1.5
-  a[:, 0] -= 0.5 * (np.arange(4) != 0)      # rows still sum to 1
+  a[:, 0] -= 0.5 * (np.arange(4) != 0)  # rows still sum to 1
   loss = jax.jit(tfjax.jsd_loss)(a, t)
   assert np.isnan(float(loss))
   with pytest.raises(ValueError, match="negative entry"):

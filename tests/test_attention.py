@@ -31,7 +31,6 @@ def np_adjacency(q, k, activation="relu", offset=0):
 
 
 class AdjacencyTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.parameters("relu", "sigmoid", "leaky_relu")
   def test_matches_numpy(self, activation):
@@ -41,8 +40,9 @@ class AdjacencyTest(chex.TestCase):
     fn = self.variant(lambda q, k: tfjax.adjacency(q, k, activation=activation))
     a = fn(q, k)
     chex.assert_shape(a, (9, 9))
-    chex.assert_trees_all_close(a, np_adjacency(q, k, activation).astype(np.float32),
-                                rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(
+      a, np_adjacency(q, k, activation).astype(np.float32), rtol=1e-5, atol=1e-6
+    )
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_rows_sum_to_one_zero_diagonal_with_offset(self):
@@ -63,8 +63,8 @@ class AdjacencyTest(chex.TestCase):
     x = rng.normal(size=(12, 3)).astype(np.float32)
     full = tfjax.adjacency(x, x)
     for start in (0, 4, 8):
-      part = tfjax.adjacency(x[start:start + 4], x, diagonal_offset=start)
-      np.testing.assert_allclose(part, full[start:start + 4], atol=1e-7)
+      part = tfjax.adjacency(x[start : start + 4], x, diagonal_offset=start)
+      np.testing.assert_allclose(part, full[start : start + 4], atol=1e-7)
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_permutation_equivariance(self):
@@ -78,8 +78,8 @@ class AdjacencyTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_zero_row_and_all_negative_row_are_uniform(self):
-    k = np.array([[1., 0.], [0.5, 0.5], [1., 0.2], [0.9, 0.1]], np.float32)
-    q = np.array([[0., 0.], [-1., 0.], [1., 0.], [0., 1.]], np.float32)
+    k = np.array([[1.0, 0.0], [0.5, 0.5], [1.0, 0.2], [0.9, 0.1]], np.float32)
+    q = np.array([[0.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], np.float32)
     a = np.asarray(self.variant(tfjax.adjacency)(q, k))
     self.assertTrue(np.isfinite(a).all())
     # Row 0 (zero query) and row 1 (all cosines < 0) have no ReLU weight:
@@ -103,7 +103,6 @@ class AdjacencyTest(chex.TestCase):
 
 
 class AttentionErrorsTest(parameterized.TestCase):
-
   def test_width_mismatch(self):
     with pytest.raises(ValueError, match="same width"):
       tfjax.adjacency(jnp.ones((3, 4)), jnp.ones((3, 5)))
@@ -122,8 +121,7 @@ class AttentionErrorsTest(parameterized.TestCase):
     with pytest.raises(AssertionError, match="k must be floating point"):
       tfjax.adjacency(jnp.ones((3, 2)), jnp.ones((3, 2), jnp.int32))
     with pytest.raises(AssertionError, match="v must be floating point"):
-      tfjax.relu_attention(jnp.ones((3, 2)), jnp.ones((3, 2)),
-                           jnp.ones((3, 2), jnp.int32))
+      tfjax.relu_attention(jnp.ones((3, 2)), jnp.ones((3, 2)), jnp.ones((3, 2), jnp.int32))
 
   def test_value_rows(self):
     with pytest.raises(ValueError, match="same number of rows"):
@@ -143,7 +141,7 @@ def test_l2_normalize_is_scale_safe_and_exact_for_nonzero_rows():
   rng = np.random.default_rng(11)
   x = rng.normal(size=(5, 7))
   want = x / np.linalg.norm(x, axis=1, keepdims=True)
-  for scale in (1e-30, 1e-20, 1.0, 1e30, 1e37):   # float32 normal range
+  for scale in (1e-30, 1e-20, 1.0, 1e30, 1e37):  # float32 normal range
     got = tfjax.l2_normalize(jnp.asarray(x * scale, jnp.float32))
     assert got.dtype == jnp.float32
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
@@ -152,9 +150,9 @@ def test_l2_normalize_is_scale_safe_and_exact_for_nonzero_rows():
   got = tfjax.l2_normalize(x16)
   assert got.dtype == jnp.float16
   x64 = np.asarray(x16, np.float64)
-  np.testing.assert_allclose(got, x64 / np.linalg.norm(x64, axis=1,
-                                                        keepdims=True),
-                             rtol=1e-3, atol=1e-3)
+  np.testing.assert_allclose(
+    got, x64 / np.linalg.norm(x64, axis=1, keepdims=True), rtol=1e-3, atol=1e-3
+  )
 
 
 def test_l2_normalize_zero_row_and_eps_floor():
@@ -166,26 +164,24 @@ def test_l2_normalize_zero_row_and_eps_floor():
   (g,) = pull(d)
   # d/dx (x/‖x‖) = (I − x̂x̂ᵀ)/‖x‖ on the first row.
   u = np.array([0.6, 0.8])
-  np.testing.assert_allclose(g[0], (np.eye(2) - np.outer(u, u)) @ [1, 2] / 5,
-                             atol=1e-7)
+  np.testing.assert_allclose(g[0], (np.eye(2) - np.outer(u, u)) @ [1, 2] / 5, atol=1e-7)
   np.testing.assert_array_equal(g[1], 0.0)
   # With eps: x / max(‖x‖, eps), so a row below eps is scaled by 1/eps.
   small = jnp.array([[3e-3, 4e-3]])
-  np.testing.assert_allclose(tfjax.l2_normalize(small, eps=0.1), small / 0.1,
-                             rtol=1e-6)
-  np.testing.assert_allclose(tfjax.l2_normalize(small, eps=1e-6),
-                             [[0.6, 0.8]], rtol=1e-6)
+  np.testing.assert_allclose(tfjax.l2_normalize(small, eps=0.1), small / 0.1, rtol=1e-6)
+  np.testing.assert_allclose(tfjax.l2_normalize(small, eps=1e-6), [[0.6, 0.8]], rtol=1e-6)
   np.testing.assert_allclose(
-      jax.grad(lambda z: tfjax.l2_normalize(z, eps=0.1).sum())(small),
-      [[10.0, 10.0]], rtol=1e-6)
+    jax.grad(lambda z: tfjax.l2_normalize(z, eps=0.1).sum())(small), [[10.0, 10.0]], rtol=1e-6
+  )
 
 
 def test_normalize_parts_and_its_backward_match_l2_normalize():
   from tfjax.normalize import l2_normalize, normalize_parts
   from tfjax.blockwise import _normalize_bwd
+
   rng = np.random.default_rng(7)
   x = rng.normal(size=(6, 5)).astype(np.float32)
-  x[2] = 0.0                                         # below eps: r = 1/eps
+  x[2] = 0.0  # below eps: r = 1/eps
   x_hat, r, on = jax.jit(normalize_parts)(jnp.asarray(x))
   chex.assert_shape([x_hat, r, on], [(6, 5), (6, 1), (6, 1)])
   x64 = x.astype(np.float64)

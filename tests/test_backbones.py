@@ -1,12 +1,12 @@
 """Backbones: shapes, BatchNorm behaviour, determinism, registry, ResNet-18 size."""
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tfjax.backbones import (BACKBONES, CNN1D, MLP, ResNet18, SmallCNN,
-                             get_backbone)
+from tfjax.backbones import BACKBONES, CNN1D, MLP, ResNet18, SmallCNN, get_backbone
 
 
 def key(seed):
@@ -15,13 +15,14 @@ def key(seed):
   # compiles in seconds and is just as deterministic per key.
   return jax.random.key(seed, impl="rbg")
 
+
 # (module, input shape, expected output width); small configurations keep compiles cheap.
 CASES = {
-    "mlp": (lambda: MLP(hidden=(16,), out_features=8, batch_norm=True), (6, 5), 8),
-    "cnn1d": (lambda: CNN1D(channels=(4, 8), out_features=7), (6, 40, 1), 7),
-    "small_cnn_8": (lambda: SmallCNN(channels=(4, 8, 8), out_features=5), (6, 8, 8, 1), 5),
-    "small_cnn_32": (lambda: SmallCNN(channels=(4, 8, 8), out_features=5), (3, 32, 32, 3), 5),
-    "resnet18": (lambda: ResNet18(width=0.125), (2, 8, 8, 3), 64),
+  "mlp": (lambda: MLP(hidden=(16,), out_features=8, batch_norm=True), (6, 5), 8),
+  "cnn1d": (lambda: CNN1D(channels=(4, 8), out_features=7), (6, 40, 1), 7),
+  "small_cnn_8": (lambda: SmallCNN(channels=(4, 8, 8), out_features=5), (6, 8, 8, 1), 5),
+  "small_cnn_32": (lambda: SmallCNN(channels=(4, 8, 8), out_features=5), (3, 32, 32, 3), 5),
+  "resnet18": (lambda: ResNet18(width=0.125), (2, 8, 8, 3), 64),
 }
 
 
@@ -38,8 +39,10 @@ def test_shapes_bn_updates_and_determinism(case):
   v3 = init(key(7), x)
   # deterministic init per key, different keys differ
   chex.assert_trees_all_equal(v1, v2)
-  assert any(not np.array_equal(a, b) for a, b in
-             zip(jax.tree.leaves(v1["params"]), jax.tree.leaves(v3["params"])))
+  assert any(
+    not np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(v1["params"]), jax.tree.leaves(v3["params"]))
+  )
 
   y_eval = apply_eval(v1, x)
   chex.assert_shape(y_eval, (shape[0], out))
@@ -47,8 +50,9 @@ def test_shapes_bn_updates_and_determinism(case):
   # eval mode is deterministic and per-sample: permuting the batch permutes the rows
   np.testing.assert_array_equal(np.asarray(apply_eval(v1, x)), np.asarray(y_eval))
   perm = np.roll(np.arange(shape[0]), 1)
-  np.testing.assert_allclose(np.asarray(apply_eval(v1, x[perm])), np.asarray(y_eval)[perm],
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(apply_eval(v1, x[perm])), np.asarray(y_eval)[perm], rtol=1e-4, atol=1e-5
+  )
 
   # train mode: batch statistics are used and the running stats move
   y_train, updates = apply_train(v1, x)
@@ -73,8 +77,13 @@ def test_bn_train_mode_uses_batch_statistics():
   net = MLP(hidden=(3,), out_features=2, batch_norm=True)
   x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32) * 3 + 1
   v = net.init(key(0), x)
-  _, inter = net.apply(v, x, train=True, mutable=["batch_stats", "intermediates"],
-                       capture_intermediates=lambda mdl, _: mdl.name == "BatchNorm_0")
+  _, inter = net.apply(
+    v,
+    x,
+    train=True,
+    mutable=["batch_stats", "intermediates"],
+    capture_intermediates=lambda mdl, _: mdl.name == "BatchNorm_0",
+  )
   z = np.asarray(inter["intermediates"]["BatchNorm_0"]["__call__"][0])
   np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-4)
   np.testing.assert_allclose(z.var(0), 1.0, atol=1e-3)
@@ -83,18 +92,19 @@ def test_bn_train_mode_uses_batch_statistics():
   b = np.asarray(v["params"]["Dense_0"]["bias"], np.float64)
   h = x.astype(np.float64) @ w + b
   _, upd = net.apply(v, x, train=True, mutable=["batch_stats"])
-  np.testing.assert_allclose(np.asarray(upd["batch_stats"]["BatchNorm_0"]["mean"]),
-                             0.1 * h.mean(0), rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(upd["batch_stats"]["BatchNorm_0"]["var"]),
-                             0.9 + 0.1 * h.var(0), rtol=1e-4)
+  np.testing.assert_allclose(
+    np.asarray(upd["batch_stats"]["BatchNorm_0"]["mean"]), 0.1 * h.mean(0), rtol=1e-4, atol=1e-5
+  )
+  np.testing.assert_allclose(
+    np.asarray(upd["batch_stats"]["BatchNorm_0"]["var"]), 0.9 + 0.1 * h.var(0), rtol=1e-4
+  )
 
 
 def test_cnn1d_accepts_two_axis_signals():
   net = CNN1D(channels=(4,), out_features=3)
   x = jnp.ones((2, 40))
   v = net.init(key(0), x)
-  np.testing.assert_array_equal(np.asarray(net.apply(v, x)),
-                                np.asarray(net.apply(v, x[..., None])))
+  np.testing.assert_array_equal(np.asarray(net.apply(v, x)), np.asarray(net.apply(v, x[..., None])))
 
 
 def test_resnet18_parameter_count_and_structure():
@@ -138,17 +148,21 @@ def test_cross_device_batch_norm_equals_single_device_global_batch():
   single = CNN1D(channels=(4,), out_features=3)
   multi = CNN1D(channels=(4,), out_features=3, axis_name="batch")
   v = jax.jit(single.init)(key(0), x)
-  y_ref, upd_ref = jax.jit(lambda v_, x_: single.apply(v_, x_, train=True,
-                                                       mutable=["batch_stats"]))(v, x)
+  y_ref, upd_ref = jax.jit(
+    lambda v_, x_: single.apply(v_, x_, train=True, mutable=["batch_stats"])
+  )(v, x)
 
   replicated = jax.tree.map(lambda a: jnp.stack([a] * n_dev), v)
-  y, upd = jax.pmap(lambda v_, x_: multi.apply(v_, x_, train=True, mutable=["batch_stats"]),
-                    axis_name="batch", devices=jax.local_devices()[:n_dev])(
-                        replicated, x.reshape(n_dev, 2, 10, 1))
+  y, upd = jax.pmap(
+    lambda v_, x_: multi.apply(v_, x_, train=True, mutable=["batch_stats"]),
+    axis_name="batch",
+    devices=jax.local_devices()[:n_dev],
+  )(replicated, x.reshape(n_dev, 2, 10, 1))
   np.testing.assert_allclose(np.asarray(y).reshape(8, 3), np.asarray(y_ref), rtol=1e-4, atol=1e-5)
   for a, b in zip(jax.tree.leaves(upd["batch_stats"]), jax.tree.leaves(upd_ref["batch_stats"])):
     for d in range(n_dev):
       np.testing.assert_allclose(np.asarray(a[d]), np.asarray(b), rtol=1e-4, atol=1e-6)
   # eval mode ignores the axis (no collective needed outside pmap)
-  np.testing.assert_array_equal(np.asarray(jax.jit(multi.apply)(v, x)),
-                                np.asarray(jax.jit(single.apply)(v, x)))
+  np.testing.assert_array_equal(
+    np.asarray(jax.jit(multi.apply)(v, x)), np.asarray(jax.jit(single.apply)(v, x))
+  )

@@ -12,6 +12,7 @@ reorder the additions); directional derivatives vs float64 central
 differences (h = 1e-4) rtol 2e-3; bfloat16 compute vs float32: loss within
 2e-2 (bf16 keeps 8 mantissa bits).
 """
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -20,8 +21,7 @@ import pytest
 
 from tfjax.affinity import jsd_loss, target_affinity
 from tfjax.attention import adjacency, relu_attention
-from tfjax.blockwise import (blockwise_attention, blockwise_jsd_loss,
-                             blockwise_row_jsd)
+from tfjax.blockwise import blockwise_attention, blockwise_jsd_loss, blockwise_row_jsd
 from tfjax.models import AdjacencyBlock, FusionBlock, TransFusionHead
 
 ACTS = ("relu", "sigmoid", "leaky_relu")
@@ -81,21 +81,28 @@ def np_jsd_loss(*args):
 # ----------------------------------------------------------------------------
 def _data(seed, n, m, h, hv=5):
   kq, kk, kv, kr = jax.random.split(jax.random.key(seed), 4)
-  return (jax.random.normal(kq, (n, h)), jax.random.normal(kk, (m, h)),
-          jax.random.normal(kv, (m, hv)), jax.random.normal(kr, (n, hv)))
+  return (
+    jax.random.normal(kq, (n, h)),
+    jax.random.normal(kk, (m, h)),
+    jax.random.normal(kv, (m, hv)),
+    jax.random.normal(kr, (n, hv)),
+  )
 
 
 def _ids(seed, n, m, offset, with_labels):
   """Row/column ids: the rows are columns offset..offset+n-1 (as under pmap)."""
   rng = np.random.default_rng(seed)
   gj = rng.integers(0, m // 2, size=m).astype(np.int32)
-  lj = (np.where(rng.random(m) < 0.5, rng.integers(0, 3, size=m), -1)
-        .astype(np.int32) if with_labels else None)
-  gj[offset] = 10**6                       # row 0 has no positive at all
+  lj = (
+    np.where(rng.random(m) < 0.5, rng.integers(0, 3, size=m), -1).astype(np.int32)
+    if with_labels
+    else None
+  )
+  gj[offset] = 10**6  # row 0 has no positive at all
   if lj is not None:
     lj[offset] = -1
-  gi = gj[offset:offset + n]
-  li = None if lj is None else lj[offset:offset + n]
+  gi = gj[offset : offset + n]
+  li = None if lj is None else lj[offset : offset + n]
   return gi, li, gj, lj
 
 
@@ -113,40 +120,36 @@ def assert_grads_close(got, want, atol=1e-6):
 # values against float64 NumPy (chex variants: jit and no jit)
 # ----------------------------------------------------------------------------
 class BlockwiseValuesTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_attention_and_row_jsd_match_numpy(self):
-    n, m, offset = 13, 23, 6                 # blocks of 5 and 7 don't divide 23
+    n, m, offset = 13, 23, 6  # blocks of 5 and 7 don't divide 23
     q, k, v, _ = _data(0, n, m, 8)
     gi, li, gj, lj = _ids(0, n, m, offset, True)
 
     @self.variant
     def fn(q, k, v):
-      out = blockwise_attention(q, k, v, activation="sigmoid",
-                                diagonal_offset=offset, block_size=5)
-      return out, blockwise_row_jsd(q, k, gi, li, column_groups=gj,
-                                    column_labels=lj, diagonal_offset=offset,
-                                    block_size=7)
+      out = blockwise_attention(q, k, v, activation="sigmoid", diagonal_offset=offset, block_size=5)
+      return out, blockwise_row_jsd(
+        q, k, gi, li, column_groups=gj, column_labels=lj, diagonal_offset=offset, block_size=7
+      )
 
     out, (jsd, count) = fn(q, k, v)
     chex.assert_shape(out, (n, 5))
     chex.assert_shape([jsd, count], (n,))
-    np.testing.assert_allclose(out, np_attention(q, k, v, "sigmoid", offset),
-                               rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(out, np_attention(q, k, v, "sigmoid", offset), rtol=1e-5, atol=2e-6)
     want_jsd, want_c = np_row_jsd(q, k, gi, li, gj, lj, "relu", offset)
     np.testing.assert_array_equal(count, want_c)
     valid = want_c > 0
     assert valid.sum() >= 3 and (~valid).sum() >= 1
-    np.testing.assert_allclose(np.asarray(jsd)[valid], want_jsd[valid],
-                               rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(jsd)[valid], want_jsd[valid], rtol=1e-5, atol=2e-6)
 
 
 # ----------------------------------------------------------------------------
 # gradients: blockwise == dense, and == float64 finite differences
 # ----------------------------------------------------------------------------
-@pytest.mark.parametrize("act,with_labels", [("relu", True),
-                                             ("sigmoid", False),
-                                             ("leaky_relu", True)])
+@pytest.mark.parametrize(
+  "act,with_labels", [("relu", True), ("sigmoid", False), ("leaky_relu", True)]
+)
 def test_values_and_grads_equal_dense(act, with_labels):
   """Attention (block 6 ∤ 29 keys) and JSD loss (block 8 ∤ 29) vs dense."""
   n, m, offset = 17, 29, 4
@@ -154,34 +157,42 @@ def test_values_and_grads_equal_dense(act, with_labels):
   gi, li, gj, lj = _ids(2, n, m, offset, with_labels)
 
   def attention(fn, **kw):
-    return lambda q, k, v: jnp.sum(r * fn(q, k, v, activation=act,
-                                          diagonal_offset=offset, **kw))
+    return lambda q, k, v: jnp.sum(r * fn(q, k, v, activation=act, diagonal_offset=offset, **kw))
 
   def blockwise_loss(q, k):
-    return blockwise_jsd_loss(q, k, gi, li, column_groups=gj, column_labels=lj,
-                              activation=act, diagonal_offset=offset,
-                              block_size=8)
+    return blockwise_jsd_loss(
+      q,
+      k,
+      gi,
+      li,
+      column_groups=gj,
+      column_labels=lj,
+      activation=act,
+      diagonal_offset=offset,
+      block_size=8,
+    )
 
   def dense_loss(q, k):
     a = adjacency(q, k, activation=act, diagonal_offset=offset)
-    t = target_affinity(gi, li, column_groups=gj, column_labels=lj,
-                        diagonal_offset=offset)
+    t = target_affinity(gi, li, column_groups=gj, column_labels=lj, diagonal_offset=offset)
     return jsd_loss(a, t)
 
   @jax.jit
   def everything(q, k, v):
     vg = jax.value_and_grad
-    return (vg(attention(blockwise_attention, block_size=6),
-               argnums=(0, 1, 2))(q, k, v),
-            vg(attention(relu_attention), argnums=(0, 1, 2))(q, k, v),
-            vg(blockwise_loss, argnums=(0, 1))(q, k),
-            vg(dense_loss, argnums=(0, 1))(q, k))
+    return (
+      vg(attention(blockwise_attention, block_size=6), argnums=(0, 1, 2))(q, k, v),
+      vg(attention(relu_attention), argnums=(0, 1, 2))(q, k, v),
+      vg(blockwise_loss, argnums=(0, 1))(q, k),
+      vg(dense_loss, argnums=(0, 1))(q, k),
+    )
 
   (ab, gab), (ad, gad), (lb, glb), (ld, gld) = everything(q, k, v)
   np.testing.assert_allclose(ab, ad, rtol=1e-5)
   assert_grads_close(gab, gad)
   np.testing.assert_allclose(
-      lb, np_jsd_loss(q, k, gi, li, gj, lj, act, offset), rtol=1e-5, atol=1e-6)
+    lb, np_jsd_loss(q, k, gi, li, gj, lj, act, offset), rtol=1e-5, atol=1e-6
+  )
   np.testing.assert_allclose(lb, ld, rtol=1e-5)
   assert_grads_close(glb, gld)
   if act != "relu":
@@ -192,13 +203,13 @@ def test_values_and_grads_equal_dense(act, with_labels):
   f64 = [np.asarray(x, np.float64) for x in (q, k, v)]
   h = 1e-4
   refs = (
-      lambda s: np.sum(np.asarray(r, np.float64) * np_attention(
-          *(x + s * d for x, d in zip(f64, dirs)), act, offset)),
-      lambda s: np_jsd_loss(f64[0] + s * dirs[0], f64[1] + s * dirs[1],
-                            gi, li, gj, lj, act, offset))
+    lambda s: np.sum(
+      np.asarray(r, np.float64) * np_attention(*(x + s * d for x, d in zip(f64, dirs)), act, offset)
+    ),
+    lambda s: np_jsd_loss(f64[0] + s * dirs[0], f64[1] + s * dirs[1], gi, li, gj, lj, act, offset),
+  )
   for grads, ref in zip((gab, glb), refs):
-    got = sum(np.sum(np.asarray(g, np.float64) * d)
-              for g, d in zip(grads, dirs))
+    got = sum(np.sum(np.asarray(g, np.float64) * d) for g, d in zip(grads, dirs))
     want = (ref(h) - ref(-h)) / (2 * h)
     assert abs(want) > 1e-3
     np.testing.assert_allclose(got, want, rtol=2e-3)
@@ -212,10 +223,11 @@ def test_finite_gradients_at_zero_row_and_all_negative_cosines():
   u = jax.random.normal(jax.random.key(5), (1, 4))
   noise = 0.01 * jax.random.normal(jax.random.key(6), (n, 4))
   cases = {
-      "zero_query_row": (jax.random.normal(jax.random.key(7), (n, 4))
-                         .at[2].set(0.0),
-                         jax.random.normal(jax.random.key(8), (n, 4))),
-      "all_negative": (u + noise, -u + noise),
+    "zero_query_row": (
+      jax.random.normal(jax.random.key(7), (n, 4)).at[2].set(0.0),
+      jax.random.normal(jax.random.key(8), (n, 4)),
+    ),
+    "all_negative": (u + noise, -u + noise),
   }
   groups = jnp.arange(n) // 2
   v = jax.random.normal(jax.random.key(9), (n, 3))
@@ -223,18 +235,16 @@ def test_finite_gradients_at_zero_row_and_all_negative_cosines():
 
   @jax.jit
   def everything(q, k):
-    return (grad(lambda q, k: jnp.sum(jnp.tanh(blockwise_attention(
-                q, k, v, block_size=3))), q, k),
-            grad(lambda q, k: jnp.sum(jnp.tanh(relu_attention(q, k, v))),
-                 q, k),
-            grad(lambda q, k: blockwise_jsd_loss(q, k, groups, block_size=3),
-                 q, k),
-            grad(lambda q, k: jsd_loss(adjacency(q, k),
-                                       target_affinity(groups)), q, k))
+    return (
+      grad(lambda q, k: jnp.sum(jnp.tanh(blockwise_attention(q, k, v, block_size=3))), q, k),
+      grad(lambda q, k: jnp.sum(jnp.tanh(relu_attention(q, k, v))), q, k),
+      grad(lambda q, k: blockwise_jsd_loss(q, k, groups, block_size=3), q, k),
+      grad(lambda q, k: jsd_loss(adjacency(q, k), target_affinity(groups)), q, k),
+    )
 
-  assert np.all(np.isclose(
-      np_adjacency(*cases["all_negative"], "relu", 0)[~np.eye(n, dtype=bool)],
-      1 / (n - 1)))                                   # relu ≡ 0: uniform rows
+  assert np.all(
+    np.isclose(np_adjacency(*cases["all_negative"], "relu", 0)[~np.eye(n, dtype=bool)], 1 / (n - 1))
+  )  # relu ≡ 0: uniform rows
   for name, (q, k) in cases.items():
     (ab, gab), (ad, gad), (lb, glb), (ld, gld) = everything(q, k)
     for g in jax.tree.leaves((ab, gab, lb, glb)):
@@ -251,29 +261,34 @@ def test_finite_gradients_at_zero_row_and_all_negative_cosines():
 def _head_data(n=26, d=6, seed=10):
   x = jax.random.normal(jax.random.key(seed), (n, d))
   groups = jnp.arange(n, dtype=jnp.int32) // 2
-  labels = jnp.where(jnp.arange(n) % 3 == 0, jnp.arange(n) % 4, -1).astype(
-      jnp.int32)
+  labels = jnp.where(jnp.arange(n) % 3 == 0, jnp.arange(n) % 4, -1).astype(jnp.int32)
   return x, groups, labels
 
 
 def test_head_loss_and_param_grads_equal_dense_and_bfloat16():
   x, groups, labels = _head_data()
   dense = TransFusionHead(num_layers=2)
-  block = TransFusionHead(num_layers=2, implementation="blockwise",
-                          block_size=8)
-  bf16 = TransFusionHead(num_layers=2, implementation="blockwise",
-                         block_size=8, compute_dtype=jnp.bfloat16)
+  block = TransFusionHead(num_layers=2, implementation="blockwise", block_size=8)
+  bf16 = TransFusionHead(
+    num_layers=2, implementation="blockwise", block_size=8, compute_dtype=jnp.bfloat16
+  )
   params = jax.jit(dense.init)(jax.random.key(0), x)
-  assert (jax.tree.structure(jax.eval_shape(block.init, jax.random.key(0), x))
-          == jax.tree.structure(params))
+  assert jax.tree.structure(jax.eval_shape(block.init, jax.random.key(0), x)) == jax.tree.structure(
+    params
+  )
 
   @jax.jit
   def everything(p):
     def vg(head):
-      return jax.value_and_grad(
-          lambda p: head.apply(p, x, groups, labels, method=head.loss))(p)
-    return (vg(block), vg(dense), vg(bf16), block.apply(p, x, method=block.fuse),
-            dense.apply(p, x, method=dense.fuse))
+      return jax.value_and_grad(lambda p: head.apply(p, x, groups, labels, method=head.loss))(p)
+
+    return (
+      vg(block),
+      vg(dense),
+      vg(bf16),
+      block.apply(p, x, method=block.fuse),
+      dense.apply(p, x, method=dense.fuse),
+    )
 
   (lb, gb), (ld, gd), (l16, g16), fb, fd = everything(params)
   np.testing.assert_allclose(lb, ld, rtol=1e-5)
@@ -289,32 +304,30 @@ def test_pmap_blockwise_equals_single_device_dense():
   n_dev, n_local, d = 4, 7, 6
   x, groups, labels = _head_data(n_dev * n_local, d, seed=11)
   dense = TransFusionHead(num_layers=2)
-  block = TransFusionHead(num_layers=2, axis_name="batch",
-                          implementation="blockwise", block_size=5)
+  block = TransFusionHead(num_layers=2, axis_name="batch", implementation="blockwise", block_size=5)
   params = jax.jit(dense.init)(jax.random.key(1), x)
 
   @jax.jit
   def single(p):
-    return (jax.value_and_grad(
-        lambda p: dense.apply(p, x, groups, labels, method=dense.loss))(p),
-            dense.apply(p, x, method=dense.fuse))
+    return (
+      jax.value_and_grad(lambda p: dense.apply(p, x, groups, labels, method=dense.loss))(p),
+      dense.apply(p, x, method=dense.fuse),
+    )
 
   (loss, grads), fused = single(params)
 
   def per_device(p, xs, gs, ls):
-    l, g = jax.value_and_grad(
-        lambda p: block.apply(p, xs, gs, ls, method=block.loss))(p)
+    l, g = jax.value_and_grad(lambda p: block.apply(p, xs, gs, ls, method=block.loss))(p)
     # Each device differentiates the psum-reduced loss: the mean of the
     # per-device gradients is the global gradient (as for the dense path).
     return l, jax.lax.pmean(g, "batch"), block.apply(p, xs, method=block.fuse)
 
   shard = lambda a: a.reshape((n_dev, n_local) + a.shape[1:])
-  loss_p, grads_p, fused_p = jax.pmap(
-      per_device, axis_name="batch", in_axes=(None, 0, 0, 0))(
-          params, shard(x), shard(groups), shard(labels))
+  loss_p, grads_p, fused_p = jax.pmap(per_device, axis_name="batch", in_axes=(None, 0, 0, 0))(
+    params, shard(x), shard(groups), shard(labels)
+  )
   np.testing.assert_allclose(loss_p, np.full(n_dev, loss), rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(fused_p).reshape(-1, d), fused,
-                             rtol=1e-5, atol=2e-6)
+  np.testing.assert_allclose(np.asarray(fused_p).reshape(-1, d), fused, rtol=1e-5, atol=2e-6)
   # Cross-device sums reorder the float32 additions: atol 1e-5 × max |g|.
   assert_grads_close(jax.tree.map(lambda g: g[0], grads_p), grads, atol=1e-5)
 
@@ -325,7 +338,7 @@ def _largest_intermediate(jaxpr) -> int:
     for var in eqn.outvars:
       biggest = max(biggest, int(np.prod(getattr(var.aval, "shape", ()))))
     for p in eqn.params.values():
-      for sub in (p if isinstance(p, (tuple, list)) else (p,)):
+      for sub in p if isinstance(p, (tuple, list)) else (p,):
         if isinstance(sub, jax.extend.core.ClosedJaxpr):
           biggest = max(biggest, _largest_intermediate(sub.jaxpr))
         elif isinstance(sub, jax.extend.core.Jaxpr):
@@ -338,20 +351,17 @@ def test_no_n_by_n_intermediate_in_forward_or_backward():
   x, groups, labels = _head_data(n, d, seed=13)
   sizes = {}
   for impl in ("dense", "blockwise"):
-    head = TransFusionHead(num_layers=2, implementation=impl,
-                           block_size=block_size)
+    head = TransFusionHead(num_layers=2, implementation=impl, block_size=block_size)
     params = jax.jit(head.init)(jax.random.key(0), x[:4])
-    step = jax.value_and_grad(
-        lambda p, x: head.apply(p, x, groups, labels, method=head.loss))
+    step = jax.value_and_grad(lambda p, x: head.apply(p, x, groups, labels, method=head.loss))
     sizes[impl] = _largest_intermediate(jax.make_jaxpr(step)(params, x).jaxpr)
-  assert sizes["dense"] >= n * n                   # the check can see n×n
-  assert sizes["blockwise"] <= n * block_size      # [n, block] at most
+  assert sizes["dense"] >= n * n  # the check can see n×n
+  assert sizes["blockwise"] <= n * block_size  # [n, block] at most
 
 
 def test_bad_arguments():
   rng = np.random.default_rng(0)
-  q, k, v = (jnp.asarray(rng.normal(size=s), jnp.float32)
-             for s in ((4, 3), (6, 3), (6, 3)))
+  q, k, v = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((4, 3), (6, 3), (6, 3)))
   with pytest.raises(ValueError, match="block_size"):
     blockwise_attention(q, k, v, block_size=0)
   with pytest.raises(ValueError, match="same number of rows"):
@@ -367,12 +377,14 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match="activation"):
     blockwise_attention(q, k, v, activation="tanhh")
   with pytest.raises(ValueError, match="column_groups"):
-    blockwise_jsd_loss(q, k, jnp.arange(4))         # 6 keys, 4 ids
+    blockwise_jsd_loss(q, k, jnp.arange(4))  # 6 keys, 4 ids
   with pytest.raises(AssertionError, match="groups must be integers"):
     blockwise_jsd_loss(q, q, jnp.arange(4.0))
   x = jnp.ones((4, 3))
-  for module in (TransFusionHead(implementation="flash"),
-                 FusionBlock(implementation="flash"),
-                 AdjacencyBlock(implementation="flash")):
+  for module in (
+    TransFusionHead(implementation="flash"),
+    FusionBlock(implementation="flash"),
+    AdjacencyBlock(implementation="flash"),
+  ):
     with pytest.raises(ValueError, match="dense.*blockwise"):
       module.init(jax.random.key(0), x)

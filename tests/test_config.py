@@ -13,7 +13,7 @@ from tfjax.state import build_network
 def test_default_backbone_kwargs_are_each_backbones_own():
   c = base_config()
   assert dict(c.backbone_kwargs) == {}
-  mlp = build_network(c).backbone          # the MLP's defaults: the same network
+  mlp = build_network(c).backbone  # the MLP's defaults: the same network
   assert (tuple(mlp.hidden), mlp.out_features, mlp.batch_norm) == ((256,), 128, False)
   c.dataset, c.backbone = "mnist1d", "cnn1d"
   assert validate(c, 1).name == "mnist1d"
@@ -24,8 +24,11 @@ def test_backbone_kwargs_the_backbone_does_not_take():
   c = base_config()
   c.dataset, c.backbone = "mnist1d", "cnn1d"
   c.backbone_kwargs = {"hidden": (256,), "out_features": 128}
-  with pytest.raises(ValueError, match="^backbone_kwargs.hidden is not a field of "
-                     "backbone 'cnn1d'; it takes channels, kernel_size, out_features$"):
+  with pytest.raises(
+    ValueError,
+    match="^backbone_kwargs.hidden is not a field of "
+    "backbone 'cnn1d'; it takes channels, kernel_size, out_features$",
+  ):
     validate(c, 1)
   c = base_config()
   c.backbone, c.embed_dim = "identity", 0
@@ -36,9 +39,9 @@ def test_backbone_kwargs_the_backbone_does_not_take():
 
 def test_head_compute_dtype_reaches_the_dense_and_the_blockwise_head():
   from tfjax.state import build_network
+
   for implementation in ("dense", "blockwise"):
-    c = tiny_config(**{"head.compute_dtype": "bfloat16",
-                       "head.implementation": implementation})
+    c = tiny_config(**{"head.compute_dtype": "bfloat16", "head.implementation": implementation})
     validate(c, 1)
     assert build_network(c).head.compute_dtype == jnp.bfloat16
   c.head.compute_dtype = "float16"
@@ -54,7 +57,7 @@ def test_batch_of_one_source_is_refused():
 
 @pytest.mark.parametrize("data", ["arrays", "sources"])
 def test_label_fraction_smallest_that_works(data):
-  arrays = toy_data()                                   # 48 training examples, 3 classes
+  arrays = toy_data()  # 48 training examples, 3 classes
   given = arrays if data == "arrays" else (ArraySource(*arrays[:2]), ArraySource(*arrays[2:]))
   validate(tiny_config(label_fraction=3 / 48), 1, data=given)
   with pytest.raises(ValueError, match="the smallest label_fraction that works is 0.0625$"):
@@ -73,6 +76,9 @@ def test_data_checked_whole_and_cheaply():
     validate(tiny_config(), 1, data=(ArraySource(bad, y), ArraySource(xt, yt)))
   with pytest.raises(ValueError, match=r"x_test has shape \[4\] per example, x_train \[8\]"):
     validate(tiny_config(), 1, data=(ArraySource(x, y), ArraySource(xt[:, :4], yt)))
-  with pytest.raises(ValueError, match="batch_size 16 exceeds the 12 training examples "
-                     "after holding out validation_fraction=0.75"):
+  with pytest.raises(
+    ValueError,
+    match="batch_size 16 exceeds the 12 training examples "
+    "after holding out validation_fraction=0.75",
+  ):
     validate(tiny_config(validation_fraction=0.75), 1, data=(x, y, xt, yt))

@@ -8,6 +8,7 @@ LayerNorm and softmax); pmap vs one device and blockwise vs dense: rtol
 1e-5 on values, gradients rtol 1e-4 with atol 1e-6 × the gradient's largest
 entry (cross-device sums and blocks reorder the additions).
 """
+
 import functools
 import math
 
@@ -20,8 +21,12 @@ from absl.testing import parameterized
 
 from tfjax import methods
 from tfjax.config import base_config
-from tfjax.deep_fusion import (DeepFusionBlock, DeepFusionHead,
-                               blockwise_softmax_attention, softmax_attention)
+from tfjax.deep_fusion import (
+  DeepFusionBlock,
+  DeepFusionHead,
+  blockwise_softmax_attention,
+  softmax_attention,
+)
 from tfjax.config import validate
 from tfjax.state import build_network
 
@@ -55,7 +60,7 @@ def np_attention(p, x, num_heads):
   n, d = x.shape
   c = d // num_heads
   out = np.zeros((n, d))
-  w_o = p["out"]["kernel"].reshape(d, d)        # rows: (head, channel)
+  w_o = p["out"]["kernel"].reshape(d, d)  # rows: (head, channel)
   for a in range(num_heads):
     proj = {}
     for name in ("query", "key", "value"):
@@ -63,15 +68,17 @@ def np_attention(p, x, num_heads):
     s = proj["query"] @ proj["key"].T / math.sqrt(c)
     s = np.exp(s - s.max(1, keepdims=True))
     weights = s / s.sum(1, keepdims=True)
-    out += (weights @ proj["value"]) @ w_o[a * c:(a + 1) * c]
+    out += (weights @ proj["value"]) @ w_o[a * c : (a + 1) * c]
   return out + p["out"]["bias"]
 
 
 def np_block(p, x, num_heads, activation="gelu", norm="post"):
   def ffn(h):
-    hidden = np_activation(activation, h @ p["mlp"]["hidden"]["kernel"]
-                           + p["mlp"]["hidden"]["bias"])
+    hidden = np_activation(
+      activation, h @ p["mlp"]["hidden"]["kernel"] + p["mlp"]["hidden"]["bias"]
+    )
     return hidden @ p["mlp"]["output"]["kernel"] + p["mlp"]["output"]["bias"]
+
   if norm == "post":
     x = np_layer_norm(p["norm_1"], x + np_attention(p["attention"], x, num_heads))
     return np_layer_norm(p["norm_2"], x + ffn(x))
@@ -105,11 +112,9 @@ def _random(key, shape, scale=1.0):
 # Shapes and float64 references
 # ----------------------------------------------------------------------------
 class HeadTest(chex.TestCase, parameterized.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_shapes_and_parameters(self):
-    head = DeepFusionHead(num_layers=2, num_heads=4, features=12, out_features=5,
-                          mlp_ratio=2.0)
+    head = DeepFusionHead(num_layers=2, num_heads=4, features=12, out_features=5, mlp_ratio=2.0)
     x = _random(0, (10, 7))
     params = head.init(jax.random.key(1), x)
     out = self.variant(head.apply)(params, x)
@@ -136,8 +141,7 @@ class HeadTest(chex.TestCase, parameterized.TestCase):
 
   @parameterized.parameters("post", "pre")
   def test_head_against_float64(self, norm):
-    head = DeepFusionHead(num_layers=3, num_heads=2, features=6, out_features=4,
-                          norm=norm)
+    head = DeepFusionHead(num_layers=3, num_heads=2, features=6, out_features=4, norm=norm)
     x = _random(5, (9, 5))
     params = head.init(jax.random.key(6), x)
     params = jax.tree.map(lambda a: a + 0.2 * _random(7, a.shape), params)
@@ -150,8 +154,7 @@ class HeadTest(chex.TestCase, parameterized.TestCase):
     x = _random(8, (2 * 7, 5))
     groups = jnp.tile(jnp.arange(7, dtype=jnp.int32), 2)
     params = head.init(jax.random.key(9), x)
-    loss = head.apply(params, x, groups, None, 2, temperature=0.3,
-                      method=DeepFusionHead.loss)
+    loss = head.apply(params, x, groups, None, 2, temperature=0.3, method=DeepFusionHead.loss)
     out = np_head(f64(params["params"]), f64(x), 2, 2)
     np.testing.assert_allclose(loss, np_nt_xent(out[:7], out[7:], 0.3), rtol=1e-5)
 
@@ -163,7 +166,7 @@ class HeadTest(chex.TestCase, parameterized.TestCase):
     np.testing.assert_allclose(both[:6], head.apply(params, x[:6]), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(both[6:], head.apply(params, x[6:]), rtol=1e-5, atol=1e-6)
     across = DeepFusionHead(num_layers=2, num_heads=2).apply(params, x, 2)
-    assert np.abs(np.asarray(across[:6] - both[:6])).max() > 1e-3   # the option matters
+    assert np.abs(np.asarray(across[:6] - both[:6])).max() > 1e-3  # the option matters
 
   def test_permutation_equivariant_over_rows_and_rows_interact(self):
     head = DeepFusionHead(num_layers=3, num_heads=4)
@@ -171,8 +174,7 @@ class HeadTest(chex.TestCase, parameterized.TestCase):
     params = head.init(jax.random.key(13), x)
     out = head.apply(params, x)
     perm = np.random.default_rng(0).permutation(16)
-    np.testing.assert_allclose(head.apply(params, x[perm]), out[perm],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(head.apply(params, x[perm]), out[perm], rtol=1e-5, atol=1e-5)
     # Attention spans the batch: changing row 0 moves every other row's output.
     moved = head.apply(params, x.at[0].add(3.0))
     assert np.abs(np.asarray(moved[1:] - out[1:])).max(axis=1).min() > 1e-4
@@ -182,19 +184,22 @@ class HeadTest(chex.TestCase, parameterized.TestCase):
     x = _random(14, (2 * 16, 16))
     groups = jnp.tile(jnp.arange(16, dtype=jnp.int32), 2)
     params = head.init(jax.random.key(15), x)
-    grads = jax.grad(lambda p, x: head.apply(p, x, groups, method=DeepFusionHead.loss),
-                     argnums=(0, 1))(params, x)
+    grads = jax.grad(
+      lambda p, x: head.apply(p, x, groups, method=DeepFusionHead.loss), argnums=(0, 1)
+    )(params, x)
     chex.assert_tree_all_finite(grads)
     assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
 
   def test_bad_options_raise_one_clear_error(self):
     x = _random(16, (6, 6))
-    for kwargs, match in [(dict(num_heads=4), "not divisible by num_heads=4"),
-                          (dict(norm="middle"), "unknown norm 'middle'"),
-                          (dict(activation="tanh"), "unknown activation 'tanh'"),
-                          (dict(num_layers=0), "num_layers must be a positive int"),
-                          (dict(mlp_ratio=0.0), "mlp_ratio must be finite and > 0"),
-                          (dict(implementation="flash"), "unknown implementation")]:
+    for kwargs, match in [
+      (dict(num_heads=4), "not divisible by num_heads=4"),
+      (dict(norm="middle"), "unknown norm 'middle'"),
+      (dict(activation="tanh"), "unknown activation 'tanh'"),
+      (dict(num_layers=0), "num_layers must be a positive int"),
+      (dict(mlp_ratio=0.0), "mlp_ratio must be finite and > 0"),
+      (dict(implementation="flash"), "unknown implementation"),
+    ]:
       with pytest.raises(ValueError, match=match):
         DeepFusionHead(**kwargs).init(jax.random.key(0), x)
     head = DeepFusionHead(num_layers=1, num_heads=2)
@@ -211,10 +216,13 @@ def test_blockwise_attention_equals_dense_values_and_gradients(n, m, block):
   q, k, v = _random(20, (n, 3, 5)), _random(21, (m, 3, 5)), _random(22, (m, 3, 4))
   cot = _random(23, (n, 3, 4))
   dense = lambda q, k, v: jnp.sum(softmax_attention(q, k, v) * cot)
-  blocked = lambda q, k, v: jnp.sum(
-      blockwise_softmax_attention(q, k, v, block_size=block) * cot)
-  np.testing.assert_allclose(blockwise_softmax_attention(q, k, v, block_size=block),
-                             softmax_attention(q, k, v), rtol=1e-5, atol=1e-6)
+  blocked = lambda q, k, v: jnp.sum(blockwise_softmax_attention(q, k, v, block_size=block) * cot)
+  np.testing.assert_allclose(
+    blockwise_softmax_attention(q, k, v, block_size=block),
+    softmax_attention(q, k, v),
+    rtol=1e-5,
+    atol=1e-6,
+  )
   g_dense = jax.grad(dense, argnums=(0, 1, 2))(q, k, v)
   g_block = jax.jit(jax.grad(blocked, argnums=(0, 1, 2)))(q, k, v)
   for a, b in zip(g_block, g_dense):
@@ -228,22 +236,20 @@ def test_softmax_attention_against_float64():
     s = qn[:, a] @ kn[:, a].T / math.sqrt(3)
     w = np.exp(s - s.max(1, keepdims=True))
     w /= w.sum(1, keepdims=True)
-    np.testing.assert_allclose(softmax_attention(q, k, v)[:, a], w @ vn[:, a],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(softmax_attention(q, k, v)[:, a], w @ vn[:, a], rtol=1e-5, atol=1e-6)
 
 
 def test_blockwise_head_equals_dense_head():
   x = _random(27, (2 * 11, 8))
   groups = jnp.tile(jnp.arange(11, dtype=jnp.int32), 2)
   dense = DeepFusionHead(num_layers=2, num_heads=4)
-  block = DeepFusionHead(num_layers=2, num_heads=4, implementation="blockwise",
-                         block_size=5)
+  block = DeepFusionHead(num_layers=2, num_heads=4, implementation="blockwise", block_size=5)
   params = dense.init(jax.random.key(28), x)
   loss_grad = lambda h: jax.value_and_grad(
-      lambda p: h.apply(p, x, groups, method=DeepFusionHead.loss))(params)
+    lambda p: h.apply(p, x, groups, method=DeepFusionHead.loss)
+  )(params)
   (l_d, g_d), (l_b, g_b) = loss_grad(dense), loss_grad(block)
-  np.testing.assert_allclose(block.apply(params, x), dense.apply(params, x),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(block.apply(params, x), dense.apply(params, x), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(l_b, l_d, rtol=1e-6)
   scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g_d))
   chex.assert_trees_all_close(g_b, g_d, rtol=1e-4, atol=1e-6 * scale)
@@ -252,13 +258,13 @@ def test_blockwise_head_equals_dense_head():
 # ----------------------------------------------------------------------------
 # pmap over 4 fake CPU devices == one device
 # ----------------------------------------------------------------------------
-@pytest.mark.parametrize("options", [
-    {}, {"fuse_within_view": True},
-    {"implementation": "blockwise", "block_size": 3}])
+@pytest.mark.parametrize(
+  "options", [{}, {"fuse_within_view": True}, {"implementation": "blockwise", "block_size": 3}]
+)
 def test_pmap_global_batch_equals_one_device(options):
-  n_dev, n_local = 4, 3                       # 12 sources, two views each
+  n_dev, n_local = 4, 3  # 12 sources, two views each
   n = n_dev * n_local
-  x = _random(30, (2 * n, 8))                 # view-major: [view 0; view 1]
+  x = _random(30, (2 * n, 8))  # view-major: [view 0; view 1]
   groups = jnp.tile(jnp.arange(n, dtype=jnp.int32), 2)
   head_1 = DeepFusionHead(num_layers=2, num_heads=2, **options)
   head_p = DeepFusionHead(num_layers=2, num_heads=2, axis_name=AXIS, **options)
@@ -273,21 +279,26 @@ def test_pmap_global_batch_equals_one_device(options):
   # Each device holds its share of both views, view-major: [its view-0 rows;
   # its view-1 rows] — what the train step feeds the head.
   def shard(a):
-    return a.reshape(2, n_dev, n_local, *a.shape[1:]).swapaxes(0, 1).reshape(
-        n_dev, 2 * n_local, *a.shape[1:])
+    return (
+      a.reshape(2, n_dev, n_local, *a.shape[1:])
+      .swapaxes(0, 1)
+      .reshape(n_dev, 2 * n_local, *a.shape[1:])
+    )
 
   def per_device(p, xs, gs):
     value, grad = jax.value_and_grad(functools.partial(loss, head_p))(p, xs, gs)
     return head_p.apply(p, xs, 2), value, jax.lax.pmean(grad, AXIS)
 
   out_p, loss_p, grad_p = jax.pmap(per_device, axis_name=AXIS, in_axes=(None, 0, 0))(
-      params, shard(x), shard(groups))
+    params, shard(x), shard(groups)
+  )
   np.testing.assert_allclose(out_p, shard(out_1), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(loss_p, np.full(n_dev, loss_1), rtol=1e-5)
   # pmean of per-device gradients of the global loss = the one-device gradient.
   scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grad_1))
-  chex.assert_trees_all_close(jax.tree.map(lambda g: g[0], grad_p), grad_1,
-                              rtol=1e-4, atol=1e-6 * scale)
+  chex.assert_trees_all_close(
+    jax.tree.map(lambda g: g[0], grad_p), grad_1, rtol=1e-4, atol=1e-6 * scale
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -310,11 +321,18 @@ def test_registered_method_builds_the_configured_head():
   head = build_network(c, axis_name=AXIS).head
   assert isinstance(head, DeepFusionHead)
   assert (head.num_layers, head.num_heads, head.mlp_ratio, head.norm, head.axis_name) == (
-      2, 4, 2.0, "pre", AXIS)
+    2,
+    4,
+    2.0,
+    "pre",
+    AXIS,
+  )
   assert build_network(base_config()).head.__class__.__name__ == "TransFusionHead"
 
 
-@pytest.mark.parametrize("field,value,match", [
+@pytest.mark.parametrize(
+  "field,value,match",
+  [
     ("num_heads", 0, "deep_fusion.num_heads must be a positive int"),
     ("num_heads", 5, "does not divide the head's width embed_dim=64"),
     ("features", 30, "deep_fusion.features=30 is not divisible"),
@@ -323,7 +341,8 @@ def test_registered_method_builds_the_configured_head():
     ("implementation", "flash", "unknown deep_fusion.implementation 'flash'"),
     ("block_size", 0, "deep_fusion.block_size must be a positive int"),
     ("mlp_ratio", -1.0, "deep_fusion.mlp_ratio must be finite and > 0"),
-])
+  ],
+)
 def test_config_errors_name_the_field(field, value, match):
   with pytest.raises(ValueError, match=match):
     validate(_config(**{field: value}), 1, check_data=False)
@@ -345,8 +364,13 @@ def test_train_step_on_four_devices_equals_one():
   pmean, optimiser) on 4 devices moves the parameters as on one."""
   from tests.test_train import fresh_state, run_steps, tiny_config, toy_data
   from tfjax.data.pipeline import batch_indices
-  config = tiny_config(loss="deep_fusion", optimizer="sgd", learning_rate=0.05,
-                       **{"deep_fusion.num_layers": 2, "deep_fusion.num_heads": 2})
+
+  config = tiny_config(
+    loss="deep_fusion",
+    optimizer="sgd",
+    learning_rate=0.05,
+    **{"deep_fusion.num_layers": 2, "deep_fusion.num_heads": 2},
+  )
   x, _, _, _ = toy_data()
   batches = [{"x": x[batch_indices(0, s, len(x), config.batch_size)]} for s in range(3)]
   single, m1 = run_steps(config, 1, batches)
@@ -356,9 +380,10 @@ def test_train_step_on_four_devices_equals_one():
   chex.assert_trees_all_close(single.batch_stats, multi.batch_stats, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-4)
   fresh = fresh_state(config)
-  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
-                       fresh.params["head"], single.params["head"])
-  assert max(jax.tree.leaves(moved)) > 1e-4       # the head itself trained
+  moved = jax.tree.map(
+    lambda a, b: float(jnp.abs(a - b).max()), fresh.params["head"], single.params["head"]
+  )
+  assert max(jax.tree.leaves(moved)) > 1e-4  # the head itself trained
 
 
 @pytest.mark.slow
@@ -369,10 +394,14 @@ def test_deep_fusion_learns_mnist1d_beyond_its_untrained_backbone(tmp_path):
   from mnist1d.data import get_dataset_args, make_dataset
   from experiments.configs.default import training_fields
   from tfjax import evaluation, train
+
   ref = make_dataset(get_dataset_args())
-  data = (ref["x"][:2000, :, None].astype(np.float32), ref["y"][:2000].astype(np.int32),
-          ref["x_test"][:500, :, None].astype(np.float32),
-          ref["y_test"][:500].astype(np.int32))
+  data = (
+    ref["x"][:2000, :, None].astype(np.float32),
+    ref["y"][:2000].astype(np.int32),
+    ref["x_test"][:500, :, None].astype(np.float32),
+    ref["y_test"][:500].astype(np.int32),
+  )
   c = training_fields()
   c.loss = "deep_fusion"
   c.deep_fusion.num_layers, c.deep_fusion.num_heads = 2, 4
@@ -390,21 +419,29 @@ def test_command_line_selects_deep_fusion_and_its_options(tmp_path):
   from experiments import train as main_job
   from experiments.runs import run_configs
   from experiments.common import cli
+
   seen = {}
 
   def fake_run(config, workdir, *, progress):
     seen["config"] = config
     return "ran"
 
-  cli(fake_run, "train", ["--config=experiments/configs/default.py:quick",
-                          "--config.compare=simclr",
-                          "--config.runs.simclr.loss=deep_fusion",
-                          "--config.deep_fusion.num_heads=4",
-                          "--config.deep_fusion.norm=pre",
-                          "--config.deep_fusion.mlp_ratio=2",
-                          f"--workdir={tmp_path}", "--noprogress"],
-      config_name="default")
-  (name, c), = run_configs(seen["config"])
+  cli(
+    fake_run,
+    "train",
+    [
+      "--config=experiments/configs/default.py:quick",
+      "--config.compare=simclr",
+      "--config.runs.simclr.loss=deep_fusion",
+      "--config.deep_fusion.num_heads=4",
+      "--config.deep_fusion.norm=pre",
+      "--config.deep_fusion.mlp_ratio=2",
+      f"--workdir={tmp_path}",
+      "--noprogress",
+    ],
+    config_name="default",
+  )
+  ((name, c),) = run_configs(seen["config"])
   validate(c, 1, check_data=False)
   assert c.loss == "deep_fusion" and methods.run_name(c) == "deep_fusion"
   head = build_network(c).head

@@ -1,4 +1,5 @@
 """Evaluation protocols against float64 NumPy and scikit-learn references."""
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
@@ -38,11 +39,18 @@ def test_knn_matches_float64_reference(k, tau):
   xte, _ = clusters(rng, 70, 16, 5, spread=1.2)
   votes = knn_reference(xtr, ytr, xte, 5, k, tau)
   top2 = np.sort(votes, axis=1)[:, -2:]
-  clear = top2[:, 1] > top2[:, 0] * (1 + 1e-3)   # votes not (nearly) tied
+  clear = top2[:, 1] > top2[:, 0] * (1 + 1e-3)  # votes not (nearly) tied
   assert clear.mean() > 0.9
   # chunked queries (70 = 4·16 + 6 -> padded last chunk) and one chunk agree
-  pred = knn_classify(xtr.astype(np.float32), ytr, xte.astype(np.float32), num_classes=5,
-                      k=k, temperature=tau, batch_size=16)
+  pred = knn_classify(
+    xtr.astype(np.float32),
+    ytr,
+    xte.astype(np.float32),
+    num_classes=5,
+    k=k,
+    temperature=tau,
+    batch_size=16,
+  )
   pred_one = knn_classify(xtr, ytr, xte, num_classes=5, k=k, temperature=tau, batch_size=1000)
   assert pred.shape == (70,) and pred.dtype == np.int32
   np.testing.assert_array_equal(pred, pred_one)
@@ -70,7 +78,7 @@ def test_knn_zero_rows_and_separable_data():
   xtr, ytr = clusters(rng, 100, 6, 3, spread=0.05)
   xte, yte = clusters(np.random.default_rng(3), 100, 6, 3, spread=0.05)  # same centres
   assert knn_accuracy(xtr, ytr, xte, yte, num_classes=3, k=5) == 1.0
-  xte[0] = 0.0   # a zero query: similarity 0 to everything, still a valid label
+  xte[0] = 0.0  # a zero query: similarity 0 to everything, still a valid label
   pred = knn_classify(xtr, ytr, xte, num_classes=3, k=5)
   assert 0 <= pred[0] < 3
 
@@ -130,16 +138,25 @@ def test_linear_probe_matches_sklearn_logistic_regression(digits):
     logits = ztr @ w + b
     logits = logits - logits.max(1, keepdims=True)
     logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
-    return -logp[np.arange(len(ytr)), ytr].mean() + 0.5 * wd * np.sum(w ** 2)
+    return -logp[np.arange(len(ytr)), ytr].mean() + 0.5 * wd * np.sum(w**2)
 
   sk_obj = objective(sk.coef_.T, sk.intercept_)
   assert res["loss"] <= sk_obj + 1e-4, (res["loss"], sk_obj)
-  assert res["loss"] >= sk_obj - 1e-3   # cannot beat the optimum by more than float32 noise
-  assert res["iterations"] < 500        # L-BFGS converged (gradient below tol)
+  assert res["loss"] >= sk_obj - 1e-3  # cannot beat the optimum by more than float32 noise
+  assert res["iterations"] < 500  # L-BFGS converged (gradient below tol)
 
   # Adam for a fixed number of steps reaches the same accuracy band
-  adam = linear_probe(xtr, ytr, xte, yte, num_classes=10, steps=1500, weight_decay=wd,
-                      method="adam", learning_rate=0.05)
+  adam = linear_probe(
+    xtr,
+    ytr,
+    xte,
+    yte,
+    num_classes=10,
+    steps=1500,
+    weight_decay=wd,
+    method="adam",
+    learning_rate=0.05,
+  )
   assert abs(adam["accuracy"] - sk_acc) <= 0.02
   assert adam["loss"] <= sk_obj + 5e-3
   # deterministic

@@ -26,7 +26,7 @@ def _dot_flops(jaxpr) -> int:
       total += 2 * k * int(np.prod(eqn.outvars[0].aval.shape))
     times = eqn.params["length"] if eqn.primitive.name == "scan" else 1
     for p in eqn.params.values():
-      for sub in (p if isinstance(p, (tuple, list)) else (p,)):
+      for sub in p if isinstance(p, (tuple, list)) else (p,):
         if isinstance(sub, jax.extend.core.ClosedJaxpr):
           total += times * _dot_flops(sub.jaxpr)
         elif isinstance(sub, jax.extend.core.Jaxpr):
@@ -37,14 +37,11 @@ def _dot_flops(jaxpr) -> int:
 def _worker_cfg(n, width, layers, block, impl, **extra):
   config = get_config("tiny")
   config.head.num_layers, config.head.block_size = layers, block
-  fields = {k: v for k, v in json.loads(config.to_json()).items()
-            if k in base_config()}
-  return dict({"config": fields, "n": n, "width": width,
-               "implementation": impl}, **extra)
+  fields = {k: v for k, v in json.loads(config.to_json()).items() if k in base_config()}
+  return dict({"config": fields, "n": n, "width": width, "implementation": impl}, **extra)
 
 
-@pytest.mark.parametrize("n,width,layers,block", [(64, 16, 3, 16),
-                                                  (48, 8, 2, 16)])
+@pytest.mark.parametrize("n,width,layers,block", [(64, 16, 3, 16), (48, 8, 2, 16)])
 def test_flop_formulas_count_the_traced_matmuls(n, width, layers, block):
   # The whole training step the benchmark times (views at strength 0, the
   # head's JSD loss and its gradient, the metrics, Adam): every matmul in
@@ -52,27 +49,23 @@ def test_flop_formulas_count_the_traced_matmuls(n, width, layers, block):
   counted = {}
   for impl in ("dense", "blockwise"):
     _, (state, batch, key) = benchmark._build_step(
-        _worker_cfg(n, width, layers, block, impl), abstract=True)
-    assert batch["x"].shape == (n // 2, width)       # 2 views: n head rows
-    counted[impl] = _dot_flops(
-        jax.make_jaxpr(train_step)(state, batch, key).jaxpr)
+      _worker_cfg(n, width, layers, block, impl), abstract=True
+    )
+    assert batch["x"].shape == (n // 2, width)  # 2 views: n head rows
+    counted[impl] = _dot_flops(jax.make_jaxpr(train_step)(state, batch, key).jaxpr)
   assert counted["dense"] == benchmark.model_flops(n, width, layers)
-  assert counted["blockwise"] == benchmark.executed_flops(
-      n, width, layers, "blockwise")
-  assert counted["blockwise"] > counted["dense"]      # it recomputes blocks
+  assert counted["blockwise"] == benchmark.executed_flops(n, width, layers, "blockwise")
+  assert counted["blockwise"] > counted["dense"]  # it recomputes blocks
 
 
 def test_step_config_is_the_library_step_without_backbone_or_projector():
   config = benchmark.step_config(_worker_cfg(64, 16, 2, 16, "blockwise"))
-  assert (config.backbone, config.embed_dim, config.loss) == (
-      "identity", 0, "jsd")
+  assert (config.backbone, config.embed_dim, config.loss) == ("identity", 0, "jsd")
   assert (config.num_views, config.augment_strength) == (2, 0.0)
-  assert (config.optimizer, config.weight_decay, config.schedule) == (
-      "adamw", 0.0, "constant")
+  assert (config.optimizer, config.weight_decay, config.schedule) == ("adamw", 0.0, "constant")
   assert config.head.implementation == "blockwise"
-  _, (state, _, _) = benchmark._build_step(
-      _worker_cfg(64, 16, 2, 16, "dense"), abstract=True)
-  assert set(state.params) == {"head"}                # nothing but the head
+  _, (state, _, _) = benchmark._build_step(_worker_cfg(64, 16, 2, 16, "dense"), abstract=True)
+  assert set(state.params) == {"head"}  # nothing but the head
   with pytest.raises(ValueError, match="multiple of num_views"):
     benchmark._build_step(_worker_cfg(63, 16, 2, 16, "dense"))
 
@@ -80,8 +73,7 @@ def test_step_config_is_the_library_step_without_backbone_or_projector():
 def test_worker_step_dense_and_blockwise_agree():
   losses = {}
   for impl in ("dense", "blockwise"):
-    r = benchmark.worker_step(_worker_cfg(64, 16, 2, 16, impl, repeats=2,
-                                          warmup=1))
+    r = benchmark.worker_step(_worker_cfg(64, 16, 2, 16, impl, repeats=2, warmup=1))
     assert r["step_s"] > 0 and len(r["step_times_s"]) == 2
     assert r["plan_bytes"]["total"] > 0
     losses[impl] = r["loss"]
@@ -101,30 +93,52 @@ def test_configs_reject_unknown_args():
 
 
 def test_largest_n_within_doubles_then_bisects():
-  plan = lambda n: 1000 + 3 * n          # bytes, increasing in n
+  plan = lambda n: 1000 + 3 * n  # bytes, increasing in n
   n, probes = benchmark.largest_n_within(1000 + 3 * 700, plan, 64)
-  assert n == 640                         # largest multiple of 64 ≤ 700
+  assert n == 640  # largest multiple of 64 ≤ 700
   assert plan(n) <= 1000 + 3 * 700 < plan(n + 64)
   assert len(probes) < 10
-  assert benchmark.largest_n_within(10, plan, 64)[0] == 0     # nothing fits
+  assert benchmark.largest_n_within(10, plan, 64)[0] == 0  # nothing fits
   assert benchmark.largest_n_within(10**9, lambda n: None, 64)[0] is None
   assert benchmark.largest_n_within(10**12, plan, 64, n_max=4096)[0] == 4096
 
 
 def test_markdown_marks_skipped_and_failed_configs():
   report = {
-      "device": "cpu:0", "layers": 2, "block_size": 16,
-      "compute_dtype": "none", "xla_cpu_scheduler": "memory",
-      "load_start": [0, 0, 0], "load_end": [0, 0, 0],
-      "matmul": [{"size": 64, "dtype": "float32", "flops_per_s": 2e9}],
-      "matmul_peak_flops_per_s": 2e9,
-      "results": [
-          {"implementation": "dense", "n": 64, "width": 8, "step_s": 0.5,
-           "model_flops": 1e9, "plan_bytes": {"total": 2**30}},
-          {"implementation": "dense", "n": 8192, "width": 8,
-           "model_flops": 1e12, "skipped": "needs 30 GiB"},
-          {"implementation": "blockwise", "n": 8192, "width": 8,
-           "model_flops": 1e12, "error": "timed out after 5 s"}]}
+    "device": "cpu:0",
+    "layers": 2,
+    "block_size": 16,
+    "compute_dtype": "none",
+    "xla_cpu_scheduler": "memory",
+    "load_start": [0, 0, 0],
+    "load_end": [0, 0, 0],
+    "matmul": [{"size": 64, "dtype": "float32", "flops_per_s": 2e9}],
+    "matmul_peak_flops_per_s": 2e9,
+    "results": [
+      {
+        "implementation": "dense",
+        "n": 64,
+        "width": 8,
+        "step_s": 0.5,
+        "model_flops": 1e9,
+        "plan_bytes": {"total": 2**30},
+      },
+      {
+        "implementation": "dense",
+        "n": 8192,
+        "width": 8,
+        "model_flops": 1e12,
+        "skipped": "needs 30 GiB",
+      },
+      {
+        "implementation": "blockwise",
+        "n": 8192,
+        "width": 8,
+        "model_flops": 1e12,
+        "error": "timed out after 5 s",
+      },
+    ],
+  }
   md = benchmark.markdown(report)
   assert "| dense | 8 | 64 | 0.500 | 1.0 | 2.0 | 100% | 1.00 |" in md
   assert "needs 30 GiB" in md and "timed out after 5 s" in md
@@ -138,7 +152,9 @@ def test_tiny_benchmark_run_writes_json_and_markdown(tmp_path):
     saved = json.load(f)
   assert saved["xla_cpu_scheduler"] == "memory"
   assert [(r["implementation"], r["n"]) for r in saved["results"]] == [
-      ("dense", 64), ("blockwise", 64)]
+    ("dense", 64),
+    ("blockwise", 64),
+  ]
   for r in saved["results"]:
     assert "error" not in r and r["step_s"] > 0, r
     assert r["plan_bytes"]["total"] > 0
@@ -155,11 +171,9 @@ def test_tiny_benchmark_run_writes_json_and_markdown(tmp_path):
 
 
 def test_tiny_input_benchmark_measures_every_path(tmp_path):
-  rows = benchmark_input.run(input_config("tiny"), str(tmp_path),
-                             progress=False)
+  rows = benchmark_input.run(input_config("tiny"), str(tmp_path), progress=False)
   assert [r["dataset"] for r in rows] == ["subspaces_tiny"]
-  for col in ("make_dataset", "train_batches", "+ device_prefetch",
-              "+ views"):
+  for col in ("make_dataset", "train_batches", "+ device_prefetch", "+ views"):
     assert rows[0][col] > 0, col
   assert os.path.exists(tmp_path / "results.md")
   with open(tmp_path / "results.json") as f:

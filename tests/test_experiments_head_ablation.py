@@ -36,14 +36,27 @@ def test_default_grid_is_the_protocol():
   for target in ("transfusion", "transfusion_ssl"):
     grid = head_ablation.relu_grid(c, target)
     assert [(r["head.final_projection"], r["head.num_layers"]) for r in grid] == [
-        (p, n) for p in ("learned", "tied", "norm", "none") for n in (1, 3)]
+      (p, n) for p in ("learned", "tied", "norm", "none") for n in (1, 3)
+    ]
     assert {r["head.activation"] for r in grid} == {"relu"}
   t = training_config(c, "transfusion", head_ablation.relu_grid(c, "transfusion")[0])
-  assert (t.loss, t.label_fraction, t.labels_in_loss, t.augment_strength,
-          t.learning_rate, t.num_steps) == ("jsd", 1.0, True, 0.1, 2e-3, 800)
+  assert (
+    t.loss,
+    t.label_fraction,
+    t.labels_in_loss,
+    t.augment_strength,
+    t.learning_rate,
+    t.num_steps,
+  ) == ("jsd", 1.0, True, 0.1, 2e-3, 800)
   s = training_config(c, "transfusion_ssl", head_ablation.relu_grid(c, "transfusion_ssl")[0])
-  assert (s.loss, s.label_fraction, s.labels_in_loss, s.augment_strength,
-          s.learning_rate, s.num_steps) == ("jsd", None, False, 0.1, 1e-3, 1600)
+  assert (
+    s.loss,
+    s.label_fraction,
+    s.labels_in_loss,
+    s.augment_strength,
+    s.learning_rate,
+    s.num_steps,
+  ) == ("jsd", None, False, 0.1, 1e-3, 1600)
   assert c.budget.target == "transfusion_ssl" and tuple(c.budget.steps) == (4000,)
   with pytest.raises(ValueError, match="unknown config argument"):
     get_config("huge")
@@ -51,6 +64,7 @@ def test_default_grid_is_the_protocol():
 
 def test_every_setting_is_a_valid_training_config(clean_activations):
   from tfjax.config import validate
+
   for arg in ("", "quick", "tiny"):
     c = get_config(arg)
     for act in c.comparison_activations:
@@ -69,7 +83,8 @@ def test_exp_activations_are_softmax_over_cosines(clean_activations):
   k = jax.random.normal(jax.random.key(1), (9, 5))
   q64, k64 = np.asarray(q, np.float64), np.asarray(k, np.float64)
   cos = (q64 / np.linalg.norm(q64, axis=1, keepdims=True)) @ (
-      k64 / np.linalg.norm(k64, axis=1, keepdims=True)).T
+    k64 / np.linalg.norm(k64, axis=1, keepdims=True)
+  ).T
   for name, temperature in (("exp", 1.0), ("exp_t0.1", 0.1), ("exp_t2", 2.0)):
     assert head_ablation.exp_temperature(name) == temperature
     head_ablation.register_activation(name)
@@ -87,8 +102,8 @@ def test_exp_activations_are_softmax_over_cosines(clean_activations):
 
 def test_register_activation_keeps_same_and_refuses_other(clean_activations):
   f = head_ablation.register_activation("exp")
-  assert head_ablation.register_activation("exp") is f        # idempotent
-  ACTIVATIONS["exp_t0.5"] = jnp.square                         # someone else's
+  assert head_ablation.register_activation("exp") is f  # idempotent
+  ACTIVATIONS["exp_t0.5"] = jnp.square  # someone else's
   with pytest.raises(ValueError, match="already registered"):
     head_ablation.register_activation("exp_t0.5")
   for bad in ("exp_t0", "exp_t-1", "exp_tx", "softmax"):
@@ -98,7 +113,7 @@ def test_register_activation_keeps_same_and_refuses_other(clean_activations):
 
 def test_best_and_margin():
   rows = [{"knn": 0.7}, {"knn": 0.9}, {"knn": 0.9}, {"knn": 0.8}]
-  assert head_ablation.best(rows) == [rows[1]]                 # first of a tie
+  assert head_ablation.best(rows) == [rows[1]]  # first of a tie
   assert head_ablation.best(rows, 3) == [rows[1], rows[2], rows[3]]
   base = {"knn": 0.70, "knn_std": 0.03}
   row = {"knn": 0.80, "knn_std": 0.04}
@@ -119,13 +134,14 @@ def test_tiny_ablation_end_to_end(tmp_path, clean_activations):
   targets = ["transfusion", "transfusion_ssl"]
   relu = [r for r in rows if r["part"] == "relu"]
   assert [(r["target"], r["projection"], r["layers"]) for r in relu] == [
-      (t, p, n) for t in targets for p in c.projections for n in c.layers]
+    (t, p, n) for t in targets for p in c.projections for n in c.layers
+  ]
   for r in rows + summary["budget"]:
     assert r["evaluated_on"] == "validation" and r["seeds"] == c.seeds
     for key in ("knn", "linear", "knn_head"):
       assert 0.0 <= r[key] <= 1.0 and r[f"{key}_std"] >= 0.0, (r["form"], key)
     assert 0.0 <= r["uniform_rows"] <= 1.0
-    assert 0.0 <= r["final_loss"] <= math.log(2) + 1e-6       # JSD is ≤ log 2
+    assert 0.0 <= r["final_loss"] <= math.log(2) + 1e-6  # JSD is ≤ log 2
     assert "margin_sigma" in r
   # The comparison runs at each target's best ReLU form.
   for t in targets:
@@ -136,7 +152,8 @@ def test_tiny_ablation_end_to_end(tmp_path, clean_activations):
     comp = [r for r in rows if r["target"] == t and r["part"] == "comparison"]
     assert [r["activation"] for r in comp] == list(c.comparison_activations)
     assert {(r["projection"], r["layers"]) for r in comp} == {
-        (head_ablation.best(grid)[0]["projection"], head_ablation.best(grid)[0]["layers"])}
+      (head_ablation.best(grid)[0]["projection"], head_ablation.best(grid)[0]["layers"])
+    }
   # Budget: the best self-supervised form at the recipe's steps, then longer.
   budget = summary["budget"]
   assert [r["steps"] for r in budget] == [c.runs.transfusion_ssl.num_steps, 20]
@@ -147,7 +164,7 @@ def test_tiny_ablation_end_to_end(tmp_path, clean_activations):
   # Every run's own results say it was scored on the held-out split.
   paths = list((tmp_path / "runs").rglob("results.json"))
   comparisons = len(targets) * len(c.comparison_activations)
-  assert len(paths) == c.seeds * (len(relu) + comparisons + 1)   # + 1 budget
+  assert len(paths) == c.seeds * (len(relu) + comparisons + 1)  # + 1 budget
   for path in paths:
     assert json.loads(path.read_text())["evaluated_on"] == "validation", path
   md = (tmp_path / "results.md").read_text()

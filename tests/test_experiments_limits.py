@@ -41,8 +41,9 @@ def test_empirical_cosines_match_theory():
   cp, co = limits.empirical_cosines(rng, c, 1.0, 1.5, n=4000)
   # SE of a mean cosine over 4000 pairs at d=256 is < 0.002
   assert cp == pytest.approx(float(theory.expected_cosine(1.0, 1.5, 0.2, 256.0)), abs=0.01)
-  assert co == pytest.approx(float(theory.expected_cosine(
-      1.0, 1.5, 0.2, 256.0, pair="other_class")), abs=0.01)
+  assert co == pytest.approx(
+    float(theory.expected_cosine(1.0, 1.5, 0.2, 256.0, pair="other_class")), abs=0.01
+  )
 
 
 def test_grid_point_configs_are_valid_and_views_follow_the_model():
@@ -67,7 +68,7 @@ def test_grid_point_configs_are_valid_and_views_follow_the_model():
   fn = get_augmentation("isotropic_noise", "vector")
   keys = jax.random.split(jax.random.key(0), 2000)
   diff = np.asarray(jax.vmap(fn, in_axes=(0, None, None))(keys, x, s)) - x
-  assert np.mean(np.sum(diff ** 2, 1)) == pytest.approx(s ** 2, rel=0.02)
+  assert np.mean(np.sum(diff**2, 1)) == pytest.approx(s**2, rel=0.02)
   # Sources: labels i.i.d. uniform (not balanced), noise of norm σ.
   rng = np.random.default_rng(0)
   c = limits.equicorrelated_centres(rng, 4, d, 0.0)
@@ -81,8 +82,13 @@ def test_grid_point_configs_are_valid_and_views_follow_the_model():
 def test_tiny_run_writes_sane_results(tmp_path):
   cfg = get_config("tiny")
   out = limits.run(cfg, str(tmp_path), progress=False)
-  for name in ("limits_augmentation.png", "limits_batch.png",
-               "limits_coverage.png", "results.md", "results.json"):
+  for name in (
+    "limits_augmentation.png",
+    "limits_batch.png",
+    "limits_coverage.png",
+    "results.md",
+    "results.json",
+  ):
     assert os.path.getsize(tmp_path / name) > 0, name
   text = (tmp_path / "results.md").read_text()
   assert "predicted" in text and "measured" in text and "## Notes" in text
@@ -98,22 +104,25 @@ def test_tiny_run_writes_sane_results(tmp_path):
   assert aug["measured_s_max"] in cfg.s_grid
   assert bat["measured_n_min"] in cfg.n_grid
   m = cfg.model
-  assert aug["predicted_s_max_other"] == pytest.approx(float(theory.max_augmentation(
-      m.sigma, m.rho, m.dim, margin_z=2.0)))
+  assert aug["predicted_s_max_other"] == pytest.approx(
+    float(theory.max_augmentation(m.sigma, m.rho, m.dim, margin_z=2.0))
+  )
   assert bat["predicted_n_min"] == theory.min_batch_size(m.num_classes, cfg.delta)
   # self-supervised with 2 views: every row is covered, exactly
   assert all(r["uncovered"] == 0.0 for r in aug["rows"])
   for r in bat["rows"]:
-    assert r["steps"] == cfg.num_steps   # one rows_without_positive per step
+    assert r["steps"] == cfg.num_steps  # one rows_without_positive per step
     # steps·n rows, treated as independent (the run is seeded, so this is
     # deterministic): 5 binomial standard errors
-    se = math.sqrt(r["uncovered_theory"] * (1 - r["uncovered_theory"])
-                   / (cfg.num_steps * r["n"]))
+    se = math.sqrt(r["uncovered_theory"] * (1 - r["uncovered_theory"]) / (cfg.num_steps * r["n"]))
     assert abs(r["uncovered"] - r["uncovered_theory"]) <= 5 * se
   assert data["batch"]["predicted_n_min"] == bat["predicted_n_min"]
   # Every grid point went through the one training loop with its own config.
-  for name, views, strength in (("aug_s1", 2, 1.0), ("aug_s4", 2, 4.0),
-                                ("batch_n4", 1, cfg.s_batch)):
+  for name, views, strength in (
+    ("aug_s1", 2, 1.0),
+    ("aug_s4", 2, 4.0),
+    ("batch_n4", 1, cfg.s_batch),
+  ):
     run_cfg = json.loads((tmp_path / name / "config.json").read_text())
     assert run_cfg["num_views"] == views and run_cfg["augment_strength"] == strength
     assert (tmp_path / name / "metrics.jsonl").stat().st_size > 0

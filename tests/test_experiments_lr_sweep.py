@@ -15,13 +15,20 @@ from experiments.configs.lr_sweep import get_config
 def test_lr_sweep_tiny_writes_sane_results(tmp_path):
   c = get_config("tiny")
   report = lr_sweep.run(c, str(tmp_path), progress=False)
-  for name in ("lr_sweep_accuracy.png", "lr_sweep_variance.png", "lr_sweep_table3.png",
-               "lr_sweep_mechanism_subspaces_tiny.png", "results.md", "results.json"):
+  for name in (
+    "lr_sweep_accuracy.png",
+    "lr_sweep_variance.png",
+    "lr_sweep_table3.png",
+    "lr_sweep_mechanism_subspaces_tiny.png",
+    "results.md",
+    "results.json",
+  ):
     assert os.path.getsize(tmp_path / name) > 0, name
   entry = report["datasets"]["subspaces_tiny"]
   assert entry["grid"] == [0.01, 1.0]
-  assert set(entry["sweep"]) == {f"info_nce|{o}|{lr:g}" for o in ("no", "yes")
-                                 for lr in (0.01, 1.0)}
+  assert set(entry["sweep"]) == {
+    f"info_nce|{o}|{lr:g}" for o in ("no", "yes") for lr in (0.01, 1.0)
+  }
   for s in list(entry["sweep"].values()) + list(entry["test"].values()):
     if s["status"] == "ok":
       for k in ("finetune@0.1", "finetune@0.5", "finetune@1", "knn", "variance"):
@@ -30,12 +37,16 @@ def test_lr_sweep_tiny_writes_sane_results(tmp_path):
   # the test stage retrained each variant at its validation-chosen lr
   for variant in ("no", "yes"):
     lr = entry["chosen_lr"][f"info_nce|{variant}"]
-    best = max((float(k.split("|")[2]), s["finetune@0.1"])
-               for k, s in entry["sweep"].items()
-               if k.startswith(f"info_nce|{variant}|") and s["finetune@0.1"] is not None)
+    best = max(
+      (float(k.split("|")[2]), s["finetune@0.1"])
+      for k, s in entry["sweep"].items()
+      if k.startswith(f"info_nce|{variant}|") and s["finetune@0.1"] is not None
+    )
     assert entry["sweep"][f"info_nce|{variant}|{lr:g}"]["finetune@0.1"] == max(
-        s["finetune@0.1"] for k, s in entry["sweep"].items()
-        if k.startswith(f"info_nce|{variant}|") and s["finetune@0.1"] is not None), best
+      s["finetune@0.1"]
+      for k, s in entry["sweep"].items()
+      if k.startswith(f"info_nce|{variant}|") and s["finetune@0.1"] is not None
+    ), best
   # every run: the authors' protocol, sweep on validation, test on test
   sweep_dir = tmp_path / "subspaces_tiny" / "sweep"
   with open(sweep_dir / "oar_info_nce_lr0.01_s0" / "config.json") as f:
@@ -52,8 +63,7 @@ def test_lr_sweep_tiny_writes_sane_results(tmp_path):
   with open(tmp_path / "subspaces_tiny" / "test" / test_dirs[0] / "config.json") as f:
     assert json.load(f)["validation_fraction"] is None
   # the mechanism is logged per step
-  rows = [json.loads(line) for line in
-          open(sweep_dir / "oar_info_nce_lr0.01_s0" / "metrics.jsonl")]
+  rows = [json.loads(line) for line in open(sweep_dir / "oar_info_nce_lr0.01_s0" / "metrics.jsonl")]
   assert all(r["oar_grad_norm"] > 0 and r["param_norm"] > 0 for r in rows)
   verdicts = {v["claim"]: v["verdict"] for v in entry["verdicts"]}
   assert len(verdicts) == 3
@@ -72,36 +82,46 @@ def _summary(mean, std=0.0, variance=0.9):
 
 def test_verdicts_follow_their_rules():
   # InfoNCE collapses at lr 10; OAR keeps variance and beats it by > 2 sd.
-  sweep = {("info_nce", "no"): {0.1: _summary(.8), 10.0: _summary(.1, .01, variance=.02)},
-           ("info_nce", "yes"): {0.1: _summary(.85), 10.0: _summary(.6, .01, variance=.8)}}
-  test = {("info_nce", "no"): _summary(.80, .01), ("info_nce", "yes"): _summary(.81, .01)}
-  v = {d["claim"]: d["verdict"] for d in
-       lr_sweep.verdicts(sweep, test, ["info_nce"], [0.1, 10.0], 0.1)}
+  sweep = {
+    ("info_nce", "no"): {0.1: _summary(0.8), 10.0: _summary(0.1, 0.01, variance=0.02)},
+    ("info_nce", "yes"): {0.1: _summary(0.85), 10.0: _summary(0.6, 0.01, variance=0.8)},
+  }
+  test = {("info_nce", "no"): _summary(0.80, 0.01), ("info_nce", "yes"): _summary(0.81, 0.01)}
+  v = {
+    d["claim"]: d["verdict"] for d in lr_sweep.verdicts(sweep, test, ["info_nce"], [0.1, 10.0], 0.1)
+  }
   assert v["SimCLR (InfoNCE) collapses at a high learning rate"] == "reproduced"
   assert v["OAR prevents SimCLR (InfoNCE)'s collapse"] == "reproduced"
-  assert v["OAR improves SimCLR (InfoNCE)'s accuracy at 10 % labels"] == \
-      "not reproduced (within the seed spread)"
+  assert (
+    v["OAR improves SimCLR (InfoNCE)'s accuracy at 10 % labels"]
+    == "not reproduced (within the seed spread)"
+  )
   # OAR collapses too: not reproduced; a clear OAR win at test: reproduced.
-  sweep[("info_nce", "yes")][10.0] = _summary(.1, .01, variance=.03)
-  test[("info_nce", "yes")] = _summary(.90, .01)
-  v = {d["claim"]: d["verdict"] for d in
-       lr_sweep.verdicts(sweep, test, ["info_nce"], [0.1, 10.0], 0.1)}
+  sweep[("info_nce", "yes")][10.0] = _summary(0.1, 0.01, variance=0.03)
+  test[("info_nce", "yes")] = _summary(0.90, 0.01)
+  v = {
+    d["claim"]: d["verdict"] for d in lr_sweep.verdicts(sweep, test, ["info_nce"], [0.1, 10.0], 0.1)
+  }
   assert v["OAR prevents SimCLR (InfoNCE)'s collapse"] == "not reproduced"
   assert v["OAR improves SimCLR (InfoNCE)'s accuracy at 10 % labels"] == "reproduced"
   # nothing collapses: the rescue is untestable; OAR far below: reversed.
-  sweep[("info_nce", "no")][10.0] = _summary(.5, variance=.5)
-  test[("info_nce", "yes")] = _summary(.60, .01)
-  v = {d["claim"]: d["verdict"] for d in
-       lr_sweep.verdicts(sweep, test, ["info_nce"], [0.1, 10.0], 0.1)}
-  assert v["SimCLR (InfoNCE) collapses at a high learning rate"] == \
-      "not reproduced in the region searched"
+  sweep[("info_nce", "no")][10.0] = _summary(0.5, variance=0.5)
+  test[("info_nce", "yes")] = _summary(0.60, 0.01)
+  v = {
+    d["claim"]: d["verdict"] for d in lr_sweep.verdicts(sweep, test, ["info_nce"], [0.1, 10.0], 0.1)
+  }
+  assert (
+    v["SimCLR (InfoNCE) collapses at a high learning rate"]
+    == "not reproduced in the region searched"
+  )
   assert v["OAR prevents SimCLR (InfoNCE)'s collapse"] == "untestable here"
   assert v["OAR improves SimCLR (InfoNCE)'s accuracy at 10 % labels"] == "reversed"
 
 
 def test_lr_grid_and_sizes():
-  np.testing.assert_allclose(lr_sweep.learning_rates(get_config("")),
-                             [10.0 ** e for e in range(-7, 1)])
+  np.testing.assert_allclose(
+    lr_sweep.learning_rates(get_config("")), [10.0**e for e in range(-7, 1)]
+  )
   quick = get_config("quick")
   assert lr_sweep.learning_rates(quick)[-1] >= 1.0 and quick.seeds == 3
   assert lr_sweep.learning_rates(types.SimpleNamespace(lrs=(0.3, 0.1))) == [0.1, 0.3]
@@ -126,6 +146,7 @@ def test_config_arg_picks_size_and_datasets():
 
 def test_run_configs_follow_the_authors_protocol():
   from tfjax.config import validate
+
   for arg in ("tiny", "quick", ""):
     config = get_config(arg)
     for dataset in lr_sweep.dataset_names(config):

@@ -19,8 +19,12 @@ def _tiny(loss="barlow_twins"):
 @pytest.mark.slow
 def test_overfusion_tiny_writes_sane_results(tmp_path):
   rows = overfusion.run(_tiny(), str(tmp_path), progress=False)
-  for name in ("overfusion_embeddings.png", "overfusion_variance.png",
-               "results.md", "results.json"):
+  for name in (
+    "overfusion_embeddings.png",
+    "overfusion_variance.png",
+    "results.md",
+    "results.json",
+  ):
     assert os.path.getsize(tmp_path / name) > 0, name
   assert [r["run"] for r in rows] == ["Barlow Twins", "OAR-Barlow Twins"]
   with open(tmp_path / "results.json") as f:
@@ -57,6 +61,7 @@ def test_overfusion_rejects_unknown_loss(tmp_path):
 
 def test_overfusion_run_configs_are_valid_and_match_the_recipe():
   from tfjax.config import validate
+
   config = get_config("tiny")
   for name in overfusion.loss_names(config):
     for oar in (False, True):
@@ -88,7 +93,7 @@ def test_make_data_is_seeded_balanced_lines():
   d = a["directions"][a["y_train"]]
   x = a["x_train"]
   resid = x - (x * d).sum(1, keepdims=True) * d
-  assert np.sqrt((resid ** 2).sum(1)).mean() < 2 * config.noise
+  assert np.sqrt((resid**2).sum(1)).mean() < 2 * config.noise
 
 
 @pytest.mark.slow

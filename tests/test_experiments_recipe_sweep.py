@@ -18,29 +18,47 @@ def test_full_grid_is_the_protocol():
   assert not c.eval.head_knn and not c.write_plots and c.steps_per_call == 1
   assert recipe_sweep.method_names(c) == list(METHODS)
   sizes = {m: [len(recipe_sweep.stage_grid(c, m, s)) for s in range(4)] for m in METHODS}
-  assert sizes == {"transfusion": [8, 3, 6, 3], "supcon": [8, 3, 3, 3],
-                   "simclr": [8, 3, 3, 3], "transfusion_ssl": [8, 3, 8, 3]}
+  assert sizes == {
+    "transfusion": [8, 3, 6, 3],
+    "supcon": [8, 3, 3, 3],
+    "simclr": [8, 3, 3, 3],
+    "transfusion_ssl": [8, 3, 8, 3],
+  }
   aug = recipe_sweep.stage_grid(c, "simclr", 0)
   assert {"augment": "signal", "augment_strength": 1.0} in aug
   assert recipe_sweep.setting_label(aug[-1]) == "signal 1"
   ssl = recipe_sweep.stage_grid(c, "transfusion_ssl", 2)
-  assert {"head.final_projection": "none", "head.activation": "square",
-          "head.fuse_within_view": True, "head.num_layers": 3} in ssl
+  assert {
+    "head.final_projection": "none",
+    "head.activation": "square",
+    "head.fuse_within_view": True,
+    "head.num_layers": 3,
+  } in ssl
   # The pre-sweep defaults are today's default.py values.
   assert recipe_sweep.default_recipe(c, "transfusion") == {
-      "augment": "vector", "augment_strength": 1.0, "learning_rate": 2e-3, "head.num_layers": 3,
-      "head.final_projection": "learned", "head.activation": "relu",
-      "head.fuse_within_view": False, "num_steps": 400}
+    "augment": "vector",
+    "augment_strength": 1.0,
+    "learning_rate": 2e-3,
+    "head.num_layers": 3,
+    "head.final_projection": "learned",
+    "head.activation": "relu",
+    "head.fuse_within_view": False,
+    "num_steps": 400,
+  }
   assert recipe_sweep.default_recipe(c, "simclr")["temperature"] == 0.1
   assert c.transfer.dataset == "mnist1d_shifted" and c.transfer.seeds == 3
   # The other registered methods can be tuned too: a temperature stage where
   # the registry says the method reads one, none otherwise.
-  assert {m: len(recipe_sweep.stage_grid(c, m, 2)) for m in
-          ("dcl", "barlow_twins", "vicreg")} == {"dcl": 3, "barlow_twins": 0, "vicreg": 0}
+  assert {m: len(recipe_sweep.stage_grid(c, m, 2)) for m in ("dcl", "barlow_twins", "vicreg")} == {
+    "dcl": 3,
+    "barlow_twins": 0,
+    "vicreg": 0,
+  }
 
 
 def test_every_setting_is_a_valid_training_config():
   from tfjax.config import validate
+
   for arg in ("", "tiny"):
     c = get_config(arg)
     for m in METHODS:

@@ -10,9 +10,8 @@ from experiments.configs.default import get_config
 def test_mean_std_matches_numpy_over_seeds():
   rng = np.random.default_rng()
   values = rng.normal(size=(4, 2))
-  per_seed = [{"knn": float(a), "linear": float(b), "evaluated_on": "test"}
-              for a, b in values]
-  per_seed[2]["linear"] = None                 # one seed without it: left out
+  per_seed = [{"knn": float(a), "linear": float(b), "evaluated_on": "test"} for a, b in values]
+  per_seed[2]["linear"] = None  # one seed without it: left out
   for ddof in (0, 1):
     out = report.mean_std(per_seed, ddof=ddof)
     assert set(out) == {"knn", "knn_std"}
@@ -26,7 +25,7 @@ def test_one_mean_std_format():
   assert report.pm(0.5) == "0.500" and report.pm(None) == "—"
   row = {"knn": 0.9, "knn_std": 0.01, "linear": 0.8, "seeds": 3}
   assert report.cell(row, "knn") == "0.900 ± 0.010"
-  assert report.cell(row, "linear") == "0.800"          # no spread recorded
+  assert report.cell(row, "linear") == "0.800"  # no spread recorded
   assert report.cell({**row, "seeds": 1}, "knn") == "0.900"
   assert report.cell(row, "missing") == ""
   table = report.markdown_table([report.formatted(row)], ["knn", "linear", "seeds"])
@@ -54,11 +53,20 @@ def test_seeds_count_from_the_config_seed():
 
 def test_recipe_keys_name_the_run_directories_of_earlier_work():
   """A rerun finds the runs it holds: the directory names stay as they are."""
-  form = {"head.final_projection": "none", "head.num_layers": 1,
-          "head.activation": "relu", "num_steps": 800}
+  form = {
+    "head.final_projection": "none",
+    "head.num_layers": 1,
+    "head.activation": "relu",
+    "num_steps": 800,
+  }
   assert runs.recipe_key(form) == "L1_projnone_actrelu_steps800"
-  recipe = {"num_steps": 1600, "learning_rate": 4e-3, "augment": "signal",
-            "augment_strength": 0.5, "head.fuse_within_view": True}
+  recipe = {
+    "num_steps": 1600,
+    "learning_rate": 4e-3,
+    "augment": "signal",
+    "augment_strength": 0.5,
+    "head.fuse_within_view": True,
+  }
   assert runs.recipe_key(recipe) == "signal_aug0.5_lr0.004_within1_steps1600"
 
 

@@ -24,17 +24,17 @@ def _np_adjacency(q, k, act):
 
 
 class ProjectionTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_no_projection_is_the_adjacency_of_the_fused_features(self):
     head = TransFusionHead(num_layers=3, final_projection="none")
     x = jax.random.normal(jax.random.key(0), (12, 6))
     params = head.init(jax.random.key(1), x)
-    assert "adjacency" not in params["params"]            # no parameters at all
+    assert "adjacency" not in params["params"]  # no parameters at all
     a = self.variant(head.apply)(params, x)
     fused = head.apply(params, x, method=TransFusionHead.fuse)
-    np.testing.assert_allclose(a, _np_adjacency(fused, fused, lambda c: np.maximum(c, 0)),
-                               rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(
+      a, _np_adjacency(fused, fused, lambda c: np.maximum(c, 0)), rtol=2e-5, atol=1e-6
+    )
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_square_activation_against_float64(self):
@@ -57,8 +57,9 @@ class ProjectionTest(chex.TestCase):
     ln = (x - x.mean(1, keepdims=True)) / jnp.sqrt(x.var(1, keepdims=True) + 1e-6)
     q = ln * params["norm"]["scale"] + params["norm"]["bias"]
     q = q @ params["query"]["kernel"] + params["query"]["bias"]
-    np.testing.assert_allclose(a, _np_adjacency(q, q, lambda c: np.maximum(c, 0)),
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+      a, _np_adjacency(q, q, lambda c: np.maximum(c, 0)), rtol=1e-4, atol=1e-6
+    )
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_norm_projection_is_layernorm_then_cosine_against_float64(self):
@@ -67,7 +68,7 @@ class ProjectionTest(chex.TestCase):
     x = jax.random.normal(jax.random.key(8), (11, 7)) * 3.0 + 1.5
     params = head.init(jax.random.key(9), x)
     block = params["params"]["adjacency"]
-    assert set(block) == {"norm"}                       # no query/key
+    assert set(block) == {"norm"}  # no query/key
     chex.assert_shape([block["norm"]["scale"], block["norm"]["bias"]], [(7,), (7,)])
     # Move the LayerNorm's affine parameters off their initial 1 / 0.
     k1, k2 = jax.random.split(jax.random.key(10))
@@ -82,8 +83,9 @@ class ProjectionTest(chex.TestCase):
     x64 = np.asarray(x, np.float64)
     mu = x64.mean(1, keepdims=True)
     var = ((x64 - mu) ** 2).mean(1, keepdims=True)
-    ln = (x64 - mu) / np.sqrt(var + 1e-6) * np.asarray(scale, np.float64) \
-        + np.asarray(bias, np.float64)
+    ln = (x64 - mu) / np.sqrt(var + 1e-6) * np.asarray(scale, np.float64) + np.asarray(
+      bias, np.float64
+    )
     want = _np_adjacency(ln, ln, lambda c: np.maximum(c, 0))
     np.testing.assert_allclose(a, want, rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(a).sum(1), 1.0, rtol=1e-6)
@@ -130,6 +132,7 @@ def test_config_accepts_every_projection():
   from tfjax.config import base_config, validate
   from tfjax.models import PROJECTIONS
   from tfjax.state import build_network
+
   assert PROJECTIONS == ("learned", "tied", "norm", "none")
   for projection in PROJECTIONS:
     c = base_config()
@@ -144,14 +147,14 @@ def test_config_accepts_every_projection():
 
 def test_fusion_within_each_view():
   head = TransFusionHead(num_layers=3, fuse_within_view=True)
-  x = jax.random.normal(jax.random.key(6), (10, 4))        # 2 views of 5 sources
+  x = jax.random.normal(jax.random.key(6), (10, 4))  # 2 views of 5 sources
   params = head.init(jax.random.key(7), x)
   both = head.apply(params, x, 2, method=TransFusionHead.fuse)
   v1 = head.apply(params, x[:5], method=TransFusionHead.fuse)
   v2 = head.apply(params, x[5:], method=TransFusionHead.fuse)
   np.testing.assert_allclose(both, jnp.concatenate([v1, v2]), rtol=1e-6, atol=1e-6)
   across = TransFusionHead(num_layers=3).apply(params, x, method=TransFusionHead.fuse)
-  assert float(jnp.abs(across - both).max()) > 1e-3        # attention spanned views
+  assert float(jnp.abs(across - both).max()) > 1e-3  # attention spanned views
   groups = jnp.tile(jnp.arange(5), 2)
   loss = head.apply(params, x, groups, None, 2, method=TransFusionHead.loss)
   assert 0.0 <= float(loss) <= np.log(2) + 1e-6
@@ -164,7 +167,7 @@ def test_fusion_within_each_view():
 def test_uniform_row_fraction_counts_dead_rows():
   rng = np.random.default_rng()
   x = rng.normal(size=(6, 4)).astype(np.float32)
-  x[2] = -x[2]                      # still has positive cosines with others...
+  x[2] = -x[2]  # still has positive cosines with others...
   a = np.asarray(tfjax.adjacency(jnp.asarray(x), jnp.asarray(x)))
   dead = np.array([[1.0, 0, 0], [-1.0, 0, 0], [0, 1.0, 0]], np.float32)
   # rows 0 and 1: cosines with the others are 0 or −1 -> no positive weight
@@ -176,8 +179,7 @@ def test_uniform_row_fraction_counts_dead_rows():
   # head.loss sows it
   head = TransFusionHead(num_layers=1, final_projection="none")
   z = jnp.asarray(dead)
-  _, sown = head.apply({}, z, jnp.arange(3), method=TransFusionHead.loss,
-                       mutable=["diagnostics"])
+  _, sown = head.apply({}, z, jnp.arange(3), method=TransFusionHead.loss, mutable=["diagnostics"])
   assert float(sown["diagnostics"]["uniform_rows"][0]) == 1.0
 
 

@@ -38,10 +38,17 @@ print(json.dumps({"step": out["step"], "peak_kib": int(peak.split()[1])}))
 
 def _peak_rss_kib(num_examples, workdir):
   env = dict(os.environ, XLA_FLAGS="", PYTHONPATH=ROOT)
-  out = subprocess.run([sys.executable, "-c", WORKER, str(num_examples), str(workdir)],
-                       capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+  out = subprocess.run(
+    [sys.executable, "-c", WORKER, str(num_examples), str(workdir)],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+    cwd=ROOT,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   import json
+
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result["step"] == 6
   return result["peak_kib"]
@@ -52,6 +59,5 @@ def _peak_rss_kib(num_examples, workdir):
 def test_peak_memory_does_not_grow_with_the_dataset(tmp_path):
   small = _peak_rss_kib(5_000, tmp_path / "small")
   large = _peak_rss_kib(50_000, tmp_path / "large")
-  print(f"peak RSS: 5,000 examples {small / 1024:.0f} MiB, "
-        f"50,000 examples {large / 1024:.0f} MiB")
+  print(f"peak RSS: 5,000 examples {small / 1024:.0f} MiB, 50,000 examples {large / 1024:.0f} MiB")
   assert abs(large - small) < 150 * 1024, (small, large)

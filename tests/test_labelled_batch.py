@@ -51,18 +51,36 @@ def test_labelled_batch_reads_only_labelled_examples_in_its_own_order():
 def test_labelled_batch_larger_than_the_labelled_subset_is_a_clear_error():
   source, _, y = _source()
   with pytest.raises(ValueError, match="labelled_batch_size 20 exceeds the 15"):
-    list(pipeline.train_batches(
-        source, seed=0, batch_size=10, start_step=0, end_step=2,
-        semi=np.where(np.arange(len(y)) % 4 == 0, y, -1), labelled_batch_size=20,
-        num_threads=0))
+    list(
+      pipeline.train_batches(
+        source,
+        seed=0,
+        batch_size=10,
+        start_step=0,
+        end_step=2,
+        semi=np.where(np.arange(len(y)) % 4 == 0, y, -1),
+        labelled_batch_size=20,
+        num_threads=0,
+      )
+    )
 
 
 def test_train_batches_add_the_labelled_batch_per_step_and_device():
   source, _, y = _source()
   semi = np.where(np.arange(len(y)) % 2 == 0, y, -1).astype(np.int32)
-  (first, count, b), = list(pipeline.train_batches(
-      source, seed=0, batch_size=8, start_step=5, end_step=6, semi=semi,
-      num_devices=4, labelled_batch_size=4, num_threads=0))
+  ((first, count, b),) = list(
+    pipeline.train_batches(
+      source,
+      seed=0,
+      batch_size=8,
+      start_step=5,
+      end_step=6,
+      semi=semi,
+      num_devices=4,
+      labelled_batch_size=4,
+      num_threads=0,
+    )
+  )
   assert (first, count) == (5, 1)
   chex.assert_shape(b["x"], (4, 2, 8))
   chex.assert_shape(b["labelled_x"], (4, 1, 8))
@@ -74,22 +92,33 @@ def test_config_checks_for_the_labelled_batch():
   with pytest.raises(ValueError, match="set oar_weight > 0"):
     validate(tiny_config(labelled_batch_size=4), 1)
   with pytest.raises(ValueError, match="divisible by the 4 devices"):
-    validate(tiny_config(labelled_batch_size=6, label_fraction=0.5,
-                                oar_weight=1.0, loss="info_nce"), 4)
+    validate(
+      tiny_config(labelled_batch_size=6, label_fraction=0.5, oar_weight=1.0, loss="info_nce"), 4
+    )
 
 
 def _batch(config, step=0, labelled=8):
   x, y, _, _ = toy_data()
   idx = batch_indices(0, step, len(x), config.batch_size)
   lidx = batch_indices(0, step, len(x), labelled, stream=1)
-  return {"x": x[idx], "semi_label": np.full(len(idx), -1, np.int32),
-          "labelled_x": x[lidx], "labelled_label": y[lidx]}
+  return {
+    "x": x[idx],
+    "semi_label": np.full(len(idx), -1, np.int32),
+    "labelled_x": x[lidx],
+    "labelled_label": y[lidx],
+  }
 
 
 def test_step_takes_oar_on_the_labelled_batch_and_logs_each_gradient():
-  config = tiny_config(loss="info_nce", label_fraction=0.1, oar_weight=0.7,
-                       labelled_batch_size=8, optimizer="sgd", learning_rate=0.1,
-                       temperature=0.1)
+  config = tiny_config(
+    loss="info_nce",
+    label_fraction=0.1,
+    oar_weight=0.7,
+    labelled_batch_size=8,
+    optimizer="sgd",
+    learning_rate=0.1,
+    temperature=0.1,
+  )
   state = fresh_state(config)
   batch = _batch(config)
   key = step_key(0, 0)
@@ -110,7 +139,8 @@ def test_step_takes_oar_on_the_labelled_batch_and_logs_each_gradient():
 
   def embed(params, x, stats):
     (_, z), new_stats = state.model.apply(
-        {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
+      {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+    )
     return z, new_stats["batch_stats"]
 
   def base_fn(params):
@@ -148,9 +178,14 @@ def test_without_oar_the_oar_gradient_is_zero():
 
 @pytest.mark.slow
 def test_labelled_batch_on_four_devices_equals_one():
-  config = tiny_config(loss="info_nce", label_fraction=0.5, oar_weight=1.0,
-                       labelled_batch_size=8, optimizer="sgd", learning_rate=0.05,
-)
+  config = tiny_config(
+    loss="info_nce",
+    label_fraction=0.5,
+    oar_weight=1.0,
+    labelled_batch_size=8,
+    optimizer="sgd",
+    learning_rate=0.05,
+  )
   batches = [_batch(config, s) for s in range(2)]
 
   def run(num_devices):
@@ -171,8 +206,9 @@ def test_labelled_batch_on_four_devices_equals_one():
 
 
 def test_loop_trains_with_a_labelled_batch(tmp_path):
-  config = tiny_config(loss="info_nce", label_fraction=0.25, oar_weight=1.0,
-                       labelled_batch_size=8, num_steps=4)
+  config = tiny_config(
+    loss="info_nce", label_fraction=0.25, oar_weight=1.0, labelled_batch_size=8, num_steps=4
+  )
   res = train.train_and_evaluate(config, str(tmp_path), progress=False, data=toy_data())
   rows = read_metrics(str(tmp_path / "metrics.jsonl"))
   assert rows and all(r["oar_grad_norm"] > 0 and r["base_grad_norm"] > 0 for r in rows)

@@ -43,8 +43,7 @@ def np_dcl(z1, z2, tau):
   total = 0.0
   for a in range(two_n):
     p = (a + n) % two_n
-    denom = sum(np.exp(u[a] @ u[k] / tau) for k in range(two_n)
-                if k not in (a, p))
+    denom = sum(np.exp(u[a] @ u[k] / tau) for k in range(two_n) if k not in (a, p))
     total += -u[a] @ u[p] / tau + np.log(denom)
   return total / two_n
 
@@ -66,7 +65,8 @@ def np_supcon(z, y, tau):
 def np_barlow(z1, z2, lam, eps=1e-5):
   def std(z):
     z = np.asarray(z, np.float64)
-    return (z - z.mean(0)) / np.sqrt(z.var(0) + eps)   # biased variance
+    return (z - z.mean(0)) / np.sqrt(z.var(0) + eps)  # biased variance
+
   a, b = std(z1), std(z2)
   c = a.T @ b / len(a)
   d = c.shape[0]
@@ -85,7 +85,7 @@ def np_vicreg(z1, z2, sim=25.0, std=25.0, cov=1.0, eps=1e-4):
     c = np.cov(z, rowvar=False, ddof=1)
     s = np.sqrt(np.var(z, axis=0, ddof=1) + eps)
     off = c - np.diag(np.diag(c))
-    return np.mean(np.maximum(0, 1 - s)), np.sum(off ** 2) / d
+    return np.mean(np.maximum(0, 1 - s)), np.sum(off**2) / d
 
   s1, c1 = terms(z1)
   s2, c2 = terms(z2)
@@ -111,15 +111,17 @@ def _views(seed, n=6, d=5, noise=0.5):
 
 
 class LossesVsNumpyTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_two_view_losses(self):
     z1, z2 = _views(0)
-    fn = self.variant(lambda a, b: (
+    fn = self.variant(
+      lambda a, b: (
         losses.info_nce(a, b, temperature=0.2),
         losses.dcl(a, b, temperature=0.2),
         losses.barlow_twins(a, b, lambda_offdiag=0.1),
-        losses.vicreg(a, b)))
+        losses.vicreg(a, b),
+      )
+    )
     got = fn(z1, z2)
     for g in got:
       chex.assert_shape(g, ())
@@ -137,13 +139,12 @@ class LossesVsNumpyTest(chex.TestCase):
     # OAR: a few unlabelled (−1) rows.
     y_oar = np.array([0, -1, 2, 0, 1, -1, 3, 1, 2, -1], np.int32)
     anchors = np.asarray(losses.orthonormal_anchors(jax.random.key(3), 4, 6))
-    fn = self.variant(lambda z, y, y_oar, a: (
-        losses.supcon(z, y, temperature=0.3),
-        losses.oar_loss(z, y_oar, a)))
+    fn = self.variant(
+      lambda z, y, y_oar, a: (losses.supcon(z, y, temperature=0.3), losses.oar_loss(z, y_oar, a))
+    )
     sc, oar = fn(z, y, y_oar, anchors)
     np.testing.assert_allclose(sc, np_supcon(z, y, 0.3), RTOL, ATOL)
     np.testing.assert_allclose(oar, np_oar(z, y_oar, anchors), RTOL, ATOL)
-
 
 
 def test_edge_cases_are_finite():
@@ -152,20 +153,28 @@ def test_edge_cases_are_finite():
   # One jit compile for all of it (eager differentiation is slow on CPU).
   z1, z2 = _views(2, n=4, d=3)
   z1[1] = 0.0
-  y = np.arange(4, dtype=np.int32)                      # no positive
+  y = np.arange(4, dtype=np.int32)  # no positive
   unl = -np.ones(4, np.int32)
   a = np.asarray(losses.orthonormal_anchors(jax.random.key(0), 2, 3))
 
   def all_losses(p, q):
-    return (losses.info_nce(p, q) + losses.dcl(p, q)
-            + losses.barlow_twins(p, q) + losses.vicreg(p, q)
-            + losses.supcon(p, y) + losses.oar_loss(p, unl, a))
+    return (
+      losses.info_nce(p, q)
+      + losses.dcl(p, q)
+      + losses.barlow_twins(p, q)
+      + losses.vicreg(p, q)
+      + losses.supcon(p, y)
+      + losses.oar_loss(p, unl, a)
+    )
 
   @jax.jit
   def run(p, q):
-    return (jax.value_and_grad(all_losses, argnums=(0, 1))(p, q),
-            losses.supcon(p, y), losses.oar_loss(p, unl, a),
-            jax.grad(lambda r: losses.oar_loss(r, unl, a))(p))
+    return (
+      jax.value_and_grad(all_losses, argnums=(0, 1))(p, q),
+      losses.supcon(p, y),
+      losses.oar_loss(p, unl, a),
+      jax.grad(lambda r: losses.oar_loss(r, unl, a))(p),
+    )
 
   (val, grads), sc, oar, g_oar = run(z1, z2)
   assert np.isfinite(val)
@@ -173,7 +182,7 @@ def test_edge_cases_are_finite():
     assert np.all(np.isfinite(g))
   assert float(sc) == 0.0
   assert float(oar) == 0.0
-  np.testing.assert_array_equal(g_oar, 0.0)   # nothing labelled: no pull
+  np.testing.assert_array_equal(g_oar, 0.0)  # nothing labelled: no pull
 
 
 # ----------------------------------------------------------------------------
@@ -182,30 +191,27 @@ def test_edge_cases_are_finite():
 
 def test_known_values_orthogonal_embeddings():
   n, tau = 4, 0.5
-  e = np.eye(6, dtype=np.float32)[:n] * 3.0      # unnormalised, orthogonal
+  e = np.eye(6, dtype=np.float32)[:n] * 3.0  # unnormalised, orthogonal
   # NT-Xent: positive cosine 1, the 2N−2 negatives cosine 0.
   want = np.log(1 + (2 * n - 2) * np.exp(-1 / tau))
-  np.testing.assert_allclose(losses.info_nce(e, e, temperature=tau), want,
-                             rtol=1e-6)
+  np.testing.assert_allclose(losses.info_nce(e, e, temperature=tau), want, rtol=1e-6)
   # DCL: −1/τ + log(2N−2).
-  np.testing.assert_allclose(losses.dcl(e, e, temperature=tau),
-                             -1 / tau + np.log(2 * n - 2), rtol=1e-6)
+  np.testing.assert_allclose(
+    losses.dcl(e, e, temperature=tau), -1 / tau + np.log(2 * n - 2), rtol=1e-6
+  )
   # SupCon with source ids on the flattened views = NT-Xent.
   z = np.concatenate([e, e])
   ids = np.concatenate([np.arange(n), np.arange(n)]).astype(np.int32)
-  np.testing.assert_allclose(losses.supcon(z, ids, temperature=tau), want,
-                             rtol=1e-6)
+  np.testing.assert_allclose(losses.supcon(z, ids, temperature=tau), want, rtol=1e-6)
 
 
 def test_known_values_redundancy_losses():
   # Columns of a 4×4 Hadamard matrix (minus the constant one): zero mean,
   # biased variance 1, mutually orthogonal features.
-  h = np.array([[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1],
-                [1, -1, -1, 1]], np.float32)[:, 1:]
+  h = np.array([[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]], np.float32)[:, 1:]
   eps = 1e-5
   # Barlow Twins with z2 = −z1: C = −I/(1+eps), loss = d (1 + 1/(1+eps))².
-  np.testing.assert_allclose(losses.barlow_twins(h, -h),
-                             3 * (1 + 1 / (1 + eps)) ** 2, rtol=1e-6)
+  np.testing.assert_allclose(losses.barlow_twins(h, -h), 3 * (1 + 1 / (1 + eps)) ** 2, rtol=1e-6)
   # VICReg with z1 = z2 = h/2: no invariance or covariance term; unbiased
   # variance (1/4)(4/3) = 1/3, so the variance hinge is 25 (1 − sqrt(1/3+eps)).
   want = 25.0 * (1 - np.sqrt(1 / 3 + 1e-4))
@@ -220,8 +226,7 @@ def test_known_values_oar():
   np.testing.assert_allclose(losses.oar_loss(2.0 * a, y, a), 0.0, atol=1e-6)
   np.testing.assert_allclose(losses.oar_loss(-a, y, a), 2.0, atol=1e-6)
   # Each row on another class's anchor: orthogonal, cos = 0.
-  np.testing.assert_allclose(losses.oar_loss(a[jnp.array([1, 2, 0])], y, a),
-                             1.0, atol=1e-6)
+  np.testing.assert_allclose(losses.oar_loss(a[jnp.array([1, 2, 0])], y, a), 1.0, atol=1e-6)
   # Averages over views: z = [view1; view2] with repeated labels.
   z = jnp.concatenate([a, -a])
   yy = jnp.concatenate([y, y])
@@ -237,7 +242,7 @@ def test_orthonormal_anchors():
   chex.assert_shape(a, (5, 9))
   np.testing.assert_allclose(a @ a.T, np.eye(5), atol=1e-6)
   b = losses.orthonormal_anchors(jax.random.key(7), 5, 9)
-  np.testing.assert_array_equal(a, b)                        # deterministic
+  np.testing.assert_array_equal(a, b)  # deterministic
   c = losses.orthonormal_anchors(jax.random.key(8), 5, 9)
   assert not np.allclose(a, c)
   full = losses.orthonormal_anchors(jax.random.key(1), 4, 4)  # k = D
@@ -261,9 +266,9 @@ def _collapsed(kind, n=6, d=4, seed=0):
   v /= np.linalg.norm(v)
   if kind == "equal":
     z = np.tile(v, (n, 1))
-  else:   # rank-1: ±z* with a random sign per row
+  else:  # rank-1: ±z* with a random sign per row
     signs = np.where(rng.random(n) < 0.5, -1.0, 1.0)
-    signs[:2] = [1.0, -1.0]                 # make sure both signs occur
+    signs[:2] = [1.0, -1.0]  # make sure both signs occur
     z = signs[:, None] * v[None, :]
   return z.astype(np.float32)
 
@@ -271,9 +276,8 @@ def _collapsed(kind, n=6, d=4, seed=0):
 @jax.jit
 def _stationarity_grads(z, y, a):
   """Gradients w.r.t. the (unnormalised) embeddings, both views = z."""
-  g1, g2 = jax.grad(lambda p, q: losses.info_nce(p, q, temperature=0.1),
-                    argnums=(0, 1))(z, z)
-  g_infonce = jnp.sqrt(jnp.sum(g1 ** 2) + jnp.sum(g2 ** 2))
+  g1, g2 = jax.grad(lambda p, q: losses.info_nce(p, q, temperature=0.1), argnums=(0, 1))(z, z)
+  g_infonce = jnp.sqrt(jnp.sum(g1**2) + jnp.sum(g2**2))
   g_dcl = jax.grad(lambda p: losses.dcl(p, z, temperature=0.1))(z)
   g_oar = jax.grad(lambda p: losses.oar_loss(p, y, a))(z)
   return g_infonce, g_dcl, g_oar
@@ -319,13 +323,17 @@ def test_with_oar_composes_with_jsd():
 
   @jax.jit
   def run(z):
-    return (jax.value_and_grad(total)(z, 0.5), jsd_only(z),
-            jax.grad(jsd_only)(z), jax.grad(oar_only)(z))
+    return (
+      jax.value_and_grad(total)(z, 0.5),
+      jsd_only(z),
+      jax.grad(jsd_only)(z),
+      jax.grad(oar_only)(z),
+    )
 
   (val, grad), jsd, g_jsd, g_oar = run(z)
   np.testing.assert_allclose(
-      val, jsd + 0.5 * np_oar(z, np.asarray(y), np.asarray(anchors)),
-      rtol=1e-5)
+    val, jsd + 0.5 * np_oar(z, np.asarray(y), np.asarray(anchors)), rtol=1e-5
+  )
   np.testing.assert_allclose(grad, g_jsd + 0.5 * g_oar, atol=1e-6)
   assert float(jnp.linalg.norm(g_oar)) > 1e-2
   assert losses.jsd_loss is __import__("tfjax.affinity").affinity.jsd_loss

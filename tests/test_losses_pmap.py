@@ -34,37 +34,42 @@ RTOL, ATOL = 1e-5, 1e-6
 
 def _losses(z1, z2, y_sc, y_oar, anchors, axis_name):
   """name -> loss(z1, z2) over one device's rows (or the whole batch)."""
-  gather = ((lambda x: x) if axis_name is None
-            else functools.partial(jax.lax.all_gather, axis_name=axis_name,
-                                   tiled=True))
+  gather = (
+    (lambda x: x)
+    if axis_name is None
+    else functools.partial(jax.lax.all_gather, axis_name=axis_name, tiled=True)
+  )
   off = 0 if axis_name is None else jax.lax.axis_index(axis_name) * z1.shape[0]
 
   def jsd_oar(a, b):
     # TransFusion's JSD (adjacency rows of this device against the global
     # keys, zero diagonal at global indices) + OAR on both views.
     adj = adjacency(a, gather(a), diagonal_offset=off)
-    tgt = target_affinity(y_sc, column_groups=gather(y_sc),
-                          diagonal_offset=off)
+    tgt = target_affinity(y_sc, column_groups=gather(y_sc), diagonal_offset=off)
     base = losses.jsd_loss(adj, tgt, axis_name=axis_name)
-    return losses.with_oar(base, jnp.concatenate([a, b]),
-                           jnp.concatenate([y_oar, y_oar]), anchors,
-                           weight=0.7, axis_name=axis_name)
+    return losses.with_oar(
+      base,
+      jnp.concatenate([a, b]),
+      jnp.concatenate([y_oar, y_oar]),
+      anchors,
+      weight=0.7,
+      axis_name=axis_name,
+    )
 
   kw = dict(axis_name=axis_name)
   return {
-      "info_nce": lambda a, b: losses.info_nce(a, b, temperature=0.3, **kw),
-      "dcl": lambda a, b: losses.dcl(a, b, temperature=0.3, **kw),
-      "barlow_twins": lambda a, b: losses.barlow_twins(
-          a, b, lambda_offdiag=0.05, **kw),
-      "vicreg": lambda a, b: losses.vicreg(a, b, **kw),
-      # Views flattened with the labels repeated: supcon with class labels.
-      "supcon": lambda a, b: losses.supcon(
-          jnp.concatenate([a, b]), jnp.concatenate([y_sc, y_sc]),
-          temperature=0.3, **kw),
-      "oar": lambda a, b: losses.oar_loss(
-          jnp.concatenate([a, b]), jnp.concatenate([y_oar, y_oar]),
-          anchors, **kw),
-      "jsd+oar": jsd_oar,
+    "info_nce": lambda a, b: losses.info_nce(a, b, temperature=0.3, **kw),
+    "dcl": lambda a, b: losses.dcl(a, b, temperature=0.3, **kw),
+    "barlow_twins": lambda a, b: losses.barlow_twins(a, b, lambda_offdiag=0.05, **kw),
+    "vicreg": lambda a, b: losses.vicreg(a, b, **kw),
+    # Views flattened with the labels repeated: supcon with class labels.
+    "supcon": lambda a, b: losses.supcon(
+      jnp.concatenate([a, b]), jnp.concatenate([y_sc, y_sc]), temperature=0.3, **kw
+    ),
+    "oar": lambda a, b: losses.oar_loss(
+      jnp.concatenate([a, b]), jnp.concatenate([y_oar, y_oar]), anchors, **kw
+    ),
+    "jsd+oar": jsd_oar,
   }
 
 
@@ -72,13 +77,11 @@ def _evaluate(x1, x2, w, y_sc, y_oar, anchors, axis_name):
   """Values and row gradients of every loss, and ∂(Σ losses)/∂W."""
   z1, z2 = x1 @ w, x2 @ w
   fns = _losses(z1, z2, y_sc, y_oar, anchors, axis_name)
-  out = {name: jax.value_and_grad(fn, argnums=(0, 1))(z1, z2)
-         for name, fn in fns.items()}
+  out = {name: jax.value_and_grad(fn, argnums=(0, 1))(z1, z2) for name, fn in fns.items()}
 
   def total(w):
     a, b = x1 @ w, x2 @ w
-    return sum(fn(a, b) for fn in
-               _losses(a, b, y_sc, y_oar, anchors, axis_name).values())
+    return sum(fn(a, b) for fn in _losses(a, b, y_sc, y_oar, anchors, axis_name).values())
 
   gw = jax.grad(total)(w)
   if axis_name is not None:
@@ -97,18 +100,16 @@ def results():
   y_oar = np.array([0, -1, 2, -1, 1, 2, -1, 1], np.int32)
   anchors = np.asarray(losses.orthonormal_anchors(jax.random.key(1), K, DIM))
 
-  single = jax.jit(functools.partial(_evaluate, axis_name=None))(
-      x1, x2, w, y_sc, y_oar, anchors)
+  single = jax.jit(functools.partial(_evaluate, axis_name=None))(x1, x2, w, y_sc, y_oar, anchors)
   split = lambda a: a.reshape((NDEV, NLOC) + a.shape[1:])
   rep = lambda a: np.broadcast_to(a, (NDEV,) + a.shape)
-  mapped = jax.pmap(functools.partial(_evaluate, axis_name=AXIS),
-                    axis_name=AXIS, devices=jax.devices()[:NDEV])(
-      split(x1), split(x2), rep(w), split(y_sc), split(y_oar), rep(anchors))
+  mapped = jax.pmap(
+    functools.partial(_evaluate, axis_name=AXIS), axis_name=AXIS, devices=jax.devices()[:NDEV]
+  )(split(x1), split(x2), rep(w), split(y_sc), split(y_oar), rep(anchors))
   return single, mapped
 
 
-NAMES = ["info_nce", "dcl", "barlow_twins", "vicreg", "supcon", "oar",
-         "jsd+oar"]
+NAMES = ["info_nce", "dcl", "barlow_twins", "vicreg", "supcon", "oar", "jsd+oar"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -117,7 +118,7 @@ def test_value_matches_single_device(results, name):
   value = single[name][0]
   per_device = np.asarray(mapped[name][0])
   assert per_device.shape == (NDEV,)
-  assert np.all(per_device == per_device[0]), per_device   # same everywhere
+  assert np.all(per_device == per_device[0]), per_device  # same everywhere
   np.testing.assert_allclose(per_device, float(value), rtol=RTOL, atol=ATOL)
 
 
@@ -126,7 +127,7 @@ def test_row_gradients_match_single_device(results, name):
   (single, _), (mapped, _) = results
   for g_single, g_dev in zip(single[name][1], mapped[name][1]):
     g_dev = np.asarray(g_dev).reshape(N, DIM) / NDEV
-    assert float(np.abs(g_single).max()) > 1e-3      # a real gradient
+    assert float(np.abs(g_single).max()) > 1e-3  # a real gradient
     np.testing.assert_allclose(g_dev, g_single, rtol=RTOL, atol=ATOL)
 
 

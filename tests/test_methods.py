@@ -26,15 +26,16 @@ def toy_config(loss):
 def toy_data(n=48, dim=8, classes=3, seed=0):
   rng = np.random.default_rng(seed)
   centres = rng.normal(size=(classes, dim)) * 2
+
   def draw(m):
     y = np.arange(m) % classes
     return (centres[y] + rng.normal(size=(m, dim))).astype(np.float32), y.astype(np.int32)
+
   return (*draw(n), *draw(24))
 
 
 def test_builtins_are_declared_once():
-  assert methods.names()[:6] == ("jsd", "supcon", "info_nce", "dcl",
-                                 "barlow_twins", "vicreg")
+  assert methods.names()[:6] == ("jsd", "supcon", "info_nce", "dcl", "barlow_twins", "vicreg")
   jsd, supcon, nce = methods.get("jsd"), methods.get("supcon"), methods.get("info_nce")
   assert jsd.uses_head and jsd.accepts_labels and jsd.num_views is None
   assert supcon.accepts_labels and not supcon.uses_head
@@ -60,14 +61,18 @@ def test_names_for_tables_and_directories():
   assert methods.display_name(c) == "SupCon, class targets"
   c = toy_config("info_nce")
   assert methods.display_name(c) == "SimCLR (InfoNCE), self-supervised"
-  c.label_fraction, c.oar_weight = 0.1, 1.0    # labels in OAR only
+  c.label_fraction, c.oar_weight = 0.1, 1.0  # labels in OAR only
   assert methods.display_name(c) == "OAR-SimCLR (InfoNCE), 10 % labels"
   assert methods.run_name(c) == "oar_info_nce"
 
 
 def test_options_read_from_config_then_loss_options_then_default():
-  m = methods.Method("toy", "Toy", lambda inputs, **kw: 0.0,
-                     options={"temperature": 1.0, "margin": 0.5, "power": 2.0})
+  m = methods.Method(
+    "toy",
+    "Toy",
+    lambda inputs, **kw: 0.0,
+    options={"temperature": 1.0, "margin": 0.5, "power": 2.0},
+  )
   c = toy_config("info_nce")
   c.temperature = 0.3
   c.loss_options.margin = 0.9
@@ -86,8 +91,9 @@ def test_a_registered_toy_loss_trains_through_the_public_api(tmp_path):
     u2 = z2 / jnp.linalg.norm(z2, axis=-1, keepdims=True)
     return jnp.mean(jnp.sum((u1 - u2) ** 2, -1) ** (power / 2))
 
-  methods.register(methods.Method("alignment", "Alignment only", alignment,
-                                  num_views=2, options={"power": 2.0}))
+  methods.register(
+    methods.Method("alignment", "Alignment only", alignment, num_views=2, options={"power": 2.0})
+  )
   try:
     c = toy_config("alignment")
     c.loss_options.power = 1.0
@@ -100,7 +106,7 @@ def test_a_registered_toy_loss_trains_through_the_public_api(tmp_path):
     assert seen["shapes"] == ((16, 8), (16, 8), (32,))
     records = read_metrics(str(tmp_path / "metrics.jsonl"))
     assert [r["step"] for r in records] == [1, 2]
-    assert records[0]["grad_norm"] > 0          # the loss reached the parameters
+    assert records[0]["grad_norm"] > 0  # the loss reached the parameters
     assert methods.display_name(c) == "Alignment only, self-supervised"
   finally:
     methods.unregister("alignment")

@@ -19,7 +19,6 @@ def clusters(key, num_clusters, per_cluster, dim, noise):
 
 
 class HeadTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_shapes_and_rows(self):
     head = TransFusionHead(num_layers=3, features=6)
@@ -39,8 +38,11 @@ class HeadTest(chex.TestCase):
     p2 = head.init(jax.random.key(7), x)
     chex.assert_trees_all_equal(p1, p2)
     p3 = head.init(jax.random.key(8), x)
-    self.assertFalse(np.allclose(p1["params"]["fusion_0"]["query"]["kernel"],
-                                 p3["params"]["fusion_0"]["query"]["kernel"]))
+    self.assertFalse(
+      np.allclose(
+        p1["params"]["fusion_0"]["query"]["kernel"], p3["params"]["fusion_0"]["query"]["kernel"]
+      )
+    )
     self.assertEqual(set(p1["params"]), {"fusion_0", "adjacency"})
     self.assertNotIn("value", p1["params"]["adjacency"])  # truncated block
 
@@ -54,6 +56,7 @@ class HeadTest(chex.TestCase):
     dense = lambda name: xh @ np.asarray(p[name]["kernel"]) + np.asarray(p[name]["bias"])
     q, k, v = dense("query"), dense("key"), dense("value")
     from tests.test_attention import np_adjacency
+
     expected = np_adjacency(q, k) @ v + xh
     out, state = block.apply({"params": p}, x, mutable=["intermediates"])
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
@@ -81,29 +84,33 @@ def test_layer_norm_is_two_pass_at_a_large_offset(implementation):
   # in float32 (about 2e-2 relative error after one block); the two-pass
   # variance keeps the block within 1e-3 of float64.
   from tests.test_attention import np_adjacency
+
   x = 300.0 + np.random.default_rng(3).normal(size=(16, 8)).astype(np.float32)
   block = FusionBlock(implementation=implementation, block_size=5)
   p = block.init(jax.random.key(1), x)["params"]
   x64 = np.asarray(x, np.float64)
   mu = x64.mean(1, keepdims=True)
   var = ((x64 - mu) ** 2).mean(1, keepdims=True)
-  xh = ((x64 - mu) / np.sqrt(var + 1e-6) * np.asarray(p["norm"]["scale"])
-        + np.asarray(p["norm"]["bias"]))
-  dense = lambda name: xh @ np.asarray(p[name]["kernel"], np.float64) + np.asarray(
-      p[name]["bias"], np.float64)
+  xh = (x64 - mu) / np.sqrt(var + 1e-6) * np.asarray(p["norm"]["scale"]) + np.asarray(
+    p["norm"]["bias"]
+  )
+  dense = lambda name: (
+    xh @ np.asarray(p[name]["kernel"], np.float64) + np.asarray(p[name]["bias"], np.float64)
+  )
   want = np_adjacency(dense("query"), dense("key")) @ dense("value") + xh
   out = np.asarray(block.apply({"params": p}, x), np.float64)
   assert np.max(np.abs(out - want)) / np.max(np.abs(want)) < 1e-3
   # The truncated block's LayerNorm too: its adjacency against float64.
   final = TransFusionHead(num_layers=1, implementation=implementation)
   pf = final.init(jax.random.key(2), x)["params"]["adjacency"]
-  ln = ((x64 - mu) / np.sqrt(var + 1e-6) * np.asarray(pf["norm"]["scale"])
-        + np.asarray(pf["norm"]["bias"]))
-  proj = lambda name: ln @ np.asarray(pf[name]["kernel"], np.float64) + np.asarray(
-      pf[name]["bias"], np.float64)
+  ln = (x64 - mu) / np.sqrt(var + 1e-6) * np.asarray(pf["norm"]["scale"]) + np.asarray(
+    pf["norm"]["bias"]
+  )
+  proj = lambda name: (
+    ln @ np.asarray(pf[name]["kernel"], np.float64) + np.asarray(pf[name]["bias"], np.float64)
+  )
   a = final.apply({"params": {"adjacency": pf}}, x)
-  np.testing.assert_allclose(a, np_adjacency(proj("query"), proj("key")),
-                             atol=1e-4)
+  np.testing.assert_allclose(a, np_adjacency(proj("query"), proj("key")), atol=1e-4)
 
 
 def test_pmap_rows_and_loss_equal_single_device():
@@ -117,11 +124,11 @@ def test_pmap_rows_and_loss_equal_single_device():
   loss = head_1.apply(params, x, groups, method=TransFusionHead.loss)
 
   def per_device(p, xs, gs):
-    return (head_p.apply(p, xs),
-            head_p.apply(p, xs, gs, method=TransFusionHead.loss))
+    return (head_p.apply(p, xs), head_p.apply(p, xs, gs, method=TransFusionHead.loss))
 
   a_p, loss_p = jax.pmap(per_device, axis_name="batch", in_axes=(None, 0, 0))(
-      params, x.reshape(n_dev, n_local, 5), groups.reshape(n_dev, n_local))
+    params, x.reshape(n_dev, n_local, 5), groups.reshape(n_dev, n_local)
+  )
   chex.assert_shape(a_p, (n_dev, n_local, n_dev * n_local))
   np.testing.assert_allclose(np.asarray(a_p).reshape(-1, n_dev * n_local), a, atol=1e-6)
   np.testing.assert_allclose(loss_p, np.full(n_dev, loss), rtol=1e-6)

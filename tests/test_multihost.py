@@ -24,8 +24,10 @@ def _free_port():
 
 
 def _flat(params):
-  return {jax.tree_util.keystr(k): np.asarray(v)
-          for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  return {
+    jax.tree_util.keystr(k): np.asarray(v)
+    for k, v in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
 
 
 @pytest.mark.slow
@@ -33,11 +35,23 @@ def test_two_processes_match_one_process(tmp_path):
   coordinator = f"127.0.0.1:{_free_port()}"
   workdir = tmp_path / "two_processes"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  procs = [subprocess.Popen(
-      [sys.executable, os.path.join(ROOT, "tests", "multihost_worker.py"),
-       coordinator, "2", str(i), str(workdir)],
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-           for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        os.path.join(ROOT, "tests", "multihost_worker.py"),
+        coordinator,
+        "2",
+        str(i),
+        str(workdir),
+      ],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      env=env,
+    )
+    for i in range(2)
+  ]
   logs = []
   for p in procs:
     try:
@@ -56,10 +70,17 @@ def test_two_processes_match_one_process(tmp_path):
 
   results = {}
   for devices in (4, 1):
-    config = tiny_config(num_devices=devices, optimizer="sgd", learning_rate=0.05,
-                         num_steps=3, checkpoint_every=3, log_every=1)
-    out = train.train_and_evaluate(config, str(tmp_path / f"d{devices}"),
-                                   data=toy_data(), progress=False, stop_after=3)
+    config = tiny_config(
+      num_devices=devices,
+      optimizer="sgd",
+      learning_rate=0.05,
+      num_steps=3,
+      checkpoint_every=3,
+      log_every=1,
+    )
+    out = train.train_and_evaluate(
+      config, str(tmp_path / f"d{devices}"), data=toy_data(), progress=False, stop_after=3
+    )
     results[devices] = _flat(out["state"].params)
   assert multi.keys() == results[1].keys()
   for name in multi:

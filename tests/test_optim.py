@@ -1,4 +1,5 @@
 """Optimisers and schedules: closed forms, masks, and descent on a quadratic."""
+
 import math
 
 import jax
@@ -21,30 +22,53 @@ def cosine_ref(t, base, total, warmup, end_factor):
 @pytest.mark.parametrize("warmup,end_factor", [(10, 0.0), (0, 0.1), (25, 0.05)])
 def test_warmup_cosine_closed_form(warmup, end_factor):
   base, total = 0.4, 100
-  sched = make_schedule("warmup_cosine", base_lr=base, total_steps=total,
-                        warmup_steps=warmup, end_lr_factor=end_factor)
-  for t in sorted({0, 1, warmup // 2, max(warmup - 1, 0), warmup, warmup + 1,
-                   (warmup + total) // 2, total - 1, total, total + 50}):
-    np.testing.assert_allclose(float(sched(t)), cosine_ref(t, base, total, warmup, end_factor),
-                               rtol=1e-5, atol=1e-7, err_msg=f"step {t}")
+  sched = make_schedule(
+    "warmup_cosine", base_lr=base, total_steps=total, warmup_steps=warmup, end_lr_factor=end_factor
+  )
+  for t in sorted(
+    {
+      0,
+      1,
+      warmup // 2,
+      max(warmup - 1, 0),
+      warmup,
+      warmup + 1,
+      (warmup + total) // 2,
+      total - 1,
+      total,
+      total + 50,
+    }
+  ):
+    np.testing.assert_allclose(
+      float(sched(t)),
+      cosine_ref(t, base, total, warmup, end_factor),
+      rtol=1e-5,
+      atol=1e-7,
+      err_msg=f"step {t}",
+    )
   # key points: peak at the end of warm-up, half-way value, end value
   np.testing.assert_allclose(float(sched(warmup)), base, rtol=1e-6)
   np.testing.assert_allclose(float(sched(total)), base * end_factor, atol=1e-7)
-  np.testing.assert_allclose(float(sched((warmup + total) // 2 if (total - warmup) % 2 == 0 else
-                                         warmup)),
-                             base * (end_factor + (1 - end_factor) * 0.5)
-                             if (total - warmup) % 2 == 0 else base, rtol=1e-5)
+  np.testing.assert_allclose(
+    float(sched((warmup + total) // 2 if (total - warmup) % 2 == 0 else warmup)),
+    base * (end_factor + (1 - end_factor) * 0.5) if (total - warmup) % 2 == 0 else base,
+    rtol=1e-5,
+  )
   # jit-able on a traced step
-  np.testing.assert_allclose(float(jax.jit(sched)(jnp.asarray(warmup + 3))),
-                             cosine_ref(warmup + 3, base, total, warmup, end_factor), rtol=1e-5)
+  np.testing.assert_allclose(
+    float(jax.jit(sched)(jnp.asarray(warmup + 3))),
+    cosine_ref(warmup + 3, base, total, warmup, end_factor),
+    rtol=1e-5,
+  )
 
 
 def test_constant_schedule_with_and_without_warmup():
   s = make_schedule("constant", base_lr=0.2, total_steps=50)
   assert [float(s(t)) for t in (0, 10, 49, 500)] == pytest.approx([0.2] * 4)
   s = make_schedule("constant", base_lr=0.2, total_steps=50, warmup_steps=4)
-  np.testing.assert_allclose([float(s(t)) for t in (0, 1, 2, 4, 30)],
-                             [0.0, 0.05, 0.1, 0.2, 0.2], rtol=1e-6)
+  np.testing.assert_allclose(
+    [float(s(t)) for t in (0, 1, 2, 4, 30)], [0.0, 0.05, 0.1, 0.2, 0.2], rtol=1e-6
+  )
 
 
 def test_schedule_errors():
@@ -65,36 +89,47 @@ def test_schedule_errors():
 def _params():
   rng = np.random.default_rng(0)
   return {
-      "Dense_0": {"kernel": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
-                  "bias": jnp.asarray(rng.normal(size=(4,)), jnp.float32)},
-      "BatchNorm_0": {"scale": jnp.ones((4,)), "bias": jnp.zeros((4,))},
-      "LayerNorm_0": {"scale": jnp.ones((4,)), "bias": jnp.zeros((4,))},
-      "Conv_0": {"kernel": jnp.ones((3, 3, 1, 2))},
-      "pos": jnp.zeros((5, 2)),
-      "temp": jnp.zeros(()),
+    "Dense_0": {
+      "kernel": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+      "bias": jnp.asarray(rng.normal(size=(4,)), jnp.float32),
+    },
+    "BatchNorm_0": {"scale": jnp.ones((4,)), "bias": jnp.zeros((4,))},
+    "LayerNorm_0": {"scale": jnp.ones((4,)), "bias": jnp.zeros((4,))},
+    "Conv_0": {"kernel": jnp.ones((3, 3, 1, 2))},
+    "pos": jnp.zeros((5, 2)),
+    "temp": jnp.zeros(()),
   }
 
 
 def test_decay_mask_excludes_biases_and_norm_scales():
   mask = decay_mask(_params())
   assert mask == {
-      "Dense_0": {"kernel": True, "bias": False},
-      "BatchNorm_0": {"scale": False, "bias": False},
-      "LayerNorm_0": {"scale": False, "bias": False},
-      "Conv_0": {"kernel": True},
-      "pos": True,    # unnamed matrix: decayed (our choice)
-      "temp": False,  # unnamed scalar: not decayed
+    "Dense_0": {"kernel": True, "bias": False},
+    "BatchNorm_0": {"scale": False, "bias": False},
+    "LayerNorm_0": {"scale": False, "bias": False},
+    "Conv_0": {"kernel": True},
+    "pos": True,  # unnamed matrix: decayed (our choice)
+    "temp": False,  # unnamed scalar: not decayed
   }
   # also on real Flax parameters
   import flax.linen as nn
+
   v = nn.Sequential([nn.Dense(3), nn.LayerNorm(), nn.Dense(2)]).init(
-      jax.random.key(0), jnp.ones((1, 2)))
+    jax.random.key(0), jnp.ones((1, 2))
+  )
   m = decay_mask(v["params"])
-  flat = {"/".join(str(getattr(k, "key", k)) for k in p): b
-          for p, b in jax.tree_util.tree_leaves_with_path(m)}
-  assert flat == {"layers_0/bias": False, "layers_0/kernel": True,
-                  "layers_1/bias": False, "layers_1/scale": False,
-                  "layers_2/bias": False, "layers_2/kernel": True}
+  flat = {
+    "/".join(str(getattr(k, "key", k)) for k in p): b
+    for p, b in jax.tree_util.tree_leaves_with_path(m)
+  }
+  assert flat == {
+    "layers_0/bias": False,
+    "layers_0/kernel": True,
+    "layers_1/bias": False,
+    "layers_1/scale": False,
+    "layers_2/bias": False,
+    "layers_2/kernel": True,
+  }
 
 
 @pytest.mark.parametrize("mask", [None, "no_bias_norm"])
@@ -128,18 +163,29 @@ def test_sgd_momentum_matches_reference():
   np.testing.assert_allclose(np.asarray(p["kernel"]), w, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name,lr,kwargs", [
+@pytest.mark.parametrize(
+  "name,lr,kwargs",
+  [
     ("sgd", 0.05, {}),
     ("sgd", 0.05, {"nesterov": True, "weight_decay": 1e-4, "weight_decay_mask": "no_bias_norm"}),
     ("adamw", 0.05, {"weight_decay": 1e-4}),
     ("lars", 0.1, {"weight_decay": 1e-5, "trust_coefficient": 0.5}),
-])
+  ],
+)
 def test_each_optimizer_reduces_a_quadratic(name, lr, kwargs):
   rng = np.random.default_rng(1)
-  target = {"Dense_0": {"kernel": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
-                        "bias": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}}
-  params = {"Dense_0": {"kernel": jnp.asarray(rng.normal(size=(3, 4)) + 2, jnp.float32),
-                        "bias": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}}
+  target = {
+    "Dense_0": {
+      "kernel": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+      "bias": jnp.asarray(rng.normal(size=(4,)), jnp.float32),
+    }
+  }
+  params = {
+    "Dense_0": {
+      "kernel": jnp.asarray(rng.normal(size=(3, 4)) + 2, jnp.float32),
+      "bias": jnp.asarray(rng.normal(size=(4,)), jnp.float32),
+    }
+  }
 
   def loss(p):
     return sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(target)))
@@ -153,6 +199,7 @@ def test_each_optimizer_reduces_a_quadratic(name, lr, kwargs):
       g = jax.grad(loss)(p)
       u, s = tx.update(g, s, p)
       return (optax.apply_updates(p, u), s), None
+
     (p, _), _ = jax.lax.scan(step, (p, tx.init(p)), None, length=150)
     return p
 

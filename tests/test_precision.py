@@ -40,8 +40,9 @@ def small_config(compute_dtype="bfloat16", **overrides):
 
 
 def float_dtypes(tree):
-  return {jnp.dtype(x.dtype) for x in jax.tree.leaves(tree)
-          if jnp.issubdtype(x.dtype, jnp.floating)}
+  return {
+    jnp.dtype(x.dtype) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)
+  }
 
 
 def relative_error(got, want):
@@ -54,23 +55,34 @@ def relative_error(got, want):
 # ----------------------------------------------------------------------------
 def test_compute_dtypes_of_config():
   c = base_config()
-  assert compute_dtypes(c) == (None, None)     # float32: the modules' default
+  assert compute_dtypes(c) == (None, None)  # float32: the modules' default
   c.compute_dtype = "bfloat16"
-  assert compute_dtypes(c) == (BF16, BF16)     # the head inherits it
+  assert compute_dtypes(c) == (BF16, BF16)  # the head inherits it
   c.head.compute_dtype = "float32"
-  assert compute_dtypes(c) == (BF16, None)     # ... unless it overrides
+  assert compute_dtypes(c) == (BF16, None)  # ... unless it overrides
   c.compute_dtype = "float32"
   c.head.compute_dtype = "bfloat16"
   assert compute_dtypes(c) == (None, BF16)
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("compute_dtype", "float16", r"compute_dtype must name .* got 'float16' "
-                                 r"\(float16 needs loss scaling"),
-    ("compute_dtype", "bf16", r"^compute_dtype must name a float dtype .*'float32', "
-                              r"'bfloat16'\), got 'bf16'$"),
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
+    (
+      "compute_dtype",
+      "float16",
+      r"compute_dtype must name .* got 'float16' "
+      r"\(float16 needs loss scaling",
+    ),
+    (
+      "compute_dtype",
+      "bf16",
+      r"^compute_dtype must name a float dtype .*'float32', "
+      r"'bfloat16'\), got 'bf16'$",
+    ),
     ("head.compute_dtype", "int8", r"^head.compute_dtype must name a float"),
-])
+  ],
+)
 def test_bad_compute_dtype_is_one_line_naming_the_field(field, value, message):
   c = small_config(**{field: value})
   with pytest.raises(ValueError, match=message):
@@ -98,14 +110,15 @@ def test_at_least_float32():
 # ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def bf16_state():
-  return create_train_state(small_config(), jax.random.key(0), (40, 1), 10,
-                            data_kind="signal")
+  return create_train_state(small_config(), jax.random.key(0), (40, 1), 10, data_kind="signal")
 
 
 def _batch(n=16, seed=0):
   rng = np.random.default_rng(seed)
-  return {"x": jnp.asarray(rng.normal(size=(n, 40, 1)), jnp.float32),
-          "semi_label": jnp.asarray(rng.integers(0, 10, n), jnp.int32)}
+  return {
+    "x": jnp.asarray(rng.normal(size=(n, 40, 1)), jnp.float32),
+    "semi_label": jnp.asarray(rng.integers(0, 10, n), jnp.int32),
+  }
 
 
 def test_state_is_float32_and_a_step_keeps_it(bf16_state):
@@ -119,8 +132,9 @@ def test_state_is_float32_and_a_step_keeps_it(bf16_state):
   assert metrics["loss"].dtype == F32 and np.isfinite(metrics["loss"])
   assert np.isfinite(metrics["grad_norm"]) and metrics["grad_norm"] > 0
   # The BatchNorm running averages moved (float32 updates are not rounded away).
-  moved = jax.tree.map(lambda a, b: np.max(np.abs(np.asarray(a) - np.asarray(b))),
-                       new.batch_stats, s.batch_stats)
+  moved = jax.tree.map(
+    lambda a, b: np.max(np.abs(np.asarray(a) - np.asarray(b))), new.batch_stats, s.batch_stats
+  )
   assert min(jax.tree.leaves(moved)) > 0
 
 
@@ -128,8 +142,12 @@ def test_activations_are_bfloat16_outputs_float32(bf16_state):
   s = bf16_state
   x = _batch()["x"]
   (features, z), state = s.model.apply(
-      s.variables, x, method=ContrastiveNet.init_all,
-      capture_intermediates=True, mutable=["intermediates"])
+    s.variables,
+    x,
+    method=ContrastiveNet.init_all,
+    capture_intermediates=True,
+    mutable=["intermediates"],
+  )
   seen = state["intermediates"]
   call = lambda *path: functools.reduce(lambda d, k: d[k], path, seen)["__call__"][0]
   assert call("backbone", "Conv_0").dtype == BF16
@@ -140,7 +158,7 @@ def test_activations_are_bfloat16_outputs_float32(bf16_state):
   assert call("head", "fusion_0", "query").dtype == BF16
   # The network's outputs: float32.
   assert features.dtype == F32 and z.dtype == F32
-  assert call("head").dtype == F32                   # the adjacency
+  assert call("head").dtype == F32  # the adjacency
   fused = s.model.apply(s.variables, z, method=ContrastiveNet.fuse)
   assert fused.dtype == F32
   # Every convolution of the training step takes bfloat16 operands.
@@ -153,7 +171,7 @@ def _equations(jaxpr):
   for eqn in jaxpr.eqns:
     yield eqn
     for param in eqn.params.values():
-      for p in (param if isinstance(param, (list, tuple)) else (param,)):
+      for p in param if isinstance(param, (list, tuple)) else (param,):
         inner = getattr(p, "jaxpr", None)
         if inner is not None and hasattr(inner, "eqns"):
           yield from _equations(inner)
@@ -164,16 +182,26 @@ def _equations(jaxpr):
 @pytest.mark.parametrize("implementation", ["dense", "blockwise"])
 def test_losses_and_gradients_are_float32(bf16_state, implementation):
   s = bf16_state
-  model = s.model.clone(head=s.model.head.clone(implementation=implementation,
-                                                block_size=8))
+  model = s.model.clone(head=s.model.head.clone(implementation=implementation, block_size=8))
   batch = _batch(seed=1)
   groups = jnp.tile(jnp.arange(8, dtype=jnp.int32), 2)
 
   def loss(params):
-    (_, z), _ = model.apply({"params": params, "batch_stats": s.batch_stats},
-                            batch["x"], train=True, mutable=["batch_stats"])
-    return model.apply({"params": params}, z, groups, None, 2,
-                       method=ContrastiveNet.head_loss, mutable=["diagnostics"])[0]
+    (_, z), _ = model.apply(
+      {"params": params, "batch_stats": s.batch_stats},
+      batch["x"],
+      train=True,
+      mutable=["batch_stats"],
+    )
+    return model.apply(
+      {"params": params},
+      z,
+      groups,
+      None,
+      2,
+      method=ContrastiveNet.head_loss,
+      mutable=["diagnostics"],
+    )[0]
 
   value, grads = jax.jit(jax.value_and_grad(loss))(s.params)
   assert value.dtype == F32 and np.isfinite(value)
@@ -185,10 +213,10 @@ def test_losses_and_gradients_are_float32(bf16_state, implementation):
 # bfloat16 agrees with float32 within bfloat16's rounding.
 # ----------------------------------------------------------------------------
 BACKBONE_CASES = {
-    "mlp": (dict(hidden=(32,), out_features=16, batch_norm=True), (8, 20)),
-    "cnn1d": (dict(channels=(16, 16), out_features=16), (8, 40, 1)),
-    "small_cnn": (dict(channels=(8, 16), out_features=16), (8, 8, 8, 1)),
-    "resnet18": (dict(width=0.125, out_features=16), (4, 16, 16, 3)),
+  "mlp": (dict(hidden=(32,), out_features=16, batch_norm=True), (8, 20)),
+  "cnn1d": (dict(channels=(16, 16), out_features=16), (8, 40, 1)),
+  "small_cnn": (dict(channels=(8, 16), out_features=16), (8, 8, 8, 1)),
+  "resnet18": (dict(width=0.125, out_features=16), (4, 16, 16, 3)),
 }
 
 
@@ -202,8 +230,11 @@ def test_backbone_bfloat16_forward_agrees_with_float32(name):
 
   @jax.jit
   def both(v, x):
-    return tuple(net.apply(v, x, train=train, mutable=["batch_stats"] if train else [])
-                 for net in (net32, net16) for train in (False, True))
+    return tuple(
+      net.apply(v, x, train=train, mutable=["batch_stats"] if train else [])
+      for net in (net32, net16)
+      for train in (False, True)
+    )
 
   (e32, _), (t32, s32), (e16, _), (t16, s16) = both(variables, x)
   assert e16.dtype == BF16 and t16.dtype == BF16
@@ -226,10 +257,16 @@ def test_head_bfloat16_agrees_with_float32(implementation):
 
   @jax.jit
   def outputs(p):
-    return [(h.apply(p, x, method=h.fuse), h.apply(p, x),
-             jax.value_and_grad(lambda p, h=h: h.apply(
-                 p, x, groups, method=h.loss, mutable=["diagnostics"])[0])(p))
-            for h in (head32, head16)]
+    return [
+      (
+        h.apply(p, x, method=h.fuse),
+        h.apply(p, x),
+        jax.value_and_grad(
+          lambda p, h=h: h.apply(p, x, groups, method=h.loss, mutable=["diagnostics"])[0]
+        )(p),
+      )
+      for h in (head32, head16)
+    ]
 
   (f32, a32, (l32, g32)), (f16, a16, (l16, g16)) = outputs(params)
   assert f16.dtype == F32 and a16.dtype == F32 and l16.dtype == F32
@@ -238,8 +275,13 @@ def test_head_bfloat16_agrees_with_float32(implementation):
   assert relative_error(a16, a32) < 3e-2
   np.testing.assert_allclose(a16.sum(axis=1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(l16, l32, rtol=2e-2)
-  assert relative_error(np.concatenate([np.ravel(g) for g in jax.tree.leaves(g16)]),
-                        np.concatenate([np.ravel(g) for g in jax.tree.leaves(g32)])) < 1e-1
+  assert (
+    relative_error(
+      np.concatenate([np.ravel(g) for g in jax.tree.leaves(g16)]),
+      np.concatenate([np.ravel(g) for g in jax.tree.leaves(g32)]),
+    )
+    < 1e-1
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -263,12 +305,26 @@ def test_bfloat16_run_learns(tmp_path):
   c.embed_dim = 8
   c.projector_hidden = (32,)
   c.head.num_layers = 1
-  c.update_from_flattened_dict({
-      "compute_dtype": "bfloat16", "label_fraction": 1.0, "labels_in_loss": True,
-      "augment_strength": 0.1, "learning_rate": 3e-3, "batch_size": 32,
-      "num_steps": 150, "warmup_steps": 10, "log_every": 50, "checkpoint_every": 150,
-      "num_devices": 1, "write_plots": False, "eval.linear_steps": 0,
-      "eval.finetune_fractions": (), "eval.head_knn": False, "eval.knn_k": 5})
+  c.update_from_flattened_dict(
+    {
+      "compute_dtype": "bfloat16",
+      "label_fraction": 1.0,
+      "labels_in_loss": True,
+      "augment_strength": 0.1,
+      "learning_rate": 3e-3,
+      "batch_size": 32,
+      "num_steps": 150,
+      "warmup_steps": 10,
+      "log_every": 50,
+      "checkpoint_every": 150,
+      "num_devices": 1,
+      "write_plots": False,
+      "eval.linear_steps": 0,
+      "eval.finetune_fractions": (),
+      "eval.head_knn": False,
+      "eval.knn_k": 5,
+    }
+  )
   data = (*hidden_classes(256, 0), *hidden_classes(128, 1))
   untrained = evaluation.evaluate_untrained(c, data=data)["knn"]
   res = train.train_and_evaluate(c, str(tmp_path / "run"), data=data, progress=False)

@@ -23,7 +23,9 @@ def fresh(monkeypatch):
 def test_memory_appends_the_flag_and_keeps_other_flags(fresh):
   assert runtime.use_low_memory_cpu_scheduler() is True
   assert os.environ["XLA_FLAGS"].split() == [
-      "--xla_force_host_platform_device_count=4", FLAG + "=false"]
+    "--xla_force_host_platform_device_count=4",
+    FLAG + "=false",
+  ]
   # Calling again changes nothing (the value is already there).
   assert runtime.use_low_memory_cpu_scheduler() is True
   assert os.environ["XLA_FLAGS"].count(FLAG) == 1
@@ -38,7 +40,7 @@ def test_user_setting_wins(fresh):
   fresh.setenv("XLA_FLAGS", f"{FLAG}=true")
   assert runtime.use_low_memory_cpu_scheduler("memory") is False
   assert os.environ["XLA_FLAGS"] == f"{FLAG}=true"
-  fresh.setenv("XLA_FLAGS", f"{FLAG}=true {FLAG}=false")   # last one wins
+  fresh.setenv("XLA_FLAGS", f"{FLAG}=true {FLAG}=false")  # last one wins
   assert runtime.use_low_memory_cpu_scheduler("concurrency") is True
 
 
@@ -55,6 +57,7 @@ def test_errors(fresh):
 
 def test_backend_state_is_detected_here():
   import jax.numpy as jnp
+
   jnp.zeros(()).block_until_ready()
   assert runtime._backends_initialized()
 
@@ -76,9 +79,14 @@ print(json.dumps(m.memory_analysis().temp_size_in_bytes))
 
 def _temp_bytes(scheduler):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  out = subprocess.run([sys.executable, "-c", _PROBE, scheduler], env=env,
-                       capture_output=True, text=True, timeout=300,
-                       check=True)
+  out = subprocess.run(
+    [sys.executable, "-c", _PROBE, scheduler],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=True,
+  )
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -91,6 +99,7 @@ def test_memory_scheduler_takes_effect_and_shrinks_the_plan():
 
 def test_main_job_flag_reaches_the_runtime(monkeypatch, capsys):
   from experiments import train as main_job
+
   monkeypatch.setenv("XLA_FLAGS", "")
   monkeypatch.setattr(runtime, "_backends_initialized", lambda: True)
   # In this (already started) process "memory" is too late: a clear error

@@ -19,6 +19,7 @@ safety factor of about 2 (docs/theory.md §2.5, §3.2). The win probability's
 normal-approximation error is bounded by WIN_BIAS (measured 5e-4 at the tested
 point with 1.6e5 samples).
 """
+
 import itertools
 import math
 from fractions import Fraction
@@ -42,6 +43,7 @@ WIN_BIAS = 0.005
 # independent NumPy reference pieces
 # ----------------------------------------------------------------------------
 
+
 def equicorrelated_centres(rng, k, d, rho):
   """k unit vectors in R^d with pairwise cosine exactly rho."""
   gram = np.full((k, k), rho)
@@ -53,7 +55,7 @@ def equicorrelated_centres(rng, k, d, rho):
 
 def noise(rng, shape):
   d = shape[-1]
-  return rng.standard_normal(shape) / np.sqrt(d)   # u ~ N(0, I/d), E|u|^2 = 1
+  return rng.standard_normal(shape) / np.sqrt(d)  # u ~ N(0, I/d), E|u|^2 = 1
 
 
 def cos_rows(a, b):
@@ -84,13 +86,14 @@ def simulate_triplets(rng, sigma, s, rho, d, n):
 def var_and_se(c):
   """Sample variance and its standard error sqrt((m4 - v^2)/n)."""
   c = c - c.mean()
-  v = np.mean(c ** 2)
-  return v, math.sqrt(max(np.mean(c ** 4) - v * v, 0.0) / len(c))
+  v = np.mean(c**2)
+  return v, math.sqrt(max(np.mean(c**4) - v * v, 0.0) / len(c))
 
 
 # ----------------------------------------------------------------------------
 # 1. positive coverage
 # ----------------------------------------------------------------------------
+
 
 def brute_force_failure(n, k, lam=Fraction(1)):
   """Enumerate every labelling: category k means "unlabelled" (prob 1-lam)."""
@@ -107,11 +110,11 @@ def brute_force_failure(n, k, lam=Fraction(1)):
   return fail
 
 
-@pytest.mark.parametrize("n,k", [(1, 1), (2, 1), (1, 3), (2, 2), (3, 2), (5, 2),
-                                 (4, 3), (6, 3), (3, 4), (5, 4)])
+@pytest.mark.parametrize(
+  "n,k", [(1, 1), (2, 1), (1, 3), (2, 2), (3, 2), (5, 2), (4, 3), (6, 3), (3, 4), (5, 4)]
+)
 def test_supervised_failure_matches_enumeration(n, k):
-  assert T.failure_probability(n, k) == pytest.approx(float(brute_force_failure(n, k)),
-                                                      abs=1e-15)
+  assert T.failure_probability(n, k) == pytest.approx(float(brute_force_failure(n, k)), abs=1e-15)
 
 
 @pytest.mark.parametrize("n,k,lam", [(3, 2, 0.5), (5, 2, 0.25), (4, 3, 0.75)])
@@ -121,23 +124,24 @@ def test_semi_supervised_failure_matches_enumeration(n, k, lam):
   assert got == pytest.approx(ref, abs=1e-15)
 
 
-@pytest.mark.parametrize("mode,n,k,lam", [("supervised", 12, 5, 1.0),
-                                          ("supervised", 40, 10, 1.0),
-                                          ("semi_supervised", 30, 4, 0.3)])
+@pytest.mark.parametrize(
+  "mode,n,k,lam",
+  [("supervised", 12, 5, 1.0), ("supervised", 40, 10, 1.0), ("semi_supervised", 30, 4, 0.3)],
+)
 def test_coverage_and_uncovered_fraction_monte_carlo(mode, n, k, lam):
   rng = np.random.default_rng(0)
   trials = 20000
   y = rng.integers(0, k, size=(trials, n))
   labelled = rng.random((trials, n)) < lam if mode == "semi_supervised" else np.ones_like(y, bool)
   yl = np.where(labelled, y, -1)
-  counts = np.stack([(yl == c).sum(1) for c in range(k)], 1)          # (trials, k)
-  row_count = np.take_along_axis(counts, np.maximum(yl, 0), 1)        # own-class count
+  counts = np.stack([(yl == c).sum(1) for c in range(k)], 1)  # (trials, k)
+  row_count = np.take_along_axis(counts, np.maximum(yl, 0), 1)  # own-class count
   has_pos = labelled & (row_count >= 2)
-  covered = np.all(has_pos | ~labelled, axis=1)    # every labelled row has a positive
+  covered = np.all(has_pos | ~labelled, axis=1)  # every labelled row has a positive
   p = T.coverage_probability(n, k, mode=mode, views=1, label_fraction=lam)
   se = math.sqrt(p * (1 - p) / trials)
   assert abs(covered.mean() - p) <= K_SE * se + 1e-12
-  unc = 1.0 - has_pos.mean(1)                      # fraction of rows without positive
+  unc = 1.0 - has_pos.mean(1)  # fraction of rows without positive
   f = T.expected_uncovered_fraction(n, k, mode=mode, views=1, label_fraction=lam)
   assert abs(unc.mean() - f) <= K_SE * unc.std() / math.sqrt(trials)
 
@@ -145,17 +149,16 @@ def test_coverage_and_uncovered_fraction_monte_carlo(mode, n, k, lam):
 def test_self_supervised_and_multiview_are_trivial():
   for n in (1, 2, 7):
     assert T.coverage_probability(n, 10, mode="self_supervised", views=2) == 1.0
-    assert T.failure_probability(n, 10, mode="semi_supervised", views=2,
-                                 label_fraction=0.1) == 0.0
+    assert T.failure_probability(n, 10, mode="semi_supervised", views=2, label_fraction=0.1) == 0.0
     assert T.expected_uncovered_fraction(n, 10, mode="self_supervised", views=3) == 0.0
   assert T.coverage_probability(4, 10, mode="self_supervised", views=1) == 0.0
   assert T.min_batch_size(10, 0.01, mode="self_supervised", views=2) == 1
 
 
 def test_coverage_edge_cases():
-  assert T.coverage_probability(1, 5) == 0.0          # a lone row has no partner
+  assert T.coverage_probability(1, 5) == 0.0  # a lone row has no partner
   assert T.expected_uncovered_fraction(1, 5) == 1.0
-  assert T.coverage_probability(2, 1) == 1.0          # K = 1: any pair is positive
+  assert T.coverage_probability(2, 1) == 1.0  # K = 1: any pair is positive
   assert T.coverage_probability(50, 1) == 1.0
   assert T.min_batch_size(1, 0.1) == 2
   # tiny failure probabilities are computed exactly, no cancellation to 0 or < 0
@@ -171,10 +174,15 @@ def test_coverage_rises_with_n_eventually():
   assert T.failure_probability(3, 2) > T.failure_probability(2, 2)
 
 
-@pytest.mark.parametrize("k,delta,mode,lam", [(2, 0.1, "supervised", 1.0),
-                                              (10, 0.01, "supervised", 1.0),
-                                              (100, 1e-3, "supervised", 1.0),
-                                              (10, 0.05, "semi_supervised", 0.1)])
+@pytest.mark.parametrize(
+  "k,delta,mode,lam",
+  [
+    (2, 0.1, "supervised", 1.0),
+    (10, 0.01, "supervised", 1.0),
+    (100, 1e-3, "supervised", 1.0),
+    (10, 0.05, "semi_supervised", 0.1),
+  ],
+)
 def test_min_batch_size_definition(k, delta, mode, lam):
   n = T.min_batch_size(k, delta, mode=mode, views=1, label_fraction=lam)
   fail = lambda m: T.failure_probability(m, k, mode=mode, views=1, label_fraction=lam)
@@ -217,19 +225,22 @@ def test_cosine_mean_and_std_monte_carlo(sigma, s, rho):
   d, n = 256, 20000
   rng = np.random.default_rng(1)
   a, b, es, eo = simulate_triplets(rng, sigma, s, rho, d, n)
-  for pair, c in (("positive", cos_rows(a, b)), ("same_class", cos_rows(a, es)),
-                  ("other_class", cos_rows(a, eo))):
+  for pair, c in (
+    ("positive", cos_rows(a, b)),
+    ("same_class", cos_rows(a, es)),
+    ("other_class", cos_rows(a, eo)),
+  ):
     lead = float(T.expected_cosine(sigma, s, rho, d, pair=pair, bias_correction=False))
     corr = float(T.expected_cosine(sigma, s, rho, d, pair=pair))
     b1_over_d = abs(corr - lead)
     se = c.std() / math.sqrt(n)
-    if pair == "positive" and s == 0.0:      # identical views: exactly 1
+    if pair == "positive" and s == 0.0:  # identical views: exactly 1
       assert lead == pytest.approx(1.0, abs=1e-6) and corr == pytest.approx(1.0, abs=1e-6)
       np.testing.assert_allclose(c, 1.0, atol=1e-12)
       assert float(T.cosine_std(sigma, s, rho, d, pair=pair)) <= 1e-6
       continue
-    assert abs(c.mean() - lead) <= K_SE * se + b1_over_d + R_MEAN / d ** 2
-    assert abs(c.mean() - corr) <= K_SE * se + R_MEAN / d ** 2
+    assert abs(c.mean() - lead) <= K_SE * se + b1_over_d + R_MEAN / d**2
+    assert abs(c.mean() - corr) <= K_SE * se + R_MEAN / d**2
     v, v_se = var_and_se(c)
     v_th = float(T.cosine_std(sigma, s, rho, d, pair=pair)) ** 2
     assert abs(v - v_th) <= K_SE * v_se + R_VAR / d * v_th
@@ -245,17 +256,17 @@ def test_bias_correction_is_needed_at_small_d():
   se = c.std() / math.sqrt(n)
   lead = float(T.expected_cosine(sigma, s, rho, d, bias_correction=False))
   corr = float(T.expected_cosine(sigma, s, rho, d))
-  assert abs(c.mean() - corr) <= K_SE * se + R_MEAN / d ** 2
-  assert abs(c.mean() - lead) > K_SE * se + R_MEAN / d ** 2
+  assert abs(c.mean() - corr) <= K_SE * se + R_MEAN / d**2
+  assert abs(c.mean() - lead) > K_SE * se + R_MEAN / d**2
 
 
 def test_cosine_closed_forms_and_limits():
   sigma = np.array([0.0, 0.5, 1.0, 2.0])
   s = np.array([0.0, 0.3, 1.0, 3.0])
   rho = 0.25
-  q = 1 + sigma ** 2 + s ** 2
+  q = 1 + sigma**2 + s**2
   lead = lambda pair: np.asarray(T.expected_cosine(sigma, s, rho, pair=pair))
-  np.testing.assert_allclose(lead("positive"), (1 + sigma ** 2) / q, rtol=1e-6)
+  np.testing.assert_allclose(lead("positive"), (1 + sigma**2) / q, rtol=1e-6)
   np.testing.assert_allclose(lead("same_class"), 1 / q, rtol=1e-6)
   np.testing.assert_allclose(lead("other_class"), rho / q, rtol=1e-6)
   # s = 0: the two views coincide, cos = 1 exactly with zero spread, and the
@@ -263,21 +274,33 @@ def test_cosine_closed_forms_and_limits():
   sg = np.array([0.0, 0.3, 1.0, 2.0])
   np.testing.assert_allclose(np.asarray(T.expected_cosine(sg, 0.0, rho, 256.0)), 1.0, atol=1e-6)
   np.testing.assert_allclose(np.asarray(T.cosine_std(sg, 0.0, rho, 256.0)), 0.0, atol=1e-6)
-  np.testing.assert_allclose(np.asarray(T.margin_std(sg, 0.0, rho, 256.0, versus="same_class")),
-                             np.asarray(T.cosine_std(sg, 0.0, rho, 256.0, pair="same_class")),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(T.margin_std(sg, 0.0, rho, 256.0, versus="same_class")),
+    np.asarray(T.cosine_std(sg, 0.0, rho, 256.0, pair="same_class")),
+    rtol=1e-5,
+  )
   # d = inf: no fluctuation
   assert np.all(np.asarray(T.cosine_std(sigma, s, rho, jnp.inf)) == 0.0)
   # closed-form leading-order variance (docs §2.3) vs the generic delta-method engine
   d = 100.0
-  for pair, cen, gam in (("positive", 1.0, sigma ** 2), ("same_class", 1.0, 0 * sigma),
-                         ("other_class", rho, 0 * sigma)):
-    al = sigma ** 2 + s ** 2
+  for pair, cen, gam in (
+    ("positive", 1.0, sigma**2),
+    ("same_class", 1.0, 0 * sigma),
+    ("other_class", rho, 0 * sigma),
+  ):
+    al = sigma**2 + s**2
     D, N = cen + gam, 1 + al
-    v = (2 * al + 2 * cen * gam + al ** 2 + gam ** 2 - 4 * D / N * (gam + cen * al + al * gam)
-         + (D / N) ** 2 * (2 * al + al ** 2 + 2 * cen * gam + gam ** 2)) / (d * N ** 2)
-    np.testing.assert_allclose(np.asarray(T.cosine_std(sigma, s, rho, d, pair=pair)) ** 2,
-                               v, rtol=2e-5, atol=1e-9)
+    v = (
+      2 * al
+      + 2 * cen * gam
+      + al**2
+      + gam**2
+      - 4 * D / N * (gam + cen * al + al * gam)
+      + (D / N) ** 2 * (2 * al + al**2 + 2 * cen * gam + gam**2)
+    ) / (d * N**2)
+    np.testing.assert_allclose(
+      np.asarray(T.cosine_std(sigma, s, rho, d, pair=pair)) ** 2, v, rtol=2e-5, atol=1e-9
+    )
 
 
 def test_cosines_fall_with_s_and_margin_ratio_falls():
@@ -286,10 +309,11 @@ def test_cosines_fall_with_s_and_margin_ratio_falls():
     m = np.asarray(T.expected_cosine(0.7, s, 0.3, 512.0, pair=pair))
     assert np.all(np.diff(m) < 0)
   m = np.asarray(T.expected_cosine(0.7, s, 0.3, 512.0, pair="other_class"))
-  assert np.all(np.diff(m) < 0)            # rho > 0: also falls toward 0
+  assert np.all(np.diff(m) < 0)  # rho > 0: also falls toward 0
   for versus in ("same_class", "other_class"):
-    ratio = (np.asarray(T.margin_mean(0.7, s, 0.3, 512.0, versus=versus, bias_correction=False))
-             / np.asarray(T.margin_std(0.7, s, 0.3, 512.0, versus=versus)))
+    ratio = np.asarray(
+      T.margin_mean(0.7, s, 0.3, 512.0, versus=versus, bias_correction=False)
+    ) / np.asarray(T.margin_std(0.7, s, 0.3, 512.0, versus=versus))
     assert np.all(np.diff(ratio[1:]) < 0)  # used by max_augmentation's bisection
 
 
@@ -304,8 +328,8 @@ def test_margin_and_win_probability_monte_carlo(versus):
   corr = float(T.margin_mean(sigma, s, rho, d, versus=versus))
   se = mg.std() / math.sqrt(n)
   # the margin's bias bound is the sum of its two cosines' bounds
-  assert abs(mg.mean() - corr) <= K_SE * se + 2 * R_MEAN / d ** 2
-  assert abs(mg.mean() - lead) <= K_SE * se + abs(corr - lead) + 2 * R_MEAN / d ** 2
+  assert abs(mg.mean() - corr) <= K_SE * se + 2 * R_MEAN / d**2
+  assert abs(mg.mean() - lead) <= K_SE * se + abs(corr - lead) + 2 * R_MEAN / d**2
   v, v_se = var_and_se(mg)
   v_th = float(T.margin_std(sigma, s, rho, d, versus=versus)) ** 2
   assert abs(v - v_th) <= K_SE * v_se + R_VAR / d * v_th
@@ -313,13 +337,14 @@ def test_margin_and_win_probability_monte_carlo(versus):
   # (skewness) term, bounded in docs §2.6 by WIN_BIAS at this point.
   w = float(T.win_probability(sigma, s, rho, d, versus=versus))
   p_mc = (mg > 0).mean()
-  assert 0.6 < w < 0.999                  # a non-trivial operating point
+  assert 0.6 < w < 0.999  # a non-trivial operating point
   assert abs(p_mc - w) <= K_SE * math.sqrt(w * (1 - w) / n) + WIN_BIAS
 
 
 # ----------------------------------------------------------------------------
 # 4. maximum augmentation
 # ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("versus,z", [("other_class", 2.0), ("same_class", 1.0)])
 def test_max_augmentation_is_the_z_sigma_point_in_simulation(versus, z):
@@ -333,9 +358,13 @@ def test_max_augmentation_is_the_z_sigma_point_in_simulation(versus, z):
   v, v_se = var_and_se(mg)
   sd = math.sqrt(v)
   sd_se = v_se / (2 * sd)
-  m_bias = abs(float(T.margin_mean(sigma, s_star, rho, d, versus=versus))
-               - float(T.margin_mean(sigma, s_star, rho, d, versus=versus,
-                                     bias_correction=False))) + 2 * R_MEAN / d ** 2
+  m_bias = (
+    abs(
+      float(T.margin_mean(sigma, s_star, rho, d, versus=versus))
+      - float(T.margin_mean(sigma, s_star, rho, d, versus=versus, bias_correction=False))
+    )
+    + 2 * R_MEAN / d**2
+  )
   tol = K_SE * (mg.std() / math.sqrt(n) + z * sd_se) + m_bias + z * sd * R_VAR / (2 * d)
   assert abs(mg.mean() - z * sd) <= tol
 
@@ -343,12 +372,13 @@ def test_max_augmentation_is_the_z_sigma_point_in_simulation(versus, z):
 def test_max_augmentation_properties():
   s_oc = float(T.max_augmentation(0.5, 0.2, 1024.0, versus="other_class"))
   s_sc = float(T.max_augmentation(0.5, 0.2, 1024.0, versus="same_class"))
-  assert 0 < s_sc < s_oc                                  # same-class is harder
+  assert 0 < s_sc < s_oc  # same-class is harder
   d = np.array([64.0, 256.0, 1024.0, 4096.0])
   sd = np.asarray(T.max_augmentation(0.5, 0.2, d))
-  assert np.all(np.diff(sd) > 0)                          # more dims, more room
-  assert (float(T.max_augmentation(0.5, 0.2, 1024.0, margin_z=3.0))
-          < float(T.max_augmentation(0.5, 0.2, 1024.0, margin_z=2.0)))
+  assert np.all(np.diff(sd) > 0)  # more dims, more room
+  assert float(T.max_augmentation(0.5, 0.2, 1024.0, margin_z=3.0)) < float(
+    T.max_augmentation(0.5, 0.2, 1024.0, margin_z=2.0)
+  )
   # criterion already fails at s = 0 (tiny d, big noise): 0; d = inf: inf
   assert float(T.max_augmentation(3.0, 0.0, 2.0, versus="same_class")) == 0.0
   assert float(T.max_augmentation(0.5, 0.2, jnp.inf)) == np.inf
@@ -356,12 +386,13 @@ def test_max_augmentation_properties():
   d_big = 1e6
   exact = float(T.max_augmentation(0.5, 0.0, d_big))
   asym = float(T.max_augmentation_asymptotic(0.5, 0.0, d_big))
-  assert abs(asym - exact) / exact <= 4.0 / exact ** 2
+  assert abs(asym - exact) / exact <= 4.0 / exact**2
   # the root satisfies its equation
   for versus in ("same_class", "other_class"):
     s_star = float(T.max_augmentation(0.5, 0.2, 1024.0, versus=versus))
-    g = (float(T.margin_mean(0.5, s_star, 0.2, 1024.0, versus=versus, bias_correction=False))
-         - 2.0 * float(T.margin_std(0.5, s_star, 0.2, 1024.0, versus=versus)))
+    g = float(
+      T.margin_mean(0.5, s_star, 0.2, 1024.0, versus=versus, bias_correction=False)
+    ) - 2.0 * float(T.margin_std(0.5, s_star, 0.2, 1024.0, versus=versus))
     assert abs(g) < 1e-5
 
 
@@ -369,8 +400,11 @@ def test_max_augmentation_properties():
 # 3. noise after one ReLU-fusion layer
 # ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("m,leak,m_o,k,rho", [(4, 0.0, 1, 2, 0.0), (16, 0.0, 1, 2, 0.0),
-                                              (8, 0.3, 12, 4, 0.2), (5, 0.5, 6, 3, -0.5)])
+
+@pytest.mark.parametrize(
+  "m,leak,m_o,k,rho",
+  [(4, 0.0, 1, 2, 0.0), (16, 0.0, 1, 2, 0.0), (8, 0.3, 12, 4, 0.2), (5, 0.5, 6, 3, -0.5)],
+)
 def test_fused_noise_law_with_fixed_weights(m, leak, m_o, k, rho):
   sigma, d, trials = 0.9, 64, 4000
   rng = np.random.default_rng(5)
@@ -389,9 +423,10 @@ def test_fused_noise_law_with_fixed_weights(m, leak, m_o, k, rho):
     assert float(T.fused_noise_rms(sigma, m)) == pytest.approx(sigma / math.sqrt(m), rel=1e-6)
 
 
-@pytest.mark.parametrize("k,per_class,d,sigma,rho", [(4, 16, 512, 1.0, 0.5),
-                                                     (8, 8, 256, 0.7, 0.2),
-                                                     (4, 16, 512, 1.0, -1.0 / 3.0)])
+@pytest.mark.parametrize(
+  "k,per_class,d,sigma,rho",
+  [(4, 16, 512, 1.0, 0.5), (8, 8, 256, 0.7, 0.2), (4, 16, 512, 1.0, -1.0 / 3.0)],
+)
 def test_fused_noise_with_actual_relu_adjacency(k, per_class, d, sigma, rho):
   rng = np.random.default_rng(6)
   mu = equicorrelated_centres(rng, k, d, rho)
@@ -406,14 +441,16 @@ def test_fused_noise_with_actual_relu_adjacency(k, per_class, d, sigma, rho):
   err = np.concatenate(errs)
   leak_mc = np.concatenate(leaks)
   leak, m_s, m_o = T.relu_attention_stats(sigma, rho, d, per_class - 1, n - per_class)
-  pred = float(T.fused_noise_rms(sigma, m_s, leak=leak, m_other=m_o, rho=rho,
-                                 num_classes=k)) ** 2
+  pred = float(T.fused_noise_rms(sigma, m_s, leak=leak, m_other=m_o, rho=rho, num_classes=k)) ** 2
   # rows of one batch are dependent: standard error over batches, not rows
   batch_means = np.array([e.mean() for e in errs])
   se = batch_means.std(ddof=1) / math.sqrt(len(batch_means))
   assert abs(err.mean() - pred) <= K_SE * se + R_FUSE * pred
   lb = np.array([l.mean() for l in leaks])
-  assert abs(leak_mc.mean() - float(leak)) <= K_SE * lb.std(ddof=1) / math.sqrt(len(lb)) + R_FUSE * float(leak) + 1e-6
+  assert (
+    abs(leak_mc.mean() - float(leak))
+    <= K_SE * lb.std(ddof=1) / math.sqrt(len(lb)) + R_FUSE * float(leak) + 1e-6
+  )
 
 
 def test_fused_noise_shrinks_like_one_over_sqrt_m():
@@ -433,6 +470,7 @@ def test_fused_noise_shrinks_like_one_over_sqrt_m():
 # ----------------------------------------------------------------------------
 # inputs, NaN-freedom, jit
 # ----------------------------------------------------------------------------
+
 
 def test_bad_inputs_raise():
   with pytest.raises(ValueError, match="sigma"):
@@ -468,14 +506,17 @@ def test_never_nan_at_edges():
 
 
 class JitTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(("pos", "positive"), ("other", "other_class"))
   def test_expected_cosine_jit(self, pair):
     sigma = jnp.array([[0.2], [1.0]])
     s = jnp.array([0.0, 0.5, 2.0])
-    f = self.variant(lambda a, b: (T.expected_cosine(a, b, 0.3, 64.0, pair=pair),
-                                   T.cosine_std(a, b, 0.3, 64.0, pair=pair)))
+    f = self.variant(
+      lambda a, b: (
+        T.expected_cosine(a, b, 0.3, 64.0, pair=pair),
+        T.cosine_std(a, b, 0.3, 64.0, pair=pair),
+      )
+    )
     m, sd = f(sigma, s)
     chex.assert_shape(m, (2, 3))
     chex.assert_shape(sd, (2, 3))
@@ -487,6 +528,7 @@ class JitTest(chex.TestCase):
     f = self.variant(lambda sg, d: T.max_augmentation(sg, 0.2, d))
     out = f(jnp.array([0.3, 0.5, 1.0]), jnp.array([256.0, 1024.0, 1024.0]))
     chex.assert_shape(out, (3,))
-    ref = [float(T.max_augmentation(a, 0.2, b)) for a, b in
-           [(0.3, 256.0), (0.5, 1024.0), (1.0, 1024.0)]]
+    ref = [
+      float(T.max_augmentation(a, 0.2, b)) for a, b in [(0.3, 256.0), (0.5, 1024.0), (1.0, 1024.0)]
+    ]
     np.testing.assert_allclose(out, ref, rtol=1e-5)

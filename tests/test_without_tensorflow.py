@@ -1,5 +1,6 @@
 """tfjax without TensorFlow: a fresh process in which ``import tensorflow`` fails
 imports tfjax, generates MNIST-1D, trains, evaluates and checkpoints."""
+
 import json
 import os
 import subprocess
@@ -62,29 +63,40 @@ TRAIN = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_trains_evaluates_and_checkpoints_without_tensorflow(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run(
-        [sys.executable, "-c", HIDE_TENSORFLOW + TRAIN, str(tmp_path / "tfds"),
-         str(tmp_path / "run"), str(tmp_path / "head.npz")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["tensorflow"] is False and report["step"] == 4
-    assert 0.0 <= report["knn"] <= 1.0 and 0.0 <= report["linear"] <= 1.0
-    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2", "4"]
-    assert os.listdir(tmp_path / "run" / "tensorboard")   # TensorBoard's own writer
-    assert len(open(tmp_path / "run" / "metrics.jsonl").readlines()) == 2
-    # The same MNIST-1D records, in the same order, as this process generates.
-    from tfjax.data.pipeline import load_arrays
+  env = {**os.environ, "XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      HIDE_TENSORFLOW + TRAIN,
+      str(tmp_path / "tfds"),
+      str(tmp_path / "run"),
+      str(tmp_path / "head.npz"),
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert report["tensorflow"] is False and report["step"] == 4
+  assert 0.0 <= report["knn"] <= 1.0 and 0.0 <= report["linear"] <= 1.0
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2", "4"]
+  assert os.listdir(tmp_path / "run" / "tensorboard")  # TensorBoard's own writer
+  assert len(open(tmp_path / "run" / "metrics.jsonl").readlines()) == 2
+  # The same MNIST-1D records, in the same order, as this process generates.
+  from tfjax.data.pipeline import load_arrays
 
-    x, y = load_arrays("mnist1d", "train", data_dir=str(tmp_path / "tfds_here"))
-    head = np.load(tmp_path / "head.npz")
-    np.testing.assert_array_equal(head["x"], x[:200])
-    np.testing.assert_array_equal(head["y"], y[:200])
+  x, y = load_arrays("mnist1d", "train", data_dir=str(tmp_path / "tfds_here"))
+  head = np.load(tmp_path / "head.npz")
+  np.testing.assert_array_equal(head["x"], x[:200])
+  np.testing.assert_array_equal(head["y"], y[:200])
 
 
 def test_hiding_tensorflow_makes_its_import_fail():
-    code = HIDE_TENSORFLOW + textwrap.dedent("""
+  code = HIDE_TENSORFLOW + textwrap.dedent("""
         import importlib.util
         assert importlib.util.find_spec("tensorflow") is None
         try:
@@ -92,12 +104,12 @@ def test_hiding_tensorflow_makes_its_import_fail():
         except ModuleNotFoundError:
             print("hidden")
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.stdout.strip() == "hidden", proc.stderr
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert proc.stdout.strip() == "hidden", proc.stderr
 
 
 def test_downloading_an_image_dataset_without_tensorflow_is_one_line(tmp_path):
-    code = HIDE_TENSORFLOW + textwrap.dedent("""
+  code = HIDE_TENSORFLOW + textwrap.dedent("""
         import sys
         from tfjax.data.sources import prepare_dataset
         try:
@@ -105,7 +117,14 @@ def test_downloading_an_image_dataset_without_tensorflow_is_one_line(tmp_path):
         except ImportError as e:
             print(e)
     """)
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1 and "install tfjax[tf]" in lines[0] and "'cifar10'" in lines[0], proc.stderr
+  proc = subprocess.run(
+    [sys.executable, "-c", code, str(tmp_path)],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  lines = proc.stdout.strip().splitlines()
+  assert len(lines) == 1 and "install tfjax[tf]" in lines[0] and "'cifar10'" in lines[0], (
+    proc.stderr
+  )

@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_config_fields_are_the_training_fields_flattened():
   c = tiny_config(learning_rate=1e-3)
   with c.unlocked():
-    c.runs = {"supcon": {"learning_rate": 1.0}}   # an experiment's own field
+    c.runs = {"supcon": {"learning_rate": 1.0}}  # an experiment's own field
   fields = rerun.config_fields(c)
   assert fields["head.num_layers"] == 3 and fields["learning_rate"] == 1e-3
   assert fields["backbone_kwargs.hidden"] == [16]
@@ -38,14 +38,16 @@ def test_config_fields_are_the_training_fields_flattened():
 
 def test_config_diff_splits_fixed_and_free_fields():
   old = rerun.config_fields(tiny_config(learning_rate=1e-3))
-  new = rerun.config_fields(tiny_config(learning_rate=0.01, log_every=1,
-                                     **{"eval.knn_k": 7, "input.num_threads": 1,
-                                        "backbone_kwargs.hidden": (32,)}))
+  new = rerun.config_fields(
+    tiny_config(
+      learning_rate=0.01,
+      log_every=1,
+      **{"eval.knn_k": 7, "input.num_threads": 1, "backbone_kwargs.hidden": (32,)},
+    )
+  )
   fixed, free = rerun.config_diff(old, new)
-  assert fixed == [("backbone_kwargs.hidden", [16], [32]),
-                   ("learning_rate", 0.001, 0.01)]
-  assert free == [("eval.knn_k", 3, 7), ("input.num_threads", 4, 1),
-                  ("log_every", 2, 1)]
+  assert fixed == [("backbone_kwargs.hidden", [16], [32]), ("learning_rate", 0.001, 0.01)]
+  assert free == [("eval.knn_k", 3, 7), ("input.num_threads", 4, 1), ("log_every", 2, 1)]
   assert rerun.config_diff(old, dict(old)) == ([], [])
   # A key only one side has (an unlocked dict's entry) differs too.
   fixed, _ = rerun.config_diff({**old, "loss_options.margin": 1.0}, old)
@@ -55,19 +57,39 @@ def test_config_diff_splits_fixed_and_free_fields():
   older = {k: v for k, v in old.items() if k != "labelled_batch_size"}
   assert rerun.config_diff(older, old) == ([], [])
   assert rerun.config_diff(older, {**old, "labelled_batch_size": 8})[0] == [
-      ("labelled_batch_size", "(absent)", 8)]
+    ("labelled_batch_size", "(absent)", 8)
+  ]
 
 
-@pytest.mark.parametrize("field", ["input.num_threads", "input.device_prefetch",
-                                   "log_every", "checkpoint_every",
-                                   "write_plots", "data_dir", "eval.knn_k"])
+@pytest.mark.parametrize(
+  "field",
+  [
+    "input.num_threads",
+    "input.device_prefetch",
+    "log_every",
+    "checkpoint_every",
+    "write_plots",
+    "data_dir",
+    "eval.knn_k",
+  ],
+)
 def test_free_fields(field):
   assert rerun._free(field)
 
 
-@pytest.mark.parametrize("field", ["learning_rate", "num_steps", "seed",
-                                   "num_devices", "steps_per_call", "evaluate",
-                                   "head.num_layers", "dataset"])
+@pytest.mark.parametrize(
+  "field",
+  [
+    "learning_rate",
+    "num_steps",
+    "seed",
+    "num_devices",
+    "steps_per_call",
+    "evaluate",
+    "head.num_layers",
+    "dataset",
+  ],
+)
 def test_fixed_fields(field):
   assert not rerun._free(field)
 
@@ -77,18 +99,18 @@ def test_run_directory_refuses_other_config_in_one_line(tmp_path):
   d = str(tmp_path)
   with wd.RunDirectory(d, tiny_config()) as run:
     run.start(*pipeline_sources())
-  with wd.RunDirectory(d, tiny_config(learning_rate=5.0)) as run:   # no checkpoint yet
+  with wd.RunDirectory(d, tiny_config(learning_rate=5.0)) as run:  # no checkpoint yet
     run.start(*pipeline_sources())
   os.makedirs(os.path.join(d, "checkpoints", "4"))
   with pytest.raises(wd.ConfigMismatchError) as e:
     wd.RunDirectory(d, tiny_config(learning_rate=1.0, seed=3)).__enter__()
   assert str(e.value) == (
-      f"work directory {d!r} holds a run (checkpoint at step 4) of another "
-      "config: learning_rate 5.0 -> 1.0; seed 0 -> 3. Rerun with --overwrite "
-      "(overwrite=True) to start afresh, or use another --workdir")
+    f"work directory {d!r} holds a run (checkpoint at step 4) of another "
+    "config: learning_rate 5.0 -> 1.0; seed 0 -> 3. Rerun with --overwrite "
+    "(overwrite=True) to start afresh, or use another --workdir"
+  )
   said = []
-  with wd.RunDirectory(d, tiny_config(learning_rate=5.0, num_steps=9),
-                       say=said.append) as run:
+  with wd.RunDirectory(d, tiny_config(learning_rate=5.0, num_steps=9), say=said.append) as run:
     assert run.resumed_from == 4 and run.changes == [("num_steps", 6, 9)]
     run.start(*pipeline_sources())
   assert "num_steps raised from 6 to 9" in said[0] and "warmup_cosine" in said[0]
@@ -111,8 +133,7 @@ def test_raising_num_steps_of_a_constant_schedule_says_nothing(tmp_path):
     run.start(*pipeline_sources())
   os.makedirs(os.path.join(d, "checkpoints", "6"))
   said = []
-  with wd.RunDirectory(d, tiny_config(schedule="constant", num_steps=20),
-                       say=said.append) as run:
+  with wd.RunDirectory(d, tiny_config(schedule="constant", num_steps=20), say=said.append) as run:
     assert run.changes == [("num_steps", 6, 20)]
   assert said == []
 
@@ -140,22 +161,22 @@ def test_overwrite_clears_and_data_fingerprint_guards(tmp_path):
 
 # ----------------------------------------------------------------------------
 # The lock.
-_TRY = ("import fcntl, sys; f = open(sys.argv[1], 'a+'); "
-        "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)")
+_TRY = (
+  "import fcntl, sys; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)"
+)
 
 
 def _free_elsewhere(d):
-  return subprocess.run([sys.executable, "-c", _TRY,
-                         os.path.join(d, wd.LOCK_FILE)]).returncode == 0
+  return subprocess.run([sys.executable, "-c", _TRY, os.path.join(d, wd.LOCK_FILE)]).returncode == 0
 
 
 def test_lock_is_exclusive_reentrant_and_released_on_error(tmp_path):
   d = str(tmp_path)
   with pytest.raises(ZeroDivisionError):
     with wd.lock(d):
-      with wd.lock(d):                       # re-entrant in this process
-        assert not _free_elsewhere(d)        # ...exclusive across processes
-      assert not _free_elsewhere(d)          # the outer hold remains
+      with wd.lock(d):  # re-entrant in this process
+        assert not _free_elsewhere(d)  # ...exclusive across processes
+      assert not _free_elsewhere(d)  # the outer hold remains
       1 / 0
   assert _free_elsewhere(d) and not wd._HELD
 
@@ -163,21 +184,31 @@ def test_lock_is_exclusive_reentrant_and_released_on_error(tmp_path):
 def test_second_process_is_refused_at_once(tmp_path):
   d = str(tmp_path)
   holder = subprocess.Popen(
-      [sys.executable, "-c", _TRY + "; f.write('pid 1 since now'); f.flush(); "
-       "print('locked', flush=True); import time; time.sleep(600)",
-       os.path.join(d, wd.LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      "-c",
+      _TRY + "; f.write('pid 1 since now'); f.flush(); "
+      "print('locked', flush=True); import time; time.sleep(600)",
+      os.path.join(d, wd.LOCK_FILE),
+    ],
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   try:
     assert holder.stdout.readline().strip() == "locked"
     t0 = time.time()
-    with pytest.raises(wd.WorkdirBusyError, match=r"is in use by another run "
-                       r"\(pid 1 since now\); wait for it"):
+    with pytest.raises(
+      wd.WorkdirBusyError,
+      match=r"is in use by another run "
+      r"\(pid 1 since now\); wait for it",
+    ):
       with wd.lock(d):
         pass
     assert time.time() - t0 < 1.0
   finally:
     holder.kill()
     holder.wait()
-  with wd.lock(d):                           # the killed holder left no lock
+  with wd.lock(d):  # the killed holder left no lock
     with open(os.path.join(d, wd.LOCK_FILE)) as f:
       assert f.read().startswith(f"pid {os.getpid()} since ")
 
@@ -188,10 +219,14 @@ def test_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch):
 
   def no_locks(*args):
     raise OSError(errno.ENOLCK, "No locks available")
+
   monkeypatch.setattr(fcntl, "flock", no_locks)
-  with pytest.warns(UserWarning, match=r"cannot lock .*\.lock \(No locks "
-                    r"available\): a second run in this work directory would "
-                    r"not be detected"):
+  with pytest.warns(
+    UserWarning,
+    match=r"cannot lock .*\.lock \(No locks "
+    r"available\): a second run in this work directory would "
+    r"not be detected",
+  ):
     with wd.lock(str(tmp_path)):
       pass
   assert not wd._HELD
@@ -199,10 +234,13 @@ def test_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch):
 
 def test_check_writable(tmp_path):
   wd.check_writable(str(tmp_path / "new" / "dir"))
-  assert os.listdir(tmp_path / "new" / "dir") == []   # the probe file is gone
+  assert os.listdir(tmp_path / "new" / "dir") == []  # the probe file is gone
   (tmp_path / "file").write_text("x")
-  with pytest.raises(wd.WorkdirError, match=r"work directory .* is not "
-                     r"writable: .* choose another --workdir"):
+  with pytest.raises(
+    wd.WorkdirError,
+    match=r"work directory .* is not "
+    r"writable: .* choose another --workdir",
+  ):
     wd.check_writable(str(tmp_path / "file" / "dir"))
 
 
@@ -212,10 +250,17 @@ def test_clear_tree_removes_run_files_only(tmp_path):
   run = tmp_path / "a" / "seed0"
   (run / "checkpoints" / "4").mkdir(parents=True)
   (run / "tensorboard").mkdir()
-  for name in ("config.json", "metrics.jsonl", "results.json", "run.json",
-               "loss.png", "mine.txt", ".lock"):
+  for name in (
+    "config.json",
+    "metrics.jsonl",
+    "results.json",
+    "run.json",
+    "loss.png",
+    "mine.txt",
+    ".lock",
+  ):
     (run / name).write_text("{}")
-  lone = tmp_path / "b"            # config.json alone: not a run directory
+  lone = tmp_path / "b"  # config.json alone: not a run directory
   lone.mkdir()
   (lone / "config.json").write_text("{}")
   (tmp_path / "results.md").write_text("table")
@@ -235,18 +280,21 @@ def test_data_fingerprint():
   assert len(same) == 32 and same == data_fingerprint(*pipeline_sources())
   x, y, xt, yt = toy_data()
   x2 = x.copy()
-  x2[17, 3] += 1e-6                        # one entry of in-memory data
+  x2[17, 3] += 1e-6  # one entry of in-memory data
   y2 = y.copy()
-  y2[5] = (y2[5] + 1) % 3                  # one label
-  for changed in [(pipeline.ArraySource(x2, y), a[1]),
-                  (pipeline.ArraySource(x, y2), a[1]),
-                  (a[1], a[0]),            # the order of the sources
-                  pipeline.split_source(a[0], 0.25)]:
+  y2[5] = (y2[5] + 1) % 3  # one label
+  for changed in [
+    (pipeline.ArraySource(x2, y), a[1]),
+    (pipeline.ArraySource(x, y2), a[1]),
+    (a[1], a[0]),  # the order of the sources
+    pipeline.split_source(a[0], 0.25),
+  ]:
     assert data_fingerprint(*changed) != same
   # A subset is its parent plus its indices.
   tr, val = pipeline.split_source(a[0], 0.25)
   assert data_fingerprint(tr, val) == data_fingerprint(
-      *pipeline.split_source(pipeline_sources()[0], 0.25))
+    *pipeline.split_source(pipeline_sources()[0], 0.25)
+  )
 
 
 class _Records:
@@ -274,24 +322,29 @@ def test_fingerprint_of_a_record_source_reads_16_records():
   first = data_fingerprint(src)
   assert sorted(set(src.reads)) == sorted(set(np.linspace(0, 99, 16).astype(int)))
   x2 = x.copy()
-  x2[99] += 1                                     # the last record is sampled
+  x2[99] += 1  # the last record is sampled
   assert data_fingerprint(_Records(x2, y)) != first
-  assert data_fingerprint(_Records(x[:99], y[:99])) != first   # the size
+  assert data_fingerprint(_Records(x[:99], y[:99])) != first  # the size
 
 
 # ----------------------------------------------------------------------------
 # The data, before any compute.
 def test_validate_checks_the_dataset_before_reading_it(tmp_path, monkeypatch):
-  validate(tiny_config())                        # offline: generated
-  with pytest.raises(ValueError, match="batch_size 61 exceeds the 60 training "
-                     "examples of 'subspaces_tiny'$"):
+  validate(tiny_config())  # offline: generated
+  with pytest.raises(
+    ValueError, match="batch_size 61 exceeds the 60 training examples of 'subspaces_tiny'$"
+  ):
     validate(tiny_config(batch_size=61))
   with pytest.raises(ValueError, match="unknown dataset 'cifar11'"):
     validate(tiny_config(dataset="cifar11"))
   c = tiny_config(dataset="mnist", data_dir=str(tmp_path))
-  with pytest.raises(DatasetNotFoundError, match=(
+  with pytest.raises(
+    DatasetNotFoundError,
+    match=(
       f"dataset 'mnist' is not prepared under data_dir '{tmp_path}' \\(no "
-      "array_record files of its train/test split in .*tfds build mnist")):
+      "array_record files of its train/test split in .*tfds build mnist"
+    ),
+  ):
     validate(c)
   # Prepared (file names as TFDS writes them): passes; one split missing: named.
   version = tmp_path / "mnist" / "3.0.1"
@@ -310,11 +363,12 @@ def test_validate_checks_the_dataset_before_reading_it(tmp_path, monkeypatch):
 
 def test_validate_skips_the_disk_check_under_tfds_mock_data():
   import tensorflow_datasets as tfds
+
   c = tiny_config(dataset="cifar10", data_dir="/nonexistent", batch_size=16)
   with pytest.raises(DatasetNotFoundError):
     validate(c)
   with tfds.testing.mock_data(num_examples=8):
-    validate(c)        # no files on disk; the registry's sizes do not hold
+    validate(c)  # no files on disk; the registry's sizes do not hold
 
 
 def test_suggest_fields():
@@ -355,21 +409,35 @@ def test_two_processes_stop_together_on_a_busy_workdir(tmp_path):
   d = str(tmp_path / "run")
   os.makedirs(d)
   holder = subprocess.Popen(
-      [sys.executable, "-c", _TRY + "; print('locked', flush=True); "
-       "import time; time.sleep(600)", os.path.join(d, wd.LOCK_FILE)],
-      stdout=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      "-c",
+      _TRY + "; print('locked', flush=True); import time; time.sleep(600)",
+      os.path.join(d, wd.LOCK_FILE),
+    ],
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   assert holder.stdout.readline().strip() == "locked"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   address = f"127.0.0.1:{_free_port()}"
   try:
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, address, str(i), d, ROOT],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, env=env) for i in range(2)]
+    procs = [
+      subprocess.Popen(
+        [sys.executable, "-c", _WORKER, address, str(i), d, ROOT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+      )
+      for i in range(2)
+    ]
     outs = [p.communicate(timeout=300)[0] for p in procs]
   finally:
     holder.kill()
     holder.wait()
   assert [p.returncode for p in procs] == [3, 3], outs
   assert "WorkdirBusyError: work directory" in outs[0], outs[0][-2000:]
-  assert "WorkdirError: process 0 failed while preparing the work directory" \
-      in outs[1], outs[1][-2000:]
+  assert "WorkdirError: process 0 failed while preparing the work directory" in outs[1], outs[1][
+    -2000:
+  ]

@@ -24,13 +24,32 @@ from tfjax import diagnostics, losses, theory  # noqa: E402  (pure JAX; no Tenso
 __version__ = "0.1.0"
 
 __all__ = [
-    "adjacency", "relu_attention", "cosine_similarity", "l2_normalize",
-    "target_affinity", "positive_mask", "jsd_loss", "row_jsd", "valid_rows",
-    "blockwise_attention", "blockwise_jsd_loss",
-    "FusionBlock", "AdjacencyBlock", "TransFusionHead",
-    "DeepFusionBlock", "DeepFusionHead",
-    "MLP", "CNN1D", "SmallCNN", "ResNet18", "get_backbone",
-    "losses", "diagnostics", "theory", "load_run", "Run",
+  "adjacency",
+  "relu_attention",
+  "cosine_similarity",
+  "l2_normalize",
+  "target_affinity",
+  "positive_mask",
+  "jsd_loss",
+  "row_jsd",
+  "valid_rows",
+  "blockwise_attention",
+  "blockwise_jsd_loss",
+  "FusionBlock",
+  "AdjacencyBlock",
+  "TransFusionHead",
+  "DeepFusionBlock",
+  "DeepFusionHead",
+  "MLP",
+  "CNN1D",
+  "SmallCNN",
+  "ResNet18",
+  "get_backbone",
+  "losses",
+  "diagnostics",
+  "theory",
+  "load_run",
+  "Run",
 ]
 
 # Loaded on first use: they import orbax, optax and the data registry, which
@@ -41,5 +60,6 @@ _LAZY = {"load_run": "tfjax.loading", "Run": "tfjax.loading"}
 def __getattr__(name):
   if name in _LAZY:
     import importlib
+
     return getattr(importlib.import_module(_LAZY[name]), name)
   raise AttributeError(f"module 'tfjax' has no attribute {name!r}")

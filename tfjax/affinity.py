@@ -44,9 +44,12 @@ def _check_ids(name: str, x: Array) -> None:
   chex.assert_type(x, int, custom_message=f"{name} must be integers")
 
 
-def checked_ids(groups: Array, labels: Optional[Array] = None,
-                column_groups: Optional[Array] = None,
-                column_labels: Optional[Array] = None):
+def checked_ids(
+  groups: Array,
+  labels: Optional[Array] = None,
+  column_groups: Optional[Array] = None,
+  column_labels: Optional[Array] = None,
+):
   """Validates row and column ids -> (groups, labels, column_groups, column_labels).
 
   Columns default to the rows.  Raises AssertionError (chex) for ids that
@@ -59,8 +62,8 @@ def checked_ids(groups: Array, labels: Optional[Array] = None,
     labels = jnp.asarray(labels)
     _check_ids("labels", labels)
     chex.assert_equal_shape(
-        [labels, groups],
-        custom_message="labels and groups must have the same length")
+      [labels, groups], custom_message="labels and groups must have the same length"
+    )
   cg = groups if column_groups is None else jnp.asarray(column_groups)
   _check_ids("column_groups", cg)
   cl = labels if column_labels is None else jnp.asarray(column_labels)
@@ -69,16 +72,19 @@ def checked_ids(groups: Array, labels: Optional[Array] = None,
   if cl is not None:
     _check_ids("column_labels", cl)
     chex.assert_equal_shape(
-        [cl, cg],
-        custom_message="column_labels and column_groups must have the same "
-        "length")
+      [cl, cg], custom_message="column_labels and column_groups must have the same length"
+    )
   return groups, labels, cg, cl
 
 
-def positive_mask(groups: Array, labels: Optional[Array] = None, *,
-                  column_groups: Optional[Array] = None,
-                  column_labels: Optional[Array] = None,
-                  diagonal_offset=0) -> Array:
+def positive_mask(
+  groups: Array,
+  labels: Optional[Array] = None,
+  *,
+  column_groups: Optional[Array] = None,
+  column_labels: Optional[Array] = None,
+  diagonal_offset=0,
+) -> Array:
   """Boolean [n, m] mask of positive pairs (see module docstring).
 
   Rows are the samples of ``groups``/``labels`` [n]; columns those of
@@ -86,8 +92,7 @@ def positive_mask(groups: Array, labels: Optional[Array] = None, *,
   The entry ``(i, i + diagonal_offset)`` is the sample itself and is never
   positive.  Labels < 0 mean unlabelled.
   """
-  groups, labels, cg, cl = checked_ids(groups, labels, column_groups,
-                                       column_labels)
+  groups, labels, cg, cl = checked_ids(groups, labels, column_groups, column_labels)
   pos = groups[:, None] == cg[None, :]
   if labels is not None:
     both = (labels[:, None] >= 0) & (cl[None, :] >= 0)
@@ -95,10 +100,15 @@ def positive_mask(groups: Array, labels: Optional[Array] = None, *,
   return pos & ~self_mask(groups.shape[0], cg.shape[0], diagonal_offset)
 
 
-def target_affinity(groups: Array, labels: Optional[Array] = None, *,
-                    column_groups: Optional[Array] = None,
-                    column_labels: Optional[Array] = None,
-                    diagonal_offset=0, dtype=jnp.float32) -> Array:
+def target_affinity(
+  groups: Array,
+  labels: Optional[Array] = None,
+  *,
+  column_groups: Optional[Array] = None,
+  column_labels: Optional[Array] = None,
+  diagonal_offset=0,
+  dtype=jnp.float32,
+) -> Array:
   """Row-normalised target affinity T [n, m] (m = n by default).
 
   ``T_ij = Y_ij / Σ_j Y_ij`` with ``Y`` from :func:`positive_mask`; a row
@@ -117,9 +127,13 @@ def target_affinity(groups: Array, labels: Optional[Array] = None, *,
       >>> target_affinity(jnp.array([0, 1, 0, 1]))
       # [[0, 0, 1, 0], [0, 0, 0, 1], [1, 0, 0, 0], [0, 1, 0, 0]]
   """
-  y = positive_mask(groups, labels, column_groups=column_groups,
-                    column_labels=column_labels,
-                    diagonal_offset=diagonal_offset).astype(dtype)
+  y = positive_mask(
+    groups,
+    labels,
+    column_groups=column_groups,
+    column_labels=column_labels,
+    diagonal_offset=diagonal_offset,
+  ).astype(dtype)
   return y / jnp.maximum(jnp.sum(y, axis=-1, keepdims=True), 1)
 
 
@@ -168,9 +182,10 @@ def row_jsd(adjacency: Array, target: Array) -> Array:
 def _check_pair(adjacency: Array, target: Array) -> None:
   chex.assert_rank(adjacency, 2, custom_message="adjacency must be 2-D [n, m]")
   chex.assert_equal_shape(
-      [adjacency, target],
-      custom_message="target must have the adjacency's shape (n×n, or a "
-      "device's n rows of the global batch)")
+    [adjacency, target],
+    custom_message="target must have the adjacency's shape (n×n, or a "
+    "device's n rows of the global batch)",
+  )
 
 
 def valid_rows(target: Array) -> Array:
@@ -178,8 +193,7 @@ def valid_rows(target: Array) -> Array:
   return jnp.sum(target, axis=-1) > 0
 
 
-def jsd_loss(adjacency: Array, target: Array, *,
-             axis_name: Optional[str] = None) -> Array:
+def jsd_loss(adjacency: Array, target: Array, *, axis_name: Optional[str] = None) -> Array:
   """Mean row-wise JSD between ``adjacency`` and ``target`` [n, m] -> scalar.
 
   Rows of ``target`` without a positive are left out of the mean (use
@@ -210,8 +224,7 @@ def jsd_loss(adjacency: Array, target: Array, *,
   _check_pair(adjacency, target)
   check_probability_rows("adjacency", adjacency)
   check_probability_rows("target", target, allow_zero_rows=True)
-  loss = masked_global_mean(row_jsd(adjacency, target), valid_rows(target),
-                            axis_name)
+  loss = masked_global_mean(row_jsd(adjacency, target), valid_rows(target), axis_name)
   return nan_unless_finite(loss, adjacency, target, axis_name=axis_name)
 
 
@@ -221,8 +234,7 @@ def _row_sum_tolerance(dtype) -> float:
   return float(np.sqrt(float(jnp.finfo(dtype).eps)))
 
 
-def check_probability_rows(name: str, x, *, allow_zero_rows: bool = False
-                           ) -> None:
+def check_probability_rows(name: str, x, *, allow_zero_rows: bool = False) -> None:
   """ValueError unless every finite row of a concrete ``x`` [n, m] is a probability row.
 
   Entries must be ≥ −tol and each row sum within tol of 1 (or exactly 0 with
@@ -237,7 +249,7 @@ def check_probability_rows(name: str, x, *, allow_zero_rows: bool = False
     return
   x = x if isinstance(x, jax.Array) else np.asarray(x)
   if x.ndim != 2 or x.size == 0 or not jnp.issubdtype(x.dtype, jnp.floating):
-    return                            # shape/dtype errors are raised elsewhere
+    return  # shape/dtype errors are raised elsewhere
   tol = _row_sum_tolerance(x.dtype)
   acc = jnp.promote_types(x.dtype, jnp.float32)
   # Reduced on the device (only [n] vectors come back), eagerly even when
@@ -255,18 +267,18 @@ def check_probability_rows(name: str, x, *, allow_zero_rows: bool = False
   if neg.any():
     i = int(np.argmax(neg))
     raise ValueError(
-        f"{name} must hold probabilities, but row {i} has a negative entry "
-        f"({lo[i]:.4g})")
+      f"{name} must hold probabilities, but row {i} has a negative entry ({lo[i]:.4g})"
+    )
   if off.any():
     i = int(np.argmax(off))
     what = "1 (or 0 for a row without positives)" if allow_zero_rows else "1"
     raise ValueError(
-        f"{name} rows must be probabilities summing to {what} (tolerance "
-        f"{tol:.2g}), but row {i} sums to {sums[i]:.6g}")
+      f"{name} rows must be probabilities summing to {what} (tolerance "
+      f"{tol:.2g}), but row {i} sums to {sums[i]:.6g}"
+    )
 
 
-def masked_global_mean(values: Array, valid: Array,
-                       axis_name: Optional[str] = None) -> Array:
+def masked_global_mean(values: Array, valid: Array, axis_name: Optional[str] = None) -> Array:
   """Mean of ``values`` [n] over the ``valid`` [n] rows of the global batch.
 
   Under pmap (``axis_name``) sums and counts are psum-ed, so every device

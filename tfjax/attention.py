@@ -78,12 +78,12 @@ def _shifted_leaky_relu(c: Array) -> Array:
 
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "relu": jax.nn.relu,
-    "sigmoid": jax.nn.sigmoid,
-    "leaky_relu": _shifted_leaky_relu,
-    # The squared cosine of the authors' self-supervised loss (their
-    # src/Loss_SymNSQ.py): non-negative, and a cosine of −1 weighs like +1.
-    "square": jnp.square,
+  "relu": jax.nn.relu,
+  "sigmoid": jax.nn.sigmoid,
+  "leaky_relu": _shifted_leaky_relu,
+  # The squared cosine of the authors' self-supervised loss (their
+  # src/Loss_SymNSQ.py): non-negative, and a cosine of −1 weighs like +1.
+  "square": jnp.square,
 }
 
 
@@ -102,18 +102,17 @@ def get_activation(activation: Activation) -> Callable[[Array], Array]:
   if callable(activation):
     try:
       _check_callable_activation(activation)
-    except TypeError:                 # unhashable callable: check uncached
+    except TypeError:  # unhashable callable: check uncached
       _check_callable_activation.__wrapped__(activation)
     return activation
   if not isinstance(activation, str):
-    raise TypeError(
-        f"activation must be a name or a callable, got {activation!r}")
+    raise TypeError(f"activation must be a name or a callable, got {activation!r}")
   try:
     return ACTIVATIONS[activation]
   except KeyError:
     raise ValueError(
-        f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)} "
-        "or a callable") from None
+      f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)} or a callable"
+    ) from None
 
 
 def activation_name(activation: Activation) -> str:
@@ -138,15 +137,17 @@ def _check_callable_activation(fn) -> None:
   out = np.asarray(out, np.float64)
   if out.shape != _COSINE_GRID.shape:
     raise ValueError(
-        f"activation {activation_name(fn)} must be elementwise: cosines of "
-        f"shape {_COSINE_GRID.shape} gave shape {out.shape}")
+      f"activation {activation_name(fn)} must be elementwise: cosines of "
+      f"shape {_COSINE_GRID.shape} gave shape {out.shape}"
+    )
   bad = ~np.isfinite(out) | (out < 0)
   if bad.any():
     c = float(_COSINE_GRID[np.argmax(bad)])
     raise ValueError(
-        f"activation {activation_name(fn)} must map cosines in [-1, 1] to "
-        f"finite non-negative weights, but gives {out[np.argmax(bad)]} at "
-        f"cosine {c:.3g}")
+      f"activation {activation_name(fn)} must map cosines in [-1, 1] to "
+      f"finite non-negative weights, but gives {out[np.argmax(bad)]} at "
+      f"cosine {c:.3g}"
+    )
 
 
 def guard_weights(w: Array) -> Array:
@@ -161,8 +162,7 @@ def guard_weights(w: Array) -> Array:
 
 def _check_2d(name: str, x: Array) -> None:
   """Asserts (chex) that ``x`` is a 2-D floating-point array [rows, features]."""
-  chex.assert_rank(
-      x, 2, custom_message=f"{name} must be a 2-D array [rows, features]")
+  chex.assert_rank(x, 2, custom_message=f"{name} must be a 2-D array [rows, features]")
   chex.assert_type(x, float, custom_message=f"{name} must be floating point")
 
 
@@ -176,8 +176,7 @@ def _check_pair(q: Array, k: Array) -> None:
   _check_2d("q", q)
   _check_2d("k", k)
   if q.shape[1] != k.shape[1]:
-    raise ValueError(
-        f"q and k must have the same width, got q {q.shape} and k {k.shape}")
+    raise ValueError(f"q and k must have the same width, got q {q.shape} and k {k.shape}")
   check_row_scale("q", q)
   check_row_scale("k", k)
 
@@ -185,8 +184,9 @@ def _check_pair(q: Array, k: Array) -> None:
 def _cosines(q: Array, k: Array) -> Array:
   """Cosines [n, m] in float32 or wider (the dtype the adjacency works in)."""
   acc = acc_dtype(q.dtype, k.dtype)
-  return jnp.matmul(normalize_parts(q)[0], normalize_parts(k)[0].T,
-                    preferred_element_type=acc).astype(acc)
+  return jnp.matmul(
+    normalize_parts(q)[0], normalize_parts(k)[0].T, preferred_element_type=acc
+  ).astype(acc)
 
 
 def cosine_similarity(q: Array, k: Array) -> Array:
@@ -211,11 +211,12 @@ def check_columns(n: int, m: int, diagonal_offset=0) -> None:
   if m == 1 and not isinstance(diagonal_offset, jax.core.Tracer):
     off = int(np.asarray(diagonal_offset))
     if not 0 <= -off < n:
-      return                          # no row of this device owns column 0
+      return  # no row of this device owns column 0
   raise ValueError(
-      f"the adjacency of n = {n} row(s) against m = {m} key(s) has a row "
-      "with no column besides its own (the diagonal is excluded): it needs "
-      "at least 2 samples")
+    f"the adjacency of n = {n} row(s) against m = {m} key(s) has a row "
+    "with no column besides its own (the diagonal is excluded): it needs "
+    "at least 2 samples"
+  )
 
 
 def normalize_rows(weights: Array, mask: Array, eps: float = ROW_EPS) -> Array:
@@ -234,8 +235,7 @@ def normalize_rows(weights: Array, mask: Array, eps: float = ROW_EPS) -> Array:
   return (w / jnp.sum(w, axis=-1, keepdims=True)).astype(weights.dtype)
 
 
-def adjacency(q: Array, k: Array, *, activation: Activation = "relu",
-              diagonal_offset=0) -> Array:
+def adjacency(q: Array, k: Array, *, activation: Activation = "relu", diagonal_offset=0) -> Array:
   """TransFusion's adjacency of queries ``q`` [n, h] and keys ``k`` [m, h] -> [n, m].
 
   Math::
@@ -280,15 +280,16 @@ def adjacency(q: Array, k: Array, *, activation: Activation = "relu",
   w = act(c)
   if not isinstance(w, jax.core.Tracer) and bool(jnp.any(w < 0)):
     raise ValueError(
-        f"activation {activation_name(activation)} gave negative weights "
-        f"(min {float(jnp.min(w)):.3g}); the adjacency needs weights >= 0")
+      f"activation {activation_name(activation)} gave negative weights "
+      f"(min {float(jnp.min(w)):.3g}); the adjacency needs weights >= 0"
+    )
   a = normalize_rows(w, self_mask(n, m, diagonal_offset))
   return a.astype(jnp.result_type(q, k))
 
 
-def relu_attention(q: Array, k: Array, v: Array, *,
-                   activation: Activation = "relu",
-                   diagonal_offset=0) -> Array:
+def relu_attention(
+  q: Array, k: Array, v: Array, *, activation: Activation = "relu", diagonal_offset=0
+) -> Array:
   """ReLU attention: ``adjacency(q, k) @ v`` -> [n, h_v].
 
   Args:
@@ -303,8 +304,6 @@ def relu_attention(q: Array, k: Array, v: Array, *,
   """
   _check_2d("v", v)
   if v.shape[0] != k.shape[0]:
-    raise ValueError(
-        f"k and v must have the same number of rows, got k {k.shape} and "
-        f"v {v.shape}")
+    raise ValueError(f"k and v must have the same number of rows, got k {k.shape} and v {v.shape}")
   a = adjacency(q, k, activation=activation, diagonal_offset=diagonal_offset)
   return a @ v

@@ -48,6 +48,7 @@ class MLP(nn.Module):
       >>> variables = mlp.init(jax.random.key(0), jnp.ones((4, 8)))
       >>> mlp.apply(variables, jnp.ones((4, 8))).shape   # (4, 16)
   """
+
   hidden: Sequence[int] = (256,)
   out_features: int = 128
   batch_norm: bool = False
@@ -60,25 +61,33 @@ class MLP(nn.Module):
     for width in self.hidden:
       x = nn.Dense(width, dtype=self.dtype)(x)
       if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                         axis_name=self.axis_name if train else None,
-                         dtype=self.dtype)(x)
+        x = nn.BatchNorm(
+          use_running_average=not train,
+          momentum=0.9,
+          axis_name=self.axis_name if train else None,
+          dtype=self.dtype,
+        )(x)
       x = nn.relu(x)
     return nn.Dense(self.out_features, dtype=self.dtype)(x)
 
 
-def _batch_norm(train: bool, axis_name: Optional[str], name: Optional[str] = None,
-                dtype: Optional[Any] = None):
+def _batch_norm(
+  train: bool, axis_name: Optional[str], name: Optional[str] = None, dtype: Optional[Any] = None
+):
   """BatchNorm with batch statistics (across ``axis_name``) only in training."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      axis_name=axis_name if train else None, name=name,
-                      dtype=dtype)
+  return nn.BatchNorm(
+    use_running_average=not train,
+    momentum=0.9,
+    epsilon=1e-5,
+    axis_name=axis_name if train else None,
+    name=name,
+    dtype=dtype,
+  )
 
 
 def _check_ndim(name: str, x: Array, expected: Sequence[int], layout: str):
   """Asserts (chex) that ``x`` has one of the ranks in ``expected``."""
-  chex.assert_rank(x, set(expected),
-                   custom_message=f"{name} expects inputs shaped {layout}")
+  chex.assert_rank(x, set(expected), custom_message=f"{name} expects inputs shaped {layout}")
 
 
 class CNN1D(nn.Module):
@@ -98,6 +107,7 @@ class CNN1D(nn.Module):
       >>> net.apply(v, x).shape                                    # (4, 16)
       >>> y, upd = net.apply(v, x, train=True, mutable=["batch_stats"])
   """
+
   channels: Sequence[int] = (32, 64, 64)
   kernel_size: int = 5
   out_features: int = 128
@@ -110,8 +120,7 @@ class CNN1D(nn.Module):
     if x.ndim == 2:
       x = x[..., None]
     for width in self.channels:
-      x = nn.Conv(width, (self.kernel_size,), padding="SAME", use_bias=False,
-                  dtype=self.dtype)(x)
+      x = nn.Conv(width, (self.kernel_size,), padding="SAME", use_bias=False, dtype=self.dtype)(x)
       x = _batch_norm(train, self.axis_name, dtype=self.dtype)(x)
       x = nn.relu(x)
     x = jnp.mean(x, axis=1)
@@ -132,6 +141,7 @@ class SmallCNN(nn.Module):
       >>> x = jnp.ones((2, 8, 8, 1))
       >>> net.apply(net.init(jax.random.key(0), x), x).shape      # (2, 10)
   """
+
   channels: Sequence[int] = (32, 64, 128)
   out_features: int = 128
   axis_name: Optional[str] = None
@@ -143,8 +153,7 @@ class SmallCNN(nn.Module):
     if x.ndim == 3:
       x = x[..., None]
     for width in self.channels:
-      x = nn.Conv(width, (3, 3), padding="SAME", use_bias=False,
-                  dtype=self.dtype)(x)
+      x = nn.Conv(width, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype)(x)
       x = _batch_norm(train, self.axis_name, dtype=self.dtype)(x)
       x = nn.relu(x)
       if x.shape[1] >= 4 and x.shape[2] >= 4:
@@ -158,6 +167,7 @@ class BasicBlock(nn.Module):
 
   [n, H, W, C] -> [n, H/stride, W/stride, features].
   """
+
   features: int
   stride: int = 1
   axis_name: Optional[str] = None
@@ -166,20 +176,32 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     s = (self.stride, self.stride)
-    y = nn.Conv(self.features, (3, 3), strides=s, padding=((1, 1), (1, 1)),
-                use_bias=False, name="conv1", dtype=self.dtype)(x)
-    y = nn.relu(_batch_norm(train, self.axis_name, name="bn1",
-                            dtype=self.dtype)(y))
-    y = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                name="conv2", dtype=self.dtype)(y)
+    y = nn.Conv(
+      self.features,
+      (3, 3),
+      strides=s,
+      padding=((1, 1), (1, 1)),
+      use_bias=False,
+      name="conv1",
+      dtype=self.dtype,
+    )(x)
+    y = nn.relu(_batch_norm(train, self.axis_name, name="bn1", dtype=self.dtype)(y))
+    y = nn.Conv(
+      self.features,
+      (3, 3),
+      padding=((1, 1), (1, 1)),
+      use_bias=False,
+      name="conv2",
+      dtype=self.dtype,
+    )(y)
     # Zero-init of the last BN scale is a common trick; we keep scale = 1
     # (our choice, as in the plain CIFAR ResNet-18 used by SimCLR repos).
     y = _batch_norm(train, self.axis_name, name="bn2", dtype=self.dtype)(y)
     if self.stride != 1 or x.shape[-1] != self.features:
-      x = nn.Conv(self.features, (1, 1), strides=s, use_bias=False,
-                  name="shortcut_conv", dtype=self.dtype)(x)
-      x = _batch_norm(train, self.axis_name, name="shortcut_bn",
-                      dtype=self.dtype)(x)
+      x = nn.Conv(
+        self.features, (1, 1), strides=s, use_bias=False, name="shortcut_conv", dtype=self.dtype
+      )(x)
+      x = _batch_norm(train, self.axis_name, name="shortcut_bn", dtype=self.dtype)(x)
     return nn.relu(y + x)
 
 
@@ -198,6 +220,7 @@ class ResNet18(nn.Module):
       >>> x = jnp.ones((2, 32, 32, 3))
       >>> net.apply(net.init(jax.random.key(0), x), x).shape      # (2, 64)
   """
+
   width: float = 1.0
   out_features: Optional[int] = None
   axis_name: Optional[str] = None
@@ -209,27 +232,32 @@ class ResNet18(nn.Module):
     if self.width <= 0:
       raise ValueError(f"ResNet18 width must be > 0, got {self.width}")
     widths = [max(1, int(round(w * self.width))) for w in (64, 128, 256, 512)]
-    x = nn.Conv(widths[0], (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                name="stem_conv", dtype=self.dtype)(x)
-    x = nn.relu(_batch_norm(train, self.axis_name, name="stem_bn",
-                            dtype=self.dtype)(x))
+    x = nn.Conv(
+      widths[0],
+      (3, 3),
+      padding=((1, 1), (1, 1)),
+      use_bias=False,
+      name="stem_conv",
+      dtype=self.dtype,
+    )(x)
+    x = nn.relu(_batch_norm(train, self.axis_name, name="stem_bn", dtype=self.dtype)(x))
     for stage, (features, blocks) in enumerate(zip(widths, (2, 2, 2, 2))):
       for block in range(blocks):
         stride = 2 if (stage > 0 and block == 0) else 1
-        x = BasicBlock(features, stride, self.axis_name, dtype=self.dtype,
-                       name=f"stage{stage + 1}_block{block + 1}")(x, train)
+        x = BasicBlock(
+          features,
+          stride,
+          self.axis_name,
+          dtype=self.dtype,
+          name=f"stage{stage + 1}_block{block + 1}",
+        )(x, train)
     x = jnp.mean(x, axis=(1, 2))
     if self.out_features is not None:
       x = nn.Dense(self.out_features, name="head", dtype=self.dtype)(x)
     return x
 
 
-BACKBONES = {
-    "mlp": MLP,
-    "cnn1d": CNN1D,
-    "small_cnn": SmallCNN,
-    "resnet18": ResNet18,
-}
+BACKBONES = {"mlp": MLP, "cnn1d": CNN1D, "small_cnn": SmallCNN, "resnet18": ResNet18}
 
 
 def get_backbone(name: str, **kwargs) -> nn.Module:
@@ -251,16 +279,19 @@ def check_backbone_kwargs(name: str, kwargs) -> None:
   given = list(kwargs.keys())
   if name == "identity":
     if given:
-      raise ValueError(f"backbone_kwargs.{given[0]}: backbone 'identity' "
-                       "takes no backbone_kwargs")
+      raise ValueError(f"backbone_kwargs.{given[0]}: backbone 'identity' takes no backbone_kwargs")
     return
   if name not in BACKBONES:
-    raise ValueError(f"unknown backbone {name!r}; known: "
-                     f"{sorted(BACKBONES) + ['identity']}")
-  accepted = sorted(f.name for f in dataclasses.fields(BACKBONES[name])
-                    if f.init and f.name not in ("parent", "name", "axis_name", "dtype"))  # dtype: compute_dtype
+    raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES) + ['identity']}")
+  accepted = sorted(
+    f.name
+    for f in dataclasses.fields(BACKBONES[name])
+    if f.init and f.name not in ("parent", "name", "axis_name", "dtype")
+  )  # dtype: compute_dtype
   unknown = [k for k in given if k not in accepted]
   if unknown:
     names = ", ".join(f"backbone_kwargs.{k}" for k in unknown)
-    raise ValueError(f"{names} {'is not a field' if len(unknown) == 1 else 'are not fields'}"
-                     f" of backbone {name!r}; it takes {', '.join(accepted)}")
+    raise ValueError(
+      f"{names} {'is not a field' if len(unknown) == 1 else 'are not fields'}"
+      f" of backbone {name!r}; it takes {', '.join(accepted)}"
+    )

@@ -42,8 +42,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpointer", "CheckpointError", "CheckpointWarning",
-           "nonfinite_leaves"]
+__all__ = ["Checkpointer", "CheckpointError", "CheckpointWarning", "nonfinite_leaves"]
 
 TMP_PATTERN = "*.orbax-checkpoint-tmp*"
 
@@ -100,7 +99,7 @@ class _ClosedLoopErrorsDropped:
   """
 
   def __init__(self):
-    self._saved = None       # the hooks to put back
+    self._saved = None  # the hooks to put back
     self._ours = None
 
   def start(self) -> None:
@@ -130,8 +129,9 @@ class _ClosedLoopErrorsDropped:
 def _no_space(error: BaseException) -> bool:
   # tensorstore reports a full disk as ValueError("RESOURCE_EXHAUSTED: ...
   # No space left on device [os_error_code='28']").
-  return ((isinstance(error, OSError) and error.errno == errno.ENOSPC)
-          or "No space left on device" in str(error))
+  return (
+    isinstance(error, OSError) and error.errno == errno.ENOSPC
+  ) or "No space left on device" in str(error)
 
 
 def _one_line(error: BaseException) -> str:
@@ -165,16 +165,19 @@ class Checkpointer:
 
   def _open(self):
     return ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=self.max_to_keep, create=True,
-            enable_async_checkpointing=False))
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=self.max_to_keep, create=True, enable_async_checkpointing=False
+      ),
+    )
 
   def _remove_tmp(self) -> List[str]:
     """Removes what killed writes left: ``*.orbax-checkpoint-tmp*`` directories
     (at the top and inside step directories)."""
-    stale = sorted(glob.glob(os.path.join(self.directory, TMP_PATTERN))
-                   + glob.glob(os.path.join(self.directory, "*", TMP_PATTERN)))
+    stale = sorted(
+      glob.glob(os.path.join(self.directory, TMP_PATTERN))
+      + glob.glob(os.path.join(self.directory, "*", TMP_PATTERN))
+    )
     for path in stale:
       shutil.rmtree(path, ignore_errors=True)
     return stale
@@ -195,21 +198,20 @@ class Checkpointer:
     tree = jax.device_get(tree)
     bad = nonfinite_leaves(tree)
     if bad:
-      raise FloatingPointError(
-          f"not writing checkpoint {int(step)}: {_names(bad)} not finite")
+      raise FloatingPointError(f"not writing checkpoint {int(step)}: {_names(bad)} not finite")
     self._closed_loop_errors.start()
     try:
       with _quiet():
-        self._manager.save(int(step), args=ocp.args.StandardSave(tree),
-                           force=True)
+        self._manager.save(int(step), args=ocp.args.StandardSave(tree), force=True)
         self._manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001  (a full disk: OSError, one line)
       # orbax's writer threads fail their late callbacks on the closed
       # event loop, for the rest of the process: no tracebacks for those.
       self._failed = self._failed_write = True
       if _no_space(e):
-        raise OSError(errno.ENOSPC, "No space left on device",
-                      os.path.join(self.directory, str(int(step)))) from None
+        raise OSError(
+          errno.ENOSPC, "No space left on device", os.path.join(self.directory, str(int(step)))
+        ) from None
       raise
     finally:
       if not self._failed:
@@ -239,8 +241,7 @@ class Checkpointer:
     for step in steps:
       try:
         with _quiet():
-          restored = self._manager.restore(
-              step, args=ocp.args.StandardRestore(host_template))
+          restored = self._manager.restore(step, args=ocp.args.StandardRestore(host_template))
         bad = nonfinite_leaves(restored)
         if bad:
           raise FloatingPointError(f"{_names(bad)} not finite")
@@ -250,18 +251,22 @@ class Checkpointer:
         skipped.append(f"step {step}: {reason}")
         older = [s for s in steps if s < step]
         warnings.warn(
-            f"checkpoint {step} in {self.directory} cannot be restored "
-            f"({reason}); "
-            + (f"falling back to checkpoint {older[0]}" if older
-               else "no older checkpoint"), CheckpointWarning, stacklevel=2)
+          f"checkpoint {step} in {self.directory} cannot be restored "
+          f"({reason}); "
+          + (f"falling back to checkpoint {older[0]}" if older else "no older checkpoint"),
+          CheckpointWarning,
+          stacklevel=2,
+        )
         continue
       if skipped:
-        self._set_aside(steps[:len(skipped)])
+        self._set_aside(steps[: len(skipped)])
       return jax.tree.map(jax.numpy.asarray, restored)
     raise CheckpointError(
-        f"no checkpoint in {self.directory} can be restored ("
-        + "; ".join(skipped) + "); start afresh with --overwrite "
-        "(overwrite=True)")
+      f"no checkpoint in {self.directory} can be restored ("
+      + "; ".join(skipped)
+      + "); start afresh with --overwrite "
+      "(overwrite=True)"
+    )
 
   def _set_aside(self, steps: List[int]) -> None:
     """Moves unreadable step directories out of orbax's sight (primary

@@ -60,11 +60,13 @@ def base_config() -> ml_collections.ConfigDict:
   # None (here and in the other recipe fields, tfjax.methods.FIELDS): the
   # method's recipe, chosen on validation data, fills it when training starts
   # (tfjax.recipes.resolve, said in one line); a value set here is kept.
-  c.head = ml_collections.ConfigDict(dict(
+  c.head = ml_collections.ConfigDict(
+    dict(
       num_layers=ml_collections.FieldReference(None, field_type=int),
       features=ml_collections.FieldReference(None, field_type=int),
       activation=ml_collections.FieldReference(None, field_type=str),
-      implementation="dense", block_size=512,
+      implementation="dense",
+      block_size=512,
       # Start each block with W_k = W_q (tfjax.models.tie_query_key).
       tie_qk_init=False,
       # The truncated block's Q, K: "learned" (LayerNorm + separate Q, K),
@@ -74,18 +76,28 @@ def base_config() -> ml_collections.ConfigDict:
       fuse_within_view=False,
       # The head's compute dtype, "float32" or "bfloat16" (None: the
       # top-level compute_dtype).
-      compute_dtype=ml_collections.FieldReference(None, field_type=str)))
+      compute_dtype=ml_collections.FieldReference(None, field_type=str),
+    )
+  )
   # The Deep Fusion head (loss "deep_fusion", tfjax.deep_fusion: softmax
   # attention + FFN blocks across the batch, NT-Xent).  Defaults are the
   # authors' (5 blocks, 8 heads, post-norm, GELU); features = the blocks'
   # width (None: embed_dim), out_features = the output width (None: the
   # width); fuse_within_view attends within each view instead of across both.
-  c.deep_fusion = ml_collections.ConfigDict(dict(
-      num_layers=5, num_heads=8,
+  c.deep_fusion = ml_collections.ConfigDict(
+    dict(
+      num_layers=5,
+      num_heads=8,
       features=ml_collections.FieldReference(None, field_type=int),
       out_features=ml_collections.FieldReference(None, field_type=int),
-      mlp_ratio=4.0, activation="gelu", norm="post", fuse_within_view=False,
-      implementation="dense", block_size=512))
+      mlp_ratio=4.0,
+      activation="gelu",
+      norm="post",
+      fuse_within_view=False,
+      implementation="dense",
+      block_size=512,
+    )
+  )
   # The method: a name in the registry (tfjax.methods): jsd | info_nce |
   # supcon | dcl | barlow_twins | vicreg | deep_fusion, or one you register.  Its
   # hyper-parameters: the top-level fields below, or loss_options for others.
@@ -119,7 +131,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmup_steps = 50
   c.batch_size = 256  # global, over all devices
   c.num_steps = ml_collections.FieldReference(None, field_type=int)
-  c.num_devices = 0   # 0: every local device (pmap when more than one)
+  c.num_devices = 0  # 0: every local device (pmap when more than one)
   # Steps per compiled call (a lax.scan over steps): > 1 pays for small MLPs,
   # whose steps are shorter than the dispatch of a call.  Keep 1 for
   # convolutional backbones on CPU: XLA:CPU runs convolutions inside a loop
@@ -133,8 +145,9 @@ def base_config() -> ml_collections.ConfigDict:
   # memory, 0.06 ms).  Larger splits (CIFAR-10's 50,000 images are 586 MiB)
   # stream from disk, so host memory does not grow with the dataset; 0
   # always streams.
-  c.input = ml_collections.ConfigDict(dict(
-      num_threads=4, host_prefetch=4, device_prefetch=2, in_memory_mb=32))
+  c.input = ml_collections.ConfigDict(
+    dict(num_threads=4, host_prefetch=4, device_prefetch=2, in_memory_mb=32)
+  )
   # Bookkeeping.  A logged step also checks that the loss, the gradient norm
   # and the state are finite (a diverged run stops there); checkpoints are
   # checked before they are written.
@@ -142,13 +155,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500
   c.write_plots = True
   # Evaluation of the backbone features.
-  c.eval = ml_collections.ConfigDict(dict(
-      knn_k=20, knn_temperature=0.07, linear_steps=500,
-      finetune_fractions=(0.1, 0.5, 1.0), finetune_steps=500,
-      batch_size=512,    # feature extraction
+  c.eval = ml_collections.ConfigDict(
+    dict(
+      knn_k=20,
+      knn_temperature=0.07,
+      linear_steps=500,
+      finetune_fractions=(0.1, 0.5, 1.0),
+      finetune_steps=500,
+      batch_size=512,  # feature extraction
       # Also kNN on the head's output (TransFusion: the fused, transductive
       # features of training-size batches; others: the projector's output).
-      head_knn=True))
+      head_knn=True,
+    )
+  )
   c.lock()
   c.loss_options.unlock()  # each registered method may read its own options
   return c
@@ -157,8 +176,13 @@ def base_config() -> ml_collections.ConfigDict:
 # ----------------------------------------------------------------------------
 # The one check, before any data is read and before any compute.
 # ----------------------------------------------------------------------------
-def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = None,
-             *, data=None, check_data: bool = True):
+def validate(
+  config: ml_collections.ConfigDict,
+  num_devices: Optional[int] = None,
+  *,
+  data=None,
+  check_data: bool = True,
+):
   """Raises ValueError naming the field (or the array) that cannot work.
 
   Checks, without reading data or compiling anything:
@@ -194,38 +218,48 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
   from tfjax.data.registry import config_dataset_spec
   from tfjax.models import check_head_options
 
-  config = recipes.resolve(config)[0]      # unset fields: the method's recipe
+  config = recipes.resolve(config)[0]  # unset fields: the method's recipe
   from tfjax.precision import compute_dtypes
 
-  spec = config_dataset_spec(config)       # unknown dataset -> ValueError
-  if not spec.labelled and (config.label_fraction is not None or config.labels_in_loss
-                            or config.oar_weight > 0 or config.labelled_batch_size > 0):
-    raise ValueError(f"dataset {config.dataset!r} has no labels: only self-supervised "
-                     "runs (label_fraction=None, labels_in_loss=False, oar_weight=0, "
-                     "labelled_batch_size=0)")
+  spec = config_dataset_spec(config)  # unknown dataset -> ValueError
+  if not spec.labelled and (
+    config.label_fraction is not None
+    or config.labels_in_loss
+    or config.oar_weight > 0
+    or config.labelled_batch_size > 0
+  ):
+    raise ValueError(
+      f"dataset {config.dataset!r} has no labels: only self-supervised "
+      "runs (label_fraction=None, labels_in_loss=False, oar_weight=0, "
+      "labelled_batch_size=0)"
+    )
   _check_int(config, "num_devices", 0)
   num_devices = _num_devices(config, num_devices)
   _check_names(config, spec)
   _check_sizes(config, num_devices)
   _check_labels(config, num_devices)
   check_head_options(config.head)
-  compute_dtypes(config)   # compute_dtype, head.compute_dtype
+  compute_dtypes(config)  # compute_dtype, head.compute_dtype
   if config.loss == "deep_fusion":
     from tfjax.deep_fusion import head_from_config
-    head_from_config(config)   # deep_fusion.* checks, naming the field
+
+    head_from_config(config)  # deep_fusion.* checks, naming the field
   if not check_data:
     return spec
   if data is None:
     from tfjax.data.splits import check_prepared, tfds_mocked
-    if tfds_mocked():   # no files on disk, and the registry's sizes do not hold
+
+    if tfds_mocked():  # no files on disk, and the registry's sizes do not hold
       return spec
     check_prepared(spec, config.get("data_dir"))
     num_train, num_classes = _registry_split(config, spec)
     where = f" of {spec.name!r}"
   else:
     from tfjax.data.checks import check_data
-    num_train, num_classes = check_data(data, config.get("validation_fraction"),
-                                        labelled=spec.labelled)
+
+    num_train, num_classes = check_data(
+      data, config.get("validation_fraction"), labelled=spec.labelled
+    )
     where = ""
   _check_batch_fits(config, num_train, where)
   _check_label_fraction(config, num_train, num_classes)
@@ -245,15 +279,18 @@ def _check_int(config, name: str, low: int) -> None:
     raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
-def _check_real(config, name: str, low: float, high: Optional[float] = None
-                ) -> None:
+def _check_real(config, name: str, low: float, high: Optional[float] = None) -> None:
   """``low <= value`` (``< high`` when given), finite."""
   value = _field(config, name)
-  ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-        and math.isfinite(value) and value >= low
-        and (high is None or value < high))
+  ok = (
+    isinstance(value, (int, float))
+    and not isinstance(value, bool)
+    and math.isfinite(value)
+    and value >= low
+    and (high is None or value < high)
+  )
   if not ok:
-    where = (f"in [{low:g}, {high:g})" if high is not None else f">= {low:g}")
+    where = f"in [{low:g}, {high:g})" if high is not None else f">= {low:g}"
     raise ValueError(f"{name} must be finite and {where}, got {value!r}")
 
 
@@ -262,14 +299,18 @@ def _num_devices(config, num_devices: Optional[int]) -> int:
   if num_devices is not None:
     return num_devices
   import jax
+
   available, processes = jax.device_count(), jax.process_count()
   num_devices = config.num_devices or available
   if processes > 1 and num_devices != available:
-    raise ValueError(f"a run of {processes} processes uses all {available} "
-                     f"devices; set num_devices=0, not {num_devices}")
+    raise ValueError(
+      f"a run of {processes} processes uses all {available} "
+      f"devices; set num_devices=0, not {num_devices}"
+    )
   if num_devices > available:
-    raise ValueError(f"config asks for num_devices={num_devices}, but only "
-                     f"{available} are available")
+    raise ValueError(
+      f"config asks for num_devices={num_devices}, but only {available} are available"
+    )
   return num_devices
 
 
@@ -279,38 +320,42 @@ def _check_names(config, spec) -> None:
   from tfjax.data.augment import get_augmentation
   from tfjax.optim import OPTIMIZERS, SCHEDULES
 
-  methods.get(config.loss)                 # unknown loss -> ValueError
+  methods.get(config.loss)  # unknown loss -> ValueError
   check_backbone_kwargs(config.backbone, config.backbone_kwargs)
   if config.optimizer not in OPTIMIZERS:
-    raise ValueError(
-        f"unknown optimizer {config.optimizer!r}; known: {sorted(OPTIMIZERS)}")
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; known: {sorted(OPTIMIZERS)}")
   if config.schedule not in SCHEDULES:
-    raise ValueError(
-        f"unknown schedule {config.schedule!r}; known: {list(SCHEDULES)}")
+    raise ValueError(f"unknown schedule {config.schedule!r}; known: {list(SCHEDULES)}")
   get_augmentation(config.augment, spec.kind)  # unknown augmentation
 
 
 def _check_sizes(config, num_devices: int) -> None:
-  for name in ("batch_size", "num_steps", "steps_per_call", "log_every",
-               "checkpoint_every"):
+  for name in ("batch_size", "num_steps", "steps_per_call", "log_every", "checkpoint_every"):
     _check_int(config, name, 1)
   if config.batch_size < 2:
-    raise ValueError(f"batch_size must be >= 2, got {config.batch_size}: "
-                     "every method compares the sources of a batch with each "
-                     "other (one source gives a loss and gradient of 0)")
+    raise ValueError(
+      f"batch_size must be >= 2, got {config.batch_size}: "
+      "every method compares the sources of a batch with each "
+      "other (one source gives a loss and gradient of 0)"
+    )
   if config.batch_size % num_devices:
     raise ValueError(
-        f"global batch_size {config.batch_size} is not divisible by the "
-        f"device count {num_devices}")
+      f"global batch_size {config.batch_size} is not divisible by the device count {num_devices}"
+    )
   if not 0 <= config.warmup_steps < config.num_steps:
-    raise ValueError(f"warmup_steps ({config.warmup_steps}) must lie in "
-                     f"[0, num_steps={config.num_steps})")
+    raise ValueError(
+      f"warmup_steps ({config.warmup_steps}) must lie in [0, num_steps={config.num_steps})"
+    )
   _check_real(config, "learning_rate", low=0.0)
   _check_real(config, "weight_decay", low=0.0)
   _check_real(config, "momentum", low=0.0, high=1.0)
   _check_real(config, "augment_strength", low=0.0)
-  for name in ("input.num_threads", "input.host_prefetch", "input.device_prefetch",
-               "input.in_memory_mb"):
+  for name in (
+    "input.num_threads",
+    "input.host_prefetch",
+    "input.device_prefetch",
+    "input.in_memory_mb",
+  ):
     if name.split(".")[1] in config.get("input", {}):
       _check_int(config, name, 0)
   for name in ("eval.batch_size", "eval.knn_k"):
@@ -321,44 +366,53 @@ def _check_sizes(config, num_devices: int) -> None:
   if bad:
     raise ValueError(f"eval.finetune_fractions must lie in (0, 1], got {bad}")
   if config.embed_dim < 0:
-    raise ValueError(f"embed_dim must be >= 0 (0: no projector), got "
-                     f"{config.embed_dim}")
+    raise ValueError(f"embed_dim must be >= 0 (0: no projector), got {config.embed_dim}")
 
 
 def _check_labels(config, num_devices: int) -> None:
   from tfjax import methods
 
   method = methods.get(config.loss)
-  if config.get("validation_fraction") is not None and not (
-      0 < config.validation_fraction < 1):
-    raise ValueError(f"validation_fraction must be in (0, 1) (or None), got "
-                     f"{config.validation_fraction}")
+  if config.get("validation_fraction") is not None and not (0 < config.validation_fraction < 1):
+    raise ValueError(
+      f"validation_fraction must be in (0, 1) (or None), got {config.validation_fraction}"
+    )
   if config.label_fraction is not None and not 0 < config.label_fraction <= 1:
-    raise ValueError(f"label_fraction must be in (0, 1] (or None for no "
-                     f"labels), got {config.label_fraction}")
+    raise ValueError(
+      f"label_fraction must be in (0, 1] (or None for no labels), got {config.label_fraction}"
+    )
   if config.labelled_batch_size < 0:
     raise ValueError(f"labelled_batch_size must be >= 0, got {config.labelled_batch_size}")
   if config.labelled_batch_size > 0:
     if not config.oar_weight > 0:
-      raise ValueError("labelled_batch_size > 0 feeds the OAR loss: set oar_weight > 0 "
-                       "(and label_fraction)")
+      raise ValueError(
+        "labelled_batch_size > 0 feeds the OAR loss: set oar_weight > 0 (and label_fraction)"
+      )
     if config.labelled_batch_size % num_devices:
-      raise ValueError(f"labelled_batch_size {config.labelled_batch_size} must be "
-                       f"divisible by the {num_devices} devices")
+      raise ValueError(
+        f"labelled_batch_size {config.labelled_batch_size} must be "
+        f"divisible by the {num_devices} devices"
+      )
   if config.oar_weight > 0 and not config.label_fraction:
-    raise ValueError("oar_weight > 0 needs label_fraction > 0 (OAR pulls "
-                     "the labelled samples toward their class anchors)")
+    raise ValueError(
+      "oar_weight > 0 needs label_fraction > 0 (OAR pulls "
+      "the labelled samples toward their class anchors)"
+    )
   labels_in_loss = config.label_fraction is not None and config.labels_in_loss
   if config.labels_in_loss and not method.accepts_labels:
-    raise ValueError(f"loss {method.name!r} cannot use labels in its target "
-                     "(labels_in_loss=True)")
+    raise ValueError(f"loss {method.name!r} cannot use labels in its target (labels_in_loss=True)")
   if method.num_views is not None and config.num_views != method.num_views:
-    raise ValueError(f"loss {method.name!r} takes exactly {method.num_views} "
-                     f"views, got num_views={config.num_views}")
-  if config.num_views < 1 or (config.num_views == 1 and not (
-      labels_in_loss and config.label_fraction == 1.0)):
-    raise ValueError(f"num_views must be >= 2 (one view is enough only when "
-                     f"every label is in the loss), got {config.num_views}")
+    raise ValueError(
+      f"loss {method.name!r} takes exactly {method.num_views} "
+      f"views, got num_views={config.num_views}"
+    )
+  if config.num_views < 1 or (
+    config.num_views == 1 and not (labels_in_loss and config.label_fraction == 1.0)
+  ):
+    raise ValueError(
+      f"num_views must be >= 2 (one view is enough only when "
+      f"every label is in the loss), got {config.num_views}"
+    )
 
 
 def _registry_split(config, spec):
@@ -371,11 +425,14 @@ def _registry_split(config, spec):
 def _check_batch_fits(config, num_train: int, where: str) -> None:
   """The batch fits in the training split (less the held-out part)."""
   if num_train and config.batch_size > num_train:
-    held = (f" after holding out validation_fraction="
-            f"{config.validation_fraction}" if config.get("validation_fraction")
-            else "")
-    raise ValueError(f"batch_size {config.batch_size} exceeds the {num_train} "
-                     f"training examples{where}{held}")
+    held = (
+      f" after holding out validation_fraction={config.validation_fraction}"
+      if config.get("validation_fraction")
+      else ""
+    )
+    raise ValueError(
+      f"batch_size {config.batch_size} exceeds the {num_train} training examples{where}{held}"
+    )
 
 
 def _check_label_fraction(config, num_train: int, num_classes) -> None:
@@ -386,9 +443,10 @@ def _check_label_fraction(config, num_train: int, num_classes) -> None:
   if fraction * num_train + 1e-9 < num_classes:
     smallest = _round_up(num_classes / num_train)
     raise ValueError(
-        f"label_fraction={fraction:g} labels {fraction * num_train:.3g} of the "
-        f"{num_train} training examples, fewer than the {num_classes} classes; "
-        f"the smallest label_fraction that works is {smallest:g}")
+      f"label_fraction={fraction:g} labels {fraction * num_train:.3g} of the "
+      f"{num_train} training examples, fewer than the {num_classes} classes; "
+      f"the smallest label_fraction that works is {smallest:g}"
+    )
 
 
 def _round_up(x: float, digits: int = 3) -> float:

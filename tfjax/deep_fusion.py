@@ -66,8 +66,9 @@ def softmax_attention(q: Array, k: Array, v: Array) -> Array:
   return jnp.einsum("hnm,mhc->nhc", weights, v)
 
 
-def blockwise_softmax_attention(q: Array, k: Array, v: Array, *,
-                                block_size: int = DEFAULT_BLOCK_SIZE) -> Array:
+def blockwise_softmax_attention(
+  q: Array, k: Array, v: Array, *, block_size: int = DEFAULT_BLOCK_SIZE
+) -> Array:
   """:func:`softmax_attention` computed ``block_size`` query rows at a time.
 
   Same shapes and values.  The query rows are padded to a multiple of
@@ -77,8 +78,7 @@ def blockwise_softmax_attention(q: Array, k: Array, v: Array, *,
   backward recomputes each block's scores once).  Each row's softmax is
   exact: a query block sees all N keys.
   """
-  if isinstance(block_size, bool) or not isinstance(block_size, int) or (
-      block_size < 1):
+  if isinstance(block_size, bool) or not isinstance(block_size, int) or (block_size < 1):
     raise ValueError(f"block_size must be a positive int, got {block_size!r}")
   n = q.shape[0]
   size = min(block_size, n)
@@ -103,6 +103,7 @@ class BatchAttention(nn.Module):
   over ``axis_name``; :func:`softmax_attention` (or its blockwise form);
   heads concatenated and projected back to d (W_o, b_o).
   """
+
   num_heads: int = 8
   axis_name: Optional[str] = None
   implementation: str = "dense"
@@ -113,9 +114,11 @@ class BatchAttention(nn.Module):
     _check_choice("implementation", self.implementation, IMPLEMENTATIONS)
     width = x.shape[-1]
     if self.num_heads < 1 or width % self.num_heads:
-      raise ValueError(f"Deep Fusion width {width} is not divisible by "
-                       f"num_heads={self.num_heads} (set deep_fusion.features "
-                       "or deep_fusion.num_heads)")
+      raise ValueError(
+        f"Deep Fusion width {width} is not divisible by "
+        f"num_heads={self.num_heads} (set deep_fusion.features "
+        "or deep_fusion.num_heads)"
+      )
     shape = (self.num_heads, width // self.num_heads)
     q = nn.DenseGeneral(shape, name="query")(x)
     k = nn.DenseGeneral(shape, name="key")(x)
@@ -123,8 +126,7 @@ class BatchAttention(nn.Module):
     k_all, _ = gather_batch(k, self.axis_name)
     v_all, _ = gather_batch(v, self.axis_name)
     if self.implementation == "blockwise":
-      out = blockwise_softmax_attention(q, k_all, v_all,
-                                        block_size=self.block_size)
+      out = blockwise_softmax_attention(q, k_all, v_all, block_size=self.block_size)
     else:
       out = softmax_attention(q, k_all, v_all)
     return nn.DenseGeneral(width, axis=(-2, -1), name="out")(out)
@@ -132,6 +134,7 @@ class BatchAttention(nn.Module):
 
 class FeedForward(nn.Module):
   """The per-row MLP of a block: ``act(x W₁ + b₁) W₂ + b₂``, [n, d] -> [n, d]."""
+
   hidden: int
   activation: str = "gelu"
 
@@ -150,6 +153,7 @@ class DeepFusionBlock(nn.Module):
   LayerNorm over the features with ε = 1e-5, two-pass variance; the FFN's
   hidden width is ``round(mlp_ratio · d)``.
   """
+
   num_heads: int = 8
   mlp_ratio: float = 4.0
   activation: str = "gelu"
@@ -161,14 +165,12 @@ class DeepFusionBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     _check_choice("norm", self.norm, NORM_PLACEMENTS)
-    attend = BatchAttention(self.num_heads, self.axis_name, self.implementation,
-                            self.block_size, name="attention")
-    ffn = FeedForward(max(1, round(self.mlp_ratio * x.shape[-1])),
-                      self.activation, name="mlp")
-    norm_1 = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, use_fast_variance=False,
-                          name="norm_1")
-    norm_2 = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, use_fast_variance=False,
-                          name="norm_2")
+    attend = BatchAttention(
+      self.num_heads, self.axis_name, self.implementation, self.block_size, name="attention"
+    )
+    ffn = FeedForward(max(1, round(self.mlp_ratio * x.shape[-1])), self.activation, name="mlp")
+    norm_1 = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, use_fast_variance=False, name="norm_1")
+    norm_2 = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, use_fast_variance=False, name="norm_2")
     if self.norm == "post":
       x = norm_1(x + attend(x))
       return norm_2(x + ffn(x))
@@ -178,13 +180,13 @@ class DeepFusionBlock(nn.Module):
 
 class Linear(nn.Module):
   """``x W + b``, [n, d] -> [n, features] (default ``features``: d)."""
+
   features: Optional[int] = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     width = self.features or x.shape[-1]
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (x.shape[-1], width))
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], width))
     bias = self.param("bias", nn.initializers.zeros_init(), (width,))
     return x @ kernel + bias
 
@@ -221,6 +223,7 @@ class DeepFusionHead(nn.Module):
       >>> groups = jnp.tile(jnp.arange(8), 2)
       >>> head.apply(params, x, groups, method=DeepFusionHead.loss)  # scalar
   """
+
   num_layers: int = 5
   num_heads: int = 8
   features: Optional[int] = None
@@ -234,18 +237,31 @@ class DeepFusionHead(nn.Module):
   block_size: int = DEFAULT_BLOCK_SIZE
 
   def setup(self):
-    check_options(num_layers=self.num_layers, num_heads=self.num_heads,
-                  features=self.features, out_features=self.out_features,
-                  mlp_ratio=self.mlp_ratio, activation=self.activation,
-                  norm=self.norm, implementation=self.implementation,
-                  block_size=self.block_size)
+    check_options(
+      num_layers=self.num_layers,
+      num_heads=self.num_heads,
+      features=self.features,
+      out_features=self.out_features,
+      mlp_ratio=self.mlp_ratio,
+      activation=self.activation,
+      norm=self.norm,
+      implementation=self.implementation,
+      block_size=self.block_size,
+    )
     self._input = Linear(self.features, name="input")
     self._output = Linear(self.out_features, name="output")
     self.blocks = [
-        DeepFusionBlock(self.num_heads, self.mlp_ratio, self.activation,
-                        self.norm, self.axis_name, self.implementation,
-                        self.block_size, name=f"block_{i}")
-        for i in range(self.num_layers)
+      DeepFusionBlock(
+        self.num_heads,
+        self.mlp_ratio,
+        self.activation,
+        self.norm,
+        self.axis_name,
+        self.implementation,
+        self.block_size,
+        name=f"block_{i}",
+      )
+      for i in range(self.num_layers)
     ]
 
   def fuse(self, x: Array, num_views: int = 1) -> Array:
@@ -260,8 +276,9 @@ class DeepFusionHead(nn.Module):
       if x.shape[0] % num_views:
         raise ValueError(f"{x.shape[0]} rows do not split into {num_views} views")
       n = x.shape[0] // num_views
-      h = jnp.concatenate([self._blocks(self._input(x[v * n:(v + 1) * n]))
-                           for v in range(num_views)])
+      h = jnp.concatenate(
+        [self._blocks(self._input(x[v * n : (v + 1) * n])) for v in range(num_views)]
+      )
     else:
       h = self._blocks(self._input(x))
     return self._output(h)
@@ -274,8 +291,15 @@ class DeepFusionHead(nn.Module):
   def __call__(self, x: Array, num_views: int = 1) -> Array:
     return self.fuse(x, num_views)
 
-  def loss(self, x: Array, groups: Array, labels: Optional[Array] = None,
-           num_views: int = 2, *, temperature: float = 0.1) -> Array:
+  def loss(
+    self,
+    x: Array,
+    groups: Array,
+    labels: Optional[Array] = None,
+    num_views: int = 2,
+    *,
+    temperature: float = 0.1,
+  ) -> Array:
     """NT-Xent (:func:`tfjax.losses.info_nce`) of the head's output.
 
     ``x`` [2n, d] holds two view-major chunks (rows i and n + i are views of
@@ -286,41 +310,57 @@ class DeepFusionHead(nn.Module):
     """
     del groups, labels
     if num_views != 2:
-      raise ValueError(f"Deep Fusion's NT-Xent takes exactly 2 views, got "
-                       f"num_views={num_views}")
+      raise ValueError(f"Deep Fusion's NT-Xent takes exactly 2 views, got num_views={num_views}")
     out = self.fuse(x, num_views)
     n = out.shape[0] // 2
-    return info_nce(out[:n], out[n:], temperature=temperature,
-                    axis_name=self.axis_name)
+    return info_nce(out[:n], out[n:], temperature=temperature, axis_name=self.axis_name)
 
 
-def check_options(*, num_layers, num_heads, features, out_features, mlp_ratio,
-                  activation, norm, implementation, block_size,
-                  prefix: str = "") -> None:
+def check_options(
+  *,
+  num_layers,
+  num_heads,
+  features,
+  out_features,
+  mlp_ratio,
+  activation,
+  norm,
+  implementation,
+  block_size,
+  prefix: str = "",
+) -> None:
   """ValueError naming the first bad Deep Fusion option (``prefix`` + name)."""
+
   def positive_int(name, value, optional=False):
     if optional and value is None:
       return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"{prefix}{name} must be a positive int"
-                       f"{' (or None)' if optional else ''}, got {value!r}")
+      raise ValueError(
+        f"{prefix}{name} must be a positive int{' (or None)' if optional else ''}, got {value!r}"
+      )
+
   positive_int("num_layers", num_layers)
   positive_int("num_heads", num_heads)
   positive_int("features", features, optional=True)
   positive_int("out_features", out_features, optional=True)
   positive_int("block_size", block_size)
-  if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or (
-      not math.isfinite(mlp_ratio) or mlp_ratio <= 0):
+  if (
+    isinstance(mlp_ratio, bool)
+    or not isinstance(mlp_ratio, (int, float))
+    or (not math.isfinite(mlp_ratio) or mlp_ratio <= 0)
+  ):
     raise ValueError(f"{prefix}mlp_ratio must be finite and > 0, got {mlp_ratio!r}")
-  for name, value, choices in (("activation", activation, ACTIVATIONS),
-                               ("norm", norm, NORM_PLACEMENTS),
-                               ("implementation", implementation, IMPLEMENTATIONS)):
+  for name, value, choices in (
+    ("activation", activation, ACTIVATIONS),
+    ("norm", norm, NORM_PLACEMENTS),
+    ("implementation", implementation, IMPLEMENTATIONS),
+  ):
     if value not in choices:
-      raise ValueError(f"unknown {prefix}{name} {value!r}; choose one of "
-                       f"{tuple(choices)}")
+      raise ValueError(f"unknown {prefix}{name} {value!r}; choose one of {tuple(choices)}")
   if features is not None and features % num_heads:
-    raise ValueError(f"{prefix}features={features} is not divisible by "
-                     f"{prefix}num_heads={num_heads}")
+    raise ValueError(
+      f"{prefix}features={features} is not divisible by {prefix}num_heads={num_heads}"
+    )
 
 
 def head_from_config(config, axis_name: Optional[str] = None) -> DeepFusionHead:
@@ -331,20 +371,34 @@ def head_from_config(config, axis_name: Optional[str] = None) -> DeepFusionHead:
   the projector sets it; with ``embed_dim = 0`` at initialisation).
   """
   opts = config.deep_fusion
-  check_options(num_layers=opts.num_layers, num_heads=opts.num_heads,
-                features=opts.features, out_features=opts.out_features,
-                mlp_ratio=opts.mlp_ratio, activation=opts.activation,
-                norm=opts.norm, implementation=opts.implementation,
-                block_size=opts.block_size, prefix="deep_fusion.")
-  if opts.features is None and config.embed_dim and (
-      config.embed_dim % opts.num_heads):
-    raise ValueError(f"deep_fusion.num_heads={opts.num_heads} does not divide "
-                     f"the head's width embed_dim={config.embed_dim}; set "
-                     "deep_fusion.features or deep_fusion.num_heads")
+  check_options(
+    num_layers=opts.num_layers,
+    num_heads=opts.num_heads,
+    features=opts.features,
+    out_features=opts.out_features,
+    mlp_ratio=opts.mlp_ratio,
+    activation=opts.activation,
+    norm=opts.norm,
+    implementation=opts.implementation,
+    block_size=opts.block_size,
+    prefix="deep_fusion.",
+  )
+  if opts.features is None and config.embed_dim and (config.embed_dim % opts.num_heads):
+    raise ValueError(
+      f"deep_fusion.num_heads={opts.num_heads} does not divide "
+      f"the head's width embed_dim={config.embed_dim}; set "
+      "deep_fusion.features or deep_fusion.num_heads"
+    )
   return DeepFusionHead(
-      num_layers=opts.num_layers, num_heads=opts.num_heads,
-      features=opts.features, out_features=opts.out_features,
-      mlp_ratio=float(opts.mlp_ratio), activation=opts.activation,
-      norm=opts.norm, fuse_within_view=bool(opts.fuse_within_view),
-      axis_name=axis_name, implementation=opts.implementation,
-      block_size=opts.block_size)
+    num_layers=opts.num_layers,
+    num_heads=opts.num_heads,
+    features=opts.features,
+    out_features=opts.out_features,
+    mlp_ratio=float(opts.mlp_ratio),
+    activation=opts.activation,
+    norm=opts.norm,
+    fuse_within_view=bool(opts.fuse_within_view),
+    axis_name=axis_name,
+    implementation=opts.implementation,
+    block_size=opts.block_size,
+  )

@@ -19,8 +19,7 @@ from tfjax.step import step_key, train_step, train_steps
 
 def replicate(tree, num_devices: int):
   """Stacks ``tree`` ``num_devices`` times along a new leading (pmap) axis."""
-  return jax.tree.map(
-      lambda x: np.broadcast_to(np.asarray(x), (num_devices,) + np.shape(x)), tree)
+  return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (num_devices,) + np.shape(x)), tree)
 
 
 def unreplicate(tree):
@@ -30,11 +29,12 @@ def unreplicate(tree):
 
 def shard(batch: Dict[str, np.ndarray], num_devices: int):
   """[B, ...] -> [D, B/D, ...] for pmap."""
+
   def split(x):
     if x.shape[0] % num_devices:
-      raise ValueError(f"batch of {x.shape[0]} is not divisible by the device "
-                       f"count {num_devices}")
+      raise ValueError(f"batch of {x.shape[0]} is not divisible by the device count {num_devices}")
     return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
+
   return jax.tree.map(split, batch)
 
 
@@ -52,8 +52,7 @@ def compile_step(num_devices: int, steps_per_call: int = 1) -> Callable:
 
   if num_devices == 1:
     return jax.jit(fn, donate_argnums=(0,))
-  return jax.pmap(fn, axis_name="batch", in_axes=(0, 0, None),
-                  donate_argnums=(0,))
+  return jax.pmap(fn, axis_name="batch", in_axes=(0, 0, None), donate_argnums=(0,))
 
 
 def stack_keys(seed: int, first: int, count: int):

@@ -40,9 +40,15 @@ from tfjax.normalize import check_row_scale, l2_normalize
 Array = jax.Array
 
 __all__ = [
-    "embedding_variance", "singular_values", "rank_at_energy",
-    "per_class_variance", "per_class_rank", "class_ordered_affinity",
-    "plot_affinity_heatmap", "plot_spectrum", "summary",
+  "embedding_variance",
+  "singular_values",
+  "rank_at_energy",
+  "per_class_variance",
+  "per_class_rank",
+  "class_ordered_affinity",
+  "plot_affinity_heatmap",
+  "plot_spectrum",
+  "summary",
 ]
 
 # Relative slack when comparing cumulative energy with the threshold, so that
@@ -66,16 +72,17 @@ def _check_labels(labels, n: int) -> Array:
   if not isinstance(labels, jax.core.Tracer):
     labels = jnp.asarray(labels)
   chex.assert_type(labels, int, custom_message="labels must be integers")
-  chex.assert_shape(labels, (n,),
-                    custom_message=f"labels must have shape ({n},) to match z")
+  chex.assert_shape(labels, (n,), custom_message=f"labels must have shape ({n},) to match z")
   return labels
 
 
 def _check_num_classes(num_classes) -> int:
-  if (not isinstance(num_classes, (int, np.integer))
-      or isinstance(num_classes, bool) or num_classes < 1):
-    raise ValueError(
-        f"num_classes must be a static int >= 1, got {num_classes!r}")
+  if (
+    not isinstance(num_classes, (int, np.integer))
+    or isinstance(num_classes, bool)
+    or num_classes < 1
+  ):
+    raise ValueError(f"num_classes must be a static int >= 1, got {num_classes!r}")
   return int(num_classes)
 
 
@@ -145,8 +152,7 @@ def _rank_from_sv(s: Array, energy) -> Array:
   return jnp.where(jnp.all(jnp.isfinite(s)), r, -1).astype(jnp.int32)
 
 
-def rank_at_energy(z: Array, energy: float = 0.95, *,
-                   normalize: bool = True) -> Array:
+def rank_at_energy(z: Array, energy: float = 0.95, *, normalize: bool = True) -> Array:
   """Smallest r with Σ_{i≤r} s_i² ≥ energy · Σ_i s_i²  -> int32 scalar.
 
   ``s`` = :func:`singular_values` (of the normalised rows by default).  1 for
@@ -165,7 +171,7 @@ def rank_at_energy(z: Array, energy: float = 0.95, *,
 
 
 def _class_masks(labels: Array, num_classes: int) -> Array:
-  return labels[None, :] == jnp.arange(num_classes)[:, None]     # [k, n]
+  return labels[None, :] == jnp.arange(num_classes)[:, None]  # [k, n]
 
 
 def per_class_variance(z: Array, labels: Array, num_classes: int) -> Array:
@@ -190,15 +196,16 @@ def per_class_variance(z: Array, labels: Array, num_classes: int) -> Array:
   ids = jnp.where((labels >= 0) & (labels < k), labels, k)
   seg = lambda v: jax.ops.segment_sum(v, ids, num_segments=k + 1)[:k]
   count = seg(jnp.ones(u.shape[0], u.dtype))
-  mean = seg(u) / jnp.maximum(count, 1.0)[:, None]               # [k, d]
+  mean = seg(u) / jnp.maximum(count, 1.0)[:, None]  # [k, d]
   # Mean of ‖u_i‖² (1, or 0 for a zero row) minus ‖mean‖².
   sq = seg(jnp.sum(jnp.square(u), axis=1)) / jnp.maximum(count, 1.0)
   var = jnp.clip(sq - jnp.sum(jnp.square(mean), axis=1), 0.0, 1.0)
   return jnp.where(count > 0, var, 0.0)
 
 
-def per_class_rank(z: Array, labels: Array, num_classes: int,
-                   energy: float = 0.95, *, normalize: bool = True) -> Array:
+def per_class_rank(
+  z: Array, labels: Array, num_classes: int, energy: float = 0.95, *, normalize: bool = True
+) -> Array:
   """:func:`rank_at_energy` within each class -> int32 [num_classes].
 
   Rows of other classes are zeroed (which leaves the class's non-zero
@@ -215,10 +222,10 @@ def per_class_rank(z: Array, labels: Array, num_classes: int,
   _check_energy(energy)
   if normalize:
     z = l2_normalize(z)
-  m = _class_masks(labels, k)                                    # [k, n]
+  m = _class_masks(labels, k)  # [k, n]
   # where, not a product: a NaN row stays in its own class.
-  zs = jnp.where(m[:, :, None], z[None], 0.0)                    # [k, n, d]
-  s = jnp.linalg.svd(zs, compute_uv=False)                       # [k, r]
+  zs = jnp.where(m[:, :, None], z[None], 0.0)  # [k, n, d]
+  s = jnp.linalg.svd(zs, compute_uv=False)  # [k, r]
   return jax.vmap(lambda sv: _rank_from_sv(sv, energy))(s)
 
 
@@ -249,6 +256,7 @@ def _figure(figsize):
   # touches neither pyplot's global state nor the user's backend.
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
+
   fig = Figure(figsize=figsize)
   FigureCanvasAgg(fig)
   return fig, fig.add_subplot(1, 1, 1)
@@ -262,10 +270,16 @@ def _prepare_path(path) -> str:
   return path
 
 
-def plot_affinity_heatmap(matrix, labels, path, *,
-                          title: str = "cosine affinity (ordered by class)",
-                          vmin: float = -1.0, vmax: float = 1.0,
-                          cmap: str = "RdBu_r") -> str:
+def plot_affinity_heatmap(
+  matrix,
+  labels,
+  path,
+  *,
+  title: str = "cosine affinity (ordered by class)",
+  vmin: float = -1.0,
+  vmax: float = 1.0,
+  cmap: str = "RdBu_r",
+) -> str:
   """Writes a heatmap PNG of ``matrix`` [n, n] with class boundaries -> path.
 
   ``labels`` [n] are the (already ordered) row labels, e.g. the second output
@@ -281,15 +295,12 @@ def plot_affinity_heatmap(matrix, labels, path, *,
   if m.size == 0:
     raise ValueError("matrix is empty: nothing to plot")
   if not np.all(np.isfinite(m)):
-    raise ValueError("matrix has NaN/inf entries: the heatmap would hide "
-                     "them")
+    raise ValueError("matrix has NaN/inf entries: the heatmap would hide them")
   if lab.shape != (m.shape[0],):
-    raise ValueError(
-        f"labels must have shape ({m.shape[0]},), got {lab.shape}")
+    raise ValueError(f"labels must have shape ({m.shape[0]},), got {lab.shape}")
   path = _prepare_path(path)
   fig, ax = _figure((5, 4.2))
-  im = ax.imshow(m, vmin=vmin, vmax=vmax, cmap=cmap,
-                 interpolation="nearest")
+  im = ax.imshow(m, vmin=vmin, vmax=vmax, cmap=cmap, interpolation="nearest")
   fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
   for b in np.nonzero(lab[1:] != lab[:-1])[0]:
     ax.axhline(b + 0.5, color="k", lw=0.5)
@@ -302,10 +313,13 @@ def plot_affinity_heatmap(matrix, labels, path, *,
   return path
 
 
-def plot_spectrum(values: Union[Sequence[float], Array,
-                                Mapping[str, Union[Sequence[float], Array]]],
-                  path, *, title: str = "singular value spectrum",
-                  normalize: bool = True) -> str:
+def plot_spectrum(
+  values: Union[Sequence[float], Array, Mapping[str, Union[Sequence[float], Array]]],
+  path,
+  *,
+  title: str = "singular value spectrum",
+  normalize: bool = True,
+) -> str:
   """Writes a PNG of one or several singular-value spectra -> path.
 
   ``values`` is a 1-D array or a dict ``name -> 1-D array`` (one line each,
@@ -319,11 +333,10 @@ def plot_spectrum(values: Union[Sequence[float], Array,
   if not series:
     raise ValueError("values must hold at least one spectrum")
   curves = {}
-  for name, s in series.items():       # validate all before writing anything
+  for name, s in series.items():  # validate all before writing anything
     s = np.asarray(s, np.float64)
     if s.ndim != 1:
-      raise ValueError(
-          f"spectrum {name!r} must be 1-D, got shape {s.shape}")
+      raise ValueError(f"spectrum {name!r} must be 1-D, got shape {s.shape}")
     if s.size == 0:
       raise ValueError(f"spectrum {name!r} is empty: nothing to plot")
     if not np.all(np.isfinite(s)):
@@ -337,8 +350,7 @@ def plot_spectrum(values: Union[Sequence[float], Array,
   path = _prepare_path(path)
   fig, ax = _figure((5, 3.6))
   for name, y in curves.items():
-    ax.semilogy(np.arange(1, len(y) + 1), np.maximum(y, 1e-12), marker=".",
-                label=name or None)
+    ax.semilogy(np.arange(1, len(y) + 1), np.maximum(y, 1e-12), marker=".", label=name or None)
   ax.set_xlabel("index i")
   ax.set_ylabel("energy share $s_i^2/\\sum s^2$" if normalize else "$s_i$")
   ax.set_title(title)
@@ -349,9 +361,13 @@ def plot_spectrum(values: Union[Sequence[float], Array,
   return path
 
 
-def summary(z: Array, labels: Optional[Array] = None,
-            num_classes: Optional[int] = None, *,
-            energy: float = 0.95) -> dict[str, float]:
+def summary(
+  z: Array,
+  labels: Optional[Array] = None,
+  num_classes: Optional[int] = None,
+  *,
+  energy: float = 0.95,
+) -> dict[str, float]:
   """Over-fusion numbers as a dict of Python floats (for metrics logging).
 
   Keys: ``variance``, ``rank95`` (rank at ``energy``), ``top1_energy``
@@ -372,10 +388,9 @@ def summary(z: Array, labels: Optional[Array] = None,
   finite = bool(np.all(np.isfinite(e)))
   rank = float(_rank_from_sv(s, energy))
   out = {
-      "variance": float(embedding_variance(z)),
-      "rank95": rank if rank >= 0 else float("nan"),
-      "top1_energy": (float(e[0] / e.sum()) if e.sum() > 0 else 0.0)
-                     if finite else float("nan"),
+    "variance": float(embedding_variance(z)),
+    "rank95": rank if rank >= 0 else float("nan"),
+    "top1_energy": (float(e[0] / e.sum()) if e.sum() > 0 else 0.0) if finite else float("nan"),
   }
   if (labels is None) != (num_classes is None):
     raise ValueError("give both labels and num_classes, or neither")

@@ -31,9 +31,11 @@ import numpy as np
 _ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 
-def initialize(coordinator_address: Optional[str] = None,
-               num_processes: Union[int, str, None] = None,
-               process_id: Optional[int] = None) -> bool:
+def initialize(
+  coordinator_address: Optional[str] = None,
+  num_processes: Union[int, str, None] = None,
+  process_id: Optional[int] = None,
+) -> bool:
   """Starts ``jax.distributed`` when a multi-process run is asked for.
 
   Arguments fall back to the environment variables ``JAX_COORDINATOR_ADDRESS``,
@@ -58,13 +60,15 @@ def initialize(coordinator_address: Optional[str] = None,
   num_processes = int(num_processes)
   if coordinator_address is None or process_id is None:
     raise ValueError(
-        f"a run of {num_processes} processes needs a coordinator address and "
-        "this process's id (flags --coordinator_address/--process_id or "
-        f"{_ENV[0]}/{_ENV[2]})")
+      f"a run of {num_processes} processes needs a coordinator address and "
+      "this process's id (flags --coordinator_address/--process_id or "
+      f"{_ENV[0]}/{_ENV[2]})"
+    )
   if not 0 <= process_id < num_processes:
     raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}")
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+  )
   return True
 
 
@@ -82,7 +86,8 @@ def process_rows(global_rows: np.ndarray) -> np.ndarray:
   """
   count, index = jax.process_count(), jax.process_index()
   if len(global_rows) % count:
-    raise ValueError(f"global batch of {len(global_rows)} is not divisible by "
-                     f"the process count {count}")
+    raise ValueError(
+      f"global batch of {len(global_rows)} is not divisible by the process count {count}"
+    )
   share = len(global_rows) // count
-  return global_rows[index * share:(index + 1) * share]
+  return global_rows[index * share : (index + 1) * share]

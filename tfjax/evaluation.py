@@ -77,16 +77,23 @@ def _feature_fn(model: ContrastiveNet, embeddings: bool) -> Callable:
 def _batches(data, batch_size: int) -> Iterable[np.ndarray]:
   if isinstance(data, np.ndarray) or isinstance(data, jax.Array):
     for start in range(0, data.shape[0], batch_size):
-      yield data[start:start + batch_size]
+      yield data[start : start + batch_size]
   else:  # a random-access source (tfjax.data.pipeline)
     from tfjax.data.pipeline import eval_batches
+
     for batch in eval_batches(data, batch_size):
       yield batch["x"]
 
 
-def extract_features(model: ContrastiveNet, variables, data, *,
-                     batch_size: int = 512, embeddings: bool = False,
-                     progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
+def extract_features(
+  model: ContrastiveNet,
+  variables,
+  data,
+  *,
+  batch_size: int = 512,
+  embeddings: bool = False,
+  progress: Optional[Callable[[int], None]] = None,
+) -> np.ndarray:
   """Features [N, F] of ``data`` in eval mode, as numpy.
 
   ``data``: an array [N, ...] or a random-access source (records in order).
@@ -115,11 +122,11 @@ def _fused_fn(model: ContrastiveNet) -> Callable:
   def fused(v, x):
     _, z = model.apply(v, x)
     return model.apply(v, z, method=ContrastiveNet.fuse)
+
   return jax.jit(fused)
 
 
-def extract_fused(model: ContrastiveNet, variables, data, *,
-                  batch_size: int = 256) -> np.ndarray:
+def extract_fused(model: ContrastiveNet, variables, data, *, batch_size: int = 256) -> np.ndarray:
   """The TransFusion head's fused features X_{L−1} [N, d] of ``data`` (transductive).
 
   Each batch of ``batch_size`` consecutive records is fused together (the
@@ -128,17 +135,21 @@ def extract_fused(model: ContrastiveNet, variables, data, *,
   projector's embeddings (the output the other methods train).
   """
   if model.head is None:
-    return extract_features(model, variables, data, batch_size=batch_size,
-                            embeddings=True)
+    return extract_features(model, variables, data, batch_size=batch_size, embeddings=True)
   fn = _fused_fn(model)
-  return np.concatenate([np.asarray(fn(variables, xb))
-                         for xb in _batches(data, batch_size)])
+  return np.concatenate([np.asarray(fn(variables, xb)) for xb in _batches(data, batch_size)])
 
 
-def evaluate_features(train_x: np.ndarray, train_y: np.ndarray,
-                      test_x: np.ndarray, test_y: np.ndarray, *,
-                      num_classes: int, eval_config,
-                      log: Optional[Callable[[str], None]] = None) -> Dict[str, float]:
+def evaluate_features(
+  train_x: np.ndarray,
+  train_y: np.ndarray,
+  test_x: np.ndarray,
+  test_y: np.ndarray,
+  *,
+  num_classes: int,
+  eval_config,
+  log: Optional[Callable[[str], None]] = None,
+) -> Dict[str, float]:
   """kNN, linear probe and MLP fine-tuning accuracies of fixed features.
 
   ``eval_config`` (the config's ``eval`` block): ``knn_k``,
@@ -153,20 +164,40 @@ def evaluate_features(train_x: np.ndarray, train_y: np.ndarray,
   out = {}
   say(f"kNN (k={eval_config.knn_k}) on {train_x.shape[0]} × {train_x.shape[1]} features")
   out["knn"] = knn_accuracy(
-      train_x, train_y, test_x, test_y, num_classes=num_classes,
-      k=eval_config.knn_k, temperature=eval_config.knn_temperature)
+    train_x,
+    train_y,
+    test_x,
+    test_y,
+    num_classes=num_classes,
+    k=eval_config.knn_k,
+    temperature=eval_config.knn_temperature,
+  )
   if eval_config.linear_steps > 0:
     say(f"linear probe ({eval_config.linear_steps} steps)")
     out["linear"] = linear_probe(
-        train_x, train_y, test_x, test_y, num_classes=num_classes,
-        steps=eval_config.linear_steps, seed=0)["accuracy"]
+      train_x,
+      train_y,
+      test_x,
+      test_y,
+      num_classes=num_classes,
+      steps=eval_config.linear_steps,
+      seed=0,
+    )["accuracy"]
   for fraction in eval_config.finetune_fractions:
-    say(f"fine-tuning an MLP head on {fraction:.0%} of the labels "
-        f"({eval_config.finetune_steps} steps)")
+    say(
+      f"fine-tuning an MLP head on {fraction:.0%} of the labels "
+      f"({eval_config.finetune_steps} steps)"
+    )
     out[f"finetune@{fraction:g}"] = finetune_mlp(
-        train_x, train_y, test_x, test_y, num_classes=num_classes,
-        label_fraction=fraction, steps=eval_config.finetune_steps,
-        seed=0)["accuracy"]
+      train_x,
+      train_y,
+      test_x,
+      test_y,
+      num_classes=num_classes,
+      label_fraction=fraction,
+      steps=eval_config.finetune_steps,
+      seed=0,
+    )["accuracy"]
   return {k: float(v) for k, v in out.items()}
 
 
@@ -176,8 +207,9 @@ def evaluate_features(train_x: np.ndarray, train_y: np.ndarray,
 @functools.lru_cache(maxsize=8)
 def _batch_stat_fn(model: ContrastiveNet) -> Callable:
   def updated(variables, stats, x):
-    _, new = model.apply({"params": variables["params"], "batch_stats": stats},
-                         x, train=True, mutable=["batch_stats"])
+    _, new = model.apply(
+      {"params": variables["params"], "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+    )
     return new["batch_stats"]
 
   @jax.jit
@@ -193,8 +225,9 @@ def _batch_stat_fn(model: ContrastiveNet) -> Callable:
   return batch_moments
 
 
-def precise_batch_stats(model: ContrastiveNet, variables, data, *,
-                        batch_size: int = 256, max_batches: int = 50):
+def precise_batch_stats(
+  model: ContrastiveNet, variables, data, *, batch_size: int = 256, max_batches: int = 50
+):
   """BatchNorm statistics of ``model`` averaged over batches of ``data``.
 
   Each BatchNorm layer's running mean and variance become the average, over
@@ -221,73 +254,105 @@ def precise_batch_stats(model: ContrastiveNet, variables, data, *,
 # ----------------------------------------------------------------------------
 # A train state's evaluations, and the untrained baseline's.
 # ----------------------------------------------------------------------------
-def evaluate_state(state: TrainState, train_source, test_source, train_labels,
-                   num_classes: int, config, show: Optional[Progress] = None
-                   ) -> Dict[str, float]:
+def evaluate_state(
+  state: TrainState,
+  train_source,
+  test_source,
+  train_labels,
+  num_classes: int,
+  config,
+  show: Optional[Progress] = None,
+) -> Dict[str, float]:
   """The evaluations of ``state``'s backbone features and embedding diagnostics."""
-  from tfjax.data import pipeline   # grain: imported on first use
+  from tfjax.data import pipeline  # grain: imported on first use
+
   show = show or Progress(False)
   model = eval_model(state)
   feats = []
   for name, source in (("train", train_source), ("test", test_source)):
     bar = show.bar(total=len(source), desc=f"features ({name})", leave=False)
-    feats.append(extract_features(
-        model, state.variables, source, batch_size=config.eval.batch_size,
-        progress=None if bar is None else (lambda n, b=bar: b.update(n - b.n))))
+    feats.append(
+      extract_features(
+        model,
+        state.variables,
+        source,
+        batch_size=config.eval.batch_size,
+        progress=None if bar is None else (lambda n, b=bar: b.update(n - b.n)),
+      )
+    )
     if bar is not None:
       bar.close()
   test_labels = pipeline.source_labels(test_source)
-  out = evaluate_features(feats[0], train_labels, feats[1], test_labels,
-                                     num_classes=num_classes,
-                                     eval_config=config.eval, log=show.say)
+  out = evaluate_features(
+    feats[0],
+    train_labels,
+    feats[1],
+    test_labels,
+    num_classes=num_classes,
+    eval_config=config.eval,
+    log=show.say,
+  )
   # Over-fusion diagnostics of both inductive representations: the backbone
   # features and the projector's embeddings (where the loss and OAR act).
-  test_z = extract_features(model, state.variables, test_source,
-                                       batch_size=config.eval.batch_size,
-                                       embeddings=True)
+  test_z = extract_features(
+    model, state.variables, test_source, batch_size=config.eval.batch_size, embeddings=True
+  )
   if config.eval.head_knn:  # the authors' protocol: kNN on the head's output
-    fused = [extract_fused(model, state.variables, src,
-                                      batch_size=config.batch_size)
-             for src in (train_source, test_source)]
+    fused = [
+      extract_fused(model, state.variables, src, batch_size=config.batch_size)
+      for src in (train_source, test_source)
+    ]
     out["knn_head"] = knn_accuracy(
-        fused[0], train_labels, fused[1], test_labels, num_classes=num_classes,
-        k=config.eval.knn_k, temperature=config.eval.knn_temperature)
+      fused[0],
+      train_labels,
+      fused[1],
+      test_labels,
+      num_classes=num_classes,
+      k=config.eval.knn_k,
+      temperature=config.eval.knn_temperature,
+    )
   out["feature_variance"] = float(diagnostics.embedding_variance(feats[1]))
   out["embedding_variance"] = float(diagnostics.embedding_variance(test_z))
   out["embedding_rank95"] = float(diagnostics.rank_at_energy(test_z))
   return out
 
 
-def evaluate_untrained(config, data=None, *, precise_bn: bool = True,
-                       max_bn_batches: int = 50) -> Dict[str, float]:
+def evaluate_untrained(
+  config, data=None, *, precise_bn: bool = True, max_bn_batches: int = 50
+) -> Dict[str, float]:
   """The evaluations of a randomly initialised backbone: the fair baseline.
 
   With ``precise_bn`` its BatchNorm statistics are re-estimated on the
   training data (:func:`tfjax.precise_batch_stats`); without,
   BatchNorm keeps its initial mean 0 / variance 1 (a handicapped baseline).
   """
-  from tfjax.data import pipeline   # grain: imported on first use
+  from tfjax.data import pipeline  # grain: imported on first use
   from tfjax.data.splits import in_memory_splits, num_classes as split_classes, open_splits
   from tfjax import recipes
-  config = recipes.resolve(config)[0]   # the head's form: the method's recipe
+
+  config = recipes.resolve(config)[0]  # the head's form: the method's recipe
   spec = validate(config, 1, data=data)
   if not spec.labelled:
-    raise ValueError(f"dataset {config.dataset!r} has no labels: a backbone cannot "
-                     "be evaluated without them")
-  train_source, test_source = in_memory_splits(
-      config, *open_splits(config, spec, data))
+    raise ValueError(
+      f"dataset {config.dataset!r} has no labels: a backbone cannot be evaluated without them"
+    )
+  train_source, test_source = in_memory_splits(config, *open_splits(config, spec, data))
   labels = pipeline.source_labels(train_source)
   num_classes = split_classes(spec, train_source, data)
   try:
-    state = create_train_state(config, jax.random.key(config.seed),
-                               train_source.x_shape, num_classes, data_kind=spec.kind)
+    state = create_train_state(
+      config, jax.random.key(config.seed), train_source.x_shape, num_classes, data_kind=spec.kind
+    )
     if precise_bn:
       stats = precise_batch_stats(
-          state.model, state.variables, train_source,
-          batch_size=min(config.batch_size, len(train_source)),
-          max_batches=max_bn_batches)
+        state.model,
+        state.variables,
+        train_source,
+        batch_size=min(config.batch_size, len(train_source)),
+        max_batches=max_bn_batches,
+      )
       state = state.replace(batch_stats=stats)
     out = evaluate_state(state, train_source, test_source, labels, num_classes, config)
-  finally:   # also when it fails: a sweep goes on with the next setting
+  finally:  # also when it fails: a sweep goes on with the next setting
     release_compiled_programs()
   return {k: v for k, v in out.items() if not k.startswith("embedding")}

@@ -65,8 +65,9 @@ def balanced_subset(labels, fraction: float, seed: int) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "steps", "batch_size", "full_batch"))
-def _train_head(model, x, y, labelled, key, learning_rate, weight_decay, *,
-                steps, batch_size, full_batch):
+def _train_head(
+  model, x, y, labelled, key, learning_rate, weight_decay, *, steps, batch_size, full_batch
+):
   """Trains ``model`` on the rows of x [N, d] where ``labelled`` [N] is 1.
 
   Taking the whole training set plus a 0/1 mask (instead of the gathered
@@ -87,8 +88,9 @@ def _train_head(model, x, y, labelled, key, learning_rate, weight_decay, *,
     if full_batch:
       xb, yb, wb = x, y, labelled
     else:  # batch_size distinct labelled rows (zero-probability rows never drawn)
-      idx = jax.random.choice(jax.random.fold_in(data_key, i), x.shape[0],
-                              (batch_size,), replace=False, p=probs)
+      idx = jax.random.choice(
+        jax.random.fold_in(data_key, i), x.shape[0], (batch_size,), replace=False, p=probs
+      )
       xb, yb, wb = x[idx], y[idx], jnp.ones((batch_size,), x.dtype)
     loss, grad = jax.value_and_grad(loss_fn)(p, xb, yb, wb)
     updates, state = opt.update(grad, state, p)
@@ -98,11 +100,21 @@ def _train_head(model, x, y, labelled, key, learning_rate, weight_decay, *,
   return params, losses
 
 
-def finetune_mlp(train_features, train_labels, test_features, test_labels, *,
-                 num_classes: int, label_fraction: float = 0.1,
-                 hidden: Sequence[int] = (256,), steps: int = 1000,
-                 learning_rate: float = 1e-3, weight_decay: float = 0.0,
-                 batch_size: int = 256, seed: int = 0) -> Dict[str, float]:
+def finetune_mlp(
+  train_features,
+  train_labels,
+  test_features,
+  test_labels,
+  *,
+  num_classes: int,
+  label_fraction: float = 0.1,
+  hidden: Sequence[int] = (256,),
+  steps: int = 1000,
+  learning_rate: float = 1e-3,
+  weight_decay: float = 0.0,
+  batch_size: int = 256,
+  seed: int = 0,
+) -> Dict[str, float]:
   """CLOA fine-tuning protocol: an MLP head on a fraction of the labels.
 
   Steps: (1) pick ``balanced_subset(train_labels, label_fraction, seed)``;
@@ -126,8 +138,9 @@ def finetune_mlp(train_features, train_labels, test_features, test_labels, *,
       ...              label_fraction=0.1, steps=2000, learning_rate=1e-3)["accuracy"]
   """
   num_classes = _check_num_classes(num_classes)
-  xtr, ytr, xte, yte = _train_test(train_features, train_labels, test_features,
-                                   test_labels, num_classes)
+  xtr, ytr, xte, yte = _train_test(
+    train_features, train_labels, test_features, test_labels, num_classes
+  )
   if int(steps) != steps or steps < 1:
     raise ValueError(f"steps must be a positive integer, got {steps}")
   if int(batch_size) != batch_size or batch_size < 1:
@@ -148,23 +161,41 @@ def finetune_mlp(train_features, train_labels, test_features, test_labels, *,
   model = MLP(hidden=hidden, out_features=num_classes)
   full_batch = int(batch_size) >= subset.size
   params, losses = _train_head(
-      model, jnp.asarray(xtr), jnp.asarray(ytr), jnp.asarray(labelled),
-      jax.random.key(seed), jnp.float32(learning_rate), jnp.float32(weight_decay),
-      steps=int(steps), batch_size=0 if full_batch else int(batch_size),
-      full_batch=full_batch)
+    model,
+    jnp.asarray(xtr),
+    jnp.asarray(ytr),
+    jnp.asarray(labelled),
+    jax.random.key(seed),
+    jnp.float32(learning_rate),
+    jnp.float32(weight_decay),
+    steps=int(steps),
+    batch_size=0 if full_batch else int(batch_size),
+    full_batch=full_batch,
+  )
 
   def accuracy(x, y):
     logits = model.apply({"params": params}, jnp.asarray(x))
     return float(np.mean(np.asarray(jnp.argmax(logits, -1)) == y))
 
-  return dict(accuracy=accuracy(xte, yte), train_accuracy=accuracy(xs, ys),
-              num_labels=int(subset.size), label_fraction=float(label_fraction),
-              final_loss=float(losses[-1]))
+  return dict(
+    accuracy=accuracy(xte, yte),
+    train_accuracy=accuracy(xs, ys),
+    num_labels=int(subset.size),
+    label_fraction=float(label_fraction),
+    final_loss=float(losses[-1]),
+  )
 
 
-def finetune_protocol(train_features, train_labels, test_features, test_labels, *,
-                      num_classes: int, fractions: Sequence[float] = (0.1, 0.5, 1.0),
-                      **kwargs) -> Dict[float, float]:
+def finetune_protocol(
+  train_features,
+  train_labels,
+  test_features,
+  test_labels,
+  *,
+  num_classes: int,
+  fractions: Sequence[float] = (0.1, 0.5, 1.0),
+  **kwargs,
+) -> Dict[float, float]:
   """Runs :func:`finetune_mlp` at each label fraction -> ``{fraction: test accuracy}``.
 
   Keyword arguments (``hidden``, ``steps``, ``learning_rate``, ``seed``, ...)
@@ -178,7 +209,15 @@ def finetune_protocol(train_features, train_labels, test_features, test_labels, 
   """
   if len(fractions) == 0:
     raise ValueError("fractions is empty")
-  return {float(f): finetune_mlp(train_features, train_labels, test_features, test_labels,
-                                 num_classes=num_classes, label_fraction=f,
-                                 **kwargs)["accuracy"]
-          for f in fractions}
+  return {
+    float(f): finetune_mlp(
+      train_features,
+      train_labels,
+      test_features,
+      test_labels,
+      num_classes=num_classes,
+      label_fraction=f,
+      **kwargs,
+    )["accuracy"]
+    for f in fractions
+  }

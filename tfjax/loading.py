@@ -49,6 +49,7 @@ def _merged(defaults, saved: Dict[str, Any]) -> Dict[str, Any]:
   """``saved`` over the ConfigDict ``defaults`` (a field config.json lacks
   takes its default); :data:`OWN_FIELDS` blocks are kept as saved."""
   import ml_collections
+
   out = {}
   for key in defaults.keys():
     default, value = defaults[key], saved.get(key, _ABSENT)
@@ -83,14 +84,13 @@ def read_config(workdir: str):
     with open(path) as f:
       saved = json.load(f)
   except FileNotFoundError:
-    raise RunLoadError(f"{path} is missing: the run's network cannot be "
-                       "rebuilt without its config") from None
+    raise RunLoadError(
+      f"{path} is missing: the run's network cannot be rebuilt without its config"
+    ) from None
   except (OSError, ValueError) as e:
-    raise RunLoadError(f"{path} cannot be read as JSON ({' '.join(str(e).split())})"
-                       ) from None
+    raise RunLoadError(f"{path} cannot be read as JSON ({' '.join(str(e).split())})") from None
   if not isinstance(saved, dict):
-    raise RunLoadError(f"{path} holds a JSON {type(saved).__name__}, not a "
-                       "config object")
+    raise RunLoadError(f"{path} holds a JSON {type(saved).__name__}, not a config object")
   config = ml_collections.ConfigDict(_tuples(_merged(base_config(), saved)))
   try:
     validate(config, 1, check_data=False)
@@ -113,8 +113,9 @@ def checkpoint_steps(workdir: str) -> List[int]:
   root = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(root):
     return []
-  return sorted(int(d) for d in os.listdir(root)
-                if d.isdigit() and os.path.isdir(os.path.join(root, d)))
+  return sorted(
+    int(d) for d in os.listdir(root) if d.isdigit() and os.path.isdir(os.path.join(root, d))
+  )
 
 
 def _restore(workdir: str, step: int) -> Dict[str, Any]:
@@ -123,6 +124,7 @@ def _restore(workdir: str, step: int) -> Dict[str, Any]:
   import orbax.checkpoint as ocp
 
   from tfjax.checkpoint import nonfinite_leaves
+
   path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "default")
   with ocp.StandardCheckpointer() as checkpointer:
     tree = checkpointer.restore(path)
@@ -142,8 +144,7 @@ def _one_line(error: BaseException) -> str:
   return f"{type(error).__name__}: {text}"
 
 
-def restore_variables(workdir: str, step: Optional[int] = None
-                      ) -> Tuple[int, Dict[str, Any]]:
+def restore_variables(workdir: str, step: Optional[int] = None) -> Tuple[int, Dict[str, Any]]:
   """``(step, {"params", "batch_stats"})`` of checkpoint ``step``, or of the
   newest checkpoint that restores and is finite (older ones are tried in
   turn, each skip a one-line :class:`tfjax.checkpoint.CheckpointWarning`).
@@ -152,21 +153,24 @@ def restore_variables(workdir: str, step: Optional[int] = None
   is not one of them or cannot be restored, and when none can be.
   """
   from tfjax.checkpoint import CheckpointWarning
+
   steps = checkpoint_steps(workdir)
   where = os.path.join(workdir, "checkpoints")
   if not steps:
-    raise RunLoadError(f"{where} holds no checkpoint: the run has not reached "
-                       "its first checkpoint_every steps")
+    raise RunLoadError(
+      f"{where} holds no checkpoint: the run has not reached its first checkpoint_every steps"
+    )
   if step is not None:
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or (
-        int(step) not in steps):
-      raise RunLoadError(f"{where} has no checkpoint at step {step!r}; it has "
-                         f"steps {steps}")
+    if (
+      isinstance(step, bool) or not isinstance(step, (int, np.integer)) or (int(step) not in steps)
+    ):
+      raise RunLoadError(f"{where} has no checkpoint at step {step!r}; it has steps {steps}")
     try:
       found = _restore(workdir, int(step))
     except Exception as e:  # noqa: BLE001  (any failure: one line)
-      raise RunLoadError(f"checkpoint {step} in {where} cannot be restored "
-                         f"({_one_line(e)})") from None
+      raise RunLoadError(
+        f"checkpoint {step} in {where} cannot be restored ({_one_line(e)})"
+      ) from None
     return found["step"], {k: found[k] for k in ("params", "batch_stats")}
   skipped = []
   for candidate in reversed(steps):
@@ -174,13 +178,15 @@ def restore_variables(workdir: str, step: Optional[int] = None
       found = _restore(workdir, candidate)
     except Exception as e:  # noqa: BLE001  (any failure: try the previous one)
       skipped.append(f"step {candidate}: {_one_line(e)}")
-      warnings.warn(f"checkpoint {candidate} in {where} cannot be restored "
-                    f"({_one_line(e)}); trying the previous one",
-                    CheckpointWarning, stacklevel=3)
+      warnings.warn(
+        f"checkpoint {candidate} in {where} cannot be restored "
+        f"({_one_line(e)}); trying the previous one",
+        CheckpointWarning,
+        stacklevel=3,
+      )
       continue
     return found["step"], {k: found[k] for k in ("params", "batch_stats")}
-  raise RunLoadError(f"no checkpoint in {where} can be restored ("
-                     + "; ".join(skipped) + ")")
+  raise RunLoadError(f"no checkpoint in {where} can be restored (" + "; ".join(skipped) + ")")
 
 
 def _check_structure(path: str, model, variables, x_shape) -> None:
@@ -188,23 +194,26 @@ def _check_structure(path: str, model, variables, x_shape) -> None:
   describes (names do not depend on the input shape: the registry
   dataset's serves, also for a run on data passed as arrays)."""
   from tfjax.networks import ContrastiveNet
+
   dummy = jax.ShapeDtypeStruct((4,) + tuple(x_shape), np.float32)
   try:
     expected = jax.eval_shape(
-        functools.partial(model.init, method=ContrastiveNet.init_all),
-        jax.random.key(0), dummy)
+      functools.partial(model.init, method=ContrastiveNet.init_all), jax.random.key(0), dummy
+    )
   except Exception:  # noqa: BLE001  (a backbone made for other inputs)
     return
-  expected = {"params": expected["params"],
-              "batch_stats": expected.get("batch_stats", {})}
-  names = lambda tree: {"/".join(str(getattr(k, "key", k)) for k in p)  # noqa: E731
-                        for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  expected = {"params": expected["params"], "batch_stats": expected.get("batch_stats", {})}
+  names = lambda tree: {
+    "/".join(str(getattr(k, "key", k)) for k in p)  # noqa: E731
+    for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
   want, have = names(expected), names(variables)
   missing, extra = sorted(want - have), sorted(have - want)
   if missing or extra:
     raise RunLoadError(
-        f"{path}: the checkpoint's parameters do not match the network of "
-        f"config.json (missing: {_few(missing)}; unexpected: {_few(extra)})")
+      f"{path}: the checkpoint's parameters do not match the network of "
+      f"config.json (missing: {_few(missing)}; unexpected: {_few(extra)})"
+    )
 
 
 def _few(names: List[str], n: int = 3) -> str:
@@ -235,6 +244,7 @@ class Run:
   (:func:`tfjax.evaluation.extract_features`), so they give exactly its
   numbers.  Inside a caller's ``jax.jit`` they apply the network directly.
   """
+
   workdir: str
   config: Any
   model: Any
@@ -246,16 +256,19 @@ class Run:
     if isinstance(x, jax.core.Tracer):
       return x
     if not hasattr(x, "shape") and hasattr(x, "__getitem__") and hasattr(x, "x_shape"):
-      return x   # a random-access source (tfjax.data.pipeline)
+      return x  # a random-access source (tfjax.data.pipeline)
     x = np.asarray(x) if not isinstance(x, jax.Array) else x
     if not np.issubdtype(x.dtype, np.number) or x.ndim < 2:
-      raise ValueError(f"{what} expects inputs [n, ...] of numbers, got an "
-                       f"array of shape {x.shape} and dtype {x.dtype}")
+      raise ValueError(
+        f"{what} expects inputs [n, ...] of numbers, got an "
+        f"array of shape {x.shape} and dtype {x.dtype}"
+      )
     return x
 
   def _apply(self, x, embeddings: bool):
     from tfjax import evaluation
     from tfjax.networks import ContrastiveNet
+
     name = "embeddings" if embeddings else "features"
     x = self._check_x(x, f"Run.{name}")
     if isinstance(x, jax.core.Tracer):
@@ -264,13 +277,15 @@ class Run:
       return self.model.apply(self.variables, x, method=ContrastiveNet.features)
     try:
       return evaluation.extract_features(
-          self.model, self.variables, x, batch_size=self.config.eval.batch_size,
-          embeddings=embeddings)
+        self.model, self.variables, x, batch_size=self.config.eval.batch_size, embeddings=embeddings
+      )
     except Exception as e:  # noqa: BLE001  (a shape the network cannot take)
       if _is_shape_error(e):
-        raise ValueError(f"Run.{name}: the network of {self.workdir} cannot "
-                         f"take inputs of shape {tuple(np.shape(x))} "
-                         f"({_one_line(e)})") from None
+        raise ValueError(
+          f"Run.{name}: the network of {self.workdir} cannot "
+          f"take inputs of shape {tuple(np.shape(x))} "
+          f"({_one_line(e)})"
+        ) from None
       raise
 
   def features(self, x) -> np.ndarray:
@@ -285,11 +300,13 @@ class Run:
   @functools.cached_property
   def _adjacency_fn(self):
     from tfjax.networks import ContrastiveNet
+
     model = self.model
 
     def adjacency(variables, x):
       _, z = model.apply(variables, x)
       return model.apply(variables, z, method=ContrastiveNet.adjacency)
+
     return jax.jit(adjacency)
 
   def adjacency(self, x) -> jax.Array:
@@ -300,20 +317,22 @@ class Run:
     a run whose method has no head.
     """
     if self.model.head is None:
-      raise ValueError(f"Run.adjacency: the run in {self.workdir} trains "
-                       f"{self.config.loss!r}, a method without a TransFusion "
-                       "head; use Run.features or Run.embeddings")
+      raise ValueError(
+        f"Run.adjacency: the run in {self.workdir} trains "
+        f"{self.config.loss!r}, a method without a TransFusion "
+        "head; use Run.features or Run.embeddings"
+      )
     x = self._check_x(x, "Run.adjacency")
     if not hasattr(x, "shape"):
-      raise ValueError("Run.adjacency expects one batch as an array [n, ...], "
-                       "not a source")
+      raise ValueError("Run.adjacency expects one batch as an array [n, ...], not a source")
     try:
       return self._adjacency_fn(self.variables, x)
     except Exception as e:  # noqa: BLE001
       if _is_shape_error(e):
-        raise ValueError(f"Run.adjacency: the network of {self.workdir} cannot "
-                         f"take inputs of shape {tuple(x.shape)} ({_one_line(e)})"
-                         ) from None
+        raise ValueError(
+          f"Run.adjacency: the network of {self.workdir} cannot "
+          f"take inputs of shape {tuple(x.shape)} ({_one_line(e)})"
+        ) from None
       raise
 
   def source(self, split: str):
@@ -330,12 +349,15 @@ class Run:
     from tfjax.data import pipeline
     from tfjax.data.registry import config_dataset_spec
     from tfjax.data.splits import check_prepared, open_splits
+
     if split not in SPLITS:
       raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     held_out = self.config.get("validation_fraction")
     if split == "validation" and not held_out:
-      raise ValueError(f"split 'validation' needs a run with "
-                       f"validation_fraction; the run in {self.workdir} has none")
+      raise ValueError(
+        f"split 'validation' needs a run with "
+        f"validation_fraction; the run in {self.workdir} has none"
+      )
     spec = config_dataset_spec(self.config)
     check_prepared(spec, self.config.get("data_dir"))
     train, evaluated = open_splits(self.config, spec)
@@ -344,27 +366,32 @@ class Run:
       return train
     if split == "validation":
       return evaluated
-    return (pipeline.open_source(self.config.dataset, spec.test_split,
-                                 data_dir=self.config.data_dir)
-            if held_out else evaluated)
+    return (
+      pipeline.open_source(self.config.dataset, spec.test_split, data_dir=self.config.data_dir)
+      if held_out
+      else evaluated
+    )
 
   def _check_fingerprint(self, train, evaluated) -> None:
     from tfjax.data.fingerprint import data_fingerprint
+
     path = os.path.join(self.workdir, "run.json")
     try:
       with open(path) as f:
         recorded = json.load(f).get("data_fingerprint")
     except (OSError, ValueError, AttributeError):
-      return   # no record to compare with
+      return  # no record to compare with
     if recorded and recorded != data_fingerprint(train, evaluated):
       raise ValueError(
-          f"the run in {self.workdir} trained on other data than dataset "
-          f"{self.config.dataset!r}'s splits (run.json's data fingerprint "
-          "differs: data passed as arrays, or another generator setting)")
+        f"the run in {self.workdir} trained on other data than dataset "
+        f"{self.config.dataset!r}'s splits (run.json's data fingerprint "
+        "differs: data passed as arrays, or another generator setting)"
+      )
 
 
 def _is_shape_error(e: BaseException) -> bool:
   from flax.errors import FlaxError
+
   return isinstance(e, (FlaxError, TypeError, ValueError))
 
 
@@ -382,19 +409,18 @@ def load_run(workdir: str, step: Optional[int] = None) -> Run:
   """
   from tfjax.data.registry import get_dataset_spec
   from tfjax.state import build_network
+
   workdir = os.fspath(workdir)
   if not os.path.isdir(workdir):
-    raise RunLoadError(f"{workdir} is not a directory" if os.path.exists(workdir)
-                       else f"{workdir} does not exist")
+    raise RunLoadError(
+      f"{workdir} is not a directory" if os.path.exists(workdir) else f"{workdir} does not exist"
+    )
   has_config = os.path.isfile(os.path.join(workdir, "config.json"))
   if not has_config and not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    raise RunLoadError(f"{workdir} is not a run directory (no config.json and "
-                       "no checkpoints/)")
+    raise RunLoadError(f"{workdir} is not a run directory (no config.json and no checkpoints/)")
   config = read_config(workdir)
   step, variables = restore_variables(workdir, step)
   model = build_network(config, None)
-  _check_structure(workdir, model, variables,
-                   get_dataset_spec(config.dataset).x_shape)
+  _check_structure(workdir, model, variables, get_dataset_spec(config.dataset).x_shape)
   variables = jax.tree.map(jax.numpy.asarray, variables)
-  return Run(workdir=workdir, config=config, model=model, variables=variables,
-             step=step)
+  return Run(workdir=workdir, config=config, model=model, variables=variables, step=step)

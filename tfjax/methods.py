@@ -57,24 +57,37 @@ def semi_supervised_ids(groups: Array, labels: Array) -> Array:
   return jnp.where(labels >= 0, labels, -1 - groups)
 
 
-
 # The recipe fields: dotted config name -> type.  base_config() leaves them
 # unset (None).
-FIELDS: Mapping[str, type] = types.MappingProxyType({
-    "augment": str, "augment_strength": float, "learning_rate": float,
-    "temperature": float, "num_steps": int, "head.num_layers": int,
-    "head.final_projection": str, "head.activation": str,
-})
+FIELDS: Mapping[str, type] = types.MappingProxyType(
+  {
+    "augment": str,
+    "augment_strength": float,
+    "learning_rate": float,
+    "temperature": float,
+    "num_steps": int,
+    "head.num_layers": int,
+    "head.final_projection": str,
+    "head.activation": str,
+  }
+)
 
 # For the fields a recipe does not name (those its method does not read:
 # a temperature for JSD, a head for SimCLR) and for a method registered
 # without a recipe: the middle of the sweeps' grids (docs/recipes.md), one
 # head block with learned Q/K and ReLU, the kind's default augmentation.
-FALLBACK: Mapping[str, Any] = types.MappingProxyType({
-    "augment": "", "augment_strength": 0.5, "learning_rate": 2e-3,
-    "temperature": 0.1, "num_steps": 800, "head.num_layers": 1,
-    "head.final_projection": "learned", "head.activation": "relu",
-})
+FALLBACK: Mapping[str, Any] = types.MappingProxyType(
+  {
+    "augment": "",
+    "augment_strength": 0.5,
+    "learning_rate": 2e-3,
+    "temperature": 0.1,
+    "num_steps": 800,
+    "head.num_layers": 1,
+    "head.final_projection": "learned",
+    "head.activation": "relu",
+  }
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +103,7 @@ class Recipe:
     source: where the choice is documented, e.g. ``"docs/recipes.md, first
       sweep"``.
   """
+
   labels: bool
   kind: str
   fields: Mapping[str, Any]
@@ -98,13 +112,13 @@ class Recipe:
   def __post_init__(self):
     unknown = sorted(set(self.fields) - set(FIELDS))
     if unknown:
-      raise ValueError(f"recipe sets fields {unknown} that are not recipe "
-                       f"fields; known: {sorted(FIELDS)}")
+      raise ValueError(
+        f"recipe sets fields {unknown} that are not recipe fields; known: {sorted(FIELDS)}"
+      )
     object.__setattr__(self, "fields", types.MappingProxyType(dict(self.fields)))
 
   def __hash__(self):
-    return hash((self.labels, self.kind, tuple(sorted(self.fields.items())),
-                 self.source))
+    return hash((self.labels, self.kind, tuple(sorted(self.fields.items())), self.source))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +138,7 @@ class LossInputs:
       network head's loss (TransFusion's JSD or Deep Fusion's NT-Xent; keyword
       options go to the head's ``loss``); None for methods without a head.
   """
+
   z: Array
   num_views: int
   groups: Array
@@ -134,7 +149,7 @@ class LossInputs:
   def views(self):
     """The embeddings as a tuple of V arrays [n, D]."""
     n = self.z.shape[0] // self.num_views
-    return tuple(self.z[v * n:(v + 1) * n] for v in range(self.num_views))
+    return tuple(self.z[v * n : (v + 1) * n] for v in range(self.num_views))
 
   def positive_ids(self) -> Array:
     """Ids whose equality marks positives: sources, or sources + classes."""
@@ -163,6 +178,7 @@ class Method:
       of labels and kind of data (:class:`Recipe`); they fill
       the config fields left unset (:func:`tfjax.recipes.resolve`).
   """
+
   name: str
   display_name: str
   loss: Callable[..., Array]
@@ -178,17 +194,24 @@ class Method:
     if self.num_views is not None and self.num_views < 1:
       raise ValueError(f"num_views must be >= 1 or None, got {self.num_views}")
     # A read-only mapping: a frozen method must hash and compare by value.
-    object.__setattr__(self, "options",
-                       types.MappingProxyType(dict(self.options)))
+    object.__setattr__(self, "options", types.MappingProxyType(dict(self.options)))
     object.__setattr__(self, "recipes", tuple(self.recipes))
     if any(r.labels for r in self.recipes) and not self.accepts_labels:
-      raise ValueError(f"method {self.name!r} has a class-target recipe but "
-                       "does not accept labels")
+      raise ValueError(f"method {self.name!r} has a class-target recipe but does not accept labels")
 
   def __hash__(self):
-    return hash((self.name, self.display_name, self.loss, self.num_views,
-                 self.accepts_labels, self.uses_head,
-                 tuple(sorted(self.options.items())), self.recipes))
+    return hash(
+      (
+        self.name,
+        self.display_name,
+        self.loss,
+        self.num_views,
+        self.accepts_labels,
+        self.uses_head,
+        tuple(sorted(self.options.items())),
+        self.recipes,
+      )
+    )
 
   def resolve_options(self, config) -> Dict[str, Any]:
     """The method's hyper-parameters as set in ``config`` (see ``options``)."""
@@ -210,8 +233,9 @@ _REGISTRY: Dict[str, Method] = {}
 def register(method: Method, *, replace: bool = False) -> Method:
   """Adds ``method`` to the registry (``replace=True`` to redefine a name)."""
   if method.name in _REGISTRY and not replace:
-    raise ValueError(f"method {method.name!r} is already registered; pass "
-                     "replace=True to redefine it")
+    raise ValueError(
+      f"method {method.name!r} is already registered; pass replace=True to redefine it"
+    )
   _REGISTRY[method.name] = method
   return method
 
@@ -284,14 +308,14 @@ def _jsd(inputs: LossInputs) -> Array:
 
 
 def _supcon(inputs: LossInputs, *, temperature) -> Array:
-  return losses.supcon(inputs.z, inputs.positive_ids(),
-                       temperature=temperature, axis_name=inputs.axis_name)
+  return losses.supcon(
+    inputs.z, inputs.positive_ids(), temperature=temperature, axis_name=inputs.axis_name
+  )
 
 
 def _info_nce(inputs: LossInputs, *, temperature) -> Array:
   z1, z2 = inputs.views()
-  return losses.info_nce(z1, z2, temperature=temperature,
-                         axis_name=inputs.axis_name)
+  return losses.info_nce(z1, z2, temperature=temperature, axis_name=inputs.axis_name)
 
 
 def _dcl(inputs: LossInputs, *, temperature) -> Array:
@@ -301,8 +325,7 @@ def _dcl(inputs: LossInputs, *, temperature) -> Array:
 
 def _barlow_twins(inputs: LossInputs, *, lambda_offdiag) -> Array:
   z1, z2 = inputs.views()
-  return losses.barlow_twins(z1, z2, lambda_offdiag=lambda_offdiag,
-                             axis_name=inputs.axis_name)
+  return losses.barlow_twins(z1, z2, lambda_offdiag=lambda_offdiag, axis_name=inputs.axis_name)
 
 
 def _vicreg(inputs: LossInputs) -> Array:
@@ -314,47 +337,136 @@ def _vicreg(inputs: LossInputs) -> Array:
 # fields a recipe leaves out take FALLBACK.
 _SIGNAL_SSL = {"augment": "signal", "augment_strength": 0.5}
 
-register(Method("jsd", "TransFusion (JSD)", _jsd, accepts_labels=True,
-                uses_head=True, recipes=(
-    Recipe(True, "signal", {
-        "augment": "", "augment_strength": 0.1, "learning_rate": 2e-3,
-        "head.num_layers": 1, "head.final_projection": "learned",
-        "head.activation": "relu", "num_steps": 800},
-        "docs/recipes.md, first sweep"),
-    # The truncated block compares the head's outputs directly: learned Q/K
-    # die (uniform rows) in every self-supervised setting of the sweeps.
-    Recipe(False, "signal", {
-        **_SIGNAL_SSL, "learning_rate": 4e-3, "head.num_layers": 1,
-        "head.final_projection": "none", "head.activation": "relu",
-        "num_steps": 1600},
-        "docs/recipes.md, third sweep"))))
-register(Method("supcon", "SupCon", _supcon, accepts_labels=True,
-                options={"temperature": 0.1}, recipes=(
-    Recipe(True, "signal", {
-        "augment": "", "augment_strength": 0.1, "learning_rate": 4e-3,
-        "temperature": 0.1, "num_steps": 800},
-        "docs/recipes.md, first sweep"),)))
-register(Method("info_nce", "SimCLR (InfoNCE)", _info_nce, num_views=2,
-                options={"temperature": 0.1}, recipes=(
-    Recipe(False, "signal", {
-        **_SIGNAL_SSL, "learning_rate": 4e-3, "temperature": 0.2,
-        "num_steps": 1600},
-        "docs/recipes.md, second sweep"),)))
-register(Method("dcl", "DCL", _dcl, num_views=2, options={"temperature": 0.1},
-                recipes=(
-    Recipe(False, "signal", {
-        **_SIGNAL_SSL, "learning_rate": 4e-3, "temperature": 0.1,
-        "num_steps": 800},
-        "docs/recipes.md, fourth sweep"),)))
-register(Method("barlow_twins", "Barlow Twins", _barlow_twins, num_views=2,
-                options={"lambda_offdiag": 5e-3}, recipes=(
-    Recipe(False, "signal", {
-        **_SIGNAL_SSL, "learning_rate": 4e-3, "num_steps": 800},
-        "docs/recipes.md, fourth sweep"),)))
-register(Method("vicreg", "VICReg", _vicreg, num_views=2, recipes=(
-    Recipe(False, "signal", {
-        **_SIGNAL_SSL, "learning_rate": 4e-3, "num_steps": 800},
-        "docs/recipes.md, fourth sweep"),)))
+register(
+  Method(
+    "jsd",
+    "TransFusion (JSD)",
+    _jsd,
+    accepts_labels=True,
+    uses_head=True,
+    recipes=(
+      Recipe(
+        True,
+        "signal",
+        {
+          "augment": "",
+          "augment_strength": 0.1,
+          "learning_rate": 2e-3,
+          "head.num_layers": 1,
+          "head.final_projection": "learned",
+          "head.activation": "relu",
+          "num_steps": 800,
+        },
+        "docs/recipes.md, first sweep",
+      ),
+      # The truncated block compares the head's outputs directly: learned Q/K
+      # die (uniform rows) in every self-supervised setting of the sweeps.
+      Recipe(
+        False,
+        "signal",
+        {
+          **_SIGNAL_SSL,
+          "learning_rate": 4e-3,
+          "head.num_layers": 1,
+          "head.final_projection": "none",
+          "head.activation": "relu",
+          "num_steps": 1600,
+        },
+        "docs/recipes.md, third sweep",
+      ),
+    ),
+  )
+)
+register(
+  Method(
+    "supcon",
+    "SupCon",
+    _supcon,
+    accepts_labels=True,
+    options={"temperature": 0.1},
+    recipes=(
+      Recipe(
+        True,
+        "signal",
+        {
+          "augment": "",
+          "augment_strength": 0.1,
+          "learning_rate": 4e-3,
+          "temperature": 0.1,
+          "num_steps": 800,
+        },
+        "docs/recipes.md, first sweep",
+      ),
+    ),
+  )
+)
+register(
+  Method(
+    "info_nce",
+    "SimCLR (InfoNCE)",
+    _info_nce,
+    num_views=2,
+    options={"temperature": 0.1},
+    recipes=(
+      Recipe(
+        False,
+        "signal",
+        {**_SIGNAL_SSL, "learning_rate": 4e-3, "temperature": 0.2, "num_steps": 1600},
+        "docs/recipes.md, second sweep",
+      ),
+    ),
+  )
+)
+register(
+  Method(
+    "dcl",
+    "DCL",
+    _dcl,
+    num_views=2,
+    options={"temperature": 0.1},
+    recipes=(
+      Recipe(
+        False,
+        "signal",
+        {**_SIGNAL_SSL, "learning_rate": 4e-3, "temperature": 0.1, "num_steps": 800},
+        "docs/recipes.md, fourth sweep",
+      ),
+    ),
+  )
+)
+register(
+  Method(
+    "barlow_twins",
+    "Barlow Twins",
+    _barlow_twins,
+    num_views=2,
+    options={"lambda_offdiag": 5e-3},
+    recipes=(
+      Recipe(
+        False,
+        "signal",
+        {**_SIGNAL_SSL, "learning_rate": 4e-3, "num_steps": 800},
+        "docs/recipes.md, fourth sweep",
+      ),
+    ),
+  )
+)
+register(
+  Method(
+    "vicreg",
+    "VICReg",
+    _vicreg,
+    num_views=2,
+    recipes=(
+      Recipe(
+        False,
+        "signal",
+        {**_SIGNAL_SSL, "learning_rate": 4e-3, "num_steps": 800},
+        "docs/recipes.md, fourth sweep",
+      ),
+    ),
+  )
+)
 
 
 def _deep_fusion(inputs: LossInputs, *, temperature) -> Array:
@@ -364,9 +476,21 @@ def _deep_fusion(inputs: LossInputs, *, temperature) -> Array:
 
 # Deep Fusion's recipe is the best of a one-seed screen on MNIST-1D's
 # validation split (docs/deep_fusion.md), not a full sweep.
-register(Method("deep_fusion", "Deep Fusion (NT-Xent)", _deep_fusion,
-                num_views=2, uses_head=True, options={"temperature": 0.1}, recipes=(
-    Recipe(False, "signal", {
-        **_SIGNAL_SSL, "learning_rate": 2e-3, "temperature": 0.2,
-        "num_steps": 400},
-        "docs/deep_fusion.md, screen"),)))
+register(
+  Method(
+    "deep_fusion",
+    "Deep Fusion (NT-Xent)",
+    _deep_fusion,
+    num_views=2,
+    uses_head=True,
+    options={"temperature": 0.1},
+    recipes=(
+      Recipe(
+        False,
+        "signal",
+        {**_SIGNAL_SSL, "learning_rate": 2e-3, "temperature": 0.2, "num_steps": 400},
+        "docs/deep_fusion.md, screen",
+      ),
+    ),
+  )
+)

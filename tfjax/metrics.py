@@ -42,8 +42,7 @@ def _record(raw: bytes):
   return value, None
 
 
-def _parse(path: str) -> Tuple[List[Tuple[bytes, Dict[str, Any]]],
-                               List[Tuple[int, bytes, str]]]:
+def _parse(path: str) -> Tuple[List[Tuple[bytes, Dict[str, Any]]], List[Tuple[int, bytes, str]]]:
   """The record lines of ``path`` as (line, record) and the damaged ones as
   (1-based line number, line, why); blank lines are neither."""
   with open(path, "rb") as f:
@@ -65,8 +64,11 @@ def _warn_damaged(path: str, damaged, consequence: str) -> None:
     return
   shown = "; ".join(f"line {n}: {why}" for n, _, why in damaged[:3])
   more = f"; and {len(damaged) - 3} more" if len(damaged) > 3 else ""
-  warnings.warn(f"{path}: {len(damaged)} line(s) are not metric records "
-                f"({shown}{more}); {consequence}", MetricsWarning, stacklevel=3)
+  warnings.warn(
+    f"{path}: {len(damaged)} line(s) are not metric records ({shown}{more}); {consequence}",
+    MetricsWarning,
+    stacklevel=3,
+  )
 
 
 def _finite_record(step: int, scalars: Mapping[str, Any]) -> Dict[str, Any]:
@@ -109,7 +111,7 @@ def _jsonl_writer_class():
       if os.path.exists(path):
         records, damaged = _parse(path)
         kept = [raw + b"\n" for raw, r in records if r["step"] <= resume_step]
-      if damaged:   # kept aside before the file is rewritten without them
+      if damaged:  # kept aside before the file is rewritten without them
         aside = path + ".damaged"
         with open(aside, "ab") as f:
           f.writelines(raw + b"\n" for _, raw, _ in damaged)
@@ -139,8 +141,7 @@ def _jsonl_writer_class():
     def write_histograms(self, step, arrays, num_buckets=None):
       pass
 
-    def write_pointcloud(self, step, point_clouds, *, point_colors=None,
-                         configs=None):
+    def write_pointcloud(self, step, point_clouds, *, point_colors=None, configs=None):
       pass
 
     def write_hparams(self, hparams):
@@ -160,17 +161,20 @@ class EventFileScalarWriter:
 
   def __init__(self, logdir: str):
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
     os.makedirs(logdir, exist_ok=True)
     self._writer = EventFileWriter(logdir)
 
   def write_scalars(self, step, scalars):
     import time
     from tensorboard.compat.proto import event_pb2, summary_pb2
-    values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v))
-              for k, v in scalars.items()]
-    self._writer.add_event(event_pb2.Event(
-        wall_time=time.time(), step=int(step),
-        summary=summary_pb2.Summary(value=values)))
+
+    values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
+    self._writer.add_event(
+      event_pb2.Event(
+        wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)
+      )
+    )
 
   def flush(self):
     self._writer.flush()

@@ -44,8 +44,7 @@ import jax.numpy as jnp
 
 from tfjax.affinity import jsd_loss, target_affinity
 from tfjax.attention import Activation, adjacency, get_activation
-from tfjax.blockwise import (DEFAULT_BLOCK_SIZE, blockwise_attention,
-                             blockwise_jsd_loss)
+from tfjax.blockwise import DEFAULT_BLOCK_SIZE, blockwise_attention, blockwise_jsd_loss
 from tfjax.precision import at_least_float32
 
 Array = jax.Array
@@ -69,15 +68,12 @@ IMPLEMENTATIONS = ("dense", "blockwise")
 
 def _check_implementation(implementation: str) -> None:
   if implementation not in IMPLEMENTATIONS:
-    raise ValueError(
-        f"unknown implementation {implementation!r}; choose one of "
-        f"{IMPLEMENTATIONS}")
+    raise ValueError(f"unknown implementation {implementation!r}; choose one of {IMPLEMENTATIONS}")
 
 
 def _gathered_ids(groups, labels, axis_name):
   column_groups, offset = gather_batch(groups, axis_name)
-  column_labels = (None if labels is None
-                   else gather_batch(labels, axis_name)[0])
+  column_labels = None if labels is None else gather_batch(labels, axis_name)[0]
   return column_groups, column_labels, offset
 
 
@@ -135,6 +131,7 @@ class AdjacencyBlock(nn.Module):
       queries and keys (a product of two bfloat16 numbers is exact in
       float32, so this is a bfloat16 matmul with float32 sums).
   """
+
   features: Optional[int] = None
   activation: Activation = "relu"
   axis_name: Optional[str] = None
@@ -146,31 +143,35 @@ class AdjacencyBlock(nn.Module):
   @nn.compact
   def _query_key(self, x: Array):
     if self.projection not in PROJECTIONS:
-      raise ValueError(f"unknown projection {self.projection!r}; choose one "
-                       f"of {PROJECTIONS}")
+      raise ValueError(f"unknown projection {self.projection!r}; choose one of {PROJECTIONS}")
     if self.projection == "none":
       q = k = x
     else:
-      x_hat = nn.LayerNorm(name="norm", use_fast_variance=False,
-                           dtype=self.compute_dtype)(x)
+      x_hat = nn.LayerNorm(name="norm", use_fast_variance=False, dtype=self.compute_dtype)(x)
       if self.projection == "norm":
         q = k = x_hat
       else:
         width = self.features or x.shape[-1]
         q = nn.Dense(width, name="query", dtype=self.compute_dtype)(x_hat)
-        k = (q if self.projection == "tied"
-             else nn.Dense(width, name="key", dtype=self.compute_dtype)(x_hat))
+        k = (
+          q
+          if self.projection == "tied"
+          else nn.Dense(width, name="key", dtype=self.compute_dtype)(x_hat)
+        )
     k_all, offset = gather_batch(k, self.axis_name)
     return q, k_all, offset
 
   def __call__(self, x: Array) -> Array:
     _check_implementation(self.implementation)
     q, k_all, offset = self._query_key(x)
-    return adjacency(at_least_float32(q), at_least_float32(k_all),
-                     activation=self.activation, diagonal_offset=offset)
+    return adjacency(
+      at_least_float32(q),
+      at_least_float32(k_all),
+      activation=self.activation,
+      diagonal_offset=offset,
+    )
 
-  def loss(self, x: Array, groups: Array,
-           labels: Optional[Array] = None) -> Array:
+  def loss(self, x: Array, groups: Array, labels: Optional[Array] = None) -> Array:
     """JSD loss of this block's adjacency of ``x`` [n, d] against the target.
 
     ``groups``/``labels`` [n] are this device's; under pmap they are gathered
@@ -180,19 +181,35 @@ class AdjacencyBlock(nn.Module):
     """
     _check_implementation(self.implementation)
     q, k_all, offset = self._query_key(x)
-    column_groups, column_labels, _ = _gathered_ids(groups, labels,
-                                                    self.axis_name)
+    column_groups, column_labels, _ = _gathered_ids(groups, labels, self.axis_name)
     if self.implementation == "blockwise":
       return blockwise_jsd_loss(
-          q, k_all, groups, labels, column_groups=column_groups,
-          column_labels=column_labels, activation=self.activation,
-          diagonal_offset=offset, block_size=self.block_size,
-          compute_dtype=self.compute_dtype, axis_name=self.axis_name)
-    a = adjacency(at_least_float32(q), at_least_float32(k_all),
-                  activation=self.activation, diagonal_offset=offset)
-    target = target_affinity(groups, labels, column_groups=column_groups,
-                             column_labels=column_labels,
-                             diagonal_offset=offset, dtype=a.dtype)
+        q,
+        k_all,
+        groups,
+        labels,
+        column_groups=column_groups,
+        column_labels=column_labels,
+        activation=self.activation,
+        diagonal_offset=offset,
+        block_size=self.block_size,
+        compute_dtype=self.compute_dtype,
+        axis_name=self.axis_name,
+      )
+    a = adjacency(
+      at_least_float32(q),
+      at_least_float32(k_all),
+      activation=self.activation,
+      diagonal_offset=offset,
+    )
+    target = target_affinity(
+      groups,
+      labels,
+      column_groups=column_groups,
+      column_labels=column_labels,
+      diagonal_offset=offset,
+      dtype=a.dtype,
+    )
     return jsd_loss(a, target, axis_name=self.axis_name)
 
 
@@ -207,6 +224,7 @@ class FusionBlock(nn.Module):
   never forms it, so it sows nothing.  ``compute_dtype``: the dtype of the
   LayerNorm output, the projections, the attention and the output.
   """
+
   features: Optional[int] = None
   activation: Activation = "relu"
   axis_name: Optional[str] = None
@@ -220,8 +238,7 @@ class FusionBlock(nn.Module):
     width = self.features or x.shape[-1]
     # Two-pass variance (flax's default one-pass E[x²] − E[x]² loses ~1e-2
     # relative accuracy in float32 on inputs with a large common offset).
-    x_hat = nn.LayerNorm(name="norm", use_fast_variance=False,
-                         dtype=self.compute_dtype)(x)
+    x_hat = nn.LayerNorm(name="norm", use_fast_variance=False, dtype=self.compute_dtype)(x)
     q = nn.Dense(width, name="query", dtype=self.compute_dtype)(x_hat)
     k = nn.Dense(width, name="key", dtype=self.compute_dtype)(x_hat)
     v = nn.Dense(x.shape[-1], name="value", dtype=self.compute_dtype)(x_hat)
@@ -229,8 +246,14 @@ class FusionBlock(nn.Module):
     v_all, _ = gather_batch(v, self.axis_name)
     if self.implementation == "blockwise":
       out = blockwise_attention(
-          q, k_all, v_all, activation=self.activation, diagonal_offset=offset,
-          block_size=self.block_size, compute_dtype=self.compute_dtype)
+        q,
+        k_all,
+        v_all,
+        activation=self.activation,
+        diagonal_offset=offset,
+        block_size=self.block_size,
+        compute_dtype=self.compute_dtype,
+      )
       return out.astype(x_hat.dtype) + x_hat
     a = adjacency(q, k_all, activation=self.activation, diagonal_offset=offset)
     self.sow("intermediates", "adjacency", a)
@@ -276,6 +299,7 @@ class TransFusionHead(nn.Module):
       >>> head.apply(params, x).shape                          # (16, 16)
       >>> head.apply(params, x, method=TransFusionHead.fuse).shape  # (16, 8)
   """
+
   num_layers: int = 5
   features: Optional[int] = None
   activation: Activation = "relu"
@@ -290,17 +314,23 @@ class TransFusionHead(nn.Module):
     if self.num_layers < 1:
       raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
     _check_implementation(self.implementation)
-    options = dict(implementation=self.implementation,
-                   block_size=self.block_size,
-                   compute_dtype=self.compute_dtype)
+    options = dict(
+      implementation=self.implementation,
+      block_size=self.block_size,
+      compute_dtype=self.compute_dtype,
+    )
     self.blocks = [
-        FusionBlock(self.features, self.activation, self.axis_name,
-                    name=f"fusion_{i}", **options)
-        for i in range(self.num_layers - 1)
+      FusionBlock(self.features, self.activation, self.axis_name, name=f"fusion_{i}", **options)
+      for i in range(self.num_layers - 1)
     ]
-    self.final = AdjacencyBlock(self.features, self.activation, self.axis_name,
-                                name="adjacency", projection=self.final_projection,
-                                **options)
+    self.final = AdjacencyBlock(
+      self.features,
+      self.activation,
+      self.axis_name,
+      name="adjacency",
+      projection=self.final_projection,
+      **options,
+    )
 
   def fuse(self, x: Array, num_views: int = 1) -> Array:
     """Transductive fused features X_{L−1} [n, d].
@@ -316,8 +346,7 @@ class TransFusionHead(nn.Module):
       if x.shape[0] % num_views:
         raise ValueError(f"{x.shape[0]} rows do not split into {num_views} views")
       n = x.shape[0] // num_views
-      return jnp.concatenate([self.fuse(x[v * n:(v + 1) * n])
-                              for v in range(num_views)])
+      return jnp.concatenate([self.fuse(x[v * n : (v + 1) * n]) for v in range(num_views)])
     for block in self.blocks:
       x = block(x)
     return at_least_float32(x)
@@ -325,8 +354,9 @@ class TransFusionHead(nn.Module):
   def __call__(self, x: Array, num_views: int = 1) -> Array:
     return self.final(self.fuse(x, num_views))
 
-  def loss(self, x: Array, groups: Array,
-           labels: Optional[Array] = None, num_views: int = 1) -> Array:
+  def loss(
+    self, x: Array, groups: Array, labels: Optional[Array] = None, num_views: int = 1
+  ) -> Array:
     """JSD between this head's adjacency and the target of ``groups``/``labels``.
 
     Under pmap the groups and labels of all devices are gathered so that the
@@ -345,11 +375,15 @@ class TransFusionHead(nn.Module):
     if self.axis_name is not None:
       frac = jax.lax.pmean(frac, self.axis_name)
     self.sow("diagnostics", "uniform_rows", frac)
-    column_labels = (None if labels is None
-                     else gather_batch(labels, self.axis_name)[0])
-    target = target_affinity(groups, labels, column_groups=column_groups,
-                             column_labels=column_labels,
-                             diagonal_offset=offset, dtype=a.dtype)
+    column_labels = None if labels is None else gather_batch(labels, self.axis_name)[0]
+    target = target_affinity(
+      groups,
+      labels,
+      column_groups=column_groups,
+      column_labels=column_labels,
+      diagonal_offset=offset,
+      dtype=a.dtype,
+    )
     return jsd_loss(a, target, axis_name=self.axis_name)
 
 
@@ -359,20 +393,17 @@ def check_head_options(head) -> None:
   blockwise options (``head.compute_dtype`` is checked with ``compute_dtype``
   by :func:`tfjax.precision.compute_dtypes`)."""
   if head.final_projection not in PROJECTIONS:
-    raise ValueError(f"unknown head.final_projection "
-                     f"{head.final_projection!r}; choose one of {PROJECTIONS}")
+    raise ValueError(
+      f"unknown head.final_projection {head.final_projection!r}; choose one of {PROJECTIONS}"
+    )
   if head.num_layers < 1:
     raise ValueError(f"head.num_layers must be >= 1, got {head.num_layers}")
   get_activation(head.activation)  # unknown activation -> ValueError
   impl = head.get("implementation", "dense")
   if impl not in IMPLEMENTATIONS:
-    raise ValueError(f"unknown head.implementation {impl!r}; choose one of "
-                     f"{IMPLEMENTATIONS}")
+    raise ValueError(f"unknown head.implementation {impl!r}; choose one of {IMPLEMENTATIONS}")
   if impl == "dense":
     return
   block_size = head.block_size
-  if isinstance(block_size, bool) or not isinstance(block_size, int) or (
-      block_size < 1):
-    raise ValueError(f"head.block_size must be a positive int, got "
-                     f"{block_size!r}")
-
+  if isinstance(block_size, bool) or not isinstance(block_size, int) or (block_size < 1):
+    raise ValueError(f"head.block_size must be a positive int, got {block_size!r}")

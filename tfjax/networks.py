@@ -53,6 +53,7 @@ class ContrastiveNet(nn.Module):
   in float32 (or wider) whatever the compute dtypes, so every loss and
   evaluation works on float32.
   """
+
   backbone: nn.Module
   embed_dim: int = 64
   projector_hidden: Sequence[int] = (256,)
@@ -63,9 +64,13 @@ class ContrastiveNet(nn.Module):
   def setup(self):
     self.projector = None
     if self.embed_dim:
-      self.projector = MLP(hidden=tuple(self.projector_hidden),
-                           out_features=self.embed_dim, batch_norm=True,
-                           axis_name=self.axis_name, dtype=self.dtype)
+      self.projector = MLP(
+        hidden=tuple(self.projector_hidden),
+        out_features=self.embed_dim,
+        batch_norm=True,
+        axis_name=self.axis_name,
+        dtype=self.dtype,
+      )
 
   def __call__(self, x: Array, train: bool = False):
     features = at_least_float32(self.backbone(x, train=train))
@@ -94,7 +99,7 @@ class ContrastiveNet(nn.Module):
   def fuse(self, z: Array, num_views: int = 1) -> Array:
     return self._require_head().fuse(z, num_views)
 
-  def head_loss(self, z: Array, groups: Array,
-                labels: Optional[Array] = None, num_views: int = 1,
-                **options) -> Array:
+  def head_loss(
+    self, z: Array, groups: Array, labels: Optional[Array] = None, num_views: int = 1, **options
+  ) -> Array:
     return self._require_head().loss(z, groups, labels, num_views, **options)

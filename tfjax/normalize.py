@@ -67,22 +67,27 @@ def check_row_scale(name: str, x, axis: int = -1) -> None:
   row_max = np.max(np.abs(a.astype(np.float64)), axis=axis)
   tiny = float(jnp.finfo(jnp.float32).tiny)
   for out, why in (
-      (np.isfinite(row_max) & (row_max > top),
-       f"above {top:.3g}: the reciprocal of its scale is flushed to zero"),
-      ((row_max > 0) & (row_max < bound),
-       f"below {bound:.3g}: entries under float32's smallest normal "
-       f"({tiny:.3g}) are flushed to zero and would change its direction")):
+    (
+      np.isfinite(row_max) & (row_max > top),
+      f"above {top:.3g}: the reciprocal of its scale is flushed to zero",
+    ),
+    (
+      (row_max > 0) & (row_max < bound),
+      f"below {bound:.3g}: entries under float32's smallest normal "
+      f"({tiny:.3g}) are flushed to zero and would change its direction",
+    ),
+  ):
     bad = np.argwhere(out)
     if bad.size:
       row = tuple(int(i) for i in bad[0])
       where = f"row {row[0]}" if len(row) == 1 else f"row {row}"
       raise ValueError(
-          f"{name} {where} has largest |entry| {row_max[row]:.3g}, {why}; "
-          f"rescale {name} (its normalisation ignores any common factor)")
+        f"{name} {where} has largest |entry| {row_max[row]:.3g}, {why}; "
+        f"rescale {name} (its normalisation ignores any common factor)"
+      )
 
 
-def l2_normalize(x: Array, axis: int = -1,
-                 eps: Optional[float] = None) -> Array:
+def l2_normalize(x: Array, axis: int = -1, eps: Optional[float] = None) -> Array:
   """Scales ``x`` to unit L2 norm along ``axis``; a zero vector stays zero.
 
   ``x / ‖x‖`` for every row that is not exactly zero, at any scale (the row
@@ -117,9 +122,9 @@ def normalize_parts(x: Array, axis: int = -1, eps: Optional[float] = None):
   xa = x.astype(acc)
   # x̂ does not depend on the row scale m, so m is a constant for autodiff.
   m = jax.lax.stop_gradient(jnp.max(jnp.abs(xa), axis=axis, keepdims=True))
-  zero = m == 0                       # False for NaN: NaN propagates
+  zero = m == 0  # False for NaN: NaN propagates
   scale = jnp.where(zero, 1.0, m)
-  y = xa / scale                      # largest |entry| is 1
+  y = xa / scale  # largest |entry| is 1
   sq = jnp.sum(jnp.square(y), axis=axis, keepdims=True)
   norm = jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, sq)))
   if eps is None:

@@ -38,9 +38,13 @@ _NO_DECAY_NAMES = frozenset({"bias", "scale"})
 _DECAY_NAMES = frozenset({"kernel", "embedding"})
 
 
-def make_schedule(kind: str = "warmup_cosine", base_lr: float = 0.1,
-                  total_steps: int = 1000, warmup_steps: int = 0,
-                  end_lr_factor: float = 0.0) -> Schedule:
+def make_schedule(
+  kind: str = "warmup_cosine",
+  base_lr: float = 0.1,
+  total_steps: int = 1000,
+  warmup_steps: int = 0,
+  end_lr_factor: float = 0.0,
+) -> Schedule:
   """Learning-rate schedule ``step -> lr`` (a scalar function, jit-able).
 
   ``"warmup_cosine"`` with base η, total T, warm-up W, end factor f::
@@ -69,8 +73,9 @@ def make_schedule(kind: str = "warmup_cosine", base_lr: float = 0.1,
   if int(total_steps) != total_steps or total_steps < 1:
     raise ValueError(f"total_steps must be a positive integer, got {total_steps}")
   if int(warmup_steps) != warmup_steps or not 0 <= warmup_steps <= total_steps:
-    raise ValueError(f"warmup_steps must be an integer in [0, total_steps={total_steps}], "
-                     f"got {warmup_steps}")
+    raise ValueError(
+      f"warmup_steps must be an integer in [0, total_steps={total_steps}], got {warmup_steps}"
+    )
   if not 0.0 <= end_lr_factor <= 1.0:
     raise ValueError(f"end_lr_factor must be in [0, 1], got {end_lr_factor}")
   total_steps, warmup_steps = int(total_steps), int(warmup_steps)
@@ -78,14 +83,20 @@ def make_schedule(kind: str = "warmup_cosine", base_lr: float = 0.1,
     if warmup_steps == 0:
       return optax.constant_schedule(base_lr)
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, base_lr, warmup_steps),
-         optax.constant_schedule(base_lr)], [warmup_steps])
+      [optax.linear_schedule(0.0, base_lr, warmup_steps), optax.constant_schedule(base_lr)],
+      [warmup_steps],
+    )
   if warmup_steps == total_steps:
-    raise ValueError("warmup_cosine needs warmup_steps < total_steps, got "
-                     f"{warmup_steps} == {total_steps}")
+    raise ValueError(
+      f"warmup_cosine needs warmup_steps < total_steps, got {warmup_steps} == {total_steps}"
+    )
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=base_lr, warmup_steps=warmup_steps,
-      decay_steps=total_steps, end_value=base_lr * end_lr_factor)
+    init_value=0.0,
+    peak_value=base_lr,
+    warmup_steps=warmup_steps,
+    decay_steps=total_steps,
+    end_value=base_lr * end_lr_factor,
+  )
 
 
 def decay_mask(params: Any) -> Any:
@@ -101,6 +112,7 @@ def decay_mask(params: Any) -> Any:
       >>> decay_mask({"Dense_0": {"kernel": w, "bias": b}})
       {'Dense_0': {'kernel': True, 'bias': False}}
   """
+
   def leaf_mask(path, leaf):
     name = None
     if path:
@@ -120,19 +132,27 @@ def _resolve_mask(mask):
     return None
   if isinstance(mask, str):
     if mask != "no_bias_norm":
-      raise ValueError(f"unknown weight_decay_mask {mask!r}; use None, "
-                       "'no_bias_norm', a pytree of bools or a callable")
+      raise ValueError(
+        f"unknown weight_decay_mask {mask!r}; use None, "
+        "'no_bias_norm', a pytree of bools or a callable"
+      )
     return decay_mask
   return mask
 
 
-def make_optimizer(name: str, learning_rate: ScalarOrSchedule, *,
-                   weight_decay: float = 0.0, momentum: float = 0.9,
-                   nesterov: bool = False,
-                   weight_decay_mask: Union[None, str, Any, Callable] = None,
-                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                   trust_coefficient: float = 0.001
-                   ) -> optax.GradientTransformation:
+def make_optimizer(
+  name: str,
+  learning_rate: ScalarOrSchedule,
+  *,
+  weight_decay: float = 0.0,
+  momentum: float = 0.9,
+  nesterov: bool = False,
+  weight_decay_mask: Union[None, str, Any, Callable] = None,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  trust_coefficient: float = 0.001,
+) -> optax.GradientTransformation:
   """Builds an optax optimiser by name.
 
   * ``"sgd"``: heavy-ball momentum μ (Nesterov optional) with **decoupled**
@@ -179,11 +199,16 @@ def make_optimizer(name: str, learning_rate: ScalarOrSchedule, *,
     parts.append(optax.scale_by_learning_rate(learning_rate))
     return optax.chain(*parts)
   if name == "adamw":
-    return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps,
-                       weight_decay=weight_decay, mask=mask)
+    return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
   # lars
   if mask is None:
     mask = decay_mask
-  return optax.lars(learning_rate, weight_decay=weight_decay,
-                    weight_decay_mask=mask, trust_coefficient=trust_coefficient,
-                    trust_ratio_mask=mask, momentum=momentum, nesterov=nesterov)
+  return optax.lars(
+    learning_rate,
+    weight_decay=weight_decay,
+    weight_decay_mask=mask,
+    trust_coefficient=trust_coefficient,
+    trust_ratio_mask=mask,
+    momentum=momentum,
+    nesterov=nesterov,
+  )

@@ -23,8 +23,10 @@ from tfjax.networks import ContrastiveNet
 def pyplot():
   """matplotlib.pyplot on the headless Agg backend."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   return plt
 
 
@@ -61,16 +63,21 @@ def training_plots(workdir: str, state, test_source, config) -> None:
     a = model.apply(state.variables, z, method=ContrastiveNet.adjacency)
     order = jnp.argsort(labels, stable=True)
     matrix = np.asarray(a[order][:, order])
-    style = dict(title="TransFusion adjacency (test batch, by class)", vmin=0.0,
-                 vmax=float(np.quantile(matrix, 0.99)) + 1e-12, cmap="magma")
+    style = dict(
+      title="TransFusion adjacency (test batch, by class)",
+      vmin=0.0,
+      vmax=float(np.quantile(matrix, 0.99)) + 1e-12,
+      cmap="magma",
+    )
     ordered = labels[order]
   else:
     matrix, ordered = diagnostics.class_ordered_affinity(z, labels)
     style = dict(title="cosine affinity of embeddings (test batch, by class)")
-  diagnostics.plot_affinity_heatmap(np.asarray(matrix), np.asarray(ordered),
-                                    os.path.join(workdir, "affinity.png"), **style)
-  test_f = extract_features(model, state.variables, test_source,
-                            batch_size=config.eval.batch_size)
+  diagnostics.plot_affinity_heatmap(
+    np.asarray(matrix), np.asarray(ordered), os.path.join(workdir, "affinity.png"), **style
+  )
+  test_f = extract_features(model, state.variables, test_source, batch_size=config.eval.batch_size)
   diagnostics.plot_spectrum(
-      np.asarray(diagnostics.singular_values(jnp.asarray(test_f))),
-      os.path.join(workdir, "spectrum.png"))
+    np.asarray(diagnostics.singular_values(jnp.asarray(test_f))),
+    os.path.join(workdir, "spectrum.png"),
+  )

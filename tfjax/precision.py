@@ -47,10 +47,11 @@ def _module_dtype(field: str, name, allow_none: bool):
     return None
   if name not in COMPUTE_DTYPES:
     none = " (or None)" if allow_none else ""
-    why = (" (float16 needs loss scaling, which tfjax does not do)"
-           if name == "float16" else "")
-    raise ValueError(f"{field} must name a float dtype the network computes in: "
-                     f"one of {COMPUTE_DTYPES}{none}, got {name!r}{why}")
+    why = " (float16 needs loss scaling, which tfjax does not do)" if name == "float16" else ""
+    raise ValueError(
+      f"{field} must name a float dtype the network computes in: "
+      f"one of {COMPUTE_DTYPES}{none}, got {name!r}{why}"
+    )
   return None if name == "float32" else jnp.dtype(name)
 
 
@@ -62,8 +63,7 @@ def compute_dtypes(config) -> Tuple[Optional[jnp.dtype], Optional[jnp.dtype]]:
   is None for float32 (the modules' default) or ``jnp.bfloat16``.  Raises
   ValueError naming the field for anything but "float32" or "bfloat16".
   """
-  network = _module_dtype("compute_dtype", config.get("compute_dtype", "float32"),
-                          allow_none=False)
+  network = _module_dtype("compute_dtype", config.get("compute_dtype", "float32"), allow_none=False)
   head_name = config.head.get("compute_dtype", None)
   if head_name is None:
     return network, network

@@ -64,8 +64,9 @@ def _as_labels(y, n: int, num_classes: int, name: str) -> np.ndarray:
   if y.shape[0] != n:
     raise ValueError(f"{name} has {y.shape[0]} entries but the features have {n} rows")
   if y.size and (y.min() < 0 or y.max() >= num_classes):
-    raise ValueError(f"{name} must lie in [0, num_classes={num_classes}), "
-                     f"got range [{y.min()}, {y.max()}]")
+    raise ValueError(
+      f"{name} must lie in [0, num_classes={num_classes}), got range [{y.min()}, {y.max()}]"
+    )
   return y.astype(np.int32)
 
 
@@ -83,8 +84,7 @@ def _check_dims(a: np.ndarray, b: np.ndarray, na: str, nb: str):
 # ----------------------------------------------------------------------------
 # Weighted kNN
 # ----------------------------------------------------------------------------
-def _train_test(train_features, train_labels, test_features, test_labels,
-                num_classes: int):
+def _train_test(train_features, train_labels, test_features, test_labels, num_classes: int):
   """Checked (train features, train labels, test features, test labels)."""
   xtr = _as_features(train_features, "train_features")
   xte = _as_features(test_features, "test_features")
@@ -103,7 +103,7 @@ def _knn_votes(train_n, train_labels, queries, temperature, *, k, num_classes):
   """Class votes [b, C] of queries [b, d] against unit-norm train [N, d]."""
   q = _l2_normalize(queries)
   sim = jnp.matmul(q, train_n.T, precision=jax.lax.Precision.HIGHEST)  # [b, N]
-  top_sim, top_idx = jax.lax.top_k(sim, k)                            # [b, k]
+  top_sim, top_idx = jax.lax.top_k(sim, k)  # [b, k]
   # The barrier keeps XLA:CPU from fusing top_k with the arithmetic below
   # into a ~40x slower kernel (measured: 1000 × 4000, k = 20: 440 ms -> 13 ms).
   top_sim, top_idx = jax.lax.optimization_barrier((top_sim, top_idx))
@@ -113,9 +113,16 @@ def _knn_votes(train_n, train_labels, queries, temperature, *, k, num_classes):
   return jnp.einsum("bk,bkc->bc", weights, onehot)
 
 
-def knn_classify(train_features, train_labels, test_features, *, num_classes: int,
-                 k: int = 20, temperature: float = 0.07,
-                 batch_size: int = 1024) -> np.ndarray:
+def knn_classify(
+  train_features,
+  train_labels,
+  test_features,
+  *,
+  num_classes: int,
+  k: int = 20,
+  temperature: float = 0.07,
+  batch_size: int = 1024,
+) -> np.ndarray:
   """Weighted kNN predictions on cosine similarity -> int labels [M].
 
   Args:
@@ -160,15 +167,29 @@ def knn_classify(train_features, train_labels, test_features, *, num_classes: in
   test = np.concatenate([test, np.zeros((padded - m, test.shape[1]), np.float32)])
   preds = []
   for start in range(0, padded, batch_size):
-    votes = _knn_votes(train_n, labels_j, jnp.asarray(test[start:start + batch_size]),
-                       jnp.float32(temperature), k=k, num_classes=num_classes)
+    votes = _knn_votes(
+      train_n,
+      labels_j,
+      jnp.asarray(test[start : start + batch_size]),
+      jnp.float32(temperature),
+      k=k,
+      num_classes=num_classes,
+    )
     preds.append(np.asarray(jnp.argmax(votes, axis=-1)))
   return np.concatenate(preds)[:m].astype(np.int32)
 
 
-def knn_accuracy(train_features, train_labels, test_features, test_labels, *,
-                 num_classes: int, k: int = 20, temperature: float = 0.07,
-                 batch_size: int = 1024) -> float:
+def knn_accuracy(
+  train_features,
+  train_labels,
+  test_features,
+  test_labels,
+  *,
+  num_classes: int,
+  k: int = 20,
+  temperature: float = 0.07,
+  batch_size: int = 1024,
+) -> float:
   """Top-1 accuracy (a float in [0, 1]) of :func:`knn_classify` on [M] test labels.
 
   Example::
@@ -177,8 +198,15 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, *,
       ...              temperature=0.1)
   """
   test_y = _as_labels(test_labels, np.shape(test_features)[0], num_classes, "test_labels")
-  pred = knn_classify(train_features, train_labels, test_features, num_classes=num_classes,
-                      k=k, temperature=temperature, batch_size=batch_size)
+  pred = knn_classify(
+    train_features,
+    train_labels,
+    test_features,
+    num_classes=num_classes,
+    k=k,
+    temperature=temperature,
+    batch_size=batch_size,
+  )
   return float(np.mean(pred == test_y))
 
 
@@ -226,8 +254,7 @@ def _fit_logreg(x, y, w0, weight_decay, learning_rate, tol, *, steps, method):
     def body(carry):
       p, state, it = carry
       value, grad = value_and_grad(p, state=state)
-      updates, state = opt.update(grad, state, p, value=value, grad=grad,
-                                  value_fn=objective)
+      updates, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=objective)
       return optax.apply_updates(p, updates), state, it + 1
 
     params, _, iters = jax.lax.while_loop(cond, body, (params, opt.init(params), 0))
@@ -245,10 +272,20 @@ def _fit_logreg(x, y, w0, weight_decay, learning_rate, tol, *, steps, method):
   return params, objective(params), iters
 
 
-def linear_probe(train_features, train_labels, test_features, test_labels, *,
-                 num_classes: int, steps: int = 1000, learning_rate: float = 1e-2,
-                 weight_decay: float = 1e-4, seed: int = 0, method: str = "lbfgs",
-                 tol: float = 1e-5) -> Dict[str, float]:
+def linear_probe(
+  train_features,
+  train_labels,
+  test_features,
+  test_labels,
+  *,
+  num_classes: int,
+  steps: int = 1000,
+  learning_rate: float = 1e-2,
+  weight_decay: float = 1e-4,
+  seed: int = 0,
+  method: str = "lbfgs",
+  tol: float = 1e-5,
+) -> Dict[str, float]:
   """Multinomial logistic regression on standardised frozen features.
 
   Features are z-scored with the training mean/std (:func:`standardize`);
@@ -278,8 +315,9 @@ def linear_probe(train_features, train_labels, test_features, test_labels, *,
       >>> r["accuracy"], r["C"]          # C = 1 / (1e-4 · N_train)
   """
   num_classes = _check_num_classes(num_classes)
-  xtr, ytr, xte, yte = _train_test(train_features, train_labels, test_features,
-                                   test_labels, num_classes)
+  xtr, ytr, xte, yte = _train_test(
+    train_features, train_labels, test_features, test_labels, num_classes
+  )
   if method not in ("lbfgs", "adam"):
     raise ValueError(f"method must be 'lbfgs' or 'adam', got {method!r}")
   if int(steps) != steps or steps < 1:
@@ -290,16 +328,28 @@ def linear_probe(train_features, train_labels, test_features, test_labels, *,
     raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
 
   xtr, xte = standardize(xtr, xte)
-  w0 = jnp.asarray(1e-2 * np.random.default_rng(seed).standard_normal(
-      (xtr.shape[1], num_classes)), jnp.float32)
+  w0 = jnp.asarray(
+    1e-2 * np.random.default_rng(seed).standard_normal((xtr.shape[1], num_classes)), jnp.float32
+  )
   params, loss, iters = _fit_logreg(
-      jnp.asarray(xtr), jnp.asarray(ytr), w0, jnp.float32(weight_decay),
-      jnp.float32(learning_rate), jnp.float32(tol), steps=int(steps), method=method)
+    jnp.asarray(xtr),
+    jnp.asarray(ytr),
+    w0,
+    jnp.float32(weight_decay),
+    jnp.float32(learning_rate),
+    jnp.float32(tol),
+    steps=int(steps),
+    method=method,
+  )
 
   def accuracy(x, y):
     logits = jnp.asarray(x) @ params["w"] + params["b"]
     return float(np.mean(np.asarray(jnp.argmax(logits, -1)) == y))
 
-  return dict(accuracy=accuracy(xte, yte), train_accuracy=accuracy(xtr, ytr),
-              loss=float(loss), iterations=int(iters),
-              C=(math.inf if weight_decay == 0 else 1.0 / (weight_decay * xtr.shape[0])))
+  return dict(
+    accuracy=accuracy(xte, yte),
+    train_accuracy=accuracy(xtr, ytr),
+    loss=float(loss),
+    iterations=int(iters),
+    C=(math.inf if weight_decay == 0 else 1.0 / (weight_decay * xtr.shape[0])),
+  )

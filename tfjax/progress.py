@@ -24,9 +24,11 @@ class Progress:
     if not self.enabled:
       return None
     from tqdm.auto import tqdm
+
     return tqdm(dynamic_ncols=True, **kwargs)
 
   def say(self, message: str):
     if self.enabled:
       from tqdm.auto import tqdm
+
       tqdm.write(message)

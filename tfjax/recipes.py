@@ -41,6 +41,7 @@ def data_kind(config) -> Optional[str]:
   """The kind of ``config.dataset`` (a registry name or the user's data);
   None for a name that does not resolve (the config check then names it)."""
   from tfjax.data.registry import config_dataset_spec
+
   try:
     return config_dataset_spec(config).kind
   except (ValueError, OSError):
@@ -77,6 +78,7 @@ def recipe_values(method, labels: bool, kind: Optional[str]) -> Dict[str, Any]:
   (the augmentation replaced by the kind's default where it does not fit
   that kind), :data:`FALLBACK` for the rest."""
   from tfjax.data.augment import fits
+
   recipe = recipe_for(method, labels, kind)
   values = dict(FALLBACK)
   if recipe is not None:
@@ -143,13 +145,14 @@ def describe(config, filled: Mapping[str, Any], kind: Optional[str] = None) -> s
   else:
     line = head + f"the recipe chosen on {recipe.kind} data sets {text}"
     if "augment" in filled and recipe.fields.get("augment", "") != filled["augment"]:
-      line += (f" (augment {recipe.fields['augment']!r} is for {recipe.kind} data: "
-               f"the {kind or 'data'} default instead)")
+      line += (
+        f" (augment {recipe.fields['augment']!r} is for {recipe.kind} data: "
+        f"the {kind or 'data'} default instead)"
+      )
   if recipe is not None and recipe.source:
     line += f" [{recipe.source}]"
   if unread:
-    line += "; not read by this method: " + ", ".join(
-        f"{f}={v!r}" for f, v in unread.items())
+    line += "; not read by this method: " + ", ".join(f"{f}={v!r}" for f, v in unread.items())
   return line
 
 

@@ -23,10 +23,17 @@ __all__ = ["FREE_FIELDS", "config_diff", "config_fields", "describe", "rerun_cha
 
 # Fields whose value cannot change the trained parameters: a rerun may change
 # them freely (prefixes of dotted names).
-FREE_FIELDS = ("input", "log_every", "checkpoint_every", "write_plots",
-               "data_dir", "eval", "compilation_cache")
+FREE_FIELDS = (
+  "input",
+  "log_every",
+  "checkpoint_every",
+  "write_plots",
+  "data_dir",
+  "eval",
+  "compilation_cache",
+)
 
-Change = Tuple[str, Any, Any]   # (dotted field name, old value, new value)
+Change = Tuple[str, Any, Any]  # (dotted field name, old value, new value)
 
 
 def _training_keys() -> frozenset:
@@ -53,8 +60,7 @@ def _free(key: str) -> bool:
 _MISSING = "(absent)"
 
 
-def config_diff(old: Dict[str, Any], new: Dict[str, Any]
-                ) -> Tuple[List[Change], List[Change]]:
+def config_diff(old: Dict[str, Any], new: Dict[str, Any]) -> Tuple[List[Change], List[Change]]:
   """``(fixed, free)``: the differing fields of two :func:`config_fields`
   dicts as ``(name, old, new)``, split into those that change the result
   and the free ones (:data:`FREE_FIELDS`).  ``num_steps`` counts as fixed
@@ -68,8 +74,8 @@ def config_diff(old: Dict[str, Any], new: Dict[str, Any]
     a, b = old.get(key, _MISSING), new.get(key, _MISSING)
     if a == b:
       continue
-    if a is _MISSING:   # a field added since the run started: its default is
-      if defaults is None:   # what the run trained with
+    if a is _MISSING:  # a field added since the run started: its default is
+      if defaults is None:  # what the run trained with
         defaults = config_fields(base_config())
       if key in defaults and defaults[key] == b:
         continue
@@ -90,9 +96,10 @@ def rerun_changes(old, new) -> Tuple[List[Change], List[Change]]:
   fixed, free = config_diff(config_fields(old), config_fields(new))
   steps = [c for c in fixed if c[0] == "num_steps"]
   fixed = [c for c in fixed if c[0] != "num_steps"]
-  if steps and not (isinstance(steps[0][2], int) and steps[0][1] != _MISSING
-                    and steps[0][2] > steps[0][1]):
-    fixed.insert(0, steps[0])   # only raising num_steps continues a run
+  if steps and not (
+    isinstance(steps[0][2], int) and steps[0][1] != _MISSING and steps[0][2] > steps[0][1]
+  ):
+    fixed.insert(0, steps[0])  # only raising num_steps continues a run
     steps = []
   return fixed, steps + free
 
@@ -130,5 +137,6 @@ def suggest_fields(name: str, config=None, n: int = 3) -> List[str]:
     return difflib.get_close_matches(name, names, n=n, cutoff=0.6)
   parent = name.rsplit(".", 1)[0] + "."
   siblings = [k for k in names if k.startswith(parent)]
-  return (difflib.get_close_matches(name, siblings, n=n, cutoff=0.6)
-          or difflib.get_close_matches(name, names, n=n, cutoff=0.6))
+  return difflib.get_close_matches(name, siblings, n=n, cutoff=0.6) or difflib.get_close_matches(
+    name, names, n=n, cutoff=0.6
+  )

@@ -30,6 +30,7 @@ CPU_SCHEDULERS = ("memory", "concurrency")
 def _backends_initialized() -> bool:
   try:  # private, but the only way to know whether XLA_FLAGS was read yet
     from jax._src import xla_bridge
+
     return bool(xla_bridge.backends_are_initialized())
   except (ImportError, AttributeError):
     return False
@@ -65,22 +66,22 @@ def use_low_memory_cpu_scheduler(scheduler: str = "memory") -> bool:
       True
   """
   if scheduler not in CPU_SCHEDULERS:
-    raise ValueError(
-        f"unknown CPU scheduler {scheduler!r}; choose one of {CPU_SCHEDULERS}")
+    raise ValueError(f"unknown CPU scheduler {scheduler!r}; choose one of {CPU_SCHEDULERS}")
   flags = os.environ.get("XLA_FLAGS", "")
   current = _current_setting(flags)
-  if current is not None:                       # the user's choice wins
+  if current is not None:  # the user's choice wins
     return not current
   want_concurrency = scheduler == "concurrency"
   if _backends_initialized():
-    if want_concurrency:                        # XLA's default is in effect
+    if want_concurrency:  # XLA's default is in effect
       return False
     raise RuntimeError(
-        "use_low_memory_cpu_scheduler() must run before JAX initialises its "
-        "backend (XLA has already read XLA_FLAGS); call it before the first "
-        "JAX computation, or set XLA_FLAGS="
-        f"--{CPU_SCHEDULER_OPTION}=false in the environment")
+      "use_low_memory_cpu_scheduler() must run before JAX initialises its "
+      "backend (XLA has already read XLA_FLAGS); call it before the first "
+      "JAX computation, or set XLA_FLAGS="
+      f"--{CPU_SCHEDULER_OPTION}=false in the environment"
+    )
   os.environ["XLA_FLAGS"] = (
-      f"{flags} --{CPU_SCHEDULER_OPTION}="
-      f"{'true' if want_concurrency else 'false'}").strip()
+    f"{flags} --{CPU_SCHEDULER_OPTION}={'true' if want_concurrency else 'false'}"
+  ).strip()
   return not want_concurrency

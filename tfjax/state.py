@@ -52,6 +52,7 @@ class Recipe:
     options: the method's hyper-parameters, as sorted (name, value) pairs.
     axis_name: the pmap axis the network and losses reduce over (or None).
   """
+
   method: str
   num_views: int
   augment: str
@@ -63,17 +64,20 @@ class Recipe:
   axis_name: Optional[str] = None
 
   @classmethod
-  def from_config(cls, config, data_kind: str,
-                  axis_name: Optional[str] = None) -> "Recipe":
+  def from_config(cls, config, data_kind: str, axis_name: Optional[str] = None) -> "Recipe":
     method = methods.get(config.loss)
     options = method.resolve_options(config)
-    return cls(method=method.name, num_views=int(config.num_views),
-               augment=config.augment, data_kind=data_kind,
-               augment_strength=float(config.augment_strength),
-               labels_in_loss=bool(config.label_fraction is not None
-                                   and config.labels_in_loss),
-               oar_weight=float(config.oar_weight),
-               options=tuple(sorted(options.items())), axis_name=axis_name)
+    return cls(
+      method=method.name,
+      num_views=int(config.num_views),
+      augment=config.augment,
+      data_kind=data_kind,
+      augment_strength=float(config.augment_strength),
+      labels_in_loss=bool(config.label_fraction is not None and config.labels_in_loss),
+      oar_weight=float(config.oar_weight),
+      options=tuple(sorted(options.items())),
+      axis_name=axis_name,
+    )
 
 
 @flax.struct.dataclass
@@ -83,6 +87,7 @@ class TrainState:
   ``anchors`` are CLOA's fixed orthonormal class anchors [K, D] (None
   without OAR); they never train.  ``model``, ``tx`` and ``recipe`` are static.
   """
+
   step: Array
   params: Any
   batch_stats: Any
@@ -119,46 +124,66 @@ def build_network(config, axis_name: Optional[str] = None) -> ContrastiveNet:
   if config.backbone == "identity":
     backbone = Identity()
   else:
-    backbone = get_backbone(config.backbone, axis_name=axis_name, dtype=dtype,
-                            **dict(config.backbone_kwargs))
+    backbone = get_backbone(
+      config.backbone, axis_name=axis_name, dtype=dtype, **dict(config.backbone_kwargs)
+    )
   head = None
   if config.loss == "deep_fusion":  # its own head (tfjax.deep_fusion)
     head = head_from_config(config, axis_name)
   elif methods.get(config.loss).uses_head:
-    head = TransFusionHead(num_layers=config.head.num_layers,
-                           features=config.head.features,
-                           activation=config.head.activation,
-                           final_projection=config.head.final_projection,
-                           fuse_within_view=config.head.fuse_within_view,
-                           axis_name=axis_name, compute_dtype=head_dtype,
-                           **head_options(config))
-  return ContrastiveNet(backbone=backbone, embed_dim=config.embed_dim,
-                        projector_hidden=tuple(config.projector_hidden),
-                        head=head, axis_name=axis_name, dtype=dtype)
+    head = TransFusionHead(
+      num_layers=config.head.num_layers,
+      features=config.head.features,
+      activation=config.head.activation,
+      final_projection=config.head.final_projection,
+      fuse_within_view=config.head.fuse_within_view,
+      axis_name=axis_name,
+      compute_dtype=head_dtype,
+      **head_options(config),
+    )
+  return ContrastiveNet(
+    backbone=backbone,
+    embed_dim=config.embed_dim,
+    projector_hidden=tuple(config.projector_hidden),
+    head=head,
+    axis_name=axis_name,
+    dtype=dtype,
+  )
 
 
 def build_optimizer(config) -> optax.GradientTransformation:
-  config = recipes.resolve(config)[0]   # unset learning_rate / num_steps: the recipe's
-  schedule = make_schedule(config.schedule, base_lr=config.learning_rate,
-                           total_steps=config.num_steps,
-                           warmup_steps=config.warmup_steps)
-  return make_optimizer(config.optimizer, schedule,
-                        weight_decay=config.weight_decay,
-                        momentum=config.momentum,
-                        weight_decay_mask="no_bias_norm")
+  config = recipes.resolve(config)[0]  # unset learning_rate / num_steps: the recipe's
+  schedule = make_schedule(
+    config.schedule,
+    base_lr=config.learning_rate,
+    total_steps=config.num_steps,
+    warmup_steps=config.warmup_steps,
+  )
+  return make_optimizer(
+    config.optimizer,
+    schedule,
+    weight_decay=config.weight_decay,
+    momentum=config.momentum,
+    weight_decay_mask="no_bias_norm",
+  )
 
 
 def class_anchors(config, num_classes: int, embed_dim: int) -> Optional[Array]:
   """CLOA's fixed orthonormal anchors [K, D] (None without OAR)."""
   if config.oar_weight <= 0:
     return None
-  return losses.orthonormal_anchors(jax.random.key(config.seed + 7919),
-                                    num_classes, embed_dim)
+  return losses.orthonormal_anchors(jax.random.key(config.seed + 7919), num_classes, embed_dim)
 
 
-def create_train_state(config, key: Array, x_shape, num_classes: int, *,
-                       data_kind: str = "vector",
-                       axis_name: Optional[str] = None) -> TrainState:
+def create_train_state(
+  config,
+  key: Array,
+  x_shape,
+  num_classes: int,
+  *,
+  data_kind: str = "vector",
+  axis_name: Optional[str] = None,
+) -> TrainState:
   """Initialises parameters (deterministic per ``key``) and the optimiser.
 
   ``x_shape`` is one example's shape; ``axis_name`` the pmap axis the step
@@ -171,18 +196,23 @@ def create_train_state(config, key: Array, x_shape, num_classes: int, *,
   tx = build_optimizer(config)
   dummy = jnp.zeros((max(4, config.num_views * 2),) + tuple(x_shape), jnp.float32)
   # Jitted: eager Flax init dispatches op by op (a minute for a small CNN).
-  variables = jax.jit(functools.partial(
-      init_model.init, method=ContrastiveNet.init_all))(key, dummy)
+  variables = jax.jit(functools.partial(init_model.init, method=ContrastiveNet.init_all))(
+    key, dummy
+  )
   params = variables["params"]
   if config.head.tie_qk_init and "head" in params:
     params = dict(params, head=tie_query_key(params["head"]))
   embed_dim = config.embed_dim or _feature_dim(init_model, variables, dummy)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(params),
-                    anchors=class_anchors(config, num_classes, embed_dim),
-                    model=model, tx=tx,
-                    recipe=Recipe.from_config(config, data_kind, axis_name))
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=tx.init(params),
+    anchors=class_anchors(config, num_classes, embed_dim),
+    model=model,
+    tx=tx,
+    recipe=Recipe.from_config(config, data_kind, axis_name),
+  )
 
 
 def _feature_dim(model, variables, dummy) -> int:

@@ -52,8 +52,9 @@ from tfjax.state import TrainState
 Array = jax.Array
 
 
-def global_index_views(augment_fn: Callable, key: Array, x: Array,
-                       strength: float, num_views: int, first_index) -> Array:
+def global_index_views(
+  augment_fn: Callable, key: Array, x: Array, strength: float, num_views: int, first_index
+) -> Array:
   """``[V, n, ...]`` views of the local batch ``x`` [n, ...].
 
   Sample i of view v uses the key ``fold_in(fold_in(key, v), first_index + i)``:
@@ -78,8 +79,7 @@ LABELLED_KEY = 1 << 20
 def rows_without_positive(ids: Array) -> Array:
   """Fraction of rows whose id [m] occurs nowhere else (no positive), O(m log m)."""
   s = jnp.sort(ids)
-  count = (jnp.searchsorted(s, ids, side="right")
-           - jnp.searchsorted(s, ids, side="left"))
+  count = jnp.searchsorted(s, ids, side="right") - jnp.searchsorted(s, ids, side="left")
   return jnp.mean((count < 2).astype(jnp.float32))
 
 
@@ -97,8 +97,7 @@ def train_step(state: TrainState, batch: Dict[str, Array], key: Array):
   n = x.shape[0]
   first = 0 if axis is None else jax.lax.axis_index(axis) * n
   augment = get_augmentation(recipe.augment, recipe.data_kind)
-  views = global_index_views(augment, key, x, recipe.augment_strength,
-                             recipe.num_views, first)
+  views = global_index_views(augment, key, x, recipe.augment_strength, recipe.num_views, first)
   flat = views.reshape((recipe.num_views * n,) + views.shape[2:])
   groups = jnp.tile(first + jnp.arange(n, dtype=jnp.int32), recipe.num_views)
   labels = None
@@ -110,8 +109,14 @@ def train_step(state: TrainState, batch: Dict[str, Array], key: Array):
     xl = batch["labelled_x"]
     nl = xl.shape[0]
     first_l = 0 if axis is None else jax.lax.axis_index(axis) * nl
-    views_l = global_index_views(augment, jax.random.fold_in(key, LABELLED_KEY), xl,
-                                 recipe.augment_strength, recipe.num_views, first_l)
+    views_l = global_index_views(
+      augment,
+      jax.random.fold_in(key, LABELLED_KEY),
+      xl,
+      recipe.augment_strength,
+      recipe.num_views,
+      first_l,
+    )
     flat_l = views_l.reshape((recipe.num_views * nl,) + views_l.shape[2:])
     labels_l = jnp.tile(batch["labelled_label"].astype(jnp.int32), recipe.num_views)
 
@@ -119,22 +124,35 @@ def train_step(state: TrainState, batch: Dict[str, Array], key: Array):
 
   def loss_fn(params):
     (_, z), new_model_state = state.model.apply(
-        {"params": params, "batch_stats": state.batch_stats}, flat,
-        train=True, mutable=["batch_stats"])
+      {"params": params, "batch_stats": state.batch_stats},
+      flat,
+      train=True,
+      mutable=["batch_stats"],
+    )
 
     def head_loss(z_, groups_, labels_, **head_options):
       out, sown = state.model.apply(
-          {"params": params}, z_, groups_, labels_, recipe.num_views,
-          method=ContrastiveNet.head_loss, mutable=["diagnostics"],
-          **head_options)
+        {"params": params},
+        z_,
+        groups_,
+        labels_,
+        recipe.num_views,
+        method=ContrastiveNet.head_loss,
+        mutable=["diagnostics"],
+        **head_options,
+      )
       for name, values in sown.get("diagnostics", {}).get("head", {}).items():
         diagnostics_[name] = values[0]
       return out
 
     inputs = methods.LossInputs(
-        z=z, num_views=recipe.num_views, groups=groups,
-        labels=labels if recipe.labels_in_loss else None, axis_name=axis,
-        head_loss=head_loss if method.uses_head else None)
+      z=z,
+      num_views=recipe.num_views,
+      groups=groups,
+      labels=labels if recipe.labels_in_loss else None,
+      axis_name=axis,
+      head_loss=head_loss if method.uses_head else None,
+    )
     base = method.loss(inputs, **options)
     ids = inputs.positive_ids() if method.accepts_labels else groups
     oar = jnp.zeros((), base.dtype)
@@ -144,16 +162,15 @@ def train_step(state: TrainState, batch: Dict[str, Array], key: Array):
       # its BatchNorm uses the labelled batch's statistics and updates the
       # running averages once more.
       (_, z_l), labelled_state = state.model.apply(
-          {"params": params, "batch_stats": stats}, flat_l,
-          train=True, mutable=["batch_stats"])
+        {"params": params, "batch_stats": stats}, flat_l, train=True, mutable=["batch_stats"]
+      )
       stats = labelled_state.get("batch_stats", {})
       oar = losses.oar_loss(z_l, labels_l, state.anchors, axis_name=axis)
     elif state.anchors is not None:
       oar = losses.oar_loss(z, labels, state.anchors, axis_name=axis)
     return (base, oar), (stats, z, ids, dict(diagnostics_))
 
-  (base, oar), vjp, (batch_stats, z, ids, sown) = jax.vjp(
-      loss_fn, state.params, has_aux=True)
+  (base, oar), vjp, (batch_stats, z, ids, sown) = jax.vjp(loss_fn, state.params, has_aux=True)
   one, zero = jnp.ones_like(base), jnp.zeros_like(base)
   mean = (lambda g: g) if axis is None else (lambda g: jax.lax.pmean(g, axis))
   base_grads = mean(vjp((one, zero))[0])
@@ -166,18 +183,22 @@ def train_step(state: TrainState, batch: Dict[str, Array], key: Array):
   loss = base + recipe.oar_weight * oar
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  z_all, ids_all = (z, ids) if axis is None else jax.lax.all_gather(
-      (z, ids), axis, tiled=True)
-  metrics = dict(loss=loss, base_loss=base, oar_loss=oar,
-                 rows_without_positive=rows_without_positive(ids_all),
-                 grad_norm=optax.global_norm(grads),
-                 base_grad_norm=optax.global_norm(base_grads),
-                 oar_grad_norm=oar_grad_norm,
-                 param_norm=_backbone_norm(params),
-                 embedding_variance=diagnostics.embedding_variance(z_all),
-                 **sown)
-  new_state = state.replace(step=state.step + 1, params=params,
-                            batch_stats=batch_stats, opt_state=opt_state)
+  z_all, ids_all = (z, ids) if axis is None else jax.lax.all_gather((z, ids), axis, tiled=True)
+  metrics = dict(
+    loss=loss,
+    base_loss=base,
+    oar_loss=oar,
+    rows_without_positive=rows_without_positive(ids_all),
+    grad_norm=optax.global_norm(grads),
+    base_grad_norm=optax.global_norm(base_grads),
+    oar_grad_norm=oar_grad_norm,
+    param_norm=_backbone_norm(params),
+    embedding_variance=diagnostics.embedding_variance(z_all),
+    **sown,
+  )
+  new_state = state.replace(
+    step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+  )
   return new_state, metrics
 
 
@@ -187,9 +208,11 @@ def train_steps(state: TrainState, batches: Dict[str, Array], keys: Array):
   Returns the state after the last step and the metrics of every step
   (each [S]).  Equal to S calls of :func:`train_step` (a ``lax.scan``).
   """
+
   def body(s, inputs):
     batch, key = inputs
     return train_step(s, batch, key)
+
   return jax.lax.scan(body, state, (batches, keys))
 
 

@@ -64,10 +64,15 @@ def _logged_record(workdir: str, step: int) -> Optional[Dict[str, Any]]:
   return next((r for r in read_metrics(path) if r.get("step") == step), None)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       progress: bool = True, data=None,
-                       stop_after: Optional[int] = None,
-                       overwrite: bool = False) -> Dict[str, Any]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  progress: bool = True,
+  data=None,
+  stop_after: Optional[int] = None,
+  overwrite: bool = False,
+) -> Dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming from its last checkpoint).
 
   Writes ``config.json``, ``run.json``, ``metrics.jsonl``, ``tensorboard/``,
@@ -97,10 +102,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   spec = validate(config, data=data)
   show = Progress(progress and distributed.is_primary())
   try:
-    with workdirs.RunDirectory(workdir, config, overwrite=overwrite,
-                               say=show.warn) as run:
-      return _train_and_evaluate(config, workdir, spec, run, show, data=data,
-                                 stop_after=stop_after)
+    with workdirs.RunDirectory(workdir, config, overwrite=overwrite, say=show.warn) as run:
+      return _train_and_evaluate(config, workdir, spec, run, show, data=data, stop_after=stop_after)
   finally:
     release_compiled_programs()
 
@@ -113,24 +116,30 @@ def _train_and_evaluate(config, workdir, spec, run, show, *, data, stop_after):
   primary = distributed.is_primary()
 
   train_source, test_source = open_splits(config, spec, data)
-  run.start(train_source, test_source)   # checks the data; writes config.json
+  run.start(train_source, test_source)  # checks the data; writes config.json
   train_source, test_source = in_memory_splits(config, train_source, test_source)
   semi = None
   if config.label_fraction is not None:  # one pass over the labels (4 B each)
-    semi = pipeline.semi_labels(pipeline.source_labels(train_source),
-                                config.label_fraction, config.seed)
+    semi = pipeline.semi_labels(
+      pipeline.source_labels(train_source), config.label_fraction, config.seed
+    )
   num_classes = split_classes(spec, train_source, data)
 
   axis_name = "batch" if num_devices > 1 else None
-  state = create_train_state(config, jax.random.key(config.seed),
-                             train_source.x_shape, num_classes,
-                             data_kind=spec.kind, axis_name=axis_name)
+  state = create_train_state(
+    config,
+    jax.random.key(config.seed),
+    train_source.x_shape,
+    num_classes,
+    data_kind=spec.kind,
+    axis_name=axis_name,
+  )
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
   restored = ckpt.restore_latest(state)
   if restored is not None:
     state = restored
   start = int(state.step)
-  saved = ckpt.latest_step()   # the newest (finite) checkpoint on disk
+  saved = ckpt.latest_step()  # the newest (finite) checkpoint on disk
   writer = make_metric_writer(workdir, start) if primary else None
 
   end = config.num_steps if stop_after is None else min(config.num_steps, start + stop_after)
@@ -139,17 +148,25 @@ def _train_and_evaluate(config, workdir, spec, run, show, *, data, stop_after):
   if axis_name is not None:
     state = replicate(state, local_devices)
   batches = pipeline.device_prefetch(
-      pipeline.train_batches(
-          train_source, seed=config.seed, batch_size=config.batch_size,
-          start_step=start, end_step=end, steps_per_call=per_call, semi=semi,
-          num_devices=local_devices if axis_name else None,
-          num_threads=config.input.num_threads, prefetch=config.input.host_prefetch,
-          labelled_batch_size=config.labelled_batch_size),
-      size=config.input.device_prefetch if processes == 1 else 0,
-      num_devices=local_devices if axis_name else None)
+    pipeline.train_batches(
+      train_source,
+      seed=config.seed,
+      batch_size=config.batch_size,
+      start_step=start,
+      end_step=end,
+      steps_per_call=per_call,
+      semi=semi,
+      num_devices=local_devices if axis_name else None,
+      num_threads=config.input.num_threads,
+      prefetch=config.input.host_prefetch,
+      labelled_batch_size=config.labelled_batch_size,
+    ),
+    size=config.input.device_prefetch if processes == 1 else 0,
+    num_devices=local_devices if axis_name else None,
+  )
 
   t0, last, bar, started = time.time(), None, None, False
-  earlier = run.train_seconds   # the earlier starts' training, up to `start`
+  earlier = run.train_seconds  # the earlier starts' training, up to `start`
   trained = lambda: earlier + (time.time() - t0 if started else 0.0)  # noqa: E731
   watch = DeadTrainingWatch()
   if start < end:
@@ -166,8 +183,9 @@ def _train_and_evaluate(config, workdir, spec, run, show, *, data, stop_after):
       bar = show.bar(total=config.num_steps, initial=done, desc=config.loss)
     elif bar is not None:
       bar.update(count)
-    logged = [s for s in range(first + 1, done + 1)
-              if s % config.log_every == 0 or s == config.num_steps]
+    logged = [
+      s for s in range(first + 1, done + 1) if s % config.log_every == 0 or s == config.num_steps
+    ]
     if logged:
       m = metrics if axis_name is None else unreplicate(metrics)
       m = jax.device_get(m)
@@ -185,8 +203,9 @@ def _train_and_evaluate(config, workdir, spec, run, show, *, data, stop_after):
       check_state_finite(config, state, axis_name, done, saved)
       if bar is not None:
         bar.set_postfix(loss=f"{last['loss']:.4f}")
-    if any(s % config.checkpoint_every == 0 or s == config.num_steps
-           for s in range(first + 1, done + 1)):
+    if any(
+      s % config.checkpoint_every == 0 or s == config.num_steps for s in range(first + 1, done + 1)
+    ):
       if not logged:  # never a non-finite checkpoint
         check_state_finite(config, state, axis_name, done, saved)
       ckpt.save(done, state if axis_name is None else unreplicate(state))
@@ -204,24 +223,37 @@ def _train_and_evaluate(config, workdir, spec, run, show, *, data, stop_after):
 
   if last is None:  # nothing left to train (a finished run): its logged loss
     last = _logged_record(workdir, int(final.step))
-  results = {"loss_name": config.loss, "dataset": config.dataset,
-             "evaluated_on": "validation" if config.get("validation_fraction") else "test",
-             "step": int(final.step),
-             "final_loss": None if last is None else last["loss"],
-             # after compiling, summed over the starts of the run
-             "train_seconds": round(trained(), 1)}
+  results = {
+    "loss_name": config.loss,
+    "dataset": config.dataset,
+    "evaluated_on": "validation" if config.get("validation_fraction") else "test",
+    "step": int(final.step),
+    "final_loss": None if last is None else last["loss"],
+    # after compiling, summed over the starts of the run
+    "train_seconds": round(trained(), 1),
+  }
   if spec.labelled:
-    results.update(evaluate_state(final, train_source, test_source,
-                                  pipeline.source_labels(train_source),
-                                  num_classes, config, show))
+    results.update(
+      evaluate_state(
+        final,
+        train_source,
+        test_source,
+        pipeline.source_labels(train_source),
+        num_classes,
+        config,
+        show,
+      )
+    )
   else:
     results["evaluated_on"] = None
-    show.warn(f"dataset {config.dataset!r} has no labels: the probes (kNN, linear, "
-              "fine-tuning) are skipped")
+    show.warn(
+      f"dataset {config.dataset!r} has no labels: the probes (kNN, linear, fine-tuning) are skipped"
+    )
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
   if config.write_plots:
     from tfjax import plots
+
     plots.training_plots(workdir, final, test_source, config)
   results["state"] = final
   return results

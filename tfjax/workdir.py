@@ -52,15 +52,31 @@ from tfjax.data.fingerprint import data_fingerprint
 from tfjax.rerun import describe, rerun_changes
 
 __all__ = [
-    "RUN_FILES", "WorkdirError", "WorkdirBusyError", "ConfigMismatchError",
-    "RunDirectory", "agree", "check_writable", "clear", "clear_tree", "lock",
-    "latest_checkpoint_step",
+  "RUN_FILES",
+  "WorkdirError",
+  "WorkdirBusyError",
+  "ConfigMismatchError",
+  "RunDirectory",
+  "agree",
+  "check_writable",
+  "clear",
+  "clear_tree",
+  "lock",
+  "latest_checkpoint_step",
 ]
 
 # What a run writes into its directory (``clear`` removes exactly these).
-RUN_FILES = ("config.json", "run.json", "metrics.jsonl", "results.json",
-             "checkpoints", "tensorboard", "loss.png", "affinity.png",
-             "spectrum.png")
+RUN_FILES = (
+  "config.json",
+  "run.json",
+  "metrics.jsonl",
+  "results.json",
+  "checkpoints",
+  "tensorboard",
+  "loss.png",
+  "affinity.png",
+  "spectrum.png",
+)
 LOCK_FILE = ".lock"
 
 
@@ -81,6 +97,7 @@ class ConfigMismatchError(WorkdirError, ValueError):
 # ----------------------------------------------------------------------------
 def _primary() -> bool:
   import jax
+
   return jax.process_index() == 0
 
 
@@ -93,6 +110,7 @@ def agree(fn, what: str = "preparing the work directory"):
   error) instead of waiting on the next collective.
   """
   import jax
+
   error, out = None, None
   if _primary():
     try:
@@ -101,8 +119,8 @@ def agree(fn, what: str = "preparing the work directory"):
       error = e
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
-    failed = int(multihost_utils.broadcast_one_to_all(
-        np.int32(error is not None)))
+
+    failed = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
     if failed and error is None:
       raise WorkdirError(f"process 0 failed while {what} (its error says why)")
   if error is not None:
@@ -127,9 +145,11 @@ def check_writable(workdir: str) -> None:
       f.write("ok")
     os.remove(probe)
   except OSError as e:
-    raise WorkdirError(f"work directory {workdir!r} is not writable: "
-                       f"{e.strerror or e} ({type(e).__name__}); choose "
-                       "another --workdir") from None
+    raise WorkdirError(
+      f"work directory {workdir!r} is not writable: "
+      f"{e.strerror or e} ({type(e).__name__}); choose "
+      "another --workdir"
+    ) from None
 
 
 # realpath -> [file object, depth, id of the holding thread, holder text]
@@ -152,13 +172,15 @@ def lock(workdir: str) -> Iterator[None]:
     yield
     return
   import threading
+
   key = os.path.realpath(workdir)
   me = threading.get_ident()
 
   def busy(holder: str) -> WorkdirBusyError:
     return WorkdirBusyError(
-        f"work directory {workdir!r} is in use by another run ({holder}); "
-        "wait for it to finish or use another --workdir")
+      f"work directory {workdir!r} is in use by another run ({holder}); "
+      "wait for it to finish or use another --workdir"
+    )
 
   held = _HELD.get(key)
   if held is not None:
@@ -178,17 +200,19 @@ def lock(workdir: str) -> Iterator[None]:
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError as e:
     if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-      f.close()   # a file system without locks (some network ones)
-      warnings.warn(f"cannot lock {path} ({e.strerror}): a second run in "
-                    "this work directory would not be detected", stacklevel=3)
+      f.close()  # a file system without locks (some network ones)
+      warnings.warn(
+        f"cannot lock {path} ({e.strerror}): a second run in "
+        "this work directory would not be detected",
+        stacklevel=3,
+      )
       yield
       return
     f.seek(0)
     holder = f.read().strip() or "unknown"
     f.close()
     raise busy(holder) from None
-  holder = (f"pid {os.getpid()} since "
-            f"{datetime.datetime.now().isoformat(timespec='seconds')}")
+  holder = f"pid {os.getpid()} since {datetime.datetime.now().isoformat(timespec='seconds')}"
   f.seek(0)
   f.truncate()
   f.write(holder)
@@ -227,12 +251,12 @@ def clear(workdir: str) -> List[str]:
 
 def _is_run_dir(path: str) -> bool:
   return os.path.isfile(os.path.join(path, "config.json")) and (
-      os.path.isdir(os.path.join(path, "checkpoints"))
-      or os.path.isfile(os.path.join(path, "metrics.jsonl")))
+    os.path.isdir(os.path.join(path, "checkpoints"))
+    or os.path.isfile(os.path.join(path, "metrics.jsonl"))
+  )
 
 
-def clear_tree(root: str,
-               extra: Sequence[str] = ("results.md", "results.json")) -> List[str]:
+def clear_tree(root: str, extra: Sequence[str] = ("results.md", "results.json")) -> List[str]:
   """``--overwrite``: clears every run directory under ``root`` (inclusive)
   and removes ``root``'s own ``extra`` files (an experiment's tables).
 
@@ -254,8 +278,11 @@ def clear_tree(root: str,
 
 def latest_checkpoint_step(workdir: str) -> Optional[int]:
   """The newest checkpoint step under ``WORKDIR/checkpoints`` (None if none)."""
-  steps = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
-           if d.isdigit()] if os.path.isdir(os.path.join(workdir, "checkpoints")) else []
+  steps = (
+    [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+    if os.path.isdir(os.path.join(workdir, "checkpoints"))
+    else []
+  )
   return max(steps) if steps else None
 
 
@@ -266,8 +293,7 @@ def _read_json(path: str):
   except FileNotFoundError:
     return None
   except ValueError as e:
-    raise WorkdirError(f"{path} is not valid JSON ({e}); start afresh with "
-                       "--overwrite") from None
+    raise WorkdirError(f"{path} is not valid JSON ({e}); start afresh with --overwrite") from None
 
 
 def _now() -> str:
@@ -290,8 +316,7 @@ class RunDirectory:
       raised ``num_steps``).
   """
 
-  def __init__(self, workdir: str, config, *, overwrite: bool = False,
-               say=None):
+  def __init__(self, workdir: str, config, *, overwrite: bool = False, say=None):
     self.workdir, self.config, self.overwrite = workdir, config, overwrite
     self.resumed_from: Optional[int] = None
     self.changes: List[Tuple[str, Any, Any]] = []
@@ -321,23 +346,28 @@ class RunDirectory:
       return
     old = _read_json(os.path.join(self.workdir, "config.json"))
     if old is None:
-      self._say(f"{self.workdir}: checkpoints but no config.json: the config "
-                "of the run it holds cannot be checked")
+      self._say(
+        f"{self.workdir}: checkpoints but no config.json: the config "
+        "of the run it holds cannot be checked"
+      )
       return
     refused, self.changes = rerun_changes(old, self.config)
     if refused:
       raise ConfigMismatchError(
-          f"work directory {self.workdir!r} holds a run (checkpoint at step "
-          f"{self.resumed_from}) of another config: {describe(refused)}. "
-          "Rerun with --overwrite (overwrite=True) to start afresh, or "
-          "use another --workdir")
+        f"work directory {self.workdir!r} holds a run (checkpoint at step "
+        f"{self.resumed_from}) of another config: {describe(refused)}. "
+        "Rerun with --overwrite (overwrite=True) to start afresh, or "
+        "use another --workdir"
+      )
     steps = [c for c in self.changes if c[0] == "num_steps"]
     if steps and self.config.schedule != "constant":
-      self._say(f"{self.workdir}: num_steps raised from {steps[0][1]} to "
-                f"{steps[0][2]}: training continues from step "
-                f"{self.resumed_from} under the {self.config.schedule} "
-                f"schedule of {steps[0][2]} steps (not the same as a fresh "
-                f"{steps[0][2]}-step run; --overwrite for that)")
+      self._say(
+        f"{self.workdir}: num_steps raised from {steps[0][1]} to "
+        f"{steps[0][2]}: training continues from step "
+        f"{self.resumed_from} under the {self.config.schedule} "
+        f"schedule of {steps[0][2]} steps (not the same as a fresh "
+        f"{steps[0][2]}-step run; --overwrite for that)"
+      )
 
   def start(self, *sources) -> None:
     """Checks the data against the run's (once it has a checkpoint) and
@@ -351,19 +381,27 @@ class RunDirectory:
     old = record.get("data_fingerprint")
     if self.resumed_from is not None and old and fingerprint and old != fingerprint:
       raise ConfigMismatchError(
-          f"work directory {self.workdir!r} holds a run (checkpoint at step "
-          f"{self.resumed_from}) trained on other data (fingerprint {old} -> "
-          f"{fingerprint}: another dataset, size, split or generator "
-          "setting). Rerun with --overwrite (overwrite=True) to start afresh, "
-          "or use another --workdir")
-    if self.resumed_from is None or self.changes or not os.path.exists(
-        os.path.join(self.workdir, "config.json")):
+        f"work directory {self.workdir!r} holds a run (checkpoint at step "
+        f"{self.resumed_from}) trained on other data (fingerprint {old} -> "
+        f"{fingerprint}: another dataset, size, split or generator "
+        "setting). Rerun with --overwrite (overwrite=True) to start afresh, "
+        "or use another --workdir"
+      )
+    if (
+      self.resumed_from is None
+      or self.changes
+      or not os.path.exists(os.path.join(self.workdir, "config.json"))
+    ):
       with open(os.path.join(self.workdir, "config.json"), "w") as f:
         f.write(self.config.to_json(indent=2))
     record.setdefault("data_fingerprint", fingerprint)
     record.setdefault("starts", []).append(
-        {"time": _now(), "resumed_from": self.resumed_from,
-         "changed": {k: [a, b] for k, a, b in self.changes}})
+      {
+        "time": _now(),
+        "resumed_from": self.resumed_from,
+        "changed": {k: [a, b] for k, a, b in self.changes},
+      }
+    )
     self._record = record
     self._write_record()
 

@@ -59,12 +59,12 @@ def get_config(arg: str = ""):
   c.head.final_projection = "learned"
   c.head.activation = "relu"
   # The step: raw vectors -> TransFusion head -> JSD over 2 views; Adam.
-  c.dataset = "subspaces"   # only its kind ("vector") matters: no data is read
+  c.dataset = "subspaces"  # only its kind ("vector") matters: no data is read
   c.backbone = "identity"
   c.embed_dim = 0
   c.loss = "jsd"
   c.num_views = 2
-  c.augment = ""             # the vector default; at strength 0 the identity
+  c.augment = ""  # the vector default; at strength 0 the identity
   c.augment_strength = 0.0
   c.optimizer = "adamw"
   c.learning_rate = 1e-3
@@ -74,16 +74,16 @@ def get_config(arg: str = ""):
   c.num_devices = 1
   c.head.num_layers = 5
   c.head.block_size = 512
-  c.head.compute_dtype = None   # e.g. "bfloat16" (blockwise matmuls)
+  c.head.compute_dtype = None  # e.g. "bfloat16" (blockwise matmuls)
   c.write_plots = False
   with c.unlocked():
     # The grid: rows n of the head's input (n/2 sources × 2 views), widths d.
     c.sizes = "512,2048,8192,16384"
     c.widths = "512,128"
     c.implementations = "dense,blockwise"
-    c.repeats = 3            # timed steps (the median is reported)
-    c.warmup = 1             # untimed steps first (0: time the first call)
-    c.matmul_size = 4096     # the jnp.dot that measures the matmul peak
+    c.repeats = 3  # timed steps (the median is reported)
+    c.warmup = 1  # untimed steps first (0: time the first call)
+    c.matmul_size = 4096  # the jnp.dot that measures the matmul peak
     # Largest n whose compiled plan fits this many GiB (0: skip the search),
     # searched in multiples of cap_granularity.
     c.memory_cap_gib = 2.0
@@ -91,7 +91,7 @@ def get_config(arg: str = ""):
     # Skip configs whose plan exceeds this (0: 60 % of the available RAM on
     # CPU, no limit on accelerators).
     c.max_ram_gib = 0.0
-    c.timeout = 3600.0       # seconds per subprocess
+    c.timeout = 3600.0  # seconds per subprocess
     # XLA's CPU scheduler in every subprocess (tfjax.runtime): "memory" or
     # "concurrency" (XLA's default).
     c.xla_cpu_scheduler = "memory"
@@ -108,6 +108,5 @@ def get_config(arg: str = ""):
     c.matmul_size, c.memory_cap_gib, c.cap_granularity = 256, 0.005, 64
     c.timeout = 300.0
   elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; use '', 'quick', "
-                     "'bf16' or 'tiny'")
+    raise ValueError(f"unknown config argument {arg!r}; use '', 'quick', 'bf16' or 'tiny'")
   return c

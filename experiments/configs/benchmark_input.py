@@ -45,19 +45,18 @@ def get_config(arg: str = ""):
   c.head.activation = "relu"
   c.batch_size = 256
   c.num_views = 2
-  c.augment = ""            # the dataset kind's default augmentation
+  c.augment = ""  # the dataset kind's default augmentation
   c.augment_strength = 1.0
   with c.unlocked():
-    c.datasets = "digits,mnist1d,subspaces"   # comma-separated, offline
+    c.datasets = "digits,mnist1d,subspaces"  # comma-separated, offline
     c.split = "train"
-    c.steps = 50             # timed batches per measurement
-    c.warmup = 5             # untimed batches first (threads start, compiles)
-    c.download = False       # let TFDS download a missing real dataset
+    c.steps = 50  # timed batches per measurement
+    c.warmup = 5  # untimed batches first (threads start, compiles)
+    c.download = False  # let TFDS download a missing real dataset
   if arg == "quick":
     c.steps = 20
   elif arg == "tiny":
     c.datasets, c.batch_size, c.steps, c.warmup = "subspaces_tiny", 32, 3, 1
   elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; use '', 'quick' or "
-                     "'tiny'")
+    raise ValueError(f"unknown config argument {arg!r}; use '', 'quick' or 'tiny'")
   return c

@@ -36,6 +36,7 @@ import ml_collections
 from tfjax import methods
 from tfjax.config import base_config
 
+
 # Each run names its method and its use of labels; the method's recipe in
 # the registry (tfjax.methods, chosen on validation data: docs/recipes.md)
 # fills every training field the run leaves unset (tfjax.recipes.resolve).
@@ -47,10 +48,14 @@ def run(loss: str, label_fraction=None, labels_in_loss: bool = False):
   """A run: its method and its use of labels.  The recipe fields are there
   but unset (None), so that ``--config.runs.NAME.FIELD`` can set them; unset,
   they take the top-level value if set, else the method's recipe."""
-  r = ml_collections.ConfigDict({
-      "loss": loss, "labels_in_loss": labels_in_loss,
+  r = ml_collections.ConfigDict(
+    {
+      "loss": loss,
+      "labels_in_loss": labels_in_loss,
       "label_fraction": ml_collections.FieldReference(label_fraction, field_type=float),
-      "head": {}})
+      "head": {},
+    }
+  )
   for field, kind in methods.FIELDS.items():
     *path, leaf = field.split(".")
     node = r[path[0]] if path else r
@@ -59,10 +64,10 @@ def run(loss: str, label_fraction=None, labels_in_loss: bool = False):
 
 
 RUNS = {
-    "transfusion": run("jsd", label_fraction=1.0, labels_in_loss=True),
-    "supcon": run("supcon", label_fraction=1.0, labels_in_loss=True),
-    "simclr": run("info_nce"),
-    "transfusion_ssl": run("jsd"),
+  "transfusion": run("jsd", label_fraction=1.0, labels_in_loss=True),
+  "supcon": run("supcon", label_fraction=1.0, labels_in_loss=True),
+  "simclr": run("info_nce"),
+  "transfusion_ssl": run("jsd"),
 }
 
 
@@ -91,7 +96,7 @@ def get_config(arg: str = ""):
     c.runs = ml_collections.ConfigDict(RUNS)
     c.runs.unlock()  # add runs in a config file of your own
     c.compare = "transfusion,supcon,simclr,transfusion_ssl"
-    c.seeds = 5      # runs per method: seeds seed, seed+1, ...
+    c.seeds = 5  # runs per method: seeds seed, seed+1, ...
     c.random_baseline = True
     c.raw_baseline = True
     # XLA's programs kept in WORKDIR/jax_cache: the seeds of a recipe

@@ -25,13 +25,13 @@ from experiments.configs import default
 
 # Backbone per dataset (our choice): the smallest that fits the data's shape.
 BACKBONES = {
-    "digits": ("small_cnn", {"out_features": 128}),
-    "mnist1d": ("cnn1d", {"out_features": 128}),
-    "subspaces": ("mlp", {"hidden": (256,), "out_features": 128}),
-    "cifar10": ("resnet18", {}),
-    "cifar100": ("resnet18", {}),
-    "mnist": ("small_cnn", {"out_features": 128}),
-    "fashion_mnist": ("small_cnn", {"out_features": 128}),
+  "digits": ("small_cnn", {"out_features": 128}),
+  "mnist1d": ("cnn1d", {"out_features": 128}),
+  "subspaces": ("mlp", {"hidden": (256,), "out_features": 128}),
+  "cifar10": ("resnet18", {}),
+  "cifar100": ("resnet18", {}),
+  "mnist": ("small_cnn", {"out_features": 128}),
+  "fashion_mnist": ("small_cnn", {"out_features": 128}),
 }
 
 
@@ -40,8 +40,8 @@ def get_config(arg: str = ""):
   with c.unlocked():
     c.datasets = "digits,mnist1d"
     c.backbones = ml_collections.ConfigDict(
-        {name: {"backbone": b, "backbone_kwargs": kw}
-         for name, (b, kw) in BACKBONES.items()})
+      {name: {"backbone": b, "backbone_kwargs": kw} for name, (b, kw) in BACKBONES.items()}
+    )
   if arg == "tiny":  # smoke tests
     c.datasets = "digits"
     c.batch_size = 32

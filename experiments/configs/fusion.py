@@ -41,7 +41,7 @@ def get_config(arg: str = ""):
   c.label_fraction = 1.0
   c.labels_in_loss = True
   c.augment = "isotropic_noise"
-  c.augment_strength = 0.0   # no augmentation: the clusters' noise is the data
+  c.augment_strength = 0.0  # no augmentation: the clusters' noise is the data
   c.optimizer = "adamw"
   c.learning_rate = 3e-3
   c.weight_decay = 0.0
@@ -51,14 +51,14 @@ def get_config(arg: str = ""):
   c.num_steps = 600
   c.steps_per_call = 50
   c.log_every = 50
-  c.checkpoint_every = 100000   # only the final checkpoint
+  c.checkpoint_every = 100000  # only the final checkpoint
   c.write_plots = False
   c.eval.linear_steps = 0
   c.eval.finetune_fractions = ()
   c.eval.knn_k = 20
   with c.unlocked():
     c.clusters = ml_collections.ConfigDict(dict(num_classes=10, dim=64, sigma=1.5))
-    c.train_batches = 20      # training set: train_batches × batch_size points
+    c.train_batches = 20  # training set: train_batches × batch_size points
   if arg == "quick":
     c.clusters.num_classes, c.clusters.dim = 4, 32
     c.batch_size, c.num_steps = 64, 200

@@ -77,19 +77,29 @@ from experiments.configs import default
 # sweep's, docs/recipes.md: the vector augmentation at 0.1 for both), head
 # fields left to the ablation.
 TARGETS = {
-    "transfusion": {"loss": "jsd", "label_fraction": 1.0, "labels_in_loss": True,
-                    "augment_strength": 0.1, "learning_rate": 2e-3,
-                    "num_steps": 800},
-    "transfusion_ssl": {"loss": "jsd", "label_fraction": None,
-                        "labels_in_loss": False, "augment_strength": 0.1,
-                        "learning_rate": 1e-3, "num_steps": 1600},
+  "transfusion": {
+    "loss": "jsd",
+    "label_fraction": 1.0,
+    "labels_in_loss": True,
+    "augment_strength": 0.1,
+    "learning_rate": 2e-3,
+    "num_steps": 800,
+  },
+  "transfusion_ssl": {
+    "loss": "jsd",
+    "label_fraction": None,
+    "labels_in_loss": False,
+    "augment_strength": 0.1,
+    "learning_rate": 1e-3,
+    "num_steps": 1600,
+  },
 }
 
 
 def get_config(arg: str = ""):
   if arg not in ("", "quick", "tiny"):
     raise ValueError(f"unknown config argument {arg!r}; use '', 'quick' or 'tiny'")
-  c = default.training_fields()    # the main job's fields, then ours
+  c = default.training_fields()  # the main job's fields, then ours
   # The fields a method's recipe fills when unset (tfjax.recipes), fixed to
   # the values this experiment runs with (the runs set their own below).
   c.augment = ""
@@ -104,8 +114,8 @@ def get_config(arg: str = ""):
   c.eval.finetune_fractions = ()
   c.eval.head_knn = True
   c.write_plots = False
-  c.checkpoint_every = 1_000_000   # only the final checkpoint
-  c.steps_per_call = 1             # convolutions: keep 1 on CPU
+  c.checkpoint_every = 1_000_000  # only the final checkpoint
+  c.steps_per_call = 1  # convolutions: keep 1 on CPU
   with c.unlocked():
     c.runs = ml_collections.ConfigDict(TARGETS)
     c.runs.unlock()
@@ -115,8 +125,9 @@ def get_config(arg: str = ""):
     c.activation = "relu"
     c.comparison_activations = ("exp", "exp_t0.1")
     c.seeds = 3
-    c.budget = ml_collections.ConfigDict(dict(
-        target="transfusion_ssl", forms=2, steps=(4000,), seeds=3))
+    c.budget = ml_collections.ConfigDict(
+      dict(target="transfusion_ssl", forms=2, steps=(4000,), seeds=3)
+    )
     c.random_baseline = True
     c.compilation_cache = True
   if arg == "quick":  # one seed, one depth, shorter runs: a few minutes
@@ -125,8 +136,9 @@ def get_config(arg: str = ""):
     c.runs.transfusion.num_steps = 400
     c.runs.transfusion_ssl.num_steps = 400
     c.comparison_activations = ("exp",)
-    c.budget = ml_collections.ConfigDict(dict(
-        target="transfusion_ssl", forms=1, steps=(1000,), seeds=1))
+    c.budget = ml_collections.ConfigDict(
+      dict(target="transfusion_ssl", forms=1, steps=(1000,), seeds=1)
+    )
   elif arg == "tiny":  # seconds: every code path once
     c.dataset = "subspaces_tiny"
     c.backbone = "mlp"
@@ -144,7 +156,8 @@ def get_config(arg: str = ""):
     c.layers = (2,)
     c.comparison_activations = ("exp",)
     c.seeds = 2
-    c.budget = ml_collections.ConfigDict(dict(
-        target="transfusion_ssl", forms=1, steps=(20,), seeds=2))
+    c.budget = ml_collections.ConfigDict(
+      dict(target="transfusion_ssl", forms=1, steps=(20,), seeds=2)
+    )
     c.compilation_cache = False
   return c

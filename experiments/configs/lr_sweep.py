@@ -74,31 +74,59 @@ import ml_collections
 from tfjax.config import base_config
 
 BACKBONE = {
-    "digits": ("small_cnn", {"channels": (32, 64, 128), "out_features": 128}),
-    "mnist1d": ("cnn1d", {"out_features": 128}),
-    "cifar10": ("resnet18", {}),
-    "cifar100": ("resnet18", {}),
-    # Synthetic vectors (fast; for smoke tests).
-    "subspaces": ("mlp", {"hidden": (256,), "out_features": 128}),
-    "subspaces_tiny": ("mlp", {"hidden": (32,), "out_features": 16}),
+  "digits": ("small_cnn", {"channels": (32, 64, 128), "out_features": 128}),
+  "mnist1d": ("cnn1d", {"out_features": 128}),
+  "cifar10": ("resnet18", {}),
+  "cifar100": ("resnet18", {}),
+  # Synthetic vectors (fast; for smoke tests).
+  "subspaces": ("mlp", {"hidden": (256,), "out_features": 128}),
+  "subspaces_tiny": ("mlp", {"hidden": (32,), "out_features": 16}),
 }
 
-FULL_LRS = ",".join(f"1e{e}" for e in range(-7, 0)) + ",1"   # CLOA's decades 1e-7 … 1
+FULL_LRS = ",".join(f"1e{e}" for e in range(-7, 0)) + ",1"  # CLOA's decades 1e-7 … 1
 
 SIZES = {
-    "tiny": dict(num_steps=20, batch_size=24, eval_steps=30, lrs="0.01,1",
-                 losses="info_nce", datasets="subspaces_tiny", seeds=1,
-                 extend_to=0.0),
-    "quick": dict(num_steps=200, batch_size=128, eval_steps=100,
-                  lrs="0.01,0.1,1,10,1000", losses="info_nce",
-                  datasets="digits", seeds=3, extend_to=1000.0),
-    # The CPU run of docs/experiments.md: quick on both datasets.
-    "cpu": dict(num_steps=200, batch_size=128, eval_steps=100,
-                lrs="0.001,0.01,0.1,1,10,100", losses="info_nce",
-                datasets="digits,mnist1d", seeds=3, extend_to=1000.0),
-    "": dict(num_steps=1500, batch_size=256, eval_steps=1000, lrs=FULL_LRS,
-             losses="info_nce,dcl,barlow_twins,vicreg", datasets="digits,mnist1d",
-             seeds=3, extend_to=1000.0),
+  "tiny": dict(
+    num_steps=20,
+    batch_size=24,
+    eval_steps=30,
+    lrs="0.01,1",
+    losses="info_nce",
+    datasets="subspaces_tiny",
+    seeds=1,
+    extend_to=0.0,
+  ),
+  "quick": dict(
+    num_steps=200,
+    batch_size=128,
+    eval_steps=100,
+    lrs="0.01,0.1,1,10,1000",
+    losses="info_nce",
+    datasets="digits",
+    seeds=3,
+    extend_to=1000.0,
+  ),
+  # The CPU run of docs/experiments.md: quick on both datasets.
+  "cpu": dict(
+    num_steps=200,
+    batch_size=128,
+    eval_steps=100,
+    lrs="0.001,0.01,0.1,1,10,100",
+    losses="info_nce",
+    datasets="digits,mnist1d",
+    seeds=3,
+    extend_to=1000.0,
+  ),
+  "": dict(
+    num_steps=1500,
+    batch_size=256,
+    eval_steps=1000,
+    lrs=FULL_LRS,
+    losses="info_nce,dcl,barlow_twins,vicreg",
+    datasets="digits,mnist1d",
+    seeds=3,
+    extend_to=1000.0,
+  ),
 }
 
 
@@ -111,8 +139,10 @@ def parse_arg(arg: str):
     elif part in BACKBONE:
       datasets.append(part)
     else:
-      raise ValueError(f"unknown config argument {part!r}; use a size "
-                       f"(tiny, quick, cpu) and/or datasets ({', '.join(BACKBONE)})")
+      raise ValueError(
+        f"unknown config argument {part!r}; use a size "
+        f"(tiny, quick, cpu) and/or datasets ({', '.join(BACKBONE)})"
+      )
   return size, (",".join(datasets) or None)
 
 
@@ -129,25 +159,25 @@ def get_config(arg: str = ""):
   c.head.num_layers = 5
   c.head.final_projection = "learned"
   c.head.activation = "relu"
-  c.dataset = datasets.split(",")[0]   # set per run from `datasets`
+  c.dataset = datasets.split(",")[0]  # set per run from `datasets`
   c.backbone, c.backbone_kwargs = BACKBONE[c.dataset]
   c.embed_dim = 64
   c.projector_hidden = (256,)
-  c.loss = "info_nce"             # set per run from `losses`
-  c.temperature = 1.0             # the authors' default (CLOA's OAR_main.py)
+  c.loss = "info_nce"  # set per run from `losses`
+  c.temperature = 1.0  # the authors' default (CLOA's OAR_main.py)
   c.optimizer = "sgd"
   c.momentum = 0.9
   c.weight_decay = 5e-4
   c.schedule = "warmup_cosine"
-  c.warmup_steps = 0              # the authors' cosine schedule has no warm-up
+  c.warmup_steps = 0  # the authors' cosine schedule has no warm-up
   c.num_devices = 1
   c.checkpoint_every = 1_000_000  # only the final checkpoint
   c.eval.finetune_fractions = (0.1, 0.5, 1.0)
   c.num_steps = sizes["num_steps"]
   c.batch_size = sizes["batch_size"]
-  c.log_every = 2 if size != "" else 10   # the mechanism's first steps matter
+  c.log_every = 2 if size != "" else 10  # the mechanism's first steps matter
   c.eval.finetune_steps = sizes["eval_steps"]
-  c.eval.linear_steps = 0         # not part of the protocol (> 0 adds a column)
+  c.eval.linear_steps = 0  # not part of the protocol (> 0 adds a column)
   c.write_plots = False
   with c.unlocked():
     c.datasets = datasets
@@ -159,9 +189,9 @@ def get_config(arg: str = ""):
     # The authors' labelled batch has the main batch's size; 10 % of the
     # digits' 80 % sweep split is only 115 examples, so ours is 64.
     c.oar = ml_collections.ConfigDict(
-        {"label_fraction": 0.1, "weight": 1.0, "separate_batch": True,
-         "labelled_batch_size": 64})
-    if size == "tiny":   # 48 training vectors: half of them labelled
+      {"label_fraction": 0.1, "weight": 1.0, "separate_batch": True, "labelled_batch_size": 64}
+    )
+    if size == "tiny":  # 48 training vectors: half of them labelled
       c.oar.label_fraction, c.oar.labelled_batch_size = 0.5, 12
     c.collapse_variance = 0.1
     tiny_real = size == "tiny" and datasets != "subspaces_tiny"

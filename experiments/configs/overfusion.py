@@ -50,34 +50,36 @@ import ml_collections
 from tfjax.config import base_config
 
 SIZES = {
-    "tiny": dict(num_steps=100, seeds=1, n_train=512, n_test=150, batch_size=128),
-    # The search for a collapsing setting (``search``, below): short runs.
-    "search": dict(num_steps=400, seeds=1, n_train=1500, n_test=600, batch_size=256),
-    "search_tiny": dict(num_steps=50, seeds=1, n_train=512, n_test=150, batch_size=128),
-    "quick": dict(num_steps=400, seeds=1, n_train=1500, n_test=600, batch_size=256),
-    "": dict(num_steps=3000, seeds=3, n_train=6000, n_test=1500, batch_size=256),
+  "tiny": dict(num_steps=100, seeds=1, n_train=512, n_test=150, batch_size=128),
+  # The search for a collapsing setting (``search``, below): short runs.
+  "search": dict(num_steps=400, seeds=1, n_train=1500, n_test=600, batch_size=256),
+  "search_tiny": dict(num_steps=50, seeds=1, n_train=512, n_test=150, batch_size=128),
+  "quick": dict(num_steps=400, seeds=1, n_train=1500, n_test=600, batch_size=256),
+  "": dict(num_steps=3000, seeds=3, n_train=6000, n_test=1500, batch_size=256),
 }
 
 
 def get_config(arg: str = ""):
   if arg not in SIZES:
-    raise ValueError(f"unknown config argument {arg!r}; use 'tiny', 'quick', "
-                     "'search', 'search_tiny' or '' (full size)")
+    raise ValueError(
+      f"unknown config argument {arg!r}; use 'tiny', 'quick', "
+      "'search', 'search_tiny' or '' (full size)"
+    )
   c = base_config()
   # The fields a method's recipe fills when unset (tfjax.recipes), fixed
   # to the values this experiment runs with.
   c.head.num_layers = 5
   c.head.final_projection = "learned"
   c.head.activation = "relu"
-  c.dataset = "subspaces_rank1"   # 3-D vectors, 3 classes: the spec of our data
+  c.dataset = "subspaces_rank1"  # 3-D vectors, 3 classes: the spec of our data
   c.backbone = "mlp"
   c.backbone_kwargs = {"hidden": (64, 64), "out_features": 3, "batch_norm": True}
-  c.embed_dim = 0                 # no projector: embeddings = the MLP's output
-  c.loss = "info_nce"             # set per run from `losses`
+  c.embed_dim = 0  # no projector: embeddings = the MLP's output
+  c.loss = "info_nce"  # set per run from `losses`
   c.temperature = 0.1
   c.augment = "sign_flip_noise"
   c.augment_strength = 0.05
-  c.optimizer = "adamw"           # = Adam with weight_decay 0
+  c.optimizer = "adamw"  # = Adam with weight_decay 0
   c.weight_decay = 0.0
   c.learning_rate = 1e-3
   c.schedule = "constant"
@@ -87,12 +89,12 @@ def get_config(arg: str = ""):
   c.log_every = 10
   c.checkpoint_every = 1_000_000  # only the final checkpoint
   c.write_plots = False
-  c.eval.linear_steps = 0         # the script computes its own diagnostics
+  c.eval.linear_steps = 0  # the script computes its own diagnostics
   c.eval.finetune_fractions = ()
   with c.unlocked():
     c.losses = "info_nce,dcl,vicreg,barlow_twins"
-    c.hidden = 64                 # sets backbone_kwargs.hidden = (hidden, hidden)
-    c.noise = 0.1                 # data noise norm σ
+    c.hidden = 64  # sets backbone_kwargs.hidden = (hidden, hidden)
+    c.noise = 0.1  # data noise norm σ
     c.seeds = 1
     c.n_train = 1500
     c.n_test = 600
@@ -102,7 +104,8 @@ def get_config(arg: str = ""):
     # collapses onto a line (rank95 = 1) are rerun with OAR: the first of
     # each (noise, hidden) pair, at most ``max_oar_settings``.  Off unless
     # the config argument is "search" (or ``search.enabled``).
-    c.search = ml_collections.ConfigDict({
+    c.search = ml_collections.ConfigDict(
+      {
         "enabled": arg.startswith("search"),
         "losses": "info_nce",
         "noise": "0.05,0.5",
@@ -111,7 +114,8 @@ def get_config(arg: str = ""):
         "optimizer": "adamw,sgd",
         "learning_rate": "0.001,0.1,10",
         "max_oar_settings": 4,
-    })
+      }
+    )
     if arg == "search_tiny":
       c.search.losses, c.search.noise, c.search.hidden = "info_nce", "0.05", "8"
       c.search.temperature, c.search.optimizer = "0.1", "sgd"

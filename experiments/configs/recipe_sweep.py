@@ -83,32 +83,38 @@ from tfjax.config import base_config
 # The methods: only what makes each one itself (loss and labels); the sweep
 # sets every tuned field.
 METHOD_RUNS = {
-    "transfusion": {"loss": "jsd", "label_fraction": 1.0, "labels_in_loss": True},
-    "supcon": {"loss": "supcon", "label_fraction": 1.0, "labels_in_loss": True},
-    "simclr": {"loss": "info_nce", "label_fraction": None, "labels_in_loss": False},
-    "transfusion_ssl": {"loss": "jsd", "label_fraction": None, "labels_in_loss": False},
-    "dcl": {"loss": "dcl", "label_fraction": None, "labels_in_loss": False},
-    "barlow_twins": {"loss": "barlow_twins", "label_fraction": None,
-                     "labels_in_loss": False},
-    "vicreg": {"loss": "vicreg", "label_fraction": None, "labels_in_loss": False},
+  "transfusion": {"loss": "jsd", "label_fraction": 1.0, "labels_in_loss": True},
+  "supcon": {"loss": "supcon", "label_fraction": 1.0, "labels_in_loss": True},
+  "simclr": {"loss": "info_nce", "label_fraction": None, "labels_in_loss": False},
+  "transfusion_ssl": {"loss": "jsd", "label_fraction": None, "labels_in_loss": False},
+  "dcl": {"loss": "dcl", "label_fraction": None, "labels_in_loss": False},
+  "barlow_twins": {"loss": "barlow_twins", "label_fraction": None, "labels_in_loss": False},
+  "vicreg": {"loss": "vicreg", "label_fraction": None, "labels_in_loss": False},
 }
 
 TINY_GRID = dict(  # 2-value grids where a stage has a choice to test
-    augment=("vector",), augment_strength=(0.5, 1.0), learning_rate=(2e-3,),
-    temperature=(0.1, 0.5), transfusion_layers=(1,),
-    transfusion_projection=("learned", "none"),
-    ssl_forms=("learned/relu", "none/square"), ssl_layers=(1,),
-    num_steps=(10,))
+  augment=("vector",),
+  augment_strength=(0.5, 1.0),
+  learning_rate=(2e-3,),
+  temperature=(0.1, 0.5),
+  transfusion_layers=(1,),
+  transfusion_projection=("learned", "none"),
+  ssl_forms=("learned/relu", "none/square"),
+  ssl_layers=(1,),
+  num_steps=(10,),
+)
 
 FULL_GRID = dict(
-    augment=("vector", "signal"), augment_strength=(0.1, 0.3, 0.5, 1.0),
-    learning_rate=(1e-3, 2e-3, 4e-3),
-    temperature=(0.1, 0.2, 0.5),
-    transfusion_layers=(1, 2, 3),
-    transfusion_projection=("learned", "none"),
-    ssl_forms=("learned/relu", "none/relu", "none/square", "none/square/within"),
-    ssl_layers=(1, 3),
-    num_steps=(400, 800, 1600))
+  augment=("vector", "signal"),
+  augment_strength=(0.1, 0.3, 0.5, 1.0),
+  learning_rate=(1e-3, 2e-3, 4e-3),
+  temperature=(0.1, 0.2, 0.5),
+  transfusion_layers=(1, 2, 3),
+  transfusion_projection=("learned", "none"),
+  ssl_forms=("learned/relu", "none/relu", "none/square", "none/square/within"),
+  ssl_layers=(1, 3),
+  num_steps=(400, 800, 1600),
+)
 
 
 def get_config(arg: str = ""):
@@ -135,25 +141,34 @@ def get_config(arg: str = ""):
   c.head.num_layers = 3
   c.log_every = 25
   c.validation_fraction = 0.2
-  c.eval.linear_steps = 0          # selection metric: validation kNN only
+  c.eval.linear_steps = 0  # selection metric: validation kNN only
   c.eval.finetune_fractions = ()
   c.eval.head_knn = False
   c.write_plots = False
-  c.checkpoint_every = 1_000_000   # only the final checkpoint
-  c.steps_per_call = 1             # convolutions: keep 1 on CPU
+  c.checkpoint_every = 1_000_000  # only the final checkpoint
+  c.steps_per_call = 1  # convolutions: keep 1 on CPU
   with c.unlocked():
     c.runs = ml_collections.ConfigDict(METHOD_RUNS)
     c.methods = "transfusion,supcon,simclr,transfusion_ssl"
     c.sweep_seeds = 2
     c.tie_tolerance = 0.005
     c.grid = ml_collections.ConfigDict(FULL_GRID)
-    c.defaults = ml_collections.ConfigDict(dict(
-        augment="vector", augment_strength=1.0, learning_rate=2e-3, temperature=0.1,
-        num_layers=3, final_projection="learned", activation="relu",
-        fuse_within_view=False, num_steps=400))
-    c.transfer = ml_collections.ConfigDict(dict(
-        dataset="mnist1d_shifted", seeds=3, linear_steps=300,
-        chosen_at_default_steps=False))
+    c.defaults = ml_collections.ConfigDict(
+      dict(
+        augment="vector",
+        augment_strength=1.0,
+        learning_rate=2e-3,
+        temperature=0.1,
+        num_layers=3,
+        final_projection="learned",
+        activation="relu",
+        fuse_within_view=False,
+        num_steps=400,
+      )
+    )
+    c.transfer = ml_collections.ConfigDict(
+      dict(dataset="mnist1d_shifted", seeds=3, linear_steps=300, chosen_at_default_steps=False)
+    )
     c.random_baseline = True
     # XLA's programs kept in WORKDIR/jax_cache: a setting's seeds compile
     # the same ones (experiments.common.compilation_cache).
@@ -172,7 +187,7 @@ def get_config(arg: str = ""):
     c.grid = ml_collections.ConfigDict(TINY_GRID)
     c.sweep_seeds = 1
     c.defaults.num_steps = 10
-    c.transfer = ml_collections.ConfigDict(dict(
-        dataset="subspaces_tiny", seeds=2, linear_steps=20,
-        chosen_at_default_steps=True))
+    c.transfer = ml_collections.ConfigDict(
+      dict(dataset="subspaces_tiny", seeds=2, linear_steps=20, chosen_at_default_steps=True)
+    )
   return c

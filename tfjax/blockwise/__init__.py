@@ -44,7 +44,4 @@ from tfjax.blockwise._common import DEFAULT_BLOCK_SIZE, _normalize_bwd  # noqa: 
 from tfjax.blockwise.attention import blockwise_attention
 from tfjax.blockwise.jsd import blockwise_jsd_loss, blockwise_row_jsd
 
-__all__ = [
-    "DEFAULT_BLOCK_SIZE", "blockwise_attention", "blockwise_row_jsd",
-    "blockwise_jsd_loss",
-]
+__all__ = ["DEFAULT_BLOCK_SIZE", "blockwise_attention", "blockwise_row_jsd", "blockwise_jsd_loss"]

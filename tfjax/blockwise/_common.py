@@ -24,8 +24,7 @@ DEFAULT_BLOCK_SIZE = 512
 # argument checking and layout
 # ----------------------------------------------------------------------------
 def _check_block_size(block_size) -> int:
-  if (isinstance(block_size, bool) or not isinstance(block_size, int)
-      or block_size < 1):
+  if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
     raise ValueError(f"block_size must be a positive int, got {block_size!r}")
   return block_size
 
@@ -70,22 +69,19 @@ def _dot(x: Array, y: Array, acc) -> Array:
 
 def _dot_t(x: Array, y: Array, acc) -> Array:
   """x [a, c] · y[b, c]ᵀ -> [a, b] without materialising the transpose."""
-  return jax.lax.dot_general(x, y, (((1,), (1,)), ((), ())),
-                             preferred_element_type=acc)
+  return jax.lax.dot_general(x, y, (((1,), (1,)), ((), ())), preferred_element_type=acc)
 
 
 def _tdot(x: Array, y: Array, acc) -> Array:
   """x[c, a]ᵀ · y[c, b] -> [a, b]."""
-  return jax.lax.dot_general(x, y, (((0,), (0,)), ((), ())),
-                             preferred_element_type=acc)
+  return jax.lax.dot_general(x, y, (((0,), (0,)), ((), ())), preferred_element_type=acc)
 
 
 def _weights(act, c: Array, allowed: Array) -> Array:
   # Same expression as tfjax.attention.normalize_rows before the division
   # (c is already in the float32-or-wider accumulation dtype); a negative
   # weight becomes NaN there and here.
-  return jnp.where(allowed, guard_weights(act(c)) + ROW_EPS,
-                   0.0).astype(c.dtype)
+  return jnp.where(allowed, guard_weights(act(c)) + ROW_EPS, 0.0).astype(c.dtype)
 
 
 def _safe(s: Array) -> Array:

@@ -23,12 +23,22 @@ import jax
 import jax.numpy as jnp
 
 from tfjax.normalize import check_row_scale
-from tfjax.attention import (Activation, _check_2d, check_columns,
-                             get_activation)
-from tfjax.blockwise._common import (DEFAULT_BLOCK_SIZE, _allowed, _blocks,
-                                     _check_block_size, _compute_dtype, _dot,
-                                     _dot_t, _layout, _normalize,
-                                     _normalize_bwd, _safe, _tdot, _weights)
+from tfjax.attention import Activation, _check_2d, check_columns, get_activation
+from tfjax.blockwise._common import (
+  DEFAULT_BLOCK_SIZE,
+  _allowed,
+  _blocks,
+  _check_block_size,
+  _compute_dtype,
+  _dot,
+  _dot_t,
+  _layout,
+  _normalize,
+  _normalize_bwd,
+  _safe,
+  _tdot,
+  _weights,
+)
 
 Array = jax.Array
 
@@ -78,7 +88,7 @@ def _attention_bwd(act, block_size, cdt, res, d_out):
   starts = jnp.arange(nb) * b
   d_out = d_out.astype(acc)
   inv_s = 1.0 / _safe(s)
-  delta = jnp.sum(d_out * out.astype(acc), axis=1)       # D_i = dO_i · O_i
+  delta = jnp.sum(d_out * out.astype(acc), axis=1)  # D_i = dO_i · O_i
   d_out_c = d_out.astype(cdt)
 
   def body(dq, xs):
@@ -87,17 +97,16 @@ def _attention_bwd(act, block_size, cdt, res, d_out):
     allowed = _allowed(n, b, start, m, offset)
     w, act_pull = jax.vjp(lambda c_: _weights(act_fn, c_, allowed), c)
     a = w * inv_s[:, None]
-    d_a = _dot_t(d_out_c, v_blk, acc)                     # dO_i · v_j
+    d_a = _dot_t(d_out_c, v_blk, acc)  # dO_i · v_j
     d_w = (d_a - delta[:, None]) * inv_s[:, None]
-    (d_c,) = act_pull(d_w)                                # zero where masked
+    (d_c,) = act_pull(d_w)  # zero where masked
     d_c = d_c.astype(cdt)
     dq = dq + _dot(d_c, k_blk, acc)
     dk_blk = _tdot(d_c, qc, acc)
     dv_blk = _tdot(a.astype(cdt), d_out_c, acc)
     return dq, (dk_blk, dv_blk)
 
-  dq, (dk, dv) = jax.lax.scan(body, jnp.zeros((n, qn.shape[1]), acc),
-                              (kb, vb, starts))
+  dq, (dk, dv) = jax.lax.scan(body, jnp.zeros((n, qn.shape[1]), acc), (kb, vb, starts))
   dk = dk.reshape(-1, kn.shape[1])[:m]
   dv = dv.reshape(-1, v.shape[1])[:m]
   dq = _normalize_bwd(qn, q_r, q_on, dq)
@@ -108,11 +117,16 @@ def _attention_bwd(act, block_size, cdt, res, d_out):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def blockwise_attention(q: Array, k: Array, v: Array, *,
-                        activation: Activation = "relu",
-                        diagonal_offset=0,
-                        block_size: int = DEFAULT_BLOCK_SIZE,
-                        compute_dtype: Optional[Any] = None) -> Array:
+def blockwise_attention(
+  q: Array,
+  k: Array,
+  v: Array,
+  *,
+  activation: Activation = "relu",
+  diagonal_offset=0,
+  block_size: int = DEFAULT_BLOCK_SIZE,
+  compute_dtype: Optional[Any] = None,
+) -> Array:
   """``adjacency(q, k) @ v`` without ever forming the [n, m] adjacency -> [n, h_v].
 
   Same math as :func:`tfjax.attention.relu_attention` (see the module
@@ -142,14 +156,11 @@ def blockwise_attention(q: Array, k: Array, v: Array, *,
   _check_2d("k", k)
   _check_2d("v", v)
   if q.shape[1] != k.shape[1]:
-    raise ValueError(
-        f"q and k must have the same width, got q {q.shape} and k {k.shape}")
+    raise ValueError(f"q and k must have the same width, got q {q.shape} and k {k.shape}")
   check_row_scale("q", q)
   check_row_scale("k", k)
   if v.shape[0] != k.shape[0]:
-    raise ValueError(
-        f"k and v must have the same number of rows, got k {k.shape} and "
-        f"v {v.shape}")
+    raise ValueError(f"k and v must have the same number of rows, got k {k.shape} and v {v.shape}")
   check_columns(q.shape[0], k.shape[0], diagonal_offset)
   block_size = _check_block_size(block_size)
   get_activation(activation)  # fail early on an unknown name

@@ -24,15 +24,24 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from tfjax.affinity import (checked_ids, masked_global_mean,
-                            nan_unless_finite)
+from tfjax.affinity import checked_ids, masked_global_mean, nan_unless_finite
 from tfjax.normalize import check_row_scale
-from tfjax.attention import (Activation, _check_2d, check_columns,
-                             get_activation)
-from tfjax.blockwise._common import (DEFAULT_BLOCK_SIZE, _allowed, _blocks,
-                                     _check_block_size, _compute_dtype, _dot,
-                                     _dot_t, _layout, _normalize,
-                                     _normalize_bwd, _safe, _tdot, _weights)
+from tfjax.attention import Activation, _check_2d, check_columns, get_activation
+from tfjax.blockwise._common import (
+  DEFAULT_BLOCK_SIZE,
+  _allowed,
+  _blocks,
+  _check_block_size,
+  _compute_dtype,
+  _dot,
+  _dot_t,
+  _layout,
+  _normalize,
+  _normalize_bwd,
+  _safe,
+  _tdot,
+  _weights,
+)
 
 Array = jax.Array
 
@@ -55,8 +64,7 @@ def _jsd_terms(w, inv_s, pos, inv_c):
   log_m = jnp.log(jnp.where(m_pos, mid, 1.0))
   # ½ a log a − m log m (the ½ t log t part is added per row in closed form)
   j = 0.5 * a * log_a - mid * log_m
-  g = 0.5 * (jnp.where(a_pos, log_a + 1.0, 0.0)
-             - jnp.where(m_pos, log_m + 1.0, 0.0))
+  g = 0.5 * (jnp.where(a_pos, log_a + 1.0, 0.0) - jnp.where(m_pos, log_m + 1.0, 0.0))
   return a, j, g
 
 
@@ -109,13 +117,12 @@ def _row_jsd_fwd(act, block_size, cdt, q, k, gi, li, gj, lj, offset):
   (jsd, e), _ = jax.lax.scan(pass2, (zeros, zeros), xs)
   # Σ_j ½ t log t = ½ Σ_{positives} (1/c) log(1/c) = −½ log c  (0 if c = 0)
   jsd = jsd - 0.5 * jnp.log(jnp.maximum(count, 1.0))
-  return (jsd, count), ((qn, q_r, q_on), (kn, k_r, k_on), gi, li, gj, lj,
-                        offset, s, count, e)
+  return (jsd, count), ((qn, q_r, q_on), (kn, k_r, k_on), gi, li, gj, lj, offset, s, count, e)
 
 
 def _row_jsd_bwd(act, block_size, cdt, res, cts):
   (qn, q_r, q_on), (kn, k_r, k_on), gi, li, gj, lj, offset, s, count, e = res
-  g_row = cts[0]                        # the counts are not differentiable
+  g_row = cts[0]  # the counts are not differentiable
   act_fn, acc, b, xs = _jsd_setup(act, block_size, cdt, qn, kn, gj, lj)
   n, m = qn.shape[0], kn.shape[0]
   qc = qn.astype(cdt)
@@ -145,8 +152,7 @@ _row_jsd.defvjp(_row_jsd_fwd, _row_jsd_bwd)
 
 
 def _ids(groups, labels, column_groups, column_labels):
-  groups, labels, cg, cl = checked_ids(groups, labels, column_groups,
-                                       column_labels)
+  groups, labels, cg, cl = checked_ids(groups, labels, column_groups, column_labels)
   if labels is None:
     # No labels ≡ every sample unlabelled: "both labelled" is never true.
     labels = jnp.full(groups.shape, -1, jnp.int32)
@@ -154,14 +160,19 @@ def _ids(groups, labels, column_groups, column_labels):
   return groups, labels, cg, cl
 
 
-def blockwise_row_jsd(q: Array, k: Array, groups: Array,
-                      labels: Optional[Array] = None, *,
-                      column_groups: Optional[Array] = None,
-                      column_labels: Optional[Array] = None,
-                      activation: Activation = "relu",
-                      diagonal_offset=0,
-                      block_size: int = DEFAULT_BLOCK_SIZE,
-                      compute_dtype: Optional[Any] = None):
+def blockwise_row_jsd(
+  q: Array,
+  k: Array,
+  groups: Array,
+  labels: Optional[Array] = None,
+  *,
+  column_groups: Optional[Array] = None,
+  column_labels: Optional[Array] = None,
+  activation: Activation = "relu",
+  diagonal_offset=0,
+  block_size: int = DEFAULT_BLOCK_SIZE,
+  compute_dtype: Optional[Any] = None,
+):
   """Row-wise JSD of the adjacency of (q, k) against the target -> ([n], [n]).
 
   Equals ``row_jsd(adjacency(q, k), target_affinity(groups, labels, ...))``
@@ -192,19 +203,17 @@ def blockwise_row_jsd(q: Array, k: Array, groups: Array,
   _check_2d("q", q)
   _check_2d("k", k)
   if q.shape[1] != k.shape[1]:
-    raise ValueError(
-        f"q and k must have the same width, got q {q.shape} and k {k.shape}")
+    raise ValueError(f"q and k must have the same width, got q {q.shape} and k {k.shape}")
   check_row_scale("q", q)
   check_row_scale("k", k)
   gi, li, gj, lj = _ids(groups, labels, column_groups, column_labels)
   if gi.shape[0] != q.shape[0]:
-    raise ValueError(
-        f"groups must have one id per query row ({q.shape[0]}), got "
-        f"{gi.shape[0]}")
+    raise ValueError(f"groups must have one id per query row ({q.shape[0]}), got {gi.shape[0]}")
   if gj.shape[0] != k.shape[0]:
     raise ValueError(
-        f"column_groups must have one id per key row ({k.shape[0]}), got "
-        f"{gj.shape[0]} (pass column_groups when keys are gathered)")
+      f"column_groups must have one id per key row ({k.shape[0]}), got "
+      f"{gj.shape[0]} (pass column_groups when keys are gathered)"
+    )
   check_columns(q.shape[0], k.shape[0], diagonal_offset)
   block_size = _check_block_size(block_size)
   get_activation(activation)
@@ -213,15 +222,20 @@ def blockwise_row_jsd(q: Array, k: Array, groups: Array,
   return _row_jsd(activation, block_size, cdt, q, k, gi, li, gj, lj, offset)
 
 
-def blockwise_jsd_loss(q: Array, k: Array, groups: Array,
-                       labels: Optional[Array] = None, *,
-                       column_groups: Optional[Array] = None,
-                       column_labels: Optional[Array] = None,
-                       activation: Activation = "relu",
-                       diagonal_offset=0,
-                       block_size: int = DEFAULT_BLOCK_SIZE,
-                       compute_dtype: Optional[Any] = None,
-                       axis_name: Optional[str] = None) -> Array:
+def blockwise_jsd_loss(
+  q: Array,
+  k: Array,
+  groups: Array,
+  labels: Optional[Array] = None,
+  *,
+  column_groups: Optional[Array] = None,
+  column_labels: Optional[Array] = None,
+  activation: Activation = "relu",
+  diagonal_offset=0,
+  block_size: int = DEFAULT_BLOCK_SIZE,
+  compute_dtype: Optional[Any] = None,
+  axis_name: Optional[str] = None,
+) -> Array:
   """TransFusion's JSD loss of the adjacency of (q, k), fused and blockwise -> scalar.
 
   Equals::
@@ -246,9 +260,16 @@ def blockwise_jsd_loss(q: Array, k: Array, groups: Array,
       >>> blockwise_jsd_loss(x, x, g, block_size=4)     # in [0, log 2]
   """
   jsd, count = blockwise_row_jsd(
-      q, k, groups, labels, column_groups=column_groups,
-      column_labels=column_labels, activation=activation,
-      diagonal_offset=diagonal_offset, block_size=block_size,
-      compute_dtype=compute_dtype)
+    q,
+    k,
+    groups,
+    labels,
+    column_groups=column_groups,
+    column_labels=column_labels,
+    activation=activation,
+    diagonal_offset=diagonal_offset,
+    block_size=block_size,
+    compute_dtype=compute_dtype,
+  )
   loss = masked_global_mean(jsd, count > 0, axis_name)
   return nan_unless_finite(loss, q, k, axis_name=axis_name)

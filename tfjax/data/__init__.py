@@ -16,32 +16,39 @@
 * :mod:`tfjax.data.augment` -- augmentations by name; the pure JAX functions
   live in :mod:`tfjax.data.augment_image` and :mod:`tfjax.data.augment_vector`.
 """
+
 from tfjax.data import builders  # noqa: F401  (registers the offline TFDS builders; cheap: TF loads lazily)
 from tfjax.data import user  # noqa: F401  (registers the user's data with the registry and the sources)
 from tfjax.data.augment import get_augment_fn  # noqa: F401
 from tfjax.data.augment_image import (  # noqa: F401
-    color_jitter,
-    random_flip,
-    random_grayscale,
-    random_resized_crop,
-    simclr_augment,
+  color_jitter,
+  random_flip,
+  random_grayscale,
+  random_resized_crop,
+  simclr_augment,
 )
-from tfjax.data.augment_vector import gaussian_noise, random_mask, random_scale, random_shift, vector_augment  # noqa: F401
+from tfjax.data.augment_vector import (
+  gaussian_noise,
+  random_mask,
+  random_scale,
+  random_shift,
+  vector_augment,
+)  # noqa: F401
 from tfjax.data.registry import (  # noqa: F401
-    DATASETS,
-    USER_PREFIXES,
-    DatasetNotFoundError,
-    DatasetSpec,
-    config_dataset_spec,
-    get_dataset_spec,
+  DATASETS,
+  USER_PREFIXES,
+  DatasetNotFoundError,
+  DatasetSpec,
+  config_dataset_spec,
+  get_dataset_spec,
 )
 
 _PIPELINE = ("make_dataset", "load_arrays", "labelled_subset_mask", "prepare_dataset")
 
 
 def __getattr__(name):  # lazy: importing grain and TFDS costs seconds
-    if name in _PIPELINE:
-        from tfjax.data import pipeline
+  if name in _PIPELINE:
+    from tfjax.data import pipeline
 
-        return getattr(pipeline, name)
-    raise AttributeError(f"module 'tfjax.data' has no attribute {name!r}")
+    return getattr(pipeline, name)
+  raise AttributeError(f"module 'tfjax.data' has no attribute {name!r}")

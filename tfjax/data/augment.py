@@ -14,13 +14,19 @@ Example::
     >>> fn = get_augmentation("", "image")          # simclr_augment
     >>> x2 = fn(jax.random.key(0), jnp.ones((32, 32, 3)) * 0.5, 1.0)
 """
+
 from __future__ import annotations
 
 from typing import Callable
 
 from tfjax.data.augment_image import simclr_augment
-from tfjax.data.augment_vector import (gaussian_noise, isotropic_noise, sign_flip_noise, signal_augment,
-                                       vector_augment)
+from tfjax.data.augment_vector import (
+  gaussian_noise,
+  isotropic_noise,
+  sign_flip_noise,
+  signal_augment,
+  vector_augment,
+)
 
 __all__ = ["AUGMENTATIONS", "fits", "get_augment_fn", "get_augmentation"]
 
@@ -28,45 +34,51 @@ _DEFAULTS = {"image": simclr_augment, "vector": vector_augment, "signal": vector
 
 
 def get_augment_fn(kind: str) -> Callable:
-    """Default augmentation for a dataset kind: ``"image"`` -> :func:`simclr_augment`,
-    ``"vector"`` / ``"signal"`` -> :func:`vector_augment`."""
-    if kind not in _DEFAULTS:
-        raise ValueError(f"unknown data kind {kind!r}; known: {', '.join(sorted(_DEFAULTS))}")
-    return _DEFAULTS[kind]
+  """Default augmentation for a dataset kind: ``"image"`` -> :func:`simclr_augment`,
+  ``"vector"`` / ``"signal"`` -> :func:`vector_augment`."""
+  if kind not in _DEFAULTS:
+    raise ValueError(f"unknown data kind {kind!r}; known: {', '.join(sorted(_DEFAULTS))}")
+  return _DEFAULTS[kind]
 
 
 # Augmentations by name (the training config's ``augment`` field).
 AUGMENTATIONS = {
-    "simclr": simclr_augment,
-    "vector": vector_augment,
-    "signal": signal_augment,
-    "gaussian_noise": gaussian_noise,
-    "isotropic_noise": isotropic_noise,
-    "sign_flip_noise": sign_flip_noise,
+  "simclr": simclr_augment,
+  "vector": vector_augment,
+  "signal": signal_augment,
+  "gaussian_noise": gaussian_noise,
+  "isotropic_noise": isotropic_noise,
+  "sign_flip_noise": sign_flip_noise,
 }
 
 # The data kinds each built-in augmentation accepts (images are [H, W, C];
 # vector augmentations take [d] or [L, C]; the signal one needs an order in
 # time). One added to AUGMENTATIONS without an entry here takes any kind.
-_KINDS = {"simclr": ("image",), "vector": ("vector", "signal"), "signal": ("signal",),
-          "gaussian_noise": ("vector", "signal"), "isotropic_noise": ("vector", "signal"),
-          "sign_flip_noise": ("vector", "signal")}
+_KINDS = {
+  "simclr": ("image",),
+  "vector": ("vector", "signal"),
+  "signal": ("signal",),
+  "gaussian_noise": ("vector", "signal"),
+  "isotropic_noise": ("vector", "signal"),
+  "sign_flip_noise": ("vector", "signal"),
+}
 
 
 def fits(name: str, kind: str) -> bool:
-    """Whether the augmentation ``name`` ("" = the kind's default) takes data of ``kind``."""
-    return not name or kind in _KINDS.get(name, (kind,))
+  """Whether the augmentation ``name`` ("" = the kind's default) takes data of ``kind``."""
+  return not name or kind in _KINDS.get(name, (kind,))
 
 
 def get_augmentation(name: str, kind: str) -> Callable:
-    """The augmentation called ``name``; ``""`` gives the default of the data
-    ``kind`` (:func:`get_augment_fn`). Unknown names, and a name meant for
-    another kind of data, raise a ValueError."""
-    if not name:
-        return get_augment_fn(kind)
-    if name not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {name!r}; known: {', '.join(sorted(AUGMENTATIONS))}")
-    if not fits(name, kind):
-        raise ValueError(f"augmentation {name!r} is for {' or '.join(_KINDS[name])} data, "
-                         f"not {kind} data")
-    return AUGMENTATIONS[name]
+  """The augmentation called ``name``; ``""`` gives the default of the data
+  ``kind`` (:func:`get_augment_fn`). Unknown names, and a name meant for
+  another kind of data, raise a ValueError."""
+  if not name:
+    return get_augment_fn(kind)
+  if name not in AUGMENTATIONS:
+    raise ValueError(f"unknown augmentation {name!r}; known: {', '.join(sorted(AUGMENTATIONS))}")
+  if not fits(name, kind):
+    raise ValueError(
+      f"augmentation {name!r} is for {' or '.join(_KINDS[name])} data, not {kind} data"
+    )
+  return AUGMENTATIONS[name]

@@ -29,6 +29,7 @@ Example::
     >>> b.download_and_prepare(file_format="array_record")
     >>> source = b.as_data_source(split="train")
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,187 +37,206 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-__all__ = [
-    "SubspacesConfig",
-    "Subspaces",
-    "Digits",
-    "Mnist1d",
-    "generate_subspaces",
-]
+__all__ = ["SubspacesConfig", "Subspaces", "Digits", "Mnist1d", "generate_subspaces"]
 
 
 # ----------------------------------------------------------------------------
 # Union of subspaces
 # ----------------------------------------------------------------------------
 def generate_subspaces(
-    num_clusters: int,
-    ambient_dim: int,
-    subspace_dim: int,
-    noise: float,
-    num_train: int,
-    num_test: int,
-    seed: int = 0,
-    normalize: bool = False,
+  num_clusters: int,
+  ambient_dim: int,
+  subspace_dim: int,
+  noise: float,
+  num_train: int,
+  num_test: int,
+  seed: int = 0,
+  normalize: bool = False,
 ):
-    """Sample points on a union of ``num_clusters`` random linear subspaces.
+  """Sample points on a union of ``num_clusters`` random linear subspaces.
 
-    Generative model (our choice)::
+  Generative model (our choice)::
 
-        U_k   = orthonormal basis [d, r] of subspace k (QR of a Gaussian matrix)
-        c     ~ N(0, I_r / r)                 so E||U_k c||^2 = 1
-        eps   ~ N(0, I_d * noise^2 / d)       so E||eps||^2 = noise^2
-        x     = U_k c + eps                   (then x / ||x|| if normalize)
+      U_k   = orthonormal basis [d, r] of subspace k (QR of a Gaussian matrix)
+      c     ~ N(0, I_r / r)                 so E||U_k c||^2 = 1
+      eps   ~ N(0, I_d * noise^2 / d)       so E||eps||^2 = noise^2
+      x     = U_k c + eps                   (then x / ||x|| if normalize)
 
-    Not normalised by default (our choice): E||x||^2 = 1 + noise^2. Each split
-    is class balanced (``n // K`` per class, remainder to the first classes)
-    and shuffled; everything follows from ``seed`` (train and test share the
-    bases, draw independent points).
+  Not normalised by default (our choice): E||x||^2 = 1 + noise^2. Each split
+  is class balanced (``n // K`` per class, remainder to the first classes)
+  and shuffled; everything follows from ``seed`` (train and test share the
+  bases, draw independent points).
 
-    Returns:
-      dict with ``x_train [num_train, d]``, ``y_train [num_train]``,
-      ``x_test``, ``y_test`` (float32 / int64) and ``bases [K, d, r]`` (float64).
-    """
-    if not (1 <= subspace_dim <= ambient_dim):
-        raise ValueError(f"need 1 <= subspace_dim <= ambient_dim, got {subspace_dim}, {ambient_dim}")
-    if num_clusters < 1 or noise < 0:
-        raise ValueError(f"need num_clusters >= 1 and noise >= 0, got {num_clusters}, {noise}")
-    root = np.random.SeedSequence(seed)
-    s_bases, s_train, s_test = root.spawn(3)
-    rng = np.random.default_rng(s_bases)
-    bases = np.stack(
-        [np.linalg.qr(rng.standard_normal((ambient_dim, subspace_dim)))[0] for _ in range(num_clusters)]
-    )
+  Returns:
+    dict with ``x_train [num_train, d]``, ``y_train [num_train]``,
+    ``x_test``, ``y_test`` (float32 / int64) and ``bases [K, d, r]`` (float64).
+  """
+  if not (1 <= subspace_dim <= ambient_dim):
+    raise ValueError(f"need 1 <= subspace_dim <= ambient_dim, got {subspace_dim}, {ambient_dim}")
+  if num_clusters < 1 or noise < 0:
+    raise ValueError(f"need num_clusters >= 1 and noise >= 0, got {num_clusters}, {noise}")
+  root = np.random.SeedSequence(seed)
+  s_bases, s_train, s_test = root.spawn(3)
+  rng = np.random.default_rng(s_bases)
+  bases = np.stack(
+    [np.linalg.qr(rng.standard_normal((ambient_dim, subspace_dim)))[0] for _ in range(num_clusters)]
+  )
 
-    def split(ss, n):
-        r = np.random.default_rng(ss)
-        labels = np.arange(n) % num_clusters
-        labels = labels[r.permutation(n)]
-        coeffs = r.standard_normal((n, subspace_dim)) / np.sqrt(subspace_dim)
-        x = np.einsum("ndr,nr->nd", bases[labels], coeffs)
-        x = x + r.standard_normal((n, ambient_dim)) * (noise / np.sqrt(ambient_dim))
-        if normalize:
-            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        return x.astype(np.float32), labels.astype(np.int64)
+  def split(ss, n):
+    r = np.random.default_rng(ss)
+    labels = np.arange(n) % num_clusters
+    labels = labels[r.permutation(n)]
+    coeffs = r.standard_normal((n, subspace_dim)) / np.sqrt(subspace_dim)
+    x = np.einsum("ndr,nr->nd", bases[labels], coeffs)
+    x = x + r.standard_normal((n, ambient_dim)) * (noise / np.sqrt(ambient_dim))
+    if normalize:
+      x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x.astype(np.float32), labels.astype(np.int64)
 
-    x_train, y_train = split(s_train, num_train)
-    x_test, y_test = split(s_test, num_test)
-    return dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, bases=bases)
+  x_train, y_train = split(s_train, num_train)
+  x_test, y_test = split(s_test, num_test)
+  return dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, bases=bases)
 
 
 @dataclasses.dataclass
 class SubspacesConfig(tfds.core.BuilderConfig):
-    """Config of :class:`Subspaces`; see :func:`generate_subspaces` for the model."""
+  """Config of :class:`Subspaces`; see :func:`generate_subspaces` for the model."""
 
-    num_clusters: int = 10
-    ambient_dim: int = 64
-    subspace_dim: int = 4
-    noise: float = 0.1
-    num_train: int = 5000
-    num_test: int = 1000
-    normalize: bool = False
-    seed: int = 0
+  num_clusters: int = 10
+  ambient_dim: int = 64
+  subspace_dim: int = 4
+  noise: float = 0.1
+  num_train: int = 5000
+  num_test: int = 1000
+  normalize: bool = False
+  seed: int = 0
 
 
 class Subspaces(tfds.core.GeneratorBasedBuilder):
-    """Clusters on a union of random subspaces (generated, no download)."""
+  """Clusters on a union of random subspaces (generated, no download)."""
 
-    name = "tfjax_subspaces"
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "Written as array_record (random access for grain)."}
-    BUILDER_CONFIGS = [
-        SubspacesConfig(name="default", description="10 clusters, d=64, subspace dim 4, noise 0.1."),
-        SubspacesConfig(
-            name="rank1_r3",
-            description="CLOA's toy: 3 rank-1 subspaces in R^3, noise 0.1.",
-            num_clusters=3, ambient_dim=3, subspace_dim=1, noise=0.1, num_train=3000, num_test=600,
-        ),
-        SubspacesConfig(
-            name="tiny",
-            description="3 clusters, d=8, subspace dim 2, noise 0.05; for tests.",
-            num_clusters=3, ambient_dim=8, subspace_dim=2, noise=0.05, num_train=60, num_test=30,
-        ),
-    ]
-    DEFAULT_CONFIG_NAME = "default"
+  name = "tfjax_subspaces"
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+    "1.0.0": "Initial release.",
+    "1.1.0": "Written as array_record (random access for grain).",
+  }
+  BUILDER_CONFIGS = [
+    SubspacesConfig(name="default", description="10 clusters, d=64, subspace dim 4, noise 0.1."),
+    SubspacesConfig(
+      name="rank1_r3",
+      description="CLOA's toy: 3 rank-1 subspaces in R^3, noise 0.1.",
+      num_clusters=3,
+      ambient_dim=3,
+      subspace_dim=1,
+      noise=0.1,
+      num_train=3000,
+      num_test=600,
+    ),
+    SubspacesConfig(
+      name="tiny",
+      description="3 clusters, d=8, subspace dim 2, noise 0.05; for tests.",
+      num_clusters=3,
+      ambient_dim=8,
+      subspace_dim=2,
+      noise=0.05,
+      num_train=60,
+      num_test=30,
+    ),
+  ]
+  DEFAULT_CONFIG_NAME = "default"
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        c = self.builder_config
-        return self.dataset_info_from_configs(
-            description=(
-                "Points x = U_k c + noise on a union of random linear subspaces "
-                "(tfjax.data.builders.generate_subspaces)."
-            ),
-            features=tfds.features.FeaturesDict(
-                {
-                    "x": tfds.features.Tensor(shape=(c.ambient_dim,), dtype=np.float32),
-                    "label": tfds.features.ClassLabel(num_classes=c.num_clusters),
-                }
-            ),
-            supervised_keys=("x", "label"),
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager  # nothing to download
-        c = self.builder_config
-        data = generate_subspaces(
-            c.num_clusters, c.ambient_dim, c.subspace_dim, c.noise, c.num_train, c.num_test,
-            seed=c.seed, normalize=c.normalize,
-        )
-        return {
-            "train": self._generate_examples(data["x_train"], data["y_train"]),
-            "test": self._generate_examples(data["x_test"], data["y_test"]),
+  def _info(self) -> tfds.core.DatasetInfo:
+    c = self.builder_config
+    return self.dataset_info_from_configs(
+      description=(
+        "Points x = U_k c + noise on a union of random linear subspaces "
+        "(tfjax.data.builders.generate_subspaces)."
+      ),
+      features=tfds.features.FeaturesDict(
+        {
+          "x": tfds.features.Tensor(shape=(c.ambient_dim,), dtype=np.float32),
+          "label": tfds.features.ClassLabel(num_classes=c.num_clusters),
         }
+      ),
+      supervised_keys=("x", "label"),
+    )
 
-    def _generate_examples(self, x, y):
-        for i in range(len(y)):
-            yield i, {"x": x[i], "label": int(y[i])}
+  def _split_generators(self, dl_manager):
+    del dl_manager  # nothing to download
+    c = self.builder_config
+    data = generate_subspaces(
+      c.num_clusters,
+      c.ambient_dim,
+      c.subspace_dim,
+      c.noise,
+      c.num_train,
+      c.num_test,
+      seed=c.seed,
+      normalize=c.normalize,
+    )
+    return {
+      "train": self._generate_examples(data["x_train"], data["y_train"]),
+      "test": self._generate_examples(data["x_test"], data["y_test"]),
+    }
+
+  def _generate_examples(self, x, y):
+    for i in range(len(y)):
+      yield i, {"x": x[i], "label": int(y[i])}
 
 
 # ----------------------------------------------------------------------------
 # scikit-learn digits
 # ----------------------------------------------------------------------------
 def load_digits_split():
-    """Digits as float32 ``[N, 8, 8, 1]`` in [0, 1] with a stratified split.
+  """Digits as float32 ``[N, 8, 8, 1]`` in [0, 1] with a stratified split.
 
-    Returns ``(x_train [1437,8,8,1], y_train, x_test [360,8,8,1], y_test)``;
-    ``train_test_split(test_size=360, stratify=y, random_state=0)`` (our choice).
-    """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+  Returns ``(x_train [1437,8,8,1], y_train, x_test [360,8,8,1], y_test)``;
+  ``train_test_split(test_size=360, stratify=y, random_state=0)`` (our choice).
+  """
+  from sklearn.datasets import load_digits
+  from sklearn.model_selection import train_test_split
 
-    d = load_digits()
-    x = (d.images.astype(np.float32) / 16.0)[..., None]
-    y = d.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=360, stratify=y, random_state=0)
-    return x_tr, y_tr, x_te, y_te
+  d = load_digits()
+  x = (d.images.astype(np.float32) / 16.0)[..., None]
+  y = d.target.astype(np.int64)
+  x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=360, stratify=y, random_state=0)
+  return x_tr, y_tr, x_te, y_te
 
 
 class Digits(tfds.core.GeneratorBasedBuilder):
-    """scikit-learn's 8x8 handwritten digits (bundled with sklearn, no download)."""
+  """scikit-learn's 8x8 handwritten digits (bundled with sklearn, no download)."""
 
-    name = "tfjax_digits"
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "Written as array_record (random access for grain)."}
+  name = "tfjax_digits"
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+    "1.0.0": "Initial release.",
+    "1.1.0": "Written as array_record (random access for grain).",
+  }
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            description="sklearn.datasets.load_digits, pixels / 16, stratified 1437/360 split.",
-            features=tfds.features.FeaturesDict(
-                {
-                    "x": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.float32),
-                    "label": tfds.features.ClassLabel(num_classes=10),
-                }
-            ),
-            supervised_keys=("x", "label"),
-        )
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+      description="sklearn.datasets.load_digits, pixels / 16, stratified 1437/360 split.",
+      features=tfds.features.FeaturesDict(
+        {
+          "x": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.float32),
+          "label": tfds.features.ClassLabel(num_classes=10),
+        }
+      ),
+      supervised_keys=("x", "label"),
+    )
 
-    def _split_generators(self, dl_manager):
-        del dl_manager
-        x_tr, y_tr, x_te, y_te = load_digits_split()
-        return {"train": self._generate_examples(x_tr, y_tr), "test": self._generate_examples(x_te, y_te)}
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    x_tr, y_tr, x_te, y_te = load_digits_split()
+    return {
+      "train": self._generate_examples(x_tr, y_tr),
+      "test": self._generate_examples(x_te, y_te),
+    }
 
-    def _generate_examples(self, x, y):
-        for i in range(len(y)):
-            yield i, {"x": x[i], "label": int(y[i])}
+  def _generate_examples(self, x, y):
+    for i in range(len(y)):
+      yield i, {"x": x[i], "label": int(y[i])}
 
 
 # ----------------------------------------------------------------------------
@@ -225,78 +245,88 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 # Generation settings other than the package's defaults: a held-out variant
 # on which recipes chosen on the default MNIST-1D are checked (our choice:
 # another seed, stronger correlated and i.i.d. noise, more shear and scale).
-MNIST1D_SHIFTED = dict(seed=7, corr_noise_scale=0.35, iid_noise_scale=0.05,
-                       shear_scale=1.0, scale_coeff=0.5)
+MNIST1D_SHIFTED = dict(
+  seed=7, corr_noise_scale=0.35, iid_noise_scale=0.05, shear_scale=1.0, scale_coeff=0.5
+)
 
 
 def make_mnist1d(**overrides):
-    """MNIST-1D from ``mnist1d.data.make_dataset`` (no download).
+  """MNIST-1D from ``mnist1d.data.make_dataset`` (no download).
 
-    ``overrides`` change the package's default generation arguments
-    (``get_dataset_args()``: seed 42, 5000 samples, 80 % train, ...).
-    ``make_dataset`` reseeds NumPy's and Python's global RNGs; we restore both
-    afterwards so building has no side effect on the caller's randomness.
-    Returns ``(x_train [4000,40,1], y_train, x_test [1000,40,1], y_test)``.
-    """
-    import random
+  ``overrides`` change the package's default generation arguments
+  (``get_dataset_args()``: seed 42, 5000 samples, 80 % train, ...).
+  ``make_dataset`` reseeds NumPy's and Python's global RNGs; we restore both
+  afterwards so building has no side effect on the caller's randomness.
+  Returns ``(x_train [4000,40,1], y_train, x_test [1000,40,1], y_test)``.
+  """
+  import random
 
-    from mnist1d.data import get_dataset_args, make_dataset
+  from mnist1d.data import get_dataset_args, make_dataset
 
-    args = get_dataset_args()
-    for key, value in overrides.items():
-        if not hasattr(args, key):
-            raise ValueError(f"unknown mnist1d argument {key!r}")
-        setattr(args, key, value)
-    np_state, py_state = np.random.get_state(), random.getstate()
-    try:
-        d = make_dataset(args)
-    finally:
-        np.random.set_state(np_state)
-        random.setstate(py_state)
-    f = lambda a: np.asarray(a, np.float32)[..., None]  # noqa: E731
-    return f(d["x"]), np.asarray(d["y"], np.int64), f(d["x_test"]), np.asarray(d["y_test"], np.int64)
+  args = get_dataset_args()
+  for key, value in overrides.items():
+    if not hasattr(args, key):
+      raise ValueError(f"unknown mnist1d argument {key!r}")
+    setattr(args, key, value)
+  np_state, py_state = np.random.get_state(), random.getstate()
+  try:
+    d = make_dataset(args)
+  finally:
+    np.random.set_state(np_state)
+    random.setstate(py_state)
+  f = lambda a: np.asarray(a, np.float32)[..., None]  # noqa: E731
+  return f(d["x"]), np.asarray(d["y"], np.int64), f(d["x_test"]), np.asarray(d["y_test"], np.int64)
 
 
 @dataclasses.dataclass
 class Mnist1dConfig(tfds.core.BuilderConfig):
-    """Generation arguments of one MNIST-1D variant (overrides of the package's)."""
+  """Generation arguments of one MNIST-1D variant (overrides of the package's)."""
 
-    overrides: dict = dataclasses.field(default_factory=dict)
+  overrides: dict = dataclasses.field(default_factory=dict)
 
 
 class Mnist1d(tfds.core.GeneratorBasedBuilder):
-    """MNIST-1D (Greydanus), generated locally by the ``mnist1d`` package.
+  """MNIST-1D (Greydanus), generated locally by the ``mnist1d`` package.
 
-    Configs: ``default`` (the package's arguments) and ``shifted``
-    (:data:`MNIST1D_SHIFTED`, for checking that recipes transfer).
-    """
+  Configs: ``default`` (the package's arguments) and ``shifted``
+  (:data:`MNIST1D_SHIFTED`, for checking that recipes transfer).
+  """
 
-    name = "tfjax_mnist1d"
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "Written as array_record (random access for grain)."}
-    BUILDER_CONFIGS = [
-        Mnist1dConfig(name="default", description="the mnist1d package's default arguments"),
-        Mnist1dConfig(name="shifted", description=f"other generation arguments: {MNIST1D_SHIFTED}",
-                      overrides=MNIST1D_SHIFTED),
-    ]
+  name = "tfjax_mnist1d"
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+    "1.0.0": "Initial release.",
+    "1.1.0": "Written as array_record (random access for grain).",
+  }
+  BUILDER_CONFIGS = [
+    Mnist1dConfig(name="default", description="the mnist1d package's default arguments"),
+    Mnist1dConfig(
+      name="shifted",
+      description=f"other generation arguments: {MNIST1D_SHIFTED}",
+      overrides=MNIST1D_SHIFTED,
+    ),
+  ]
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            description="mnist1d.make_dataset(); x [40, 1] channels-last.",
-            features=tfds.features.FeaturesDict(
-                {
-                    "x": tfds.features.Tensor(shape=(40, 1), dtype=np.float32),
-                    "label": tfds.features.ClassLabel(num_classes=10),
-                }
-            ),
-            supervised_keys=("x", "label"),
-        )
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+      description="mnist1d.make_dataset(); x [40, 1] channels-last.",
+      features=tfds.features.FeaturesDict(
+        {
+          "x": tfds.features.Tensor(shape=(40, 1), dtype=np.float32),
+          "label": tfds.features.ClassLabel(num_classes=10),
+        }
+      ),
+      supervised_keys=("x", "label"),
+    )
 
-    def _split_generators(self, dl_manager):
-        del dl_manager
-        x_tr, y_tr, x_te, y_te = make_mnist1d(**self.builder_config.overrides)
-        return {"train": self._generate_examples(x_tr, y_tr), "test": self._generate_examples(x_te, y_te)}
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    x_tr, y_tr, x_te, y_te = make_mnist1d(**self.builder_config.overrides)
+    return {
+      "train": self._generate_examples(x_tr, y_tr),
+      "test": self._generate_examples(x_te, y_te),
+    }
 
-    def _generate_examples(self, x, y):
-        for i in range(len(y)):
-            yield i, {"x": x[i], "label": int(y[i])}
+  def _generate_examples(self, x, y):
+    for i in range(len(y)):
+      yield i, {"x": x[i], "label": int(y[i])}

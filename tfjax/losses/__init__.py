@@ -66,6 +66,13 @@ from tfjax.losses.oar import oar_loss, orthonormal_anchors, with_oar
 from tfjax.losses.redundancy import barlow_twins, vicreg
 
 __all__ = [
-    "info_nce", "supcon", "dcl", "barlow_twins", "vicreg", "jsd_loss",
-    "orthonormal_anchors", "oar_loss", "with_oar",
+  "info_nce",
+  "supcon",
+  "dcl",
+  "barlow_twins",
+  "vicreg",
+  "jsd_loss",
+  "orthonormal_anchors",
+  "oar_loss",
+  "with_oar",
 ]

@@ -31,8 +31,7 @@ def _is_concrete(x) -> bool:
 
 def _check_embeddings(name: str, z) -> Array:
   z = jnp.asarray(z) if not isinstance(z, jax.core.Tracer) else z
-  chex.assert_rank(z, 2,
-                   custom_message=f"{name} must be a 2-D array [n, d] of embeddings")
+  chex.assert_rank(z, 2, custom_message=f"{name} must be a 2-D array [n, d] of embeddings")
   chex.assert_type(z, float, custom_message=f"{name} must be floating point")
   if z.shape[0] < 1 or z.shape[1] < 1:
     raise ValueError(f"{name} must be non-empty [n, d], got shape {z.shape}")
@@ -43,8 +42,7 @@ def _check_embeddings(name: str, z) -> Array:
 def _check_views(z1, z2) -> tuple[Array, Array]:
   z1 = _check_embeddings("z1", z1)
   z2 = _check_embeddings("z2", z2)
-  chex.assert_equal_shape(
-      [z1, z2], custom_message="the two views must have the same shape [n, d]")
+  chex.assert_equal_shape([z1, z2], custom_message="the two views must have the same shape [n, d]")
   return z1, z2
 
 
@@ -52,8 +50,8 @@ def _check_labels(labels, n: int) -> Array:
   labels = jnp.asarray(labels) if _is_concrete(labels) else labels
   chex.assert_type(labels, int, custom_message="labels must be integers")
   chex.assert_shape(
-      labels, (n,),
-      custom_message=f"labels must have shape [n] = ({n},) to match the embeddings")
+    labels, (n,), custom_message=f"labels must have shape [n] = ({n},) to match the embeddings"
+  )
   return labels
 
 
@@ -65,8 +63,7 @@ def _check_temperature(temperature) -> None:
       raise ValueError(f"temperature must be > 0 and finite, got {float(t)}")
 
 
-def _check_scalar(name: str, value, *, positive: bool = False,
-                  nonnegative: bool = False) -> None:
+def _check_scalar(name: str, value, *, positive: bool = False, nonnegative: bool = False) -> None:
   """ValueError unless a concrete ``value`` is a finite real scalar (> 0 / ≥ 0).
 
   A traced value cannot be checked and is accepted as is.
@@ -74,8 +71,7 @@ def _check_scalar(name: str, value, *, positive: bool = False,
   if not _is_concrete(value):
     return
   v = np.asarray(value)
-  if v.ndim != 0 or not (np.issubdtype(v.dtype, np.floating)
-                         or np.issubdtype(v.dtype, np.integer)):
+  if v.ndim != 0 or not (np.issubdtype(v.dtype, np.floating) or np.issubdtype(v.dtype, np.integer)):
     raise ValueError(f"{name} must be a real scalar, got {value!r}")
   v = float(v)
   if not np.isfinite(v):

@@ -18,10 +18,18 @@ import jax
 import jax.numpy as jnp
 
 from tfjax.normalize import l2_normalize
-from tfjax.losses._common import (_check_embeddings, _check_labels,
-                                  _check_temperature, _check_views, _float,
-                                  _gather, _global_rows, _psum, _row_offset,
-                                  nan_unless_finite)
+from tfjax.losses._common import (
+  _check_embeddings,
+  _check_labels,
+  _check_temperature,
+  _check_views,
+  _float,
+  _gather,
+  _global_rows,
+  _psum,
+  _row_offset,
+  nan_unless_finite,
+)
 
 Array = jax.Array
 
@@ -41,21 +49,22 @@ def _two_view_logits(z1, z2, temperature, axis_name):
   g1 = _gather(u1, axis_name)
   g2 = _gather(u2, axis_name)
   big_n = g1.shape[0]
-  keys = jnp.concatenate([g1, g2], axis=0)                      # [2N, d]
-  anchors = jnp.concatenate([u1, u2], axis=0)                   # [2n, d]
-  logits = anchors @ keys.T / temperature                       # [2n, 2N]
+  keys = jnp.concatenate([g1, g2], axis=0)  # [2N, d]
+  anchors = jnp.concatenate([u1, u2], axis=0)  # [2n, d]
+  logits = anchors @ keys.T / temperature  # [2n, 2N]
   off = _row_offset(n, axis_name)
   local = jnp.arange(n) + off
-  self_idx = jnp.concatenate([local, local + big_n])            # [2n]
-  pos_idx = jnp.concatenate([local + big_n, local])             # [2n]
+  self_idx = jnp.concatenate([local, local + big_n])  # [2n]
+  pos_idx = jnp.concatenate([local + big_n, local])  # [2n]
   cols = jnp.arange(2 * big_n)[None, :]
   self_mask = cols == self_idx[:, None]
   pos_mask = cols == pos_idx[:, None]
   return logits, self_mask, pos_mask, big_n
 
 
-def info_nce(z1: Array, z2: Array, *, temperature: float = 0.1,
-             axis_name: Optional[str] = None) -> Array:
+def info_nce(
+  z1: Array, z2: Array, *, temperature: float = 0.1, axis_name: Optional[str] = None
+) -> Array:
   """NT-Xent (SimCLR's InfoNCE) of two views ``z1``, ``z2`` [n, d] -> scalar.
 
   Row i of ``z1`` and of ``z2`` are two views of the same source.  With
@@ -89,8 +98,7 @@ def info_nce(z1: Array, z2: Array, *, temperature: float = 0.1,
 
 @functools.partial(jax.jit, static_argnames=("axis_name",))
 def _info_nce(z1, z2, temperature, axis_name):
-  logits, self_mask, pos_mask, big_n = _two_view_logits(
-      z1, z2, temperature, axis_name)
+  logits, self_mask, pos_mask, big_n = _two_view_logits(z1, z2, temperature, axis_name)
   masked = jnp.where(self_mask, -jnp.inf, logits)
   lse = jax.nn.logsumexp(masked, axis=-1)
   pos = jnp.sum(jnp.where(pos_mask, logits, 0.0), axis=-1)
@@ -98,8 +106,9 @@ def _info_nce(z1, z2, temperature, axis_name):
   return nan_unless_finite(loss, z1, z2, temperature, axis_name=axis_name)
 
 
-def dcl(z1: Array, z2: Array, *, temperature: float = 0.1,
-        axis_name: Optional[str] = None) -> Array:
+def dcl(
+  z1: Array, z2: Array, *, temperature: float = 0.1, axis_name: Optional[str] = None
+) -> Array:
   """Decoupled contrastive loss (Yeh et al. 2022) of two views [n, d] -> scalar.
 
   Like :func:`info_nce` but the positive is removed from the denominator:
@@ -124,15 +133,13 @@ def dcl(z1: Array, z2: Array, *, temperature: float = 0.1,
   _check_temperature(temperature)
   big_n = _global_rows(z1.shape[0], axis_name)
   if big_n < 2:
-    raise ValueError(
-        f"dcl needs at least 2 sources in the (global) batch, got N={big_n}")
+    raise ValueError(f"dcl needs at least 2 sources in the (global) batch, got N={big_n}")
   return _dcl(z1, z2, temperature, axis_name=axis_name)
 
 
 @functools.partial(jax.jit, static_argnames=("axis_name",))
 def _dcl(z1, z2, temperature, axis_name):
-  logits, self_mask, pos_mask, big_n = _two_view_logits(
-      z1, z2, temperature, axis_name)
+  logits, self_mask, pos_mask, big_n = _two_view_logits(z1, z2, temperature, axis_name)
   masked = jnp.where(self_mask | pos_mask, -jnp.inf, logits)
   lse = jax.nn.logsumexp(masked, axis=-1)
   pos = jnp.sum(jnp.where(pos_mask, logits, 0.0), axis=-1)
@@ -140,8 +147,9 @@ def _dcl(z1, z2, temperature, axis_name):
   return nan_unless_finite(loss, z1, z2, temperature, axis_name=axis_name)
 
 
-def supcon(z: Array, labels: Array, *, temperature: float = 0.1,
-           axis_name: Optional[str] = None) -> Array:
+def supcon(
+  z: Array, labels: Array, *, temperature: float = 0.1, axis_name: Optional[str] = None
+) -> Array:
   """Supervised contrastive loss "L_out" (Khosla et al. 2020) -> scalar.
 
   ``z`` [n, d] holds all views flattened (e.g. ``concatenate([z1, z2])``) and
@@ -181,16 +189,14 @@ def _supcon(z, labels, temperature, axis_name):
   u = l2_normalize(_float(z))
   keys = _gather(u, axis_name)
   key_labels = _gather(labels, axis_name)
-  logits = u @ keys.T / temperature                              # [n, N]
+  logits = u @ keys.T / temperature  # [n, N]
   off = _row_offset(n, axis_name)
   self_mask = (jnp.arange(n)[:, None] + off) == jnp.arange(keys.shape[0])[None]
   pos_mask = (labels[:, None] == key_labels[None, :]) & ~self_mask
   lse = jax.nn.logsumexp(jnp.where(self_mask, -jnp.inf, logits), axis=-1)
   n_pos = jnp.sum(pos_mask, axis=-1)
-  pos_mean = (jnp.sum(jnp.where(pos_mask, logits, 0.0), axis=-1)
-              / jnp.maximum(n_pos, 1))
+  pos_mean = jnp.sum(jnp.where(pos_mask, logits, 0.0), axis=-1) / jnp.maximum(n_pos, 1)
   valid = n_pos > 0
   total = _psum(jnp.sum(jnp.where(valid, lse - pos_mean, 0.0)), axis_name)
   count = _psum(jnp.sum(valid.astype(logits.dtype)), axis_name)
-  return nan_unless_finite(total / jnp.maximum(count, 1.0), z, temperature,
-                           axis_name=axis_name)
+  return nan_unless_finite(total / jnp.maximum(count, 1.0), z, temperature, axis_name=axis_name)

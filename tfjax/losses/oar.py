@@ -18,17 +18,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from tfjax.normalize import l2_normalize
-from tfjax.losses._common import (_check_embeddings, _check_labels,
-                                  _check_scalar, _float, _is_concrete, _psum,
-                                  nan_unless_finite)
+from tfjax.losses._common import (
+  _check_embeddings,
+  _check_labels,
+  _check_scalar,
+  _float,
+  _is_concrete,
+  _psum,
+  nan_unless_finite,
+)
 
 Array = jax.Array
 
 __all__ = ["orthonormal_anchors", "oar_loss", "with_oar"]
 
 
-def orthonormal_anchors(key: Array, num_classes: int, dim: int, *,
-                        dtype=jnp.float32) -> Array:
+def orthonormal_anchors(key: Array, num_classes: int, dim: int, *, dtype=jnp.float32) -> Array:
   """k = ``num_classes`` fixed orthonormal anchors in R^dim -> [k, dim].
 
   The rows of the Q factor of a QR decomposition of a [dim, k] standard
@@ -58,15 +63,14 @@ def orthonormal_anchors(key: Array, num_classes: int, dim: int, *,
     raise ValueError(f"num_classes must be >= 1, got {num_classes}")
   if num_classes > dim:
     raise ValueError(
-        f"cannot draw {num_classes} orthonormal anchors in R^{dim}: "
-        f"num_classes must be <= dim")
+      f"cannot draw {num_classes} orthonormal anchors in R^{dim}: num_classes must be <= dim"
+    )
   try:
     floating = jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
   except TypeError:
     floating = False
   if not floating:
-    raise TypeError(
-        f"orthonormal_anchors needs a floating dtype, got dtype={dtype!r}")
+    raise TypeError(f"orthonormal_anchors needs a floating dtype, got dtype={dtype!r}")
   return _anchors(key, int(num_classes), int(dim)).astype(dtype)
 
 
@@ -78,8 +82,7 @@ def _anchors(key, num_classes, dim):
   return (q * sign[None, :]).T
 
 
-def oar_loss(z: Array, labels: Array, anchors: Array, *,
-             axis_name: Optional[str] = None) -> Array:
+def oar_loss(z: Array, labels: Array, anchors: Array, *, axis_name: Optional[str] = None) -> Array:
   """Orthonormal Anchor Regression loss (CLOA) -> scalar in [0, 2].
 
   Pulls each labelled embedding toward its class anchor:
@@ -120,14 +123,16 @@ def oar_loss(z: Array, labels: Array, anchors: Array, *,
   k = anchors.shape[0]
   if anchors.shape[1] != z.shape[1]:
     raise ValueError(
-        f"anchors must have the embeddings' width {z.shape[1]}, got anchors "
-        f"{anchors.shape} for z {z.shape}")
+      f"anchors must have the embeddings' width {z.shape[1]}, got anchors "
+      f"{anchors.shape} for z {z.shape}"
+    )
   if _is_concrete(labels):
     lab = np.asarray(labels)
     if lab.size and (lab.max() >= k or lab.min() < -1):
       raise ValueError(
-          f"labels must lie in [0, {k}) (k = number of anchors) or be −1 for "
-          f"unlabelled; got min {lab.min()}, max {lab.max()}")
+        f"labels must lie in [0, {k}) (k = number of anchors) or be −1 for "
+        f"unlabelled; got min {lab.min()}, max {lab.max()}"
+      )
   return _oar_loss(z, labels, anchors, axis_name=axis_name)
 
 
@@ -137,16 +142,22 @@ def _oar_loss(z, labels, anchors, axis_name):
   valid = (labels >= 0) & (labels < k)
   idx = jnp.where(valid, labels, 0)
   u = l2_normalize(_float(z))
-  c = l2_normalize(_float(anchors))[idx]                         # [n, D]
+  c = l2_normalize(_float(anchors))[idx]  # [n, D]
   cos = jnp.sum(u * c, axis=-1)
   total = _psum(jnp.sum(jnp.where(valid, 1.0 - cos, 0.0)), axis_name)
   count = _psum(jnp.sum(valid.astype(cos.dtype)), axis_name)
-  return nan_unless_finite(total / jnp.maximum(count, 1.0), z, anchors,
-                           axis_name=axis_name)
+  return nan_unless_finite(total / jnp.maximum(count, 1.0), z, anchors, axis_name=axis_name)
 
 
-def with_oar(base_loss: Array, z: Array, labels: Array, anchors: Array, *,
-             weight: float = 1.0, axis_name: Optional[str] = None) -> Array:
+def with_oar(
+  base_loss: Array,
+  z: Array,
+  labels: Array,
+  anchors: Array,
+  *,
+  weight: float = 1.0,
+  axis_name: Optional[str] = None,
+) -> Array:
   """CLOA's total loss ``L = base_loss + weight · oar_loss(z, labels, anchors)``.
 
   ``base_loss`` is any scalar loss already computed on the batch (InfoNCE,

@@ -23,18 +23,30 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from tfjax.losses._common import (_check_scalar, _check_views, _float,
-                                  _global_mean, _global_rows, _pmax, _psum,
-                                  nan_unless_finite)
+from tfjax.losses._common import (
+  _check_scalar,
+  _check_views,
+  _float,
+  _global_mean,
+  _global_rows,
+  _pmax,
+  _psum,
+  nan_unless_finite,
+)
 
 Array = jax.Array
 
 __all__ = ["barlow_twins", "vicreg"]
 
 
-def barlow_twins(z1: Array, z2: Array, *, lambda_offdiag: float = 5e-3,
-                 eps: float = 1e-5,
-                 axis_name: Optional[str] = None) -> Array:
+def barlow_twins(
+  z1: Array,
+  z2: Array,
+  *,
+  lambda_offdiag: float = 5e-3,
+  eps: float = 1e-5,
+  axis_name: Optional[str] = None,
+) -> Array:
   """Barlow Twins loss (Zbontar et al. 2021) of two views [n, d] -> scalar.
 
   Each view is standardised per feature over the (global) batch of N rows,
@@ -67,8 +79,9 @@ def barlow_twins(z1: Array, z2: Array, *, lambda_offdiag: float = 5e-3,
   big_n = _global_rows(z1.shape[0], axis_name)
   if big_n < 2:
     raise ValueError(
-        f"barlow_twins needs at least 2 rows in the (global) batch to "
-        f"standardise each feature, got N={big_n}")
+      f"barlow_twins needs at least 2 rows in the (global) batch to "
+      f"standardise each feature, got N={big_n}"
+    )
   _check_scalar("lambda_offdiag", lambda_offdiag, nonnegative=True)
   _check_scalar("eps", eps, positive=True)
   return _barlow_twins(z1, z2, lambda_offdiag, eps, axis_name=axis_name)
@@ -84,9 +97,8 @@ def _standardise(z, eps, axis_name):
   """
   z = _float(z)
   # stop_gradient before the pmax (which has no differentiation rule).
-  s = _pmax(jax.lax.stop_gradient(jnp.max(jnp.abs(z), axis=0)),
-            axis_name)                                         # [d]
-  s = jnp.where(s == 0, 1.0, s)                                # NaN stays
+  s = _pmax(jax.lax.stop_gradient(jnp.max(jnp.abs(z), axis=0)), axis_name)  # [d]
+  s = jnp.where(s == 0, 1.0, s)  # NaN stays
   y = z / s
   mean, big_n = _global_mean(y, axis_name)
   x = y - mean
@@ -94,8 +106,11 @@ def _standardise(z, eps, axis_name):
   big = s >= 1
   s_big = jnp.where(big, s, 1.0)
   s_small = jnp.where(big, 1.0, s)
-  k = jnp.where(big, jax.lax.rsqrt(var + eps / jnp.square(s_big)),
-                s_small * jax.lax.rsqrt(jnp.square(s_small) * var + eps))
+  k = jnp.where(
+    big,
+    jax.lax.rsqrt(var + eps / jnp.square(s_big)),
+    s_small * jax.lax.rsqrt(jnp.square(s_small) * var + eps),
+  )
   return x * k, big_n
 
 
@@ -108,13 +123,19 @@ def _barlow_twins(z1, z2, lambda_offdiag, eps, axis_name):
   on = jnp.sum(jnp.square(1.0 - diag))
   off = jnp.sum(jnp.square(c)) - jnp.sum(jnp.square(diag))
   loss = on + lambda_offdiag * off
-  return nan_unless_finite(loss, z1, z2, lambda_offdiag, eps,
-                           axis_name=axis_name)
+  return nan_unless_finite(loss, z1, z2, lambda_offdiag, eps, axis_name=axis_name)
 
 
-def vicreg(z1: Array, z2: Array, *, sim_coeff: float = 25.0,
-           std_coeff: float = 25.0, cov_coeff: float = 1.0, eps: float = 1e-4,
-           axis_name: Optional[str] = None) -> Array:
+def vicreg(
+  z1: Array,
+  z2: Array,
+  *,
+  sim_coeff: float = 25.0,
+  std_coeff: float = 25.0,
+  cov_coeff: float = 1.0,
+  eps: float = 1e-4,
+  axis_name: Optional[str] = None,
+) -> Array:
   """VICReg loss (Bardes et al. 2022) of two views [n, d] -> scalar.
 
   With N rows in the (global) batch and d features:
@@ -146,14 +167,11 @@ def vicreg(z1: Array, z2: Array, *, sim_coeff: float = 25.0,
   z1, z2 = _check_views(z1, z2)
   big_n = _global_rows(z1.shape[0], axis_name)
   if big_n < 2:
-    raise ValueError(
-        f"vicreg needs at least 2 rows in the (global) batch, got N={big_n}")
-  for name, value in (("sim_coeff", sim_coeff), ("std_coeff", std_coeff),
-                      ("cov_coeff", cov_coeff)):
+    raise ValueError(f"vicreg needs at least 2 rows in the (global) batch, got N={big_n}")
+  for name, value in (("sim_coeff", sim_coeff), ("std_coeff", std_coeff), ("cov_coeff", cov_coeff)):
     _check_scalar(name, value, nonnegative=True)
   _check_scalar("eps", eps, positive=True)
-  return _vicreg(z1, z2, sim_coeff, std_coeff, cov_coeff, eps,
-                 axis_name=axis_name)
+  return _vicreg(z1, z2, sim_coeff, std_coeff, cov_coeff, eps, axis_name=axis_name)
 
 
 @functools.partial(jax.jit, static_argnames=("axis_name",))
@@ -175,7 +193,5 @@ def _vicreg(z1, z2, sim_coeff, std_coeff, cov_coeff, eps, axis_name):
 
   s1, c1 = var_cov(z1)
   s2, c2 = var_cov(z2)
-  loss = (sim_coeff * inv + std_coeff * 0.5 * (s1 + s2)
-          + cov_coeff * (c1 + c2))
-  return nan_unless_finite(loss, z1, z2, sim_coeff, std_coeff, cov_coeff, eps,
-                           axis_name=axis_name)
+  loss = sim_coeff * inv + std_coeff * 0.5 * (s1 + s2) + cov_coeff * (c1 + c2)
+  return nan_unless_finite(loss, z1, z2, sim_coeff, std_coeff, cov_coeff, eps, axis_name=axis_name)

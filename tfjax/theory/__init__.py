@@ -35,18 +35,35 @@ Three groups of functions, one submodule each (all re-exported here, so
    (jit-able ``jnp``): :func:`fused_noise_rms`, :func:`relu_attention_stats`.
 """
 
-from tfjax.theory.cosines import (cosine_std, expected_cosine, margin_mean,
-                                  margin_std, max_augmentation,
-                                  max_augmentation_asymptotic,
-                                  win_probability)
-from tfjax.theory.coverage import (coverage_probability,
-                                   expected_uncovered_fraction,
-                                   failure_probability, min_batch_size)
+from tfjax.theory.cosines import (
+  cosine_std,
+  expected_cosine,
+  margin_mean,
+  margin_std,
+  max_augmentation,
+  max_augmentation_asymptotic,
+  win_probability,
+)
+from tfjax.theory.coverage import (
+  coverage_probability,
+  expected_uncovered_fraction,
+  failure_probability,
+  min_batch_size,
+)
 from tfjax.theory.fusion import fused_noise_rms, relu_attention_stats
 
 __all__ = [
-    "coverage_probability", "failure_probability", "expected_uncovered_fraction",
-    "min_batch_size", "expected_cosine", "cosine_std", "margin_mean",
-    "margin_std", "win_probability", "max_augmentation",
-    "max_augmentation_asymptotic", "fused_noise_rms", "relu_attention_stats",
+  "coverage_probability",
+  "failure_probability",
+  "expected_uncovered_fraction",
+  "min_batch_size",
+  "expected_cosine",
+  "cosine_std",
+  "margin_mean",
+  "margin_std",
+  "win_probability",
+  "max_augmentation",
+  "max_augmentation_asymptotic",
+  "fused_noise_rms",
+  "relu_attention_stats",
 ]

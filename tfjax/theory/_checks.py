@@ -16,15 +16,13 @@ def _concrete(x):
   """``np.ndarray`` of ``x`` or ``None`` when ``x`` is a tracer (under jit)."""
   try:
     return np.asarray(x, dtype=np.float64)
-  except (jax.errors.TracerArrayConversionError,
-          jax.errors.ConcretizationTypeError):
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
     return None
   except (TypeError, ValueError) as e:
     raise TypeError(f"expected a real number or array, got {type(x).__name__}") from e
 
 
-def _check_range(name: str, x, lo=None, hi=None, *, lo_open=False,
-                 allow_inf=False) -> None:
+def _check_range(name: str, x, lo=None, hi=None, *, lo_open=False, allow_inf=False) -> None:
   v = _concrete(x)
   if v is None:
     return

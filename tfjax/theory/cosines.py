@@ -25,8 +25,13 @@ from tfjax.theory._checks import _check_choice, _check_range
 Array = jax.Array
 
 __all__ = [
-    "expected_cosine", "cosine_std", "margin_mean", "margin_std",
-    "win_probability", "max_augmentation", "max_augmentation_asymptotic",
+  "expected_cosine",
+  "cosine_std",
+  "margin_mean",
+  "margin_std",
+  "win_probability",
+  "max_augmentation",
+  "max_augmentation_asymptotic",
 ]
 
 _PAIRS = ("positive", "same_class", "other_class")
@@ -38,8 +43,7 @@ def _prep(sigma, s, rho, d):
   _check_range("s", s, 0.0)
   _check_range("rho", rho, -1.0, 1.0)
   _check_range("d", d, 0.0, lo_open=True, allow_inf=True)
-  sigma, s, rho, d = (jnp.asarray(x, dtype=jnp.result_type(float))
-                      for x in (sigma, s, rho, d))
+  sigma, s, rho, d = (jnp.asarray(x, dtype=jnp.result_type(float)) for x in (sigma, s, rho, d))
   return jnp.broadcast_arrays(sigma, s, rho, d)
 
 
@@ -55,8 +59,8 @@ def _triplet_moments(sigma, s, c, d):
   Cov(P_jk, P_lm) = [M_jl S_km + M_jm S_kl + M_kl S_jm + M_km S_jl
                      + S_jl S_km + S_jm S_kl] / d.
   """
-  alpha = sigma ** 2 + s ** 2
-  gamma = sigma ** 2
+  alpha = sigma**2 + s**2
+  gamma = sigma**2
   one, zero = jnp.ones_like(c), jnp.zeros_like(c)
   m = ((one, one, c), (one, one, c), (c, c, one))
   sm = ((alpha, gamma, zero), (gamma, alpha, zero), (zero, zero, alpha))
@@ -64,8 +68,15 @@ def _triplet_moments(sigma, s, c, d):
 
   def cov(x, y):
     (j, k), (l, mm) = x, y
-    return (m[j][l] * sm[k][mm] + m[j][mm] * sm[k][l] + m[k][l] * sm[j][mm]
-            + m[k][mm] * sm[j][l] + sm[j][l] * sm[k][mm] + sm[j][mm] * sm[k][l]) / d
+    return (
+      m[j][l] * sm[k][mm]
+      + m[j][mm] * sm[k][l]
+      + m[k][l] * sm[j][mm]
+      + m[k][mm] * sm[j][l]
+      + sm[j][l] * sm[k][mm]
+      + sm[j][mm] * sm[k][l]
+    ) / d
+
   return g, cov
 
 
@@ -77,10 +88,16 @@ def _cos_derivs(g, j, k):
   c0 = pjk / r
   jk, jj, kk = (j, k), (j, j), (k, k)
   grad = {jk: 1.0 / r, jj: -c0 / (2 * pjj), kk: -c0 / (2 * pkk)}
-  hess = {(jk, jj): -1.0 / (2 * pjj * r), (jj, jk): -1.0 / (2 * pjj * r),
-          (jk, kk): -1.0 / (2 * pkk * r), (kk, jk): -1.0 / (2 * pkk * r),
-          (jj, jj): 3 * c0 / (4 * pjj ** 2), (kk, kk): 3 * c0 / (4 * pkk ** 2),
-          (jj, kk): c0 / (4 * pjj * pkk), (kk, jj): c0 / (4 * pjj * pkk)}
+  hess = {
+    (jk, jj): -1.0 / (2 * pjj * r),
+    (jj, jk): -1.0 / (2 * pjj * r),
+    (jk, kk): -1.0 / (2 * pkk * r),
+    (kk, jk): -1.0 / (2 * pkk * r),
+    (jj, jj): 3 * c0 / (4 * pjj**2),
+    (kk, kk): 3 * c0 / (4 * pkk**2),
+    (jj, kk): c0 / (4 * pjj * pkk),
+    (kk, jj): c0 / (4 * pjj * pkk),
+  }
   return c0, grad, hess
 
 
@@ -105,8 +122,9 @@ def _pair_stats(sigma, s, rho, d, pair):
   return c0, jnp.maximum(_quad(grad, cov), 0.0), _half_trace(hess, cov)
 
 
-def expected_cosine(sigma, s, rho=0.0, d=jnp.inf, *, pair: str = "positive",
-                    bias_correction: bool = True) -> Array:
+def expected_cosine(
+  sigma, s, rho=0.0, d=jnp.inf, *, pair: str = "positive", bias_correction: bool = True
+) -> Array:
   """Expected cosine similarity of two rows (views) of a batch.
 
   Shapes: ``sigma, s, rho, d`` are scalars or arrays that broadcast together;
@@ -177,8 +195,9 @@ def _margin_stats(sigma, s, rho, d, versus):
   return cp - cn, jnp.maximum(var, 0.0), _half_trace(hdiff, cov)
 
 
-def margin_mean(sigma, s, rho=0.0, d=jnp.inf, *, versus: str = "other_class",
-                bias_correction: bool = True) -> Array:
+def margin_mean(
+  sigma, s, rho=0.0, d=jnp.inf, *, versus: str = "other_class", bias_correction: bool = True
+) -> Array:
   """Expected margin ``cos(a, b) - cos(a, e)`` (positive minus competitor).
 
   ``a, b`` are two views of one source, ``e`` a view of another source of the
@@ -236,8 +255,15 @@ def win_probability(sigma, s, rho=0.0, d=jnp.inf, *, versus: str = "other_class"
   return jax.scipy.special.ndtr(z)
 
 
-def max_augmentation(sigma, rho=0.0, d=1024.0, *, margin_z: float = 2.0,
-                     versus: str = "other_class", num_iters: int = 60) -> Array:
+def max_augmentation(
+  sigma,
+  rho=0.0,
+  d=1024.0,
+  *,
+  margin_z: float = 2.0,
+  versus: str = "other_class",
+  num_iters: int = 60,
+) -> Array:
   """Largest augmentation strength s at which positives still win clearly.
 
   Solves ``margin_mean(s) = z · margin_std(s)`` for s (leading-order mean and
@@ -269,8 +295,9 @@ def max_augmentation(sigma, rho=0.0, d=1024.0, *, margin_z: float = 2.0,
   _check_choice("versus", versus, _VERSUS)
   _check_range("margin_z", margin_z, 0.0, lo_open=True)
   sigma, _, rho, d = _prep(sigma, 0.0, rho, d)
-  return _max_aug_core(sigma, rho, d, jnp.asarray(margin_z, sigma.dtype),
-                       versus=versus, num_iters=num_iters)
+  return _max_aug_core(
+    sigma, rho, d, jnp.asarray(margin_z, sigma.dtype), versus=versus, num_iters=num_iters
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("versus", "num_iters"))
@@ -281,11 +308,12 @@ def _max_aug_core(sigma, rho, d, z, *, versus, num_iters):
 
   c = jnp.ones_like(rho) if versus == "same_class" else rho
   d_fin = jnp.where(jnp.isinf(d), 1.0, d)
-  s2 = (1.0 + sigma ** 2 - c) * jnp.sqrt(d_fin / 2.0) / z - (1.0 + sigma ** 2)
+  s2 = (1.0 + sigma**2 - c) * jnp.sqrt(d_fin / 2.0) / z - (1.0 + sigma**2)
   s_hi = jnp.maximum(2.0 * jnp.sqrt(jnp.maximum(s2, 0.0)), 1.0)
 
   def grow(_, hi):
     return jnp.where(gap(hi) > 0, 2.0 * hi, hi)
+
   s_hi = jax.lax.fori_loop(0, 30, grow, s_hi)
   lo = jnp.zeros_like(s_hi)
   ok0 = gap(lo) > 0
@@ -295,14 +323,16 @@ def _max_aug_core(sigma, rho, d, z, *, versus, num_iters):
     mid = 0.5 * (lo + hi)
     good = gap(mid) > 0
     return jnp.where(good, mid, lo), jnp.where(good, hi, mid)
+
   lo, hi = jax.lax.fori_loop(0, num_iters, body, (lo, s_hi))
   root = 0.5 * (lo + hi)
   root = jnp.where(ok0, root, 0.0)
   return jnp.where(jnp.isinf(d), jnp.inf, root)
 
 
-def max_augmentation_asymptotic(sigma, rho=0.0, d=1024.0, *, margin_z: float = 2.0,
-                                versus: str = "other_class") -> Array:
+def max_augmentation_asymptotic(
+  sigma, rho=0.0, d=1024.0, *, margin_z: float = 2.0, versus: str = "other_class"
+) -> Array:
   """Closed-form large-s approximation of :func:`max_augmentation`.
 
   For s ≫ 1 the views are noise-dominated and ``margin_std → sqrt(2/d)``, so
@@ -319,5 +349,5 @@ def max_augmentation_asymptotic(sigma, rho=0.0, d=1024.0, *, margin_z: float = 2
   _check_range("margin_z", margin_z, 0.0, lo_open=True)
   sigma, _, rho, d = _prep(sigma, 0.0, rho, d)
   c = jnp.ones_like(rho) if versus == "same_class" else rho
-  s2 = (1.0 + sigma ** 2 - c) * jnp.sqrt(d / 2.0) / margin_z - (1.0 + sigma ** 2)
+  s2 = (1.0 + sigma**2 - c) * jnp.sqrt(d / 2.0) / margin_z - (1.0 + sigma**2)
   return jnp.sqrt(jnp.maximum(s2, 0.0))

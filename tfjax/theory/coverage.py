@@ -23,8 +23,10 @@ import numpy as np
 from tfjax.theory._checks import _check_choice, _check_int, _check_range
 
 __all__ = [
-    "coverage_probability", "failure_probability",
-    "expected_uncovered_fraction", "min_batch_size",
+  "coverage_probability",
+  "failure_probability",
+  "expected_uncovered_fraction",
+  "min_batch_size",
 ]
 
 _MODES = ("supervised", "self_supervised", "semi_supervised")
@@ -58,19 +60,20 @@ def _exact_failure(n: int, k: int, lam: Fraction) -> Fraction:
   bk = b * k
   total = 0
   falling = 1  # n!/(n-j)!
-  binom = 1    # C(k, j)
+  binom = 1  # C(k, j)
   for j in range(0, min(k, n) + 1):
     if j > 0:
       falling *= n - j + 1
       binom = binom * (k - j + 1) // j
     rest = bk - j * a
-    term = binom * falling * a ** j * rest ** (n - j)
+    term = binom * falling * a**j * rest ** (n - j)
     total += -term if j % 2 else term
-  return 1 - Fraction(total, bk ** n)
+  return 1 - Fraction(total, bk**n)
 
 
-def failure_probability(n: int, num_classes: int, *, mode: str = "supervised",
-                        views: int = 2, label_fraction: float = 1.0) -> float:
+def failure_probability(
+  n: int, num_classes: int, *, mode: str = "supervised", views: int = 2, label_fraction: float = 1.0
+) -> float:
   """Probability that some row of a batch that needs a positive has none.
 
   Shapes: scalars in, Python ``float`` out. Host-side (exact rational
@@ -112,8 +115,9 @@ def failure_probability(n: int, num_classes: int, *, mode: str = "supervised",
   return float(_exact_failure(n, k, lam))
 
 
-def coverage_probability(n: int, num_classes: int, *, mode: str = "supervised",
-                         views: int = 2, label_fraction: float = 1.0) -> float:
+def coverage_probability(
+  n: int, num_classes: int, *, mode: str = "supervised", views: int = 2, label_fraction: float = 1.0
+) -> float:
   """Probability that every row that needs a positive has at least one.
 
   ``1 - failure_probability(...)``; see :func:`failure_probability` for the
@@ -132,9 +136,9 @@ def coverage_probability(n: int, num_classes: int, *, mode: str = "supervised",
   return float(1 - _exact_failure(n, k, lam))
 
 
-def expected_uncovered_fraction(n: int, num_classes: int, *,
-                                mode: str = "supervised", views: int = 2,
-                                label_fraction: float = 1.0) -> float:
+def expected_uncovered_fraction(
+  n: int, num_classes: int, *, mode: str = "supervised", views: int = 2, label_fraction: float = 1.0
+) -> float:
   """Expected fraction of the n rows that have no positive (excluded rows).
 
   Shapes: scalars in, ``float`` out. Math (docs/theory.md §1.3), by linearity
@@ -158,9 +162,15 @@ def expected_uncovered_fraction(n: int, num_classes: int, *,
   return (1.0 - lam_f) + lam_f * (1.0 - lam_f / k) ** (n - 1)
 
 
-def min_batch_size(num_classes: int, delta: float, *, mode: str = "supervised",
-                   views: int = 2, label_fraction: float = 1.0,
-                   n_max: int = 1_000_000) -> int:
+def min_batch_size(
+  num_classes: int,
+  delta: float,
+  *,
+  mode: str = "supervised",
+  views: int = 2,
+  label_fraction: float = 1.0,
+  n_max: int = 1_000_000,
+) -> int:
   """Smallest n such that every batch size ``m ≥ n`` fails with prob. ≤ δ.
 
   Shapes: scalars in, ``int`` out. Host-side (exact arithmetic).

@@ -25,8 +25,7 @@ Array = jax.Array
 __all__ = ["fused_noise_rms", "relu_attention_stats"]
 
 
-def fused_noise_rms(sigma, m, *, leak=0.0, m_other=None, rho=0.0,
-                    num_classes=None) -> Array:
+def fused_noise_rms(sigma, m, *, leak=0.0, m_other=None, rho=0.0, num_classes=None) -> Array:
   """RMS distance of a fused row from its own class centre, ``sqrt(E‖f - μ_y‖²)``.
 
   The fused feature of row i is ``f_i = Σ_j A_ij x_j`` (one fusion layer with
@@ -76,12 +75,13 @@ def fused_noise_rms(sigma, m, *, leak=0.0, m_other=None, rho=0.0,
   _check_range("num_classes", num_classes, 2.0)
   kc, rc = _concrete(num_classes), _concrete(rho)
   if kc is not None and rc is not None and np.any(rc < -1.0 / (kc - 1.0) - 1e-12):
-    raise ValueError(f"rho must be >= -1/(num_classes-1) for {num_classes} "
-                     f"equicorrelated centres, got {rho!r}")
-  sigma, m, leak, m_other, rho, k = (jnp.asarray(x, jnp.result_type(float)) for x in
-                                     (sigma, m, leak, m_other, rho, num_classes))
-  var = (sigma ** 2 * ((1 - leak) ** 2 / m + leak ** 2 / m_other)
-         + leak ** 2 * (1 - rho) * k / (k - 1))
+    raise ValueError(
+      f"rho must be >= -1/(num_classes-1) for {num_classes} equicorrelated centres, got {rho!r}"
+    )
+  sigma, m, leak, m_other, rho, k = (
+    jnp.asarray(x, jnp.result_type(float)) for x in (sigma, m, leak, m_other, rho, num_classes)
+  )
+  var = sigma**2 * ((1 - leak) ** 2 / m + leak**2 / m_other) + leak**2 * (1 - rho) * k / (k - 1)
   return jnp.sqrt(var)
 
 
@@ -90,15 +90,13 @@ def _relu_moments(mu, sd):
   safe = jnp.where(sd > 0, sd, 1.0)
   t = mu / safe
   cdf = jax.scipy.special.ndtr(t)
-  pdf = jnp.exp(-0.5 * t ** 2) / jnp.sqrt(2 * jnp.pi)
+  pdf = jnp.exp(-0.5 * t**2) / jnp.sqrt(2 * jnp.pi)
   m1 = jnp.where(sd > 0, mu * cdf + sd * pdf, jnp.maximum(mu, 0.0))
-  m2 = jnp.where(sd > 0, (mu ** 2 + sd ** 2) * cdf + mu * sd * pdf,
-                 jnp.maximum(mu, 0.0) ** 2)
+  m2 = jnp.where(sd > 0, (mu**2 + sd**2) * cdf + mu * sd * pdf, jnp.maximum(mu, 0.0) ** 2)
   return m1, m2
 
 
-def relu_attention_stats(sigma, rho, d, n_same, n_other, *, s=0.0
-                         ) -> Tuple[Array, Array, Array]:
+def relu_attention_stats(sigma, rho, d, n_same, n_other, *, s=0.0) -> Tuple[Array, Array, Array]:
   """Predicted leak and effective neighbour counts of one ReLU-cosine row.
 
   Row i of ``A = rownorm(relu(cos(X, X)) with zero diagonal)`` over a batch with
@@ -132,6 +130,6 @@ def relu_attention_stats(sigma, rho, d, n_same, n_other, *, s=0.0
   r1o, r2o = _relu_moments(co, jnp.sqrt(vo))
   tot = n_same * r1s + n_other * r1o
   leak = jnp.where(tot > 0, n_other * r1o / jnp.where(tot > 0, tot, 1.0), 0.0)
-  m_s = jnp.where(r2s > 0, n_same * r1s ** 2 / jnp.where(r2s > 0, r2s, 1.0), n_same)
-  m_o = jnp.where(r2o > 0, n_other * r1o ** 2 / jnp.where(r2o > 0, r2o, 1.0), n_other)
+  m_s = jnp.where(r2s > 0, n_same * r1s**2 / jnp.where(r2s > 0, r2s, 1.0), n_same)
+  m_o = jnp.where(r2o > 0, n_other * r1o**2 / jnp.where(r2o > 0, r2o, 1.0), n_other)
   return leak, m_s, m_o
