@@ -31,34 +31,12 @@ import numpy as np
 from experiments import runs
 from experiments.common import cli
 from experiments.report import markdown_table, mean_std, pm, pyplot, save, write_report
-from experiments.configs.lr_sweep import BACKBONE
+from experiments.configs.lr_sweep import BACKBONE, EXPERIMENT_FIELDS, PAPER
 from tfjax import methods
 
-# The CLOA draft's Table 3: best top-1 over the sweep at 10 / 50 / 100 %
-# labels, without and with OAR (ResNet-18, CIFAR-10, 100 + 100 epochs, FFN
-# head).  Keyed by registry name.
-PAPER = {
-  "info_nce": ((0.315, 0.407, 0.438), (0.686, 0.694, 0.701)),
-  "dcl": ((0.351, 0.429, 0.488), (0.652, 0.663, 0.679)),
-  "barlow_twins": ((0.415, 0.502, 0.539), (0.676, 0.697, 0.700)),
-  "vicreg": ((0.420, 0.467, 0.524), (0.663, 0.673, 0.691)),
-}
 FINETUNE = ("finetune@0.1", "finetune@0.5", "finetune@1")
 METRICS = FINETUNE + ("knn", "variance", "min_variance", "feature_variance")
 COLLAPSING = ("info_nce", "dcl")  # the losses CLOA says collapse
-# The sweep's own fields (experiments/configs/lr_sweep.py), not a run's.
-EXPERIMENT_FIELDS = (
-  "datasets",
-  "losses",
-  "lrs",
-  "extend_to",
-  "seeds",
-  "sweep_validation_fraction",
-  "oar",
-  "collapse_variance",
-  "max_train_examples",
-  "max_test_examples",
-)
 CURVE_KEYS = (
   "embedding_variance",
   "param_norm",

@@ -83,6 +83,22 @@ BACKBONE = {
   "subspaces_tiny": ("mlp", {"hidden": (32,), "out_features": 16}),
 }
 
+# The CLOA draft's Table 3 (experiments/lr_sweep.py shows it beside ours): best top-1 over
+# the sweep at 10 / 50 / 100 % labels, without and with OAR (ResNet-18, CIFAR-10, 100 + 100
+# epochs, FFN head).  Keyed by registry name.
+PAPER = {
+  "info_nce": ((0.315, 0.407, 0.438), (0.686, 0.694, 0.701)),
+  "dcl": ((0.351, 0.429, 0.488), (0.652, 0.663, 0.679)),
+  "barlow_twins": ((0.415, 0.502, 0.539), (0.676, 0.697, 0.700)),
+  "vicreg": ((0.420, 0.467, 0.524), (0.663, 0.673, 0.691)),
+}
+
+# The sweep's own fields (set below), which a run's training config does not hold.
+EXPERIMENT_FIELDS = (
+  "datasets losses lrs extend_to seeds sweep_validation_fraction oar collapse_variance "
+  "max_train_examples max_test_examples"
+).split()
+
 FULL_LRS = ",".join(f"1e{e}" for e in range(-7, 0)) + ",1"  # CLOA's decades 1e-7 … 1
 
 SIZES = {
