@@ -54,7 +54,6 @@ from tfjax.theory.coverage import (
   failure_probability,
   min_batch_size,
 )
-from tfjax.theory.fusion import fused_noise_rms, relu_attention_stats
 from tfjax.theory.empirical import (
   accuracy_tolerance,
   empirical_cosines,
@@ -63,6 +62,7 @@ from tfjax.theory.empirical import (
   measured_min,
   sample_sources,
 )
+from tfjax.theory.fusion import fused_noise_rms, relu_attention_stats
 
 __all__ = [
   "coverage_probability",
