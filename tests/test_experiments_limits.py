@@ -15,7 +15,7 @@ from tfjax import theory
 def test_equicorrelated_centres_exact():
   rng = np.random.default_rng(3)
   for k, d, rho in ((4, 16, 0.3), (5, 8, -0.25), (3, 3, 0.0)):
-    c = limits.equicorrelated_centres(rng, k, d, rho).astype(np.float64)
+    c = theory.equicorrelated_centres(rng, k, d, rho).astype(np.float64)
     gram = c @ c.T
     want = np.full((k, k), rho)
     np.fill_diagonal(want, 1.0)
@@ -26,19 +26,19 @@ def test_measured_limits_operational_definitions():
   values = [1, 2, 3, 4, 5]
   accs = [0.70, 0.80, 0.79, 0.60, 0.78]
   # largest value within tol of the best (0.80): 5 (0.78 ≥ 0.77)
-  assert limits.measured_max(values, accs, 0.02) == 5
-  assert limits.measured_max(values, accs, 0.005) == 2
+  assert theory.measured_max(values, accs, 0.02) == 5
+  assert theory.measured_max(values, accs, 0.005) == 2
   # smallest value from which on all larger values pass: only 5 passes at the end
-  assert limits.measured_min(values, accs, 0.02) == 5
-  assert limits.measured_min(values, [0.5, 0.79, 0.8, 0.795, 0.8], 0.02) == 2
-  assert limits.tolerance(0.5, 100, 0.02) == pytest.approx(0.1)
-  assert limits.tolerance(1.0, 100, 0.02) == 0.02
+  assert theory.measured_min(values, accs, 0.02) == 5
+  assert theory.measured_min(values, [0.5, 0.79, 0.8, 0.795, 0.8], 0.02) == 2
+  assert theory.accuracy_tolerance(0.5, 100, 0.02) == pytest.approx(0.1)
+  assert theory.accuracy_tolerance(1.0, 100, 0.02) == 0.02
 
 
 def test_empirical_cosines_match_theory():
   rng = np.random.default_rng(0)
-  c = limits.equicorrelated_centres(rng, 4, 256, 0.2)
-  cp, co = limits.empirical_cosines(rng, c, 1.0, 1.5, n=4000)
+  c = theory.equicorrelated_centres(rng, 4, 256, 0.2)
+  cp, co = theory.empirical_cosines(rng, c, 1.0, 1.5, n=4000)
   # SE of a mean cosine over 4000 pairs at d=256 is < 0.002
   assert cp == pytest.approx(float(theory.expected_cosine(1.0, 1.5, 0.2, 256.0)), abs=0.01)
   assert co == pytest.approx(
@@ -71,8 +71,8 @@ def test_grid_point_configs_are_valid_and_views_follow_the_model():
   assert np.mean(np.sum(diff**2, 1)) == pytest.approx(s**2, rel=0.02)
   # Sources: labels i.i.d. uniform (not balanced), noise of norm σ.
   rng = np.random.default_rng(0)
-  c = limits.equicorrelated_centres(rng, 4, d, 0.0)
-  xs, ys = limits.sample_sources(rng, c, 2.0, 4000)
+  c = theory.equicorrelated_centres(rng, 4, d, 0.0)
+  xs, ys = theory.sample_sources(rng, c, 2.0, 4000)
   assert xs.dtype == np.float32 and set(np.unique(ys)) == {0, 1, 2, 3}
   assert np.mean(np.sum((xs - c[ys]) ** 2, 1)) == pytest.approx(4.0, rel=0.02)
   assert limits.num_sources(cfg) == cfg.num_steps * cfg.batch_size

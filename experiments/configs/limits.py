@@ -34,6 +34,54 @@ import ml_collections
 
 from tfjax.config import base_config
 
+# The notes of results.md: what the numbers do and do not show, and this
+# experiment's own choices; ``experiments.limits`` fills in each run's numbers
+# (``str.format`` fields).
+NOTES = """\
+* **Coverage (exact combinatorics).** The measured fraction of training rows
+  without a positive (the training step's `rows_without_positive`, every
+  step) and of batches with such a row follow
+  `expected_uncovered_fraction` / `failure_probability` {within}
+  (largest gaps {cov_err:.4f} and {fail_err:.4f}; SE ≤ {cov_se:.4f}); this part of the theory is exact and is
+  only a check that the loss sees the batches the theory describes.  In the
+  self-supervised sweep (2 views) no row ever lacked a positive, as predicted.
+* **Augmentation limit: measured {s_meas:g} (bracket {s_bracket}) vs predicted
+  {s_pred:.2f} — they {agree_s} to the grid's resolution.**  Do not read
+  more into this than it holds: the prediction is for cosines of *raw* views in
+  d = {config.model.dim} (docs/theory.md §4), while the network compares learned
+  projections whose effective dimension and noise differ; the measured limit
+  also depends on the tolerance ({config.tol_abs} absolute or 2 binomial SE,
+  whichever is larger), the grid, the training length and one seed.
+  Accuracy is not monotone in s: weak augmentation lets the self-supervised
+  loss identify sources by their own within-class noise σu, so the encoder
+  keeps that noise (low kNN accuracy); strong augmentation drowns the
+  positive (the JSD approaches its uniform-adjacency value and accuracy
+  falls toward the untrained encoder's).  The best learned representation
+  ({best_aug:.3f}) stays below kNN on the raw input ({baselines[raw]:.3f}):
+  short training, and instance discrimination is not class discrimination.
+* **Batch-size limit: measured {n_meas} (bracket {n_bracket}) vs predicted
+  n_min(K, δ={config.delta}) = {n_pred} — they {agree_n} (within a factor 1.5).**
+  The prediction is a coverage statement (P(some row has no positive) ≤ δ);
+  accuracy at fixed steps also rises with n because a larger batch shows more
+  samples and more positive pairs per step, so the measured plateau mixes
+  coverage with data quantity; δ itself is a free choice that moves n_min
+  (docs/theory.md §1.5: roughly K log(K/δ)).
+* **Deviations (our choices).** The head uses the shifted leaky-ReLU
+  activation (`head.activation="{config.head.activation}"`; see
+  `tfjax.attention`): with plain ReLU, self-supervised training with one
+  positive per row fell to the uniform-adjacency stationary point (seen at
+  s = 1 in the quick setting: after ~120 steps every row's off-diagonal
+  scores were ≤ 0, so every adjacency row is uniform, the JSD is stuck at its
+  uniform value and no gradient flows back); run with
+  `--config.head.activation=relu` to see it.  Q and K start tied
+  (`head.tie_qk_init=True`) for the same reason.  AdamW without weight decay
+  (i.e. Adam) at a constant rate, the learning rate, the encoder and the
+  number of steps are ours.  The training sources of a grid point are a
+  finite generated set of {sources} (augmentation sweep; the
+  batch sweep's is `num_steps × n`, capped at {config.max_sources}), drawn
+  without replacement within an epoch, so each source is seen about once;
+  the views are made fresh at every step."""
+
 
 def get_config(arg: str = ""):
   c = base_config()

@@ -19,8 +19,8 @@ Model (ours; ``docs/theory.md`` §0):
   (:func:`tfjax.attention.adjacency`): cosine similarity, then ReLU, zero
   diagonal, row normalisation.
 
-Three groups of functions, one submodule each (all re-exported here, so
-``tfjax.theory.max_augmentation`` etc. work as before):
+Four groups of functions, one submodule each (all re-exported here, so
+``tfjax.theory.max_augmentation`` etc. work):
 
 1. :mod:`tfjax.theory.coverage` — positive coverage vs batch size (exact,
    host-side Python/NumPy on integers): :func:`coverage_probability`,
@@ -33,6 +33,10 @@ Three groups of functions, one submodule each (all re-exported here, so
    :func:`max_augmentation_asymptotic`.
 3. :mod:`tfjax.theory.fusion` — noise after one ReLU-fusion layer
    (jit-able ``jnp``): :func:`fused_noise_rms`, :func:`relu_attention_stats`.
+4. :mod:`tfjax.theory.empirical` — samples of the model and the measured
+   limits of §5 (host-side NumPy): :func:`equicorrelated_centres`,
+   :func:`sample_sources`, :func:`empirical_cosines`, :func:`measured_max`,
+   :func:`measured_min`, :func:`accuracy_tolerance`.
 """
 
 from tfjax.theory.cosines import (
@@ -50,6 +54,14 @@ from tfjax.theory.coverage import (
   failure_probability,
   min_batch_size,
 )
+from tfjax.theory.empirical import (
+  accuracy_tolerance,
+  empirical_cosines,
+  equicorrelated_centres,
+  measured_max,
+  measured_min,
+  sample_sources,
+)
 from tfjax.theory.fusion import fused_noise_rms, relu_attention_stats
 
 __all__ = [
@@ -66,4 +78,10 @@ __all__ = [
   "max_augmentation_asymptotic",
   "fused_noise_rms",
   "relu_attention_stats",
+  "equicorrelated_centres",
+  "sample_sources",
+  "empirical_cosines",
+  "measured_max",
+  "measured_min",
+  "accuracy_tolerance",
 ]
