@@ -15,6 +15,15 @@ os.environ.setdefault(
   "TFDS_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", ".tfds_test_data")
 )
 
+# XLA's compiled programs kept on disk and shared by the suite's processes
+# (subprocesses inherit these variables): library runs free their programs
+# after each run, and many tests compile the same small ones again.
+os.environ.setdefault(
+  "JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".jax_test_cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
