@@ -20,6 +20,7 @@ from tfjax.blockwise import blockwise_attention, blockwise_jsd_loss
 from tfjax.models import AdjacencyBlock, FusionBlock, TransFusionHead
 from tfjax.deep_fusion import DeepFusionBlock, DeepFusionHead
 from tfjax import diagnostics, losses, theory  # noqa: E402  (pure JAX; no TensorFlow)
+from tfjax import builtin_methods  # noqa: F401  (registers the built-in methods)
 
 __version__ = "0.1.0"
 
