@@ -9,7 +9,8 @@ Models (:class:`TransFusionHead`, the paper's v2 :class:`DeepFusionHead`,
 backbones), losses, data, training and
 evaluation live in submodules (``tfjax.models``, ``tfjax.losses``,
 ``tfjax.data``, ``tfjax.train``, ``tfjax.evaluation``).  :func:`load_run`
-loads a finished run from its work directory (``tfjax.loading``).
+loads a finished run from its work directory (``tfjax.loading``) as a
+:class:`Run` (``tfjax.run``).
 """
 
 from tfjax.affinity import jsd_loss, positive_mask, row_jsd, target_affinity, valid_rows
@@ -55,7 +56,7 @@ __all__ = [
 
 # Loaded on first use: they import orbax, optax and the data registry, which
 # ``import tfjax`` does not.
-_LAZY = {"load_run": "tfjax.loading", "Run": "tfjax.loading"}
+_LAZY = {"load_run": "tfjax.loading", "Run": "tfjax.run"}
 
 
 def __getattr__(name):
