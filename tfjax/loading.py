@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from tfjax.run import Run
-from tfjax.workdir import WorkdirError
+from tfjax.workdir_access import WorkdirError
 
 __all__ = ["RunLoadError", "load_run"]
 
