@@ -30,7 +30,8 @@ from tfjax import diagnostics, losses
 from tfjax.affinity import target_affinity
 from tfjax.attention import LEAKY_SLOPE, ROW_EPS
 from tfjax.blockwise import blockwise_attention, blockwise_jsd_loss
-from tfjax.models import FusionBlock, TransFusionHead
+from tfjax.fusion_blocks import FusionBlock
+from tfjax.models import TransFusionHead
 
 LOG2 = float(np.log(2.0))
 

@@ -18,7 +18,8 @@ from tfjax.attention import adjacency, cosine_similarity, relu_attention
 from tfjax.normalize import l2_normalize
 from tfjax.backbones import CNN1D, MLP, ResNet18, SmallCNN, get_backbone
 from tfjax.blockwise import blockwise_attention, blockwise_jsd_loss
-from tfjax.models import AdjacencyBlock, FusionBlock, TransFusionHead
+from tfjax.fusion_blocks import AdjacencyBlock, FusionBlock
+from tfjax.models import TransFusionHead
 from tfjax.deep_fusion import DeepFusionBlock, DeepFusionHead
 from tfjax import diagnostics, losses, theory  # noqa: E402  (pure JAX; no TensorFlow)
 from tfjax import builtin_methods  # noqa: F401  (registers the built-in methods)

@@ -20,7 +20,7 @@ x ← x + FFN(LN(x)).  There is no dropout (the authors' attention and FFN have
 none).
 
 Under ``jax.pmap`` with ``axis_name`` every block all-gathers its keys and
-values (:func:`tfjax.models.gather_batch`), so each device computes its rows
+values (:func:`tfjax.fusion_blocks.gather_batch`), so each device computes its rows
 of attention over the *global* batch, and :meth:`DeepFusionHead.loss`
 reduces NT-Xent over the global batch: one device and several give the same
 numbers.
@@ -42,7 +42,7 @@ import jax.numpy as jnp
 
 from tfjax.blockwise import DEFAULT_BLOCK_SIZE
 from tfjax.losses import info_nce
-from tfjax.models import IMPLEMENTATIONS, gather_batch
+from tfjax.fusion_blocks import IMPLEMENTATIONS, gather_batch
 
 Array = jax.Array
 
