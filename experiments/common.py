@@ -76,7 +76,7 @@ def cli(
   ``run(config, workdir, progress=...)`` is called with the loaded,
   overridden config and the work directory (default
   ``workdirs/NAME[_ARG]``), once the work directory is known to be writable
-  and is locked for this command (``tfjax.workdir.lock``: a second command
+  and is locked for this command (``tfjax.workdir_access.lock``: a second command
   in it stops at once); ``--overwrite`` first deletes what earlier runs
   wrote there (``tfjax.workdir.clear_tree``).  A ``--config.FIELD``
   override that every run of the config's ``runs`` (those of ``compare``)
@@ -167,6 +167,7 @@ def cli(
       use_low_memory_cpu_scheduler(fv.xla_cpu_scheduler)
     from tfjax import distributed
     from tfjax import workdir as workdirs
+    from tfjax import workdir_access
 
     distributed.initialize(
       fv.coordinator_address, fv.num_processes, fv.process_id
@@ -177,8 +178,8 @@ def cli(
     with contextlib.ExitStack() as held:
 
       def prepare():
-        workdirs.check_writable(workdir)
-        held.enter_context(workdirs.lock(workdir))
+        workdir_access.check_writable(workdir)
+        held.enter_context(workdir_access.lock(workdir))
         if fv.overwrite:
           removed = workdirs.clear_tree(workdir)
           print(
@@ -188,7 +189,7 @@ def cli(
             flush=True,
           )
 
-      workdirs.agree(prepare)
+      workdir_access.agree(prepare)
       cache = os.path.join(workdir, COMPILATION_CACHE) if config.get("compilation_cache") else None
       with compilation_cache(cache):
         return run(config, workdir, progress=fv.progress)

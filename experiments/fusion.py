@@ -43,7 +43,8 @@ import numpy as np
 
 from experiments.common import cli
 from experiments.report import pyplot, write_results
-from tfjax.models import FusionBlock, TransFusionHead
+from tfjax.fusion_blocks import FusionBlock
+from tfjax.models import TransFusionHead
 
 
 def unit_centres(rng, num_classes, dim):

@@ -26,11 +26,12 @@ import numpy as np
 import pytest
 
 import tfjax
-from tfjax import diagnostics, losses
+from tfjax import diagnostics, losses, plots
 from tfjax.affinity import target_affinity
 from tfjax.attention import LEAKY_SLOPE, ROW_EPS
 from tfjax.blockwise import blockwise_attention, blockwise_jsd_loss
-from tfjax.models import FusionBlock, TransFusionHead
+from tfjax.fusion_blocks import FusionBlock
+from tfjax.models import TransFusionHead
 
 LOG2 = float(np.log(2.0))
 
@@ -823,22 +824,22 @@ CASES = [
   ),
   (
     "plot_spectrum([])",
-    lambda: diagnostics.plot_spectrum([], "/nonexistent/never.png"),
+    lambda: plots.plot_spectrum([], "/nonexistent/never.png"),
     Raises(ValueError, "empty"),
   ),
   (
     "plot_spectrum({})",
-    lambda: diagnostics.plot_spectrum({}, "/nonexistent/never.png"),
+    lambda: plots.plot_spectrum({}, "/nonexistent/never.png"),
     Raises(ValueError, "at least one spectrum"),
   ),
   (
     "plot_spectrum with NaN",
-    lambda: diagnostics.plot_spectrum([1.0, np.nan], "/nonexistent/n.png"),
+    lambda: plots.plot_spectrum([1.0, np.nan], "/nonexistent/n.png"),
     Raises(ValueError, "NaN/inf"),
   ),
   (
     "plot_affinity_heatmap empty",
-    lambda: diagnostics.plot_affinity_heatmap(np.zeros((0, 0)), [], "/nonexistent/n.png"),
+    lambda: plots.plot_affinity_heatmap(np.zeros((0, 0)), [], "/nonexistent/n.png"),
     Raises(ValueError, "empty"),
   ),
   (

@@ -43,7 +43,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from tests.test_train import tiny_config, toy_data
-from tfjax import evaluation, train, workdir as workdirs
+from tfjax import evaluation, train, workdir as workdirs, workdir_access
 from tfjax.checkpoint import Checkpointer, CheckpointError, CheckpointWarning
 from tfjax.data.registry import DatasetNotFoundError
 from tfjax.metrics import MetricsWarning, read_metrics
@@ -102,7 +102,7 @@ class Ctx:
   def copy_finished(self) -> str:
     """A copy of the finished 4-step run (checkpoints 2 and 4) in ``self.dir``."""
     shutil.copytree(self._finished["dir"], self.dir)
-    os.remove(os.path.join(self.dir, workdirs.LOCK_FILE))
+    os.remove(os.path.join(self.dir, workdir_access.LOCK_FILE))
     return self.dir
 
   @property
@@ -187,7 +187,7 @@ def hold_lock(workdir):
   """A process holding ``workdir``'s lock (kill it when done)."""
   os.makedirs(workdir, exist_ok=True)
   proc = subprocess.Popen(
-    [sys.executable, "-c", _HOLD, os.path.join(workdir, workdirs.LOCK_FILE)],
+    [sys.executable, "-c", _HOLD, os.path.join(workdir, workdir_access.LOCK_FILE)],
     stdout=subprocess.PIPE,
     text=True,
   )
@@ -202,7 +202,7 @@ def lock_is_free(workdir) -> bool:
   )
   return (
     subprocess.run(
-      [sys.executable, "-c", code, os.path.join(workdir, workdirs.LOCK_FILE)]
+      [sys.executable, "-c", code, os.path.join(workdir, workdir_access.LOCK_FILE)]
     ).returncode
     == 0
   )
@@ -354,7 +354,7 @@ def _after_thread(ctx):
   assert ctx.refused_after < 5, ctx.refused_after  # at once
   steps = [r["step"] for r in read_metrics(os.path.join(ctx.dir, "metrics.jsonl"))]
   assert steps == sorted(set(steps)) and steps[-1] == 4, steps
-  assert not workdirs._HELD and lock_is_free(ctx.dir)
+  assert not workdir_access._HELD and lock_is_free(ctx.dir)
 
 
 def _killed_holder(ctx):
@@ -841,13 +841,13 @@ CASES = [
   (
     "second run while another holds the work directory",
     _busy,
-    Raises(workdirs.WorkdirBusyError, "is in use by another run (pid held by the test)"),
+    Raises(workdir_access.WorkdirBusyError, "is in use by another run (pid held by the test)"),
   ),
   (
     "second thread of the same process in a busy work directory",
     _second_thread,
     Raises(
-      workdirs.WorkdirBusyError,
+      workdir_access.WorkdirBusyError,
       f"is in use by another run (pid {os.getpid()} since ",
       _after_thread,
     ),
@@ -942,7 +942,7 @@ CASES = [
   (
     "unwritable work directory (no data read)",
     _before_compute(fast(), data=None, workdir=_file_parent),
-    Raises(workdirs.WorkdirError, "is not writable: Not a directory"),
+    Raises(workdir_access.WorkdirError, "is not writable: Not a directory"),
   ),
   (
     "real dataset not downloaded (no data read)",

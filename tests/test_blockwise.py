@@ -22,7 +22,8 @@ import pytest
 from tfjax.affinity import jsd_loss, target_affinity
 from tfjax.attention import adjacency, relu_attention
 from tfjax.blockwise import blockwise_attention, blockwise_jsd_loss, blockwise_row_jsd
-from tfjax.models import AdjacencyBlock, FusionBlock, TransFusionHead
+from tfjax.fusion_blocks import AdjacencyBlock, FusionBlock
+from tfjax.models import TransFusionHead
 
 ACTS = ("relu", "sigmoid", "leaky_relu")
 

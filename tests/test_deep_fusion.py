@@ -21,12 +21,8 @@ from absl.testing import parameterized
 
 from tfjax import methods
 from tfjax.config import base_config
-from tfjax.deep_fusion import (
-  DeepFusionBlock,
-  DeepFusionHead,
-  blockwise_softmax_attention,
-  softmax_attention,
-)
+from tfjax.deep_fusion import DeepFusionBlock, DeepFusionHead
+from tfjax.softmax_attention import blockwise_softmax_attention, softmax_attention
 from tfjax.config import validate
 from tfjax.state import build_network
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from absl.testing import absltest
 
-from tfjax import diagnostics as dg
+from tfjax import diagnostics as dg, plots
 
 
 def _unit(z):
@@ -121,9 +121,9 @@ def test_pngs_are_written(tmp_path):
   z = rng.normal(size=(10, 6)).astype(np.float32)
   y = rng.integers(0, 3, size=10).astype(np.int32)
   c, ys = dg.class_ordered_affinity(z, y)
-  p1 = dg.plot_affinity_heatmap(c, ys, tmp_path / "sub" / "heat.png", title="test")
-  p2 = dg.plot_spectrum(dg.singular_values(z), tmp_path / "spec.png")
-  p3 = dg.plot_spectrum(
+  p1 = plots.plot_affinity_heatmap(c, ys, tmp_path / "sub" / "heat.png", title="test")
+  p2 = plots.plot_spectrum(dg.singular_values(z), tmp_path / "spec.png")
+  p3 = plots.plot_spectrum(
     {"random": dg.singular_values(z), "collapsed": np.array([3.0, 0.0, 0.0])},
     tmp_path / "spec2.png",
     normalize=False,
@@ -169,7 +169,7 @@ def test_errors():
   with pytest.raises(ValueError, match="num_classes"):
     dg.per_class_variance(z, np.zeros(4, np.int32), 0)
   with pytest.raises(ValueError, match="square"):
-    dg.plot_affinity_heatmap(np.ones((2, 3)), np.zeros(2), "never.png")
+    plots.plot_affinity_heatmap(np.ones((2, 3)), np.zeros(2), "never.png")
 
 
 if __name__ == "__main__":

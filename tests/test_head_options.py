@@ -130,7 +130,7 @@ class ProjectionTest(chex.TestCase):
 
 def test_config_accepts_every_projection():
   from tfjax.config import base_config, validate
-  from tfjax.models import PROJECTIONS
+  from tfjax.fusion_blocks import PROJECTIONS
   from tfjax.state import build_network
 
   assert PROJECTIONS == ("learned", "tied", "norm", "none")

@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from tfjax.models import FusionBlock, TransFusionHead
+from tfjax.fusion_blocks import FusionBlock
+from tfjax.models import TransFusionHead
 
 
 def clusters(key, num_clusters, per_cluster, dim, noise):

@@ -1,4 +1,5 @@
-"""tfjax.workdir: the remembered config, the lock, clearing, fingerprints, data checks."""
+"""tfjax.workdir and tfjax.workdir_access: the remembered config, the lock, clearing,
+fingerprints, data checks."""
 
 import json
 import os
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.test_train import tiny_config, toy_data
-from tfjax import rerun, workdir as wd
+from tfjax import rerun, workdir as wd, workdir_access as access
 from tfjax.config import validate
 from tfjax.rerun import suggest_fields
 from tfjax.data import pipeline
@@ -124,7 +125,7 @@ def test_run_directory_refuses_other_config_in_one_line(tmp_path):
   # Lowering num_steps is refused; the lock is free again after a refusal.
   with pytest.raises(wd.ConfigMismatchError, match="num_steps 9 -> 7"):
     wd.RunDirectory(d, tiny_config(learning_rate=5.0, num_steps=7)).__enter__()
-  assert not wd._HELD
+  assert not access._HELD
 
 
 def test_raising_num_steps_of_a_constant_schedule_says_nothing(tmp_path):
@@ -167,18 +168,20 @@ _TRY = (
 
 
 def _free_elsewhere(d):
-  return subprocess.run([sys.executable, "-c", _TRY, os.path.join(d, wd.LOCK_FILE)]).returncode == 0
+  return (
+    subprocess.run([sys.executable, "-c", _TRY, os.path.join(d, access.LOCK_FILE)]).returncode == 0
+  )
 
 
 def test_lock_is_exclusive_reentrant_and_released_on_error(tmp_path):
   d = str(tmp_path)
   with pytest.raises(ZeroDivisionError):
-    with wd.lock(d):
-      with wd.lock(d):  # re-entrant in this process
+    with access.lock(d):
+      with access.lock(d):  # re-entrant in this process
         assert not _free_elsewhere(d)  # ...exclusive across processes
       assert not _free_elsewhere(d)  # the outer hold remains
       1 / 0
-  assert _free_elsewhere(d) and not wd._HELD
+  assert _free_elsewhere(d) and not access._HELD
 
 
 def test_second_process_is_refused_at_once(tmp_path):
@@ -189,7 +192,7 @@ def test_second_process_is_refused_at_once(tmp_path):
       "-c",
       _TRY + "; f.write('pid 1 since now'); f.flush(); "
       "print('locked', flush=True); import time; time.sleep(600)",
-      os.path.join(d, wd.LOCK_FILE),
+      os.path.join(d, access.LOCK_FILE),
     ],
     stdout=subprocess.PIPE,
     text=True,
@@ -198,18 +201,18 @@ def test_second_process_is_refused_at_once(tmp_path):
     assert holder.stdout.readline().strip() == "locked"
     t0 = time.time()
     with pytest.raises(
-      wd.WorkdirBusyError,
+      access.WorkdirBusyError,
       match=r"is in use by another run "
       r"\(pid 1 since now\); wait for it",
     ):
-      with wd.lock(d):
+      with access.lock(d):
         pass
     assert time.time() - t0 < 1.0
   finally:
     holder.kill()
     holder.wait()
-  with wd.lock(d):  # the killed holder left no lock
-    with open(os.path.join(d, wd.LOCK_FILE)) as f:
+  with access.lock(d):  # the killed holder left no lock
+    with open(os.path.join(d, access.LOCK_FILE)) as f:
       assert f.read().startswith(f"pid {os.getpid()} since ")
 
 
@@ -227,21 +230,21 @@ def test_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch):
     r"available\): a second run in this work directory would "
     r"not be detected",
   ):
-    with wd.lock(str(tmp_path)):
+    with access.lock(str(tmp_path)):
       pass
-  assert not wd._HELD
+  assert not access._HELD
 
 
 def test_check_writable(tmp_path):
-  wd.check_writable(str(tmp_path / "new" / "dir"))
+  access.check_writable(str(tmp_path / "new" / "dir"))
   assert os.listdir(tmp_path / "new" / "dir") == []  # the probe file is gone
   (tmp_path / "file").write_text("x")
   with pytest.raises(
-    wd.WorkdirError,
+    access.WorkdirError,
     match=r"work directory .* is not "
     r"writable: .* choose another --workdir",
   ):
-    wd.check_writable(str(tmp_path / "file" / "dir"))
+    access.check_writable(str(tmp_path / "file" / "dir"))
 
 
 # ----------------------------------------------------------------------------
@@ -413,7 +416,7 @@ def test_two_processes_stop_together_on_a_busy_workdir(tmp_path):
       sys.executable,
       "-c",
       _TRY + "; print('locked', flush=True); import time; time.sleep(600)",
-      os.path.join(d, wd.LOCK_FILE),
+      os.path.join(d, access.LOCK_FILE),
     ],
     stdout=subprocess.PIPE,
     text=True,

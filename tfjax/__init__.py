@@ -9,7 +9,8 @@ Models (:class:`TransFusionHead`, the paper's v2 :class:`DeepFusionHead`,
 backbones), losses, data, training and
 evaluation live in submodules (``tfjax.models``, ``tfjax.losses``,
 ``tfjax.data``, ``tfjax.train``, ``tfjax.evaluation``).  :func:`load_run`
-loads a finished run from its work directory (``tfjax.loading``).
+loads a finished run from its work directory (``tfjax.loading``) as a
+:class:`Run` (``tfjax.run``).
 """
 
 from tfjax.affinity import jsd_loss, positive_mask, row_jsd, target_affinity, valid_rows
@@ -17,9 +18,11 @@ from tfjax.attention import adjacency, cosine_similarity, relu_attention
 from tfjax.normalize import l2_normalize
 from tfjax.backbones import CNN1D, MLP, ResNet18, SmallCNN, get_backbone
 from tfjax.blockwise import blockwise_attention, blockwise_jsd_loss
-from tfjax.models import AdjacencyBlock, FusionBlock, TransFusionHead
+from tfjax.fusion_blocks import AdjacencyBlock, FusionBlock
+from tfjax.models import TransFusionHead
 from tfjax.deep_fusion import DeepFusionBlock, DeepFusionHead
 from tfjax import diagnostics, losses, theory  # noqa: E402  (pure JAX; no TensorFlow)
+from tfjax import builtin_methods  # noqa: F401  (registers the built-in methods)
 
 __version__ = "0.1.0"
 
@@ -54,7 +57,7 @@ __all__ = [
 
 # Loaded on first use: they import orbax, optax and the data registry, which
 # ``import tfjax`` does not.
-_LAZY = {"load_run": "tfjax.loading", "Run": "tfjax.loading"}
+_LAZY = {"load_run": "tfjax.loading", "Run": "tfjax.run"}
 
 
 def __getattr__(name):

@@ -42,7 +42,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpointer", "CheckpointError", "CheckpointWarning", "nonfinite_leaves"]
+__all__ = ["Checkpointer", "CheckpointError", "CheckpointWarning", "nonfinite_leaves", "one_line"]
 
 TMP_PATTERN = "*.orbax-checkpoint-tmp*"
 
@@ -134,7 +134,8 @@ def _no_space(error: BaseException) -> bool:
   ) or "No space left on device" in str(error)
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+  """``"Type: message"`` of ``error`` on one line, at most 200 characters of message."""
   text = " ".join(str(error).split())
   text = text if len(text) <= 200 else text[:197] + "..."
   return f"{type(error).__name__}: {text}"
@@ -247,7 +248,7 @@ class Checkpointer:
           raise FloatingPointError(f"{_names(bad)} not finite")
       except Exception as e:  # noqa: BLE001  (any failure: try the previous one)
         self._failed = True
-        reason = _one_line(e)
+        reason = one_line(e)
         skipped.append(f"step {step}: {reason}")
         older = [s for s in steps if s < step]
         warnings.warn(

@@ -20,13 +20,14 @@ x ← x + FFN(LN(x)).  There is no dropout (the authors' attention and FFN have
 none).
 
 Under ``jax.pmap`` with ``axis_name`` every block all-gathers its keys and
-values (:func:`tfjax.models.gather_batch`), so each device computes its rows
+values (:func:`tfjax.fusion_blocks.gather_batch`), so each device computes its rows
 of attention over the *global* batch, and :meth:`DeepFusionHead.loss`
 reduces NT-Xent over the global batch: one device and several give the same
 numbers.
 
 ``implementation="blockwise"`` computes the same attention a block of
-``block_size`` query rows at a time (:func:`blockwise_softmax_attention`):
+``block_size`` query rows at a time
+(:func:`tfjax.softmax_attention.blockwise_softmax_attention`):
 the h×n×N score tensor is never held whole, in the forward or the backward
 pass.
 """
@@ -41,8 +42,9 @@ import jax
 import jax.numpy as jnp
 
 from tfjax.blockwise import DEFAULT_BLOCK_SIZE
+from tfjax.fusion_blocks import IMPLEMENTATIONS, gather_batch
 from tfjax.losses import info_nce
-from tfjax.models import IMPLEMENTATIONS, gather_batch
+from tfjax.softmax_attention import blockwise_softmax_attention, softmax_attention
 
 Array = jax.Array
 
@@ -52,42 +54,6 @@ ACTIVATIONS = {"gelu": lambda x: nn.gelu(x, approximate=False), "relu": nn.relu}
 # before the sublayer.
 NORM_PLACEMENTS = ("post", "pre")
 LAYER_NORM_EPSILON = 1e-5  # the authors' (PyTorch's) LayerNorm default
-
-
-def softmax_attention(q: Array, k: Array, v: Array) -> Array:
-  """Multi-head softmax attention of ``n`` query rows over ``N`` key rows.
-
-  ``q`` [n, h, c], ``k`` [N, h, c], ``v`` [N, h, c_v] -> [n, h, c_v]:
-  ``out[i, a] = Σ_j softmax_j(q[i, a]·k[j, a] / √c) v[j, a]``, per head a.
-  No mask: every query row attends to every key row, its own included.
-  """
-  scores = jnp.einsum("nhc,mhc->hnm", q, k) / math.sqrt(q.shape[-1])
-  weights = jax.nn.softmax(scores, axis=-1)
-  return jnp.einsum("hnm,mhc->nhc", weights, v)
-
-
-def blockwise_softmax_attention(
-  q: Array, k: Array, v: Array, *, block_size: int = DEFAULT_BLOCK_SIZE
-) -> Array:
-  """:func:`softmax_attention` computed ``block_size`` query rows at a time.
-
-  Same shapes and values.  The query rows are padded to a multiple of
-  ``block_size`` and mapped over with ``lax.map``; each block's body is
-  rematerialised (``jax.checkpoint``), so forward and backward hold one
-  [h, block_size, N] block of scores instead of the whole [h, n, N] (the
-  backward recomputes each block's scores once).  Each row's softmax is
-  exact: a query block sees all N keys.
-  """
-  if isinstance(block_size, bool) or not isinstance(block_size, int) or (block_size < 1):
-    raise ValueError(f"block_size must be a positive int, got {block_size!r}")
-  n = q.shape[0]
-  size = min(block_size, n)
-  num_blocks = -(-n // size)
-  padded = jnp.pad(q, ((0, num_blocks * size - n), (0, 0), (0, 0)))
-  blocks = padded.reshape((num_blocks, size) + q.shape[1:])
-  attend = jax.checkpoint(lambda q_block: softmax_attention(q_block, k, v))
-  out = jax.lax.map(attend, blocks)
-  return out.reshape((num_blocks * size,) + out.shape[2:])[:n]
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -100,7 +66,8 @@ class BatchAttention(nn.Module):
 
   ``__call__(x [n, d]) -> [n, d]``: q, k, v = x W + b split into
   ``num_heads`` heads of width d / num_heads; keys and values all-gathered
-  over ``axis_name``; :func:`softmax_attention` (or its blockwise form);
+  over ``axis_name``; :func:`tfjax.softmax_attention.softmax_attention`
+  (or its blockwise form);
   heads concatenated and projected back to d (W_o, b_o).
   """
 
@@ -211,7 +178,8 @@ class DeepFusionHead(nn.Module):
       rows only (V view-major chunks, each fused on its own) instead of across
       all V·n rows together (the authors' code feeds both views as one batch).
     axis_name: pmap axis whose devices' rows every block attends over.
-    implementation: "dense" or "blockwise" (:func:`blockwise_softmax_attention`).
+    implementation: "dense" or "blockwise"
+      (:func:`tfjax.softmax_attention.blockwise_softmax_attention`).
     block_size: query rows per block of the "blockwise" implementation.
 
   Example::

@@ -12,12 +12,12 @@ one line (±z*).  These measure it:
   collapse modes).
 * :func:`per_class_variance`, :func:`per_class_rank` — the same per class,
   with a static ``num_classes`` so they jit (masking, no boolean indexing).
-* :func:`class_ordered_affinity`, :func:`plot_affinity_heatmap`,
-  :func:`plot_spectrum` — the cosine matrix ordered by class and two PNGs.
+* :func:`class_ordered_affinity` — the cosine matrix ordered by class (its
+  heatmap and the spectrum as PNGs: :mod:`tfjax.plots`).
 * :func:`summary` — a dict of Python floats for metrics logging.
 
-All array functions are pure and jit-able; the plotting helpers and
-:func:`summary` run on the host.  Embeddings are L2-normalised scale-safely
+All array functions are pure and jit-able; :func:`summary` runs on the
+host.  Embeddings are L2-normalised scale-safely
 (:func:`tfjax.normalize.l2_normalize`, in float32 or wider: the numbers are
 the same for ``z`` and ``1e±30·z``, and a zero row stays zero, no NaN), and
 spectra are divided by their largest value before squaring.  Non-finite
@@ -27,8 +27,7 @@ embeddings are reported, never hidden: variances become NaN and ranks −1
 
 from __future__ import annotations
 
-import os
-from typing import Mapping, Optional, Sequence, Union
+from typing import Optional
 
 import chex
 import jax
@@ -46,8 +45,6 @@ __all__ = [
   "per_class_variance",
   "per_class_rank",
   "class_ordered_affinity",
-  "plot_affinity_heatmap",
-  "plot_spectrum",
   "summary",
 ]
 
@@ -238,127 +235,13 @@ def class_ordered_affinity(z: Array, labels: Array) -> tuple[Array, Array]:
   Example::
 
       >>> c, y = class_ordered_affinity(z, labels)
-      >>> plot_affinity_heatmap(c, y, "affinity.png")
+      >>> tfjax.plots.plot_affinity_heatmap(c, y, "affinity.png")
   """
   z = _check_z(z)
   labels = _check_labels(labels, z.shape[0])
   order = jnp.argsort(labels, stable=True)
   u = l2_normalize(z)[order]
   return u @ u.T, labels[order]
-
-
-# ----------------------------------------------------------------------------
-# Host-side helpers.
-
-
-def _figure(figsize):
-  # Imported lazily (plotting is optional).  A bare Figure on the Agg canvas
-  # touches neither pyplot's global state nor the user's backend.
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-
-  fig = Figure(figsize=figsize)
-  FigureCanvasAgg(fig)
-  return fig, fig.add_subplot(1, 1, 1)
-
-
-def _prepare_path(path) -> str:
-  path = os.fspath(path)
-  parent = os.path.dirname(path)
-  if parent:
-    os.makedirs(parent, exist_ok=True)
-  return path
-
-
-def plot_affinity_heatmap(
-  matrix,
-  labels,
-  path,
-  *,
-  title: str = "cosine affinity (ordered by class)",
-  vmin: float = -1.0,
-  vmax: float = 1.0,
-  cmap: str = "RdBu_r",
-) -> str:
-  """Writes a heatmap PNG of ``matrix`` [n, n] with class boundaries -> path.
-
-  ``labels`` [n] are the (already ordered) row labels, e.g. the second output
-  of :func:`class_ordered_affinity`; lines are drawn where the label changes.
-  Colours span [vmin, vmax] ([−1, 1] for cosines; pass e.g. ``vmin=0``,
-  ``vmax=a.max()``, ``cmap="magma"`` for an adjacency).  ValueError for an
-  empty matrix or one with NaN/inf entries.
-  """
-  m = np.asarray(matrix, np.float64)
-  lab = np.asarray(labels)
-  if m.ndim != 2 or m.shape[0] != m.shape[1]:
-    raise ValueError(f"matrix must be square [n, n], got shape {m.shape}")
-  if m.size == 0:
-    raise ValueError("matrix is empty: nothing to plot")
-  if not np.all(np.isfinite(m)):
-    raise ValueError("matrix has NaN/inf entries: the heatmap would hide them")
-  if lab.shape != (m.shape[0],):
-    raise ValueError(f"labels must have shape ({m.shape[0]},), got {lab.shape}")
-  path = _prepare_path(path)
-  fig, ax = _figure((5, 4.2))
-  im = ax.imshow(m, vmin=vmin, vmax=vmax, cmap=cmap, interpolation="nearest")
-  fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-  for b in np.nonzero(lab[1:] != lab[:-1])[0]:
-    ax.axhline(b + 0.5, color="k", lw=0.5)
-    ax.axvline(b + 0.5, color="k", lw=0.5)
-  ax.set_title(title)
-  ax.set_xlabel("sample (ordered by class)")
-  ax.set_ylabel("sample (ordered by class)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  return path
-
-
-def plot_spectrum(
-  values: Union[Sequence[float], Array, Mapping[str, Union[Sequence[float], Array]]],
-  path,
-  *,
-  title: str = "singular value spectrum",
-  normalize: bool = True,
-) -> str:
-  """Writes a PNG of one or several singular-value spectra -> path.
-
-  ``values`` is a 1-D array or a dict ``name -> 1-D array`` (one line each,
-  with a legend).  With ``normalize`` each spectrum is shown as the share of
-  energy ``s_i² / Σ s²`` on a log axis (computed as ``(s_i/max s)²`` over its
-  sum, so any scale works); otherwise the raw ``s_i``.  ValueError for no
-  spectrum, an empty one, or one with NaN/inf values (an empty or broken
-  figure would look like a result).
-  """
-  series = dict(values) if isinstance(values, Mapping) else {"": values}
-  if not series:
-    raise ValueError("values must hold at least one spectrum")
-  curves = {}
-  for name, s in series.items():  # validate all before writing anything
-    s = np.asarray(s, np.float64)
-    if s.ndim != 1:
-      raise ValueError(f"spectrum {name!r} must be 1-D, got shape {s.shape}")
-    if s.size == 0:
-      raise ValueError(f"spectrum {name!r} is empty: nothing to plot")
-    if not np.all(np.isfinite(s)):
-      raise ValueError(f"spectrum {name!r} has NaN/inf values")
-    if normalize:
-      top = np.max(np.abs(s))
-      e = (s / top) ** 2 if top > 0 else np.zeros_like(s)
-      curves[name] = e / e.sum() if top > 0 else e
-    else:
-      curves[name] = s
-  path = _prepare_path(path)
-  fig, ax = _figure((5, 3.6))
-  for name, y in curves.items():
-    ax.semilogy(np.arange(1, len(y) + 1), np.maximum(y, 1e-12), marker=".", label=name or None)
-  ax.set_xlabel("index i")
-  ax.set_ylabel("energy share $s_i^2/\\sum s^2$" if normalize else "$s_i$")
-  ax.set_title(title)
-  if any(series):
-    ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  return path
 
 
 def summary(

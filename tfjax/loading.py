@@ -2,9 +2,9 @@
 
 :func:`load_run` rebuilds the network from the run's ``config.json``,
 restores its newest finite checkpoint (or a given step) and returns a
-:class:`Run`: ``features`` [n, F] (what the probes use), ``embeddings``
-[n, D], ``adjacency`` [n, n] (methods with a head) and ``source(split)``.
-Loading only reads the directory (no lock, nothing moved), so a run may be
+:class:`tfjax.run.Run`: ``features`` [n, F] (what the probes use),
+``embeddings`` [n, D], ``adjacency`` [n, n] (methods with a head) and
+``source(split)``.  Loading only reads the directory (no lock, nothing moved), so a run may be
 loaded while it trains.
 
     >>> run = tfjax.load_run("workdirs/default/transfusion/seed0")
@@ -13,7 +13,6 @@ loaded while it trains.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -23,10 +22,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import jax
 import numpy as np
 
-from tfjax.workdir import WorkdirError
+from tfjax.run import Run
+from tfjax.workdir_access import WorkdirError
 
-__all__ = ["Run", "RunLoadError", "load_run", "SPLITS"]
-SPLITS = ("train", "validation", "test")
+__all__ = ["RunLoadError", "load_run"]
 
 
 class RunLoadError(WorkdirError):
@@ -138,12 +137,6 @@ def _restore(workdir: str, step: int) -> Dict[str, Any]:
   return {"step": int(tree["step"]), **kept}
 
 
-def _one_line(error: BaseException) -> str:
-  text = " ".join(str(error).split())
-  text = text if len(text) <= 200 else text[:197] + "..."
-  return f"{type(error).__name__}: {text}"
-
-
 def restore_variables(workdir: str, step: Optional[int] = None) -> Tuple[int, Dict[str, Any]]:
   """``(step, {"params", "batch_stats"})`` of checkpoint ``step``, or of the
   newest checkpoint that restores and is finite (older ones are tried in
@@ -152,7 +145,7 @@ def restore_variables(workdir: str, step: Optional[int] = None) -> Tuple[int, Di
   Raises :class:`RunLoadError` when there is no checkpoint, when ``step``
   is not one of them or cannot be restored, and when none can be.
   """
-  from tfjax.checkpoint import CheckpointWarning
+  from tfjax.checkpoint import CheckpointWarning, one_line
 
   steps = checkpoint_steps(workdir)
   where = os.path.join(workdir, "checkpoints")
@@ -169,7 +162,7 @@ def restore_variables(workdir: str, step: Optional[int] = None) -> Tuple[int, Di
       found = _restore(workdir, int(step))
     except Exception as e:  # noqa: BLE001  (any failure: one line)
       raise RunLoadError(
-        f"checkpoint {step} in {where} cannot be restored ({_one_line(e)})"
+        f"checkpoint {step} in {where} cannot be restored ({one_line(e)})"
       ) from None
     return found["step"], {k: found[k] for k in ("params", "batch_stats")}
   skipped = []
@@ -177,10 +170,10 @@ def restore_variables(workdir: str, step: Optional[int] = None) -> Tuple[int, Di
     try:
       found = _restore(workdir, candidate)
     except Exception as e:  # noqa: BLE001  (any failure: try the previous one)
-      skipped.append(f"step {candidate}: {_one_line(e)}")
+      skipped.append(f"step {candidate}: {one_line(e)}")
       warnings.warn(
         f"checkpoint {candidate} in {where} cannot be restored "
-        f"({_one_line(e)}); trying the previous one",
+        f"({one_line(e)}); trying the previous one",
         CheckpointWarning,
         stacklevel=3,
       )
@@ -221,178 +214,6 @@ def _few(names: List[str], n: int = 3) -> str:
     return "none"
   more = f" and {len(names) - n} more" if len(names) > n else ""
   return ", ".join(names[:n]) + more
-
-
-# ----------------------------------------------------------------------------
-# The run.
-# ----------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True, eq=False)
-class Run:
-  """A trained run: its config, network (applied in eval mode) and variables.
-
-  Attributes:
-    workdir: the work directory it was loaded from.
-    config: the run's config (``config.json``), a locked ConfigDict.
-    model: the :class:`tfjax.networks.ContrastiveNet` it trained (no pmap
-      axis; applied with ``train=False``: BatchNorm uses its statistics).
-    variables: ``{"params", "batch_stats"}`` of checkpoint ``step``.
-    step: the training step of the checkpoint.
-
-  :meth:`features` and :meth:`embeddings` are inductive (a sample's row does
-  not depend on the others) and run in batches of ``config.eval.batch_size``
-  through the jitted function the run's own evaluation uses
-  (:func:`tfjax.evaluation.extract_features`), so they give exactly its
-  numbers.  Inside a caller's ``jax.jit`` they apply the network directly.
-  """
-
-  workdir: str
-  config: Any
-  model: Any
-  variables: Dict[str, Any]
-  step: int
-
-  def _check_x(self, x, what: str):
-    """``x`` [n, ...] with the run's input shape, checked before compute."""
-    if isinstance(x, jax.core.Tracer):
-      return x
-    if not hasattr(x, "shape") and hasattr(x, "__getitem__") and hasattr(x, "x_shape"):
-      return x  # a random-access source (tfjax.data.pipeline)
-    x = np.asarray(x) if not isinstance(x, jax.Array) else x
-    if not np.issubdtype(x.dtype, np.number) or x.ndim < 2:
-      raise ValueError(
-        f"{what} expects inputs [n, ...] of numbers, got an "
-        f"array of shape {x.shape} and dtype {x.dtype}"
-      )
-    return x
-
-  def _apply(self, x, embeddings: bool):
-    from tfjax import evaluation
-    from tfjax.networks import ContrastiveNet
-
-    name = "embeddings" if embeddings else "features"
-    x = self._check_x(x, f"Run.{name}")
-    if isinstance(x, jax.core.Tracer):
-      if embeddings:
-        return self.model.apply(self.variables, x)[1]
-      return self.model.apply(self.variables, x, method=ContrastiveNet.features)
-    try:
-      return evaluation.extract_features(
-        self.model, self.variables, x, batch_size=self.config.eval.batch_size, embeddings=embeddings
-      )
-    except Exception as e:  # noqa: BLE001  (a shape the network cannot take)
-      if _is_shape_error(e):
-        raise ValueError(
-          f"Run.{name}: the network of {self.workdir} cannot "
-          f"take inputs of shape {tuple(np.shape(x))} "
-          f"({_one_line(e)})"
-        ) from None
-      raise
-
-  def features(self, x) -> np.ndarray:
-    """Backbone features [n, F] of ``x`` [n, ...] (an array or a source)."""
-    return self._apply(x, embeddings=False)
-
-  def embeddings(self, x) -> np.ndarray:
-    """Projector embeddings [n, D] of ``x`` [n, ...] (the features when the
-    run has no projector, ``embed_dim = 0``)."""
-    return self._apply(x, embeddings=True)
-
-  @functools.cached_property
-  def _adjacency_fn(self):
-    from tfjax.networks import ContrastiveNet
-
-    model = self.model
-
-    def adjacency(variables, x):
-      _, z = model.apply(variables, x)
-      return model.apply(variables, z, method=ContrastiveNet.adjacency)
-
-    return jax.jit(adjacency)
-
-  def adjacency(self, x) -> jax.Array:
-    """The TransFusion head's adjacency [n, n] of the batch ``x`` [n, ...].
-
-    Transductive: row i depends on every sample of ``x`` (one batch, as in
-    training); rows sum to 1 and the diagonal is 0.  Raises ValueError for
-    a run whose method has no head.
-    """
-    if self.model.head is None:
-      raise ValueError(
-        f"Run.adjacency: the run in {self.workdir} trains "
-        f"{self.config.loss!r}, a method without a TransFusion "
-        "head; use Run.features or Run.embeddings"
-      )
-    x = self._check_x(x, "Run.adjacency")
-    if not hasattr(x, "shape"):
-      raise ValueError("Run.adjacency expects one batch as an array [n, ...], not a source")
-    try:
-      return self._adjacency_fn(self.variables, x)
-    except Exception as e:  # noqa: BLE001
-      if _is_shape_error(e):
-        raise ValueError(
-          f"Run.adjacency: the network of {self.workdir} cannot "
-          f"take inputs of shape {tuple(x.shape)} ({_one_line(e)})"
-        ) from None
-      raise
-
-  def source(self, split: str):
-    """The run's own data: a random-access source of split ``split``.
-
-    ``"train"`` is the part the run trained on (the training split less the
-    held-out part when ``config.validation_fraction`` is set),
-    ``"validation"`` that held-out part (only then), ``"test"`` the test
-    split.  Labels: ``tfjax.data.pipeline.source_labels(source)``.  Raises
-    ValueError when the data differs from the run's (``run.json``'s data
-    fingerprint; a run trained on arrays passed to
-    ``train_and_evaluate(data=...)`` has no registry split).
-    """
-    from tfjax.data import pipeline
-    from tfjax.data.registry import config_dataset_spec
-    from tfjax.data.splits import check_prepared, open_splits
-
-    if split not in SPLITS:
-      raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-    held_out = self.config.get("validation_fraction")
-    if split == "validation" and not held_out:
-      raise ValueError(
-        f"split 'validation' needs a run with "
-        f"validation_fraction; the run in {self.workdir} has none"
-      )
-    spec = config_dataset_spec(self.config)
-    check_prepared(spec, self.config.get("data_dir"))
-    train, evaluated = open_splits(self.config, spec)
-    self._check_fingerprint(train, evaluated)
-    if split == "train":
-      return train
-    if split == "validation":
-      return evaluated
-    return (
-      pipeline.open_source(self.config.dataset, spec.test_split, data_dir=self.config.data_dir)
-      if held_out
-      else evaluated
-    )
-
-  def _check_fingerprint(self, train, evaluated) -> None:
-    from tfjax.data.fingerprint import data_fingerprint
-
-    path = os.path.join(self.workdir, "run.json")
-    try:
-      with open(path) as f:
-        recorded = json.load(f).get("data_fingerprint")
-    except (OSError, ValueError, AttributeError):
-      return  # no record to compare with
-    if recorded and recorded != data_fingerprint(train, evaluated):
-      raise ValueError(
-        f"the run in {self.workdir} trained on other data than dataset "
-        f"{self.config.dataset!r}'s splits (run.json's data fingerprint "
-        "differs: data passed as arrays, or another generator setting)"
-      )
-
-
-def _is_shape_error(e: BaseException) -> bool:
-  from flax.errors import FlaxError
-
-  return isinstance(e, (FlaxError, TypeError, ValueError))
 
 
 def load_run(workdir: str, step: Optional[int] = None) -> Run:

@@ -1,4 +1,4 @@
-"""A run's work directory: who may write it, starting afresh, what it records.
+"""A run's work directory: starting afresh, resuming, what it records.
 
 :func:`tfjax.train.train_and_evaluate` keeps one run in a work directory
 (``config.json``, ``run.json``, ``metrics.jsonl``, ``checkpoints/``,
@@ -16,17 +16,11 @@ run:
   always holds the config of the latest start; ``run.json`` lists every
   start with the fields it changed, the data fingerprint and the training
   seconds up to the newest checkpoint, summed over the starts.
-* **one writer at a time.**  A run holds an exclusive ``fcntl.flock`` on
-  ``WORKDIR/.lock`` while it works; a second run in the same directory fails
-  at once (:class:`WorkdirBusyError`).  The lock goes with the process (a
-  killed run leaves no stale lock), and is re-entrant within one process.
-  Where ``fcntl`` does not exist (Windows) there is no lock.
-* **checks before compute.**  :func:`check_writable` runs before any data
-  is read (the config and the data are :func:`tfjax.config.validate`'s).
-
-In a run of several processes only process 0 touches the directory; the
-others learn its verdict through :func:`agree` (a broadcast), so every
-process stops together instead of waiting on a collective.
+* **one writer at a time, checks before compute.**  On entry a
+  :class:`RunDirectory` checks that the directory is writable, takes its
+  lock and, in a run of several processes, lets process 0 alone touch it
+  (:mod:`tfjax.workdir_access`); the config and the data are
+  :func:`tfjax.config.validate`'s.
 
 Example::
 
@@ -39,29 +33,23 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import errno
 import json
 import os
 import shutil
 import warnings
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
-
-import numpy as np
+from typing import Any, List, Optional, Sequence, Tuple
 
 from tfjax.data.fingerprint import data_fingerprint
+from tfjax.distributed import is_primary
 from tfjax.rerun import describe, rerun_changes
+from tfjax.workdir_access import WorkdirError, agree, check_writable, lock
 
 __all__ = [
   "RUN_FILES",
-  "WorkdirError",
-  "WorkdirBusyError",
   "ConfigMismatchError",
   "RunDirectory",
-  "agree",
-  "check_writable",
   "clear",
   "clear_tree",
-  "lock",
   "latest_checkpoint_step",
 ]
 
@@ -77,155 +65,10 @@ RUN_FILES = (
   "affinity.png",
   "spectrum.png",
 )
-LOCK_FILE = ".lock"
-
-
-class WorkdirError(RuntimeError):
-  """The work directory cannot hold this run (see the subclasses)."""
-
-
-class WorkdirBusyError(WorkdirError):
-  """Another process is running in the same work directory."""
 
 
 class ConfigMismatchError(WorkdirError, ValueError):
   """The work directory holds a run of another config."""
-
-
-# ----------------------------------------------------------------------------
-# Processes.
-# ----------------------------------------------------------------------------
-def _primary() -> bool:
-  import jax
-
-  return jax.process_index() == 0
-
-
-def agree(fn, what: str = "preparing the work directory"):
-  """Runs ``fn()`` on process 0; every process raises if it raised.
-
-  Returns ``fn()``'s value on process 0 (None elsewhere).  With one process
-  this is just ``fn()``.  With several, process 0's outcome is broadcast, so
-  the other processes stop at once (with a line pointing at process 0's
-  error) instead of waiting on the next collective.
-  """
-  import jax
-
-  error, out = None, None
-  if _primary():
-    try:
-      out = fn()
-    except Exception as e:  # noqa: BLE001  (re-raised below, on every process)
-      error = e
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
-    failed = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
-    if failed and error is None:
-      raise WorkdirError(f"process 0 failed while {what} (its error says why)")
-  if error is not None:
-    raise error
-  return out
-
-
-# ----------------------------------------------------------------------------
-# Writable, locked.
-# ----------------------------------------------------------------------------
-def check_writable(workdir: str) -> None:
-  """Creates ``workdir`` and writes (then removes) a file in it.
-
-  Raises :class:`WorkdirError` naming the directory and the OS error, before
-  any data is read (a read-only or full file system, a parent that is a
-  file, no permission).
-  """
-  probe = os.path.join(workdir, f".write_test.{os.getpid()}")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise WorkdirError(
-      f"work directory {workdir!r} is not writable: "
-      f"{e.strerror or e} ({type(e).__name__}); choose "
-      "another --workdir"
-    ) from None
-
-
-# realpath -> [file object, depth, id of the holding thread, holder text]
-_HELD: Dict[str, List[Any]] = {}
-
-
-@contextlib.contextmanager
-def lock(workdir: str) -> Iterator[None]:
-  """Holds an exclusive lock on ``workdir`` (``WORKDIR/.lock``) inside the block.
-
-  Raises :class:`WorkdirBusyError` at once when another process, or another
-  thread of this process, holds it (the message gives the holder's process
-  id and start time).  Re-entrant within the thread that holds it; released
-  on exit, also on an exception, and by the OS when the process dies
-  (``flock``), so a killed run never blocks the next one.
-  """
-  try:
-    import fcntl
-  except ImportError:  # Windows: no lock
-    yield
-    return
-  import threading
-
-  key = os.path.realpath(workdir)
-  me = threading.get_ident()
-
-  def busy(holder: str) -> WorkdirBusyError:
-    return WorkdirBusyError(
-      f"work directory {workdir!r} is in use by another run ({holder}); "
-      "wait for it to finish or use another --workdir"
-    )
-
-  held = _HELD.get(key)
-  if held is not None:
-    # flock is per process: only the registry tells this thread's own lock
-    # from another thread's.
-    if held[2] != me:
-      raise busy(held[3])
-    held[1] += 1
-    try:
-      yield
-    finally:
-      _HELD[key][1] -= 1
-    return
-  path = os.path.join(workdir, LOCK_FILE)
-  f = open(path, "a+")
-  try:
-    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except OSError as e:
-    if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-      f.close()  # a file system without locks (some network ones)
-      warnings.warn(
-        f"cannot lock {path} ({e.strerror}): a second run in "
-        "this work directory would not be detected",
-        stacklevel=3,
-      )
-      yield
-      return
-    f.seek(0)
-    holder = f.read().strip() or "unknown"
-    f.close()
-    raise busy(holder) from None
-  holder = f"pid {os.getpid()} since {datetime.datetime.now().isoformat(timespec='seconds')}"
-  f.seek(0)
-  f.truncate()
-  f.write(holder)
-  f.flush()
-  _HELD[key] = [f, 1, me, holder]
-  try:
-    yield
-  finally:
-    _HELD[key][1] -= 1
-    if _HELD[key][1] == 0:
-      del _HELD[key]
-      fcntl.flock(f, fcntl.LOCK_UN)
-      f.close()
 
 
 # ----------------------------------------------------------------------------
@@ -303,8 +146,10 @@ def _now() -> str:
 class RunDirectory:
   """The work directory of one run, as a context manager.
 
-  On entry (process 0; the others learn the verdict through :func:`agree`):
-  :func:`check_writable`, :func:`lock`, ``overwrite`` (:func:`clear`), and
+  On entry (process 0; the others learn the verdict through
+  :func:`tfjax.workdir_access.agree`):
+  :func:`tfjax.workdir_access.check_writable`,
+  :func:`tfjax.workdir_access.lock`, ``overwrite`` (:func:`clear`), and
   the config check against the run the directory holds (once it has a
   checkpoint).  :meth:`start`, called once the data is open, checks the
   data fingerprint and writes ``config.json`` and ``run.json``.  The lock
@@ -418,6 +263,6 @@ class RunDirectory:
   def save_train_seconds(self, seconds: float) -> None:
     """Records the run's total training seconds in ``run.json`` (process 0;
     called with each checkpoint, so a resumed run counts on from there)."""
-    if self._record is not None and _primary():
+    if self._record is not None and is_primary():
       self._record["train_seconds"] = round(float(seconds), 2)
       self._write_record()

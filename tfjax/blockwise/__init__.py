@@ -35,7 +35,7 @@ see :mod:`tfjax.runtime`.)  The cost is recomputation: the attention does
 instead of 3.
 
 Under ``jax.pmap`` the caller gathers keys/values/ids of all devices (e.g.
-:func:`tfjax.models.gather_batch`) and passes ``diagonal_offset`` = global
+:func:`tfjax.fusion_blocks.gather_batch`) and passes ``diagonal_offset`` = global
 index of its first row; :func:`blockwise_jsd_loss` takes ``axis_name`` and
 reduces with ``psum`` exactly like :func:`tfjax.affinity.jsd_loss`.
 """
