@@ -1,5 +1,6 @@
-"""experiments/benchmark.py and benchmark_input.py: FLOP formulas against the
-library's traced training step, the memory-cap search, tiny runs."""
+"""experiments/benchmark.py (its workers and FLOP formulas) and
+benchmark_input.py: FLOP formulas against the library's traced training step, the
+memory-cap search, tiny runs."""
 
 import json
 import os
@@ -8,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import benchmark, benchmark_input
+from experiments import benchmark, benchmark_flops, benchmark_input, benchmark_workers
 from experiments.configs.benchmark import get_config
 from experiments.configs.benchmark_input import get_config as input_config
 from tfjax.config import base_config
@@ -48,32 +49,34 @@ def test_flop_formulas_count_the_traced_matmuls(n, width, layers, block):
   # it is the head's, so the formulas count all of them.
   counted = {}
   for impl in ("dense", "blockwise"):
-    _, (state, batch, key) = benchmark._build_step(
+    _, (state, batch, key) = benchmark_workers._build_step(
       _worker_cfg(n, width, layers, block, impl), abstract=True
     )
     assert batch["x"].shape == (n // 2, width)  # 2 views: n head rows
     counted[impl] = _dot_flops(jax.make_jaxpr(train_step)(state, batch, key).jaxpr)
-  assert counted["dense"] == benchmark.model_flops(n, width, layers)
-  assert counted["blockwise"] == benchmark.executed_flops(n, width, layers, "blockwise")
+  assert counted["dense"] == benchmark_flops.model_flops(n, width, layers)
+  assert counted["blockwise"] == benchmark_flops.executed_flops(n, width, layers, "blockwise")
   assert counted["blockwise"] > counted["dense"]  # it recomputes blocks
 
 
 def test_step_config_is_the_library_step_without_backbone_or_projector():
-  config = benchmark.step_config(_worker_cfg(64, 16, 2, 16, "blockwise"))
+  config = benchmark_workers.step_config(_worker_cfg(64, 16, 2, 16, "blockwise"))
   assert (config.backbone, config.embed_dim, config.loss) == ("identity", 0, "jsd")
   assert (config.num_views, config.augment_strength) == (2, 0.0)
   assert (config.optimizer, config.weight_decay, config.schedule) == ("adamw", 0.0, "constant")
   assert config.head.implementation == "blockwise"
-  _, (state, _, _) = benchmark._build_step(_worker_cfg(64, 16, 2, 16, "dense"), abstract=True)
+  _, (state, _, _) = benchmark_workers._build_step(
+    _worker_cfg(64, 16, 2, 16, "dense"), abstract=True
+  )
   assert set(state.params) == {"head"}  # nothing but the head
   with pytest.raises(ValueError, match="multiple of num_views"):
-    benchmark._build_step(_worker_cfg(63, 16, 2, 16, "dense"))
+    benchmark_workers._build_step(_worker_cfg(63, 16, 2, 16, "dense"))
 
 
 def test_worker_step_dense_and_blockwise_agree():
   losses = {}
   for impl in ("dense", "blockwise"):
-    r = benchmark.worker_step(_worker_cfg(64, 16, 2, 16, impl, repeats=2, warmup=1))
+    r = benchmark_workers.worker_step(_worker_cfg(64, 16, 2, 16, impl, repeats=2, warmup=1))
     assert r["step_s"] > 0 and len(r["step_times_s"]) == 2
     assert r["plan_bytes"]["total"] > 0
     losses[impl] = r["loss"]
@@ -94,13 +97,13 @@ def test_configs_reject_unknown_args():
 
 def test_largest_n_within_doubles_then_bisects():
   plan = lambda n: 1000 + 3 * n  # bytes, increasing in n
-  n, probes = benchmark.largest_n_within(1000 + 3 * 700, plan, 64)
+  n, probes = benchmark_workers.largest_n_within(1000 + 3 * 700, plan, 64)
   assert n == 640  # largest multiple of 64 ≤ 700
   assert plan(n) <= 1000 + 3 * 700 < plan(n + 64)
   assert len(probes) < 10
-  assert benchmark.largest_n_within(10, plan, 64)[0] == 0  # nothing fits
-  assert benchmark.largest_n_within(10**9, lambda n: None, 64)[0] is None
-  assert benchmark.largest_n_within(10**12, plan, 64, n_max=4096)[0] == 4096
+  assert benchmark_workers.largest_n_within(10, plan, 64)[0] == 0  # nothing fits
+  assert benchmark_workers.largest_n_within(10**9, lambda n: None, 64)[0] is None
+  assert benchmark_workers.largest_n_within(10**12, plan, 64, n_max=4096)[0] == 4096
 
 
 def test_markdown_marks_skipped_and_failed_configs():
