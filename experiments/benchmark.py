@@ -17,6 +17,12 @@ higher is the peak).  Dense configs whose plan exceeds ``max_ram_gib`` (0: 60% o
 RAM) are skipped; ``memory_cap_gib`` finds the largest n whose plan fits, compile only.
 Writes ``benchmark.json`` and ``benchmark.md`` (printed too); nothing resumes.  The workers
 are in ``experiments/benchmark_workers.py``, the FLOP formulas in ``benchmark_flops.py``.
+
+    python -m experiments.benchmark --config=experiments/configs/benchmark.py:gpu
+
+runs the accelerator check instead (``experiments/benchmark_gpu.py``: the main job's step,
+ResNet-18 steps of SimCLR, SupCon and TransFusion, the blockwise head at n = 65,536, in
+float32 and bfloat16) and writes ``gpu_<device>.md`` (docs/benchmark/README.md, "On a GPU").
 """
 
 from __future__ import annotations
@@ -179,7 +185,12 @@ def _measure_step(worker, config, fields, n: int, width: int, impl: str, max_byt
 def run(config, workdir: str, progress: bool = True, command: str | None = None):
   """Runs the benchmark of ``config``; writes ``benchmark.json`` and ``benchmark.md`` to
   ``workdir`` and returns the report.  ``progress``: one line per subprocess on stderr;
-  ``command``: the command line, written at the top of the table."""
+  ``command``: the command line, written at the top of the table.  A config with ``gpu``
+  fields (``:gpu``) runs the accelerator check instead (experiments/benchmark_gpu.py)."""
+  if "gpu" in config:
+    from experiments import benchmark_gpu
+
+    return benchmark_gpu.run(config, workdir, progress, command)
   sizes, widths, implementations = check(config)
   fields = training_fields(config)
   worker = functools.partial(_worker, config, progress)

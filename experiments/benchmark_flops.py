@@ -1,11 +1,13 @@
-"""FLOP counts of the benchmarked head step (experiments.benchmark).
+"""FLOP counts of the benchmarked head step and the chips' peak FLOP rates (experiments.benchmark).
 
 The formulas count the matmul FLOPs of the TransFusion step that ``experiments.benchmark``
 times (tests/test_experiments_benchmark.py checks them against every ``dot_general`` of the
-traced step).
+traced step).  :data:`CHIP_PEAKS` holds the vendors' dense (no sparsity) tensor-core peaks.
 """
 
 from __future__ import annotations
+
+import re
 
 
 def model_flops(
@@ -43,3 +45,25 @@ def executed_flops(
     + 12 * n * d * h
     + 10 * n * big_n * h
   )
+
+
+# Dense tensor-core peaks in TFLOP/s from NVIDIA's datasheets: (pattern matched against
+# jax's device_kind, name, float32 as TF32 — XLA's default precision for float32 matmuls
+# and convolutions on these GPUs —, bfloat16).  The first pattern that matches is used.
+CHIP_PEAKS = (
+  (r"H100.*PCIe", "H100 PCIe", 378.0, 756.0),
+  (r"H100.*NVL", "H100 NVL", 417.5, 835.0),
+  (r"H100", "H100 SXM", 494.7, 989.4),
+  (r"H200.*NVL", "H200 NVL", 417.5, 835.0),
+  (r"H200", "H200 SXM", 494.7, 989.4),
+  (r"A100", "A100", 156.0, 312.0),
+)
+
+
+def chip_peak(device_kind: str, dtype: str) -> float | None:
+  """The chip's dense peak in FLOP/s for ``dtype`` ("float32" | "bfloat16"); None when
+  the chip is not in :data:`CHIP_PEAKS` (CPUs among them)."""
+  for pattern, _, fp32, bf16 in CHIP_PEAKS:
+    if re.search(pattern, device_kind, re.IGNORECASE):
+      return 1e12 * (bf16 if dtype == "bfloat16" else fp32)
+  return None

@@ -6,9 +6,12 @@ compilation minus the RSS after JAX started; accelerators: ``peak_bytes_in_use``
 ``step`` (compile and time one step), ``plan`` (XLA's planned bytes, compile only), ``max_n``
 (the largest n whose plan fits a cap) and ``matmul`` (a large ``jnp.dot``'s FLOP/s).
 
-A step config (``cfg``) is ``{"config": training fields, "n", "width", "implementation"}``:
-raw vectors of width ``width`` straight into the TransFusion head, the batch
-``{"x": [n/V, width]}`` (V views).
+A step config (``cfg``) is ``{"config": training fields, ...}`` with either ``n``, ``width``
+and ``implementation`` (raw vectors of width ``width`` straight into the TransFusion head: the
+batch ``{"x": [n/V, width]}``, V views) or ``x_shape``, ``data_kind`` and ``num_classes``
+(the config's network on a batch of ``batch_size`` random inputs in [0, 1), or the first
+examples of the config's dataset when ``data`` is set; labels where the config has a
+``label_fraction``).
 """
 
 from __future__ import annotations
@@ -54,21 +57,46 @@ def _init_jax():
 
 
 def step_config(cfg):
-  """The training config (a locked ``base_config``) of ``cfg["config"]``'s base fields with
-  the head's implementation ``cfg["implementation"]``."""
+  """The training config (a locked ``base_config``) of ``cfg["config"]``'s base fields, with
+  the head's implementation ``cfg["implementation"]`` when given."""
   from tfjax.config import base_config, validate
 
-  config = base_config()
-  config.update(cfg["config"])
-  config.head.implementation = cfg["implementation"]
-  validate(config, num_devices=1)
+  config, fields = base_config(), dict(cfg["config"])
+  kwargs = fields.pop("backbone_kwargs", None)  # a backbone's own: assigned, not updated
+  config.update(fields)
+  if kwargs:
+    config.backbone_kwargs = kwargs
+  if "implementation" in cfg:
+    config.head.implementation = cfg["implementation"]
+  validate(config, num_devices=1, check_data="x_shape" not in cfg)
   return config
+
+
+def _inputs(cfg, config, abstract: bool):
+  """The batch of a network step config (``x_shape``): random or the dataset's first."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  n, shape = config.batch_size, (config.batch_size, *cfg["x_shape"])
+  if abstract:
+    x, y = jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct((n,), jnp.int32)
+  elif cfg.get("data"):
+    from tfjax.data.pipeline import load_arrays
+
+    x, y = load_arrays(config.dataset, "train", config.data_dir, download=True, take=n)
+  else:
+    rng = np.random.default_rng(0)
+    x = rng.random(shape, dtype=np.float32)
+    y = rng.integers(0, cfg["num_classes"], n).astype(np.int32)
+  batch = {"x": x} if config.label_fraction is None else {"x": x, "semi_label": y}
+  return jax.tree.map(lambda a: a if abstract else jnp.asarray(a), batch)
 
 
 def _build_step(cfg, abstract=False):
   """(``tfjax.devices.compile_step(1)``, (state, batch, key)) for one config; the batch is
-  ``{"x": [n/V, width]}`` (V views: n rows for the head), a ShapeDtypeStruct if
-  ``abstract`` (enough to compile and plan)."""
+  ``{"x": [n/V, width]}`` (V views: n rows for the head) or the network's (``x_shape``), of
+  ShapeDtypeStructs if ``abstract`` (enough to compile and plan)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -76,6 +104,15 @@ def _build_step(cfg, abstract=False):
   from tfjax.devices import compile_step
 
   config = step_config(cfg)
+  if "x_shape" in cfg:
+    state = create_train_state(
+      config,
+      jax.random.key(0),
+      x_shape=tuple(cfg["x_shape"]),
+      num_classes=cfg["num_classes"],
+      data_kind=cfg["data_kind"],
+    )
+    return compile_step(1), (state, _inputs(cfg, config, abstract), jax.random.key(1))
   n, w = cfg["n"], cfg["width"]
   views = config.num_views
   if n % views:
@@ -106,8 +143,17 @@ def _plan_bytes(compiled):
   return out
 
 
+def _xla_flops(compiled):
+  """FLOPs of one call by XLA's cost analysis (None where it gives none)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+  flops = (cost or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
 def worker_step(cfg):
-  """Compiles and times one config's step; its plan, measured peaks and loss."""
+  """Compiles and times one config's step; its plan, measured peaks and loss (and XLA's
+  FLOP count and the device kind with ``cfg["describe"]``)."""
   import resource
 
   baseline = proc_bytes("VmRSS")
@@ -119,6 +165,8 @@ def worker_step(cfg):
   compile_s = time.perf_counter() - t0
   plan = _plan_bytes(compiled)
   res = {"compile_s": compile_s, "plan_bytes": plan, "baseline_rss_bytes": baseline}
+  if cfg.get("describe"):
+    res.update(xla_flops=_xla_flops(compiled), device_kind=jax.devices()[0].device_kind)
   limit = cfg.get("max_bytes")
   if plan is not None and limit and plan["total"] > limit:
     res["skipped"] = (
