@@ -42,6 +42,11 @@ Sizes (``arg``):
 * ``"quick"``: n ∈ {512, 2048}, width 128, 2 timed steps (a few minutes);
 * ``"bf16"``: blockwise only, bfloat16 matmuls, width 512, n ∈ {2048, 8192};
 * ``"tiny"``: n = 64, width 16, 2 layers, blocks of 16 (the smoke test).
+* ``"gpu"``: the accelerator check instead (``gpu`` fields; experiments/benchmark_gpu.py,
+  docs/benchmark/README.md "On a GPU"): the main job's step, ResNet-18 steps of SimCLR,
+  SupCon and TransFusion at batch 512 and 2048, the blockwise head at n = 65,536, in float32
+  and bfloat16, within 8 minutes on one H100 (``experiments/gpu_check.sh`` runs it there);
+* ``"gpu_tiny"``: those rows at CPU sizes, in this process (the test).
 
 Every field below can be overridden, e.g. ``--config.sizes=512,2048``
 (sizes, widths and implementations are comma-separated strings).
