@@ -1,5 +1,6 @@
-"""experiments/benchmark.py and benchmark_input.py: FLOP formulas against the
-library's traced training step, the memory-cap search, tiny runs."""
+"""experiments/benchmark.py (its workers, FLOP formulas and accelerator check) and
+benchmark_input.py: FLOP formulas against the library's traced training step, the
+memory-cap search, tiny runs."""
 
 import json
 import os
@@ -8,7 +9,13 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import benchmark, benchmark_input
+from experiments import (
+  benchmark,
+  benchmark_flops,
+  benchmark_gpu,
+  benchmark_input,
+  benchmark_workers,
+)
 from experiments.configs.benchmark import get_config
 from experiments.configs.benchmark_input import get_config as input_config
 from tfjax.config import base_config
@@ -48,32 +55,34 @@ def test_flop_formulas_count_the_traced_matmuls(n, width, layers, block):
   # it is the head's, so the formulas count all of them.
   counted = {}
   for impl in ("dense", "blockwise"):
-    _, (state, batch, key) = benchmark._build_step(
+    _, (state, batch, key) = benchmark_workers._build_step(
       _worker_cfg(n, width, layers, block, impl), abstract=True
     )
     assert batch["x"].shape == (n // 2, width)  # 2 views: n head rows
     counted[impl] = _dot_flops(jax.make_jaxpr(train_step)(state, batch, key).jaxpr)
-  assert counted["dense"] == benchmark.model_flops(n, width, layers)
-  assert counted["blockwise"] == benchmark.executed_flops(n, width, layers, "blockwise")
+  assert counted["dense"] == benchmark_flops.model_flops(n, width, layers)
+  assert counted["blockwise"] == benchmark_flops.executed_flops(n, width, layers, "blockwise")
   assert counted["blockwise"] > counted["dense"]  # it recomputes blocks
 
 
 def test_step_config_is_the_library_step_without_backbone_or_projector():
-  config = benchmark.step_config(_worker_cfg(64, 16, 2, 16, "blockwise"))
+  config = benchmark_workers.step_config(_worker_cfg(64, 16, 2, 16, "blockwise"))
   assert (config.backbone, config.embed_dim, config.loss) == ("identity", 0, "jsd")
   assert (config.num_views, config.augment_strength) == (2, 0.0)
   assert (config.optimizer, config.weight_decay, config.schedule) == ("adamw", 0.0, "constant")
   assert config.head.implementation == "blockwise"
-  _, (state, _, _) = benchmark._build_step(_worker_cfg(64, 16, 2, 16, "dense"), abstract=True)
+  _, (state, _, _) = benchmark_workers._build_step(
+    _worker_cfg(64, 16, 2, 16, "dense"), abstract=True
+  )
   assert set(state.params) == {"head"}  # nothing but the head
   with pytest.raises(ValueError, match="multiple of num_views"):
-    benchmark._build_step(_worker_cfg(63, 16, 2, 16, "dense"))
+    benchmark_workers._build_step(_worker_cfg(63, 16, 2, 16, "dense"))
 
 
 def test_worker_step_dense_and_blockwise_agree():
   losses = {}
   for impl in ("dense", "blockwise"):
-    r = benchmark.worker_step(_worker_cfg(64, 16, 2, 16, impl, repeats=2, warmup=1))
+    r = benchmark_workers.worker_step(_worker_cfg(64, 16, 2, 16, impl, repeats=2, warmup=1))
     assert r["step_s"] > 0 and len(r["step_times_s"]) == 2
     assert r["plan_bytes"]["total"] > 0
     losses[impl] = r["loss"]
@@ -94,13 +103,13 @@ def test_configs_reject_unknown_args():
 
 def test_largest_n_within_doubles_then_bisects():
   plan = lambda n: 1000 + 3 * n  # bytes, increasing in n
-  n, probes = benchmark.largest_n_within(1000 + 3 * 700, plan, 64)
+  n, probes = benchmark_workers.largest_n_within(1000 + 3 * 700, plan, 64)
   assert n == 640  # largest multiple of 64 ≤ 700
   assert plan(n) <= 1000 + 3 * 700 < plan(n + 64)
   assert len(probes) < 10
-  assert benchmark.largest_n_within(10, plan, 64)[0] == 0  # nothing fits
-  assert benchmark.largest_n_within(10**9, lambda n: None, 64)[0] is None
-  assert benchmark.largest_n_within(10**12, plan, 64, n_max=4096)[0] == 4096
+  assert benchmark_workers.largest_n_within(10, plan, 64)[0] == 0  # nothing fits
+  assert benchmark_workers.largest_n_within(10**9, lambda n: None, 64)[0] is None
+  assert benchmark_workers.largest_n_within(10**12, plan, 64, n_max=4096)[0] == 4096
 
 
 def test_markdown_marks_skipped_and_failed_configs():
@@ -178,3 +187,68 @@ def test_tiny_input_benchmark_measures_every_path(tmp_path):
   assert os.path.exists(tmp_path / "results.md")
   with open(tmp_path / "results.json") as f:
     assert json.load(f)[0]["batch"] == 32
+
+
+@pytest.mark.slow
+def test_gpu_check_tiny_measures_every_row(tmp_path):
+  # The accelerator check end to end at CPU sizes, in this process: every row
+  # (main job, blockwise head, 3 methods x 2 batches on the image backbone; each
+  # in float32 and bfloat16) compiled and timed, and nothing written into docs/.
+  docs = os.path.join(os.path.dirname(__file__), "..", "docs", "benchmark")
+  before = set(os.listdir(docs))
+  config = get_config("gpu_tiny")
+  report = benchmark.run(config, str(tmp_path), progress=False, command="tiny")
+  rows = report["rows"]
+  expected = (
+    [("main job", "transfusion", 16, d) for d in ("float32", "bfloat16")]
+    + [("blockwise head", "transfusion", 256, d) for d in ("float32", "bfloat16")]
+    + [
+      ("small_cnn", m, n, d)  # ResNet-18's stand-in at CPU sizes
+      for n in (8, 16)
+      for d in ("float32", "bfloat16")
+      for m in ("simclr", "supcon", "transfusion")
+    ]
+  )
+  assert [(r["what"].split(" (")[0], r["method"], r["n"], r["dtype"]) for r in rows] == expected
+  for r in rows:
+    assert "error" not in r, r
+    for key in ("compile_s", "step_s", "flops_per_s"):
+      assert np.isfinite(r[key]) and r[key] > 0, (key, r)
+    assert r["fraction_of_peak"] is None  # no peak known for a CPU
+  assert report["device_kind"] == "cpu" and set(os.listdir(docs)) == before
+  with open(tmp_path / "gpu_cpu.md") as f:
+    md = f.read()
+  table = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+  assert len(table) == 1 + len(expected)
+  assert all(line.count(" n/a ") == 2 for line in table[1:])  # % of peak, peak GiB
+  assert "Command: `tiny`" in md and "JAX " in md
+  with open(tmp_path / "gpu_cpu.json") as f:
+    assert len(json.load(f)["rows"]) == len(expected)
+
+
+def test_gpu_config_has_every_row_at_full_size_and_chip_peaks():
+  rows = benchmark_gpu.rows(get_config("gpu"))
+  assert [(r["what"].split(" (")[0], r["n"]) for r in rows[:4]] == [
+    ("main job", 128),
+    ("main job", 128),
+    ("blockwise head", 65536),
+    ("blockwise head", 65536),
+  ]
+  image = rows[4:]
+  assert {(r["method"], r["n"], r["dtype"]) for r in image} == {
+    (m, n, d)
+    for m in ("simclr", "supcon", "transfusion")
+    for n in (512, 2048)
+    for d in ("float32", "bfloat16")
+  }
+  for r in rows:  # every training config is sound (no compile)
+    config = benchmark_workers.step_config(r["cfg"])
+    assert config.compute_dtype == r["dtype"] or config.head.compute_dtype == r["dtype"]
+  assert image[0]["what"] == "ResNet-18 (32×32 images)"
+  assert image[0]["cfg"]["config"]["backbone_kwargs"] == {"width": 1.0}
+  assert benchmark_workers.step_config(rows[2]["cfg"]).head.implementation == "blockwise"
+  peak = benchmark_flops.chip_peak
+  assert peak("NVIDIA H100 80GB HBM3", "bfloat16") == 989.4e12
+  assert peak("NVIDIA H100 PCIe", "float32") == 378e12
+  assert peak("NVIDIA H200", "float32") == 494.7e12
+  assert peak("cpu", "bfloat16") is None

@@ -42,12 +42,64 @@ Sizes (``arg``):
 * ``"quick"``: n ∈ {512, 2048}, width 128, 2 timed steps (a few minutes);
 * ``"bf16"``: blockwise only, bfloat16 matmuls, width 512, n ∈ {2048, 8192};
 * ``"tiny"``: n = 64, width 16, 2 layers, blocks of 16 (the smoke test).
+* ``"gpu"``: the accelerator check instead (``gpu`` fields; experiments/benchmark_gpu.py,
+  docs/benchmark/README.md "On a GPU"): the main job's step, ResNet-18 steps of SimCLR,
+  SupCon and TransFusion at batch 512 and 2048, the blockwise head at n = 65,536, in float32
+  and bfloat16, within 8 minutes on one H100 (``experiments/gpu_check.sh`` runs it there);
+* ``"gpu_tiny"``: those rows at CPU sizes, in this process (the test).
 
 Every field below can be overridden, e.g. ``--config.sizes=512,2048``
 (sizes, widths and implementations are comma-separated strings).
 """
 
+import ml_collections
+
 from tfjax.config import base_config
+
+# The accelerator check (":gpu"): each method's fields over the ResNet-18 step's
+# (experiments/benchmark_gpu.py).
+METHOD_FIELDS = {
+  "simclr": {"loss": "info_nce"},
+  "supcon": {"loss": "supcon", "label_fraction": 1.0, "labels_in_loss": True},
+  "transfusion": {"loss": "jsd", "label_fraction": 1.0, "labels_in_loss": True},
+}
+RESNET_FIELDS = {
+  "dataset": "cifar10",  # only its kind ("image") matters: the images are random
+  "backbone": "resnet18",  # CIFAR stem: 3x3 conv, no max-pool
+  "backbone_kwargs": {"width": 1.0},
+  "embed_dim": 128,
+  "projector_hidden": (512,),
+  "augment": "",  # the image default: SimCLR's crops, flips, colour jitter, grey
+  "augment_strength": 1.0,
+}
+
+
+def gpu_check(c, tiny: bool):
+  """The accelerator check's fields: ``c.gpu`` (at CPU-test sizes when ``tiny``)."""
+  c.gpu = ml_collections.ConfigDict(
+    dict(
+      main_run="transfusion",  # a run of experiments/configs/default.py
+      main_batch_size=0,  # 0: the main job's
+      data_dir=ml_collections.FieldReference(None, field_type=str),  # the main job's data
+      methods=",".join(METHOD_FIELDS),
+      method_fields=METHOD_FIELDS,
+      resnet=RESNET_FIELDS,
+      image_size=32,
+      batches="512,2048",
+      dtypes="float32,bfloat16",
+      head_n=65536,
+      head_width=128,
+      subprocess=True,  # each step in a fresh process: its own peak memory
+      budget_s=420.0,  # rows not started by then are not run
+      docs_dir="docs/benchmark",  # also write gpu_<device>.md there ("": the workdir only)
+    )
+  )
+  c.repeats, c.warmup, c.timeout = 5, 1, 300.0
+  if tiny:  # a small CNN stands in for ResNet-18, whose compilation takes minutes on CPU
+    c.gpu.resnet.backbone, c.gpu.resnet.backbone_kwargs = "small_cnn", {"channels": (4,)}
+    c.gpu.main_batch_size, c.gpu.batches, c.gpu.image_size = 16, "8,16", 8
+    c.gpu.head_n, c.gpu.head_width, c.gpu.subprocess, c.gpu.docs_dir = 256, 16, False, ""
+    c.gpu.budget_s, c.repeats, c.head.num_layers, c.head.block_size = 3600.0, 2, 2, 64
 
 
 def get_config(arg: str = ""):
@@ -107,6 +159,11 @@ def get_config(arg: str = ""):
     c.head.num_layers, c.head.block_size = 2, 16
     c.matmul_size, c.memory_cap_gib, c.cap_granularity = 256, 0.005, 64
     c.timeout = 300.0
+  elif arg in ("gpu", "gpu_tiny"):
+    with c.unlocked():
+      gpu_check(c, tiny=arg == "gpu_tiny")
   elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; use '', 'quick', 'bf16' or 'tiny'")
+    raise ValueError(
+      f"unknown config argument {arg!r}; use '', 'quick', 'bf16', 'tiny', 'gpu' or 'gpu_tiny'"
+    )
   return c
