@@ -97,7 +97,7 @@ def gpu_check(c, tiny: bool):
   c.repeats, c.warmup, c.timeout = 5, 1, 300.0
   if tiny:  # a small CNN stands in for ResNet-18, whose compilation takes minutes on CPU
     c.gpu.resnet.backbone, c.gpu.resnet.backbone_kwargs = "small_cnn", {"channels": (4,)}
-    c.gpu.main_batch_size, c.gpu.batches, c.gpu.image_size = 16, "8,16", 8
+    c.gpu.main_batch_size, c.gpu.batches, c.gpu.image_size = 16, "8", 8
     c.gpu.head_n, c.gpu.head_width, c.gpu.subprocess, c.gpu.docs_dir = 256, 16, False, ""
     c.gpu.budget_s, c.repeats, c.head.num_layers, c.head.block_size = 3600.0, 2, 2, 64
 
