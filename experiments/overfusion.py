@@ -18,11 +18,13 @@ embeddings (encoder in eval mode): ``variance``, ``rank95`` (1 = on one line),
 
 Runs live in ``WORKDIR/runs/seed<S>/<method run name>`` and resume from their
 checkpoints.  Writes overfusion_embeddings.png (first seed),
-overfusion_variance.png, results.md, results.json.
+overfusion_variance.png, results.md, results.json
+(:mod:`experiments.overfusion_report`).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
@@ -32,7 +34,7 @@ import numpy as np
 
 from experiments import runs
 from experiments.common import cli
-from experiments.report import markdown_table, pyplot, save, write_report, write_results
+from experiments.overfusion_report import report, search_report
 from tfjax import diagnostics, methods, probes
 
 NUM_CLASSES = 3
@@ -69,14 +71,16 @@ def loss_names(config) -> list[str]:
 
 def run_config(config, loss: str, oar: bool, seed: int):
   """The training config of one run (a resolved copy of ``config``)."""
-  c = config.copy_and_resolve_references()
-  c.seed = seed
-  c.loss = loss
-  c.backbone_kwargs.hidden = (config.hidden, config.hidden)
-  c.label_fraction, c.oar_weight = (
-    (config.oar.label_fraction, config.oar.weight) if oar else (None, 0.0)
+  fraction, weight = (config.oar.label_fraction, config.oar.weight) if oar else (None, 0.0)
+  hidden = {"backbone_kwargs.hidden": (config.hidden, config.hidden)}
+  return runs.with_fields(
+    config, hidden, seed=seed, loss=loss, label_fraction=fraction, oar_weight=weight
   )
-  return c
+
+
+def label(loss: str, oar: bool) -> str:
+  """A run's name in the tables: the method's, ``OAR-`` in front with OAR."""
+  return ("OAR-" if oar else "") + methods.get(loss).display_name
 
 
 def train_run(c, data: dict, workdir: str, progress: bool):
@@ -85,12 +89,8 @@ def train_run(c, data: dict, workdir: str, progress: bool):
   from tfjax.metrics import read_metrics
   from tfjax.state import eval_model
 
-  res = train.train_and_evaluate(
-    c,
-    workdir,
-    progress=progress,
-    data=(data["x_train"], data["y_train"], data["x_test"], data["y_test"]),
-  )
+  arrays = (data["x_train"], data["y_train"], data["x_test"], data["y_test"])
+  res = train.train_and_evaluate(c, workdir, progress=progress, data=arrays)
   state = res["state"]
   test_z = evaluation.extract_features(
     eval_model(state),
@@ -107,19 +107,19 @@ def train_run(c, data: dict, workdir: str, progress: bool):
 
 def geometry(test_z, labels) -> dict:
   """The over-fusion diagnostics of the test embeddings (table columns)."""
-  summ = diagnostics.summary(jnp.asarray(test_z), jnp.asarray(labels), NUM_CLASSES)
+  s = diagnostics.summary(jnp.asarray(test_z), jnp.asarray(labels), NUM_CLASSES)
   return {
-    "variance": summ["variance"],
-    "rank95": int(summ["rank95"]),
-    "top1_energy": summ["top1_energy"],
-    "class_var": summ["class_variance_mean"],
+    "variance": s["variance"],
+    "rank95": int(s["rank95"]),
+    "top1_energy": s["top1_energy"],
+    "class_var": s["class_variance_mean"],
   }
 
 
-def say(row: dict) -> None:
-  print(
-    " | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-    flush=True,
+def nearest_anchor(anchors, test_z, labels) -> float:
+  """The accuracy of classifying each test embedding by its nearest anchor."""
+  return probes.knn_accuracy(
+    anchors, np.arange(NUM_CLASSES), test_z, labels, num_classes=NUM_CLASSES, k=1
   )
 
 
@@ -129,67 +129,43 @@ def run(config, workdir: str, *, progress: bool = True):
   if config.get("search") is not None and config.search.enabled:
     return search(config, workdir, progress=progress)
   names = loss_names(config)
-  runs.validate(
-    [run_config(config, name, oar, config.seed) for name in names for oar in (False, True)]
-  )  # before any compute
+  cases = [(name, oar) for name in names for oar in (False, True)]
+  runs.validate([run_config(config, name, oar, config.seed) for name, oar in cases])
   t0 = time.time()
   rows, shown = [], {}
   for seed in runs.seeds(config):
     data = make_data(config, seed)
-    for name in names:
-      for oar in (False, True):
-        c = run_config(config, name, oar, seed)
-        run_dir = os.path.join(workdir, "runs", f"seed{seed}", methods.run_name(c))
-        test_z, anchors, final_loss, knn = train_run(c, data, run_dir, progress)
-        label = ("OAR-" if oar else "") + methods.get(name).display_name
-        rows.append(
+    for name, oar in cases:
+      c = run_config(config, name, oar, seed)
+      run_dir = os.path.join(workdir, "runs", f"seed{seed}", methods.run_name(c))
+      test_z, anchors, final_loss, knn = train_run(c, data, run_dir, progress)
+      rows.append(
+        say(
           {
-            "run": label,
+            "run": label(name, oar),
             "loss": name,
             "seed": seed,
             **geometry(test_z, data["y_test"]),
             "knn": knn,
-            "anchor_acc": ""
-            if not oar
-            else probes.knn_accuracy(  # nearest anchor
-              anchors, np.arange(NUM_CLASSES), test_z, data["y_test"], num_classes=NUM_CLASSES, k=1
-            ),
+            "anchor_acc": nearest_anchor(anchors, test_z, data["y_test"]) if oar else "",
             "final_loss": final_loss,
           }
         )
-        say(rows[-1])
-        if seed == config.seed:
-          shown[label] = test_z
-  report(config, workdir, rows, shown, time.time() - t0)
+      )
+      if seed == config.seed:
+        shown[rows[-1]["run"]] = test_z
+  first = make_data(config, config.seed)
+  report(config, workdir, rows, shown, first["y_test"], first["angles"], time.time() - t0)
   return rows
 
 
-def report(config, workdir, rows, shown, seconds) -> None:
-  """results.md / results.json and the two figures."""
-  data0 = make_data(config, config.seed)
-  _plot_embeddings(workdir, shown, data0["y_test"])
-  _plot_variance(workdir, rows)
-  notes = _notes(rows, config, data0["angles"], seconds)
-  table = write_results(
-    workdir,
-    f"Over-fusion on 3 lines in R³ ({config.num_steps} steps, batch "
-    f"{config.batch_size}, {config.seeds} seed(s))",
-    rows,
-    [
-      "run",
-      "seed",
-      "variance",
-      "rank95",
-      "top1_energy",
-      "class_var",
-      "knn",
-      "anchor_acc",
-      "final_loss",
-    ],
-    notes,
+def say(row: dict) -> dict:
+  """Prints ``row`` as one line of ``key=value``; returns it."""
+  print(
+    " | ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+    flush=True,
   )
-  print(table)
-  print(notes)
+  return row
 
 
 def main(argv=None):
@@ -204,8 +180,6 @@ SEARCH_FIELDS = ("noise", "hidden", "temperature", "optimizer", "learning_rate")
 
 def search_grid(config) -> list[dict]:
   """Every combination of the comma-separated values of ``config.search``."""
-  import itertools
-
   values = []
   for field in SEARCH_FIELDS:
     raw = [v.strip() for v in str(config.search[field]).split(",") if v.strip()]
@@ -219,39 +193,6 @@ def search_grid(config) -> list[dict]:
   return [dict(zip(SEARCH_FIELDS, combo)) for combo in itertools.product(*values)]
 
 
-def _setting_config(config, setting: dict):
-  c = config.copy_and_resolve_references()
-  for field, value in setting.items():
-    c[field] = value
-  return c
-
-
-def _setting_name(setting: dict) -> str:
-  return (
-    f"noise{setting['noise']:g}_h{setting['hidden']}_t{setting['temperature']:g}_"
-    f"{setting['optimizer']}_lr{setting['learning_rate']:g}"
-  )
-
-
-def _search_run(config, setting, loss, oar, data, workdir, progress) -> dict:
-  c = run_config(_setting_config(config, setting), loss, oar, config.seed)
-  label = ("OAR-" if oar else "") + methods.get(loss).display_name
-  row = {"run": label, **{k: setting[k] for k in SEARCH_FIELDS}}
-  run_dir = os.path.join(workdir, "search", _setting_name(setting), methods.run_name(c))
-  try:
-    test_z, _, _, knn = train_run(c, data, run_dir, progress)
-  except FloatingPointError as e:
-    return {
-      **row,
-      "variance": "",
-      "rank95": "",
-      "top1_energy": "",
-      "knn": "",
-      "status": f"diverged ({e})",
-    }
-  return {**row, **geometry(test_z, data["y_test"]), "knn": knn, "status": "ok"}
-
-
 def line_collapse(row: dict) -> bool:
   """Collapsed onto one line: 95 % of the energy in one direction (rank95 = 1)."""
   return row["status"] == "ok" and row["rank95"] == 1
@@ -259,229 +200,62 @@ def line_collapse(row: dict) -> bool:
 
 def search(config, workdir: str, *, progress: bool = True):
   """Searches ``config.search`` for a setting where a base loss collapses onto
-  a line (CLOA's figure), then reruns the first few such settings with OAR.
+  a line (CLOA's figure), then reruns the first few such settings with OAR:
+  the first of each (noise, width), at most ``search.max_oar_settings``.
 
   Writes ``search.md`` / ``search.json`` (one row per run) and
-  ``overfusion_search.png`` (rank95 and kNN of every setting).
+  ``overfusion_search.png`` (top-direction energy and kNN of every setting).
   """
   names = methods.parse_names(config.search.losses)
   grid = search_grid(config)
   runs.validate(
     [
-      run_config(_setting_config(config, setting), name, oar, config.seed)
+      run_config(runs.with_fields(config, setting), name, oar, config.seed)
       for setting in grid
       for name in names
       for oar in (False, True)
     ]
   )
   t0 = time.time()
-  rows, data_by_noise = [], {}
-  for setting in grid:
-    if setting["noise"] not in data_by_noise:
-      data_by_noise[setting["noise"]] = make_data(_setting_config(config, setting), config.seed)
-    data = data_by_noise[setting["noise"]]
-    for name in names:
-      rows.append(_search_run(config, setting, name, False, data, workdir, progress))
-      say(rows[-1])
+  data = {
+    s["noise"]: make_data(runs.with_fields(config, noise=s["noise"]), config.seed) for s in grid
+  }
+
+  def train(setting, oar):
+    return [
+      say(_search_run(config, setting, n, oar, data[setting["noise"]], workdir, progress))
+      for n in names
+    ]
+
+  rows = [row for setting in grid for row in train(setting, False)]
   collapsed = [r for r in rows if line_collapse(r)]
-  rescued, groups = [], set()
-  for r in collapsed:  # one collapsed setting per (noise, width): the first
-    if (r["noise"], r["hidden"]) in groups:
-      continue
-    if len(groups) == config.search.max_oar_settings:
-      break
-    groups.add((r["noise"], r["hidden"]))
-    setting = {k: r[k] for k in SEARCH_FIELDS}
-    for name in names:
-      rescued.append(
-        _search_run(config, setting, name, True, data_by_noise[setting["noise"]], workdir, progress)
-      )
-      say(rescued[-1])
-  rows += rescued
-  _search_report(config, workdir, rows, names, len(grid), collapsed, len(groups), time.time() - t0)
+  first = {}  # (noise, width) -> its first collapsed setting
+  for r in collapsed:
+    first.setdefault((r["noise"], r["hidden"]), {k: r[k] for k in SEARCH_FIELDS})
+  rescue = list(first.values())[: config.search.max_oar_settings]
+  rows += [row for setting in rescue for row in train(setting, True)]
+  search_report(
+    config, workdir, rows, SEARCH_FIELDS, names, len(grid), collapsed, len(rescue), time.time() - t0
+  )
   return rows
 
 
-def _search_report(config, workdir, rows, names, settings, collapsed, rerun, seconds):
-  """search.md / search.json (one row per run, notes) and overfusion_search.png."""
-  _plot_search(workdir, rows, names)
-  region = "; ".join(f"{f} ∈ {{{config.search[f]}}}" for f in SEARCH_FIELDS)
-  notes = [
-    "## Notes",
-    "",
-    f"Searched: {region}; {config.num_steps} steps of batch {config.batch_size}, "
-    f"seed {config.seed}, {settings} settings × {len(names)} base losses. "
-    "A run collapsed onto a line when rank95 = 1 (95 % of its normalised test "
-    "embeddings' energy in one direction), as in CLOA's figure.",
-    "",
-  ]
-  if collapsed:
-    notes.append(
-      f"Collapsed base runs: {len(collapsed)} of "
-      f"{sum(r['run'] in [methods.get(n).display_name for n in names] for r in rows)}"
-      f"; {rerun} of them (the first of each data noise and width) "
-      "were rerun with OAR (rows marked OAR-)."
-    )
-  else:
-    notes.append(
-      "No base run collapsed onto a line in the region searched: CLOA's "
-      "3-D figure is **not reproduced** there."
-    )
-  notes.append(f"\nTime {seconds:.0f} s.")
-  columns = ["run", *SEARCH_FIELDS, "variance", "rank95", "top1_energy", "knn", "status"]
-  table = markdown_table(rows, columns)
-  write_report(
-    workdir,
-    f"# Over-fusion: searching for InfoNCE's collapse onto a line\n\n"
-    f"{table}\n" + "\n".join(notes) + "\n",
-    rows,
-    name="search",
+def _search_run(config, setting, loss, oar, data, workdir, progress) -> dict:
+  """One run of the search: its setting, geometry and kNN, or how it diverged."""
+  c = run_config(runs.with_fields(config, setting), loss, oar, config.seed)
+  row = {"run": label(loss, oar), **setting}
+  name = (
+    f"noise{setting['noise']:g}_h{setting['hidden']}_t{setting['temperature']:g}_"
+    f"{setting['optimizer']}_lr{setting['learning_rate']:g}"
   )
-  print(table)
-  print("\n".join(notes))
-
-
-def _plot_search(workdir, rows, names):
-  plt = pyplot()
-  base = [r for r in rows if not r["run"].startswith("OAR-")]
-  labels = [
-    f"{r['run'].split(' ')[0]} σ{r['noise']:g} h{r['hidden']} τ{r['temperature']:g}"
-    f" {'Adam' if r['optimizer'] == 'adamw' else 'SGD'} {r['learning_rate']:g}"
-    for r in base
-  ]
-  top1 = [r["top1_energy"] if r["status"] == "ok" else np.nan for r in base]
-  knn = [r["knn"] if r["status"] == "ok" else np.nan for r in base]
-  y = np.arange(len(base))
-  fig, axes = plt.subplots(1, 2, figsize=(10, 0.22 * len(base) + 1.5), sharey=True)
-  axes[0].barh(y, top1, color=["tab:red" if line_collapse(r) else "tab:gray" for r in base])
-  axes[0].axvline(0.95, color="black", ls=":", lw=0.8)
-  axes[0].set_xlabel("energy in the top direction\n(red: rank95 = 1, on one line)")
-  axes[1].barh(y, knn, color="tab:blue")
-  axes[1].axvline(1 / 3, color="black", ls=":", lw=0.8)
-  axes[1].set_xlabel("kNN accuracy (dotted: chance)")
-  axes[0].set_yticks(y, labels, fontsize=6)
-  axes[0].set_xlim(0, 1), axes[1].set_xlim(0, 1)
-  fig.suptitle(
-    "Collapse search on three lines in R³: every base run (diverged runs left blank)", fontsize=9
-  )
-  save(fig, os.path.join(workdir, "overfusion_search.png"), dpi=100)
-
-
-def _plot_embeddings(workdir, shown, labels):
-  plt = pyplot()
-  runs = list(shown)
-  plain = [r for r in runs if not r.startswith("OAR-")]
-  cols = max(1, len(plain))
-  fig = plt.figure(figsize=(3.0 * cols, 6.4))
-  colors = np.array(["tab:blue", "tab:orange", "tab:green"])
-  for run in runs:
-    z = shown[run]
-    u = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-    # Plain runs on the top row, their OAR versions below.
-    base = run.removeprefix("OAR-")
-    col = plain.index(base) if base in plain else len(plain) - 1
-    ax = fig.add_subplot(
-      2, cols, col + 1 + (cols if run.startswith("OAR-") else 0), projection="3d"
+  try:
+    test_z, _, _, knn = train_run(
+      c, data, os.path.join(workdir, "search", name, methods.run_name(c)), progress
     )
-    ax.scatter(u[:, 0], u[:, 1], u[:, 2], c=colors[labels], s=4, alpha=0.6)
-    ax.set_xlim(-1, 1), ax.set_ylim(-1, 1), ax.set_zlim(-1, 1)
-    ax.set_xticklabels([]), ax.set_yticklabels([]), ax.set_zticklabels([])
-    ax.set_title(f"{run}\nvar {diagnostics.embedding_variance(jnp.asarray(z)):.2f}", fontsize=8)
-  fig.suptitle(
-    "Normalised test embeddings on the unit sphere, first seed\n"
-    "(colour = line / class; top: base loss, bottom: with OAR)",
-    fontsize=9,
-  )
-  save(fig, f"{workdir}/overfusion_embeddings.png", dpi=100)
-
-
-def _mean_by_run(rows, key):
-  runs = list(dict.fromkeys(r["run"] for r in rows))
-  return runs, [float(np.mean([r[key] for r in rows if r["run"] == run])) for run in runs]
-
-
-def _plot_variance(workdir, rows):
-  plt = pyplot()
-  runs, var = _mean_by_run(rows, "variance")
-  _, cvar = _mean_by_run(rows, "class_var")
-  x = np.arange(len(runs))
-  fig, ax = plt.subplots(figsize=(1.0 * len(runs) + 4.5, 3.6))
-  ax.bar(
-    x - 0.2,
-    var,
-    0.4,
-    label="embedding variance\n(grey: base, red: OAR)",
-    color=["tab:red" if r.startswith("OAR-") else "tab:gray" for r in runs],
-  )
-  ax.bar(x + 0.2, cvar, 0.4, label="within-class variance", color="tab:blue", alpha=0.6)
-  ax.set_xticks(x)
-  ax.set_xticklabels(runs, rotation=30, ha="right", fontsize=8)
-  ax.set_ylim(0, 1)
-  ax.set_ylabel("variance of normalised embeddings")
-  ax.set_title("Spread of the test embeddings per run (mean over seeds)", fontsize=9)
-  ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-  save(fig, f"{workdir}/overfusion_variance.png", dpi=100)
-
-
-def _notes(rows, config, angles, seconds) -> str:
-  runs, var = _mean_by_run(rows, "variance")
-  _, knn = _mean_by_run(rows, "knn")
-  _, rank = _mean_by_run(rows, "rank95")
-  by = {r: (v, k, rk) for r, v, k, rk in zip(runs, var, knn, rank)}
-  optimizer = (
-    "Adam" if config.optimizer == "adamw" and config.weight_decay == 0 else config.optimizer
-  )
-  lines = [
-    "## Notes",
-    "",
-    f"Setting: lines at pairwise angles {', '.join(f'{a:.0f}°' for a in angles)} "
-    f"(seed {config.seed}), data noise {config.noise}, augmentation = negation + "
-    f"noise {config.augment_strength}; MLP 3→{config.hidden}→{config.hidden}→3 "
-    f"with BatchNorm, {optimizer} lr {config.learning_rate} ({config.schedule}), "
-    f"temperature {config.temperature}, {config.num_steps} steps of batch "
-    f"{config.batch_size}; OAR weight {config.oar.weight:g} on a "
-    f"{config.oar.label_fraction:.0%} class-balanced labelled subset. Numbers on "
-    f"held-out points (means over seeds below). kNN chance = 0.333. "
-    f"Time {seconds:.0f} s.",
-    "",
-  ]
-  for base in dict.fromkeys(r.removeprefix("OAR-") for r in runs):
-    plain, with_oar = by.get(base), by.get("OAR-" + base)
-    if plain is None or with_oar is None:
-      continue
-    lines.append(
-      f"- {base}: variance {plain[0]:.3f} → {with_oar[0]:.3f} with OAR, rank95 "
-      f"{plain[2]:.1f} → {with_oar[2]:.1f}, kNN {plain[1]:.3f} → {with_oar[1]:.3f}."
-    )
-  lines.append("")
-  collapsed = [r for r in runs if not r.startswith("OAR-") and by[r][2] <= 1.0]
-  separated = [r for r in runs if r.startswith("OAR-") and by[r][1] >= 0.9]
-  lines.append(
-    "Paper's claim (CLOA): InfoNCE and DCL collapse onto one line, OAR separates "
-    "the three clusters. Measured here: plain runs whose embeddings lie on one "
-    f"line ±z* (rank95 = 1): {', '.join(collapsed) or 'none'}; OAR runs with "
-    f"kNN ≥ 0.9: {', '.join(separated) or 'none'}."
-  )
-  plain_ok = [r for r in runs if not r.startswith("OAR-") and by[r][1] >= 0.9]
-  if not collapsed:
-    lines.append(
-      "\nWhere we disagree: in this setting no base loss collapses onto one line "
-      "(rank95 stays > 1 and the normalised embeddings keep most of their "
-      f"variance); plain runs with kNN ≥ 0.9: {', '.join(plain_ok) or 'none'}. "
-      "OAR does pull each class toward its anchor (anchor accuracy above) and "
-      "usually lowers the within-class variance, but it does not rescue a "
-      "collapse here because there is none to rescue. Probes outside the "
-      "defaults (the search mode, docs/overfusion_search.md) collapse InfoNCE "
-      "and DCL only with SGD at lr 10-1000, tau <= 0.1 and widths 4-8. The paper's exact data noise, widths, "
-      "temperature, optimiser and step count are not stated; a collapse may "
-      "need other values than ours."
-    )
-  else:
-    lines.append(
-      "\nWhere we agree: the runs listed as rank95 = 1 reproduce the collapse "
-      "onto one line; compare their OAR versions' kNN and variance above."
-    )
-  return "\n".join(lines)
+  except FloatingPointError as e:
+    failed = dict.fromkeys(("variance", "rank95", "top1_energy", "knn"), "")
+    return {**row, **failed, "status": f"diverged ({e})"}
+  return {**row, **geometry(test_z, data["y_test"]), "knn": knn, "status": "ok"}
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ docs/experiments.md; the fields: ``experiments/configs/recipe_sweep.py``.
 
 Runs live in ``WORKDIR/runs/<method>/<recipe>/seed<N>`` (transfer:
 ``WORKDIR/transfer/...``) and finished ones are reused on a restart.  Writes
-results.md, results.json, chosen.json and recipe_sweep.png.
+results.md, results.json, chosen.json and recipe_sweep.png
+(:mod:`experiments.recipe_sweep_report`).
 """
 
 from __future__ import annotations
@@ -25,15 +26,8 @@ import time
 
 from experiments import runs
 from experiments.common import cli
-from experiments.report import (
-  formatted,
-  machine,
-  markdown_table,
-  mean_std,
-  pyplot,
-  save,
-  write_report,
-)
+from experiments.recipe_sweep_report import write
+from experiments.report import machine, mean_std
 
 STAGES = ("augmentation", "learning rate", "method", "steps")
 
@@ -63,22 +57,12 @@ def uses_temperature(config, method) -> bool:
 def default_recipe(config, method) -> dict:
   """The starting recipe (``config.defaults``): the fields the sweep tunes for ``method``."""
   d = config.defaults
-  out = {
-    "augment": d.augment,
-    "augment_strength": d.augment_strength,
-    "learning_rate": d.learning_rate,
-  }
+  out = {k: d[k] for k in ("augment", "augment_strength", "learning_rate")}
   if uses_temperature(config, method):
     out["temperature"] = d.temperature
   if is_jsd(config, method):
-    out.update(
-      {
-        "head.num_layers": d.num_layers,
-        "head.final_projection": d.final_projection,
-        "head.activation": d.activation,
-        "head.fuse_within_view": d.fuse_within_view,
-      }
-    )
+    head = ("num_layers", "final_projection", "activation", "fuse_within_view")
+    out.update({f"head.{k}": d[k] for k in head})
   out["num_steps"] = d.num_steps
   return out
 
@@ -110,12 +94,7 @@ def stage_grid(config, method, stage: int) -> list[dict]:
     return [{"temperature": float(v)} for v in g.temperature]
   if is_jsd(config, method) and dict(config.runs[method]).get("labels_in_loss"):
     return [
-      {
-        "head.num_layers": int(n),
-        "head.final_projection": p,
-        "head.activation": "relu",
-        "head.fuse_within_view": False,
-      }
+      {"head.num_layers": int(n), **parse_form(f"{p}/relu")}
       for n in g.transfusion_layers
       for p in g.transfusion_projection
     ]
@@ -187,12 +166,8 @@ class Sweep:
         }
         for setting in grid
       ]
-      pick = choose(
-        grid,
-        [r["knn"] for r in stage_rows],
-        {k: recipe.get(k) for k in grid[0]},
-        self.config.tie_tolerance,
-      )
+      incumbent = {k: recipe.get(k) for k in grid[0]}
+      pick = choose(grid, [r["knn"] for r in stage_rows], incumbent, self.config.tie_tolerance)
       for i, row in enumerate(stage_rows):
         row["chosen"] = i == pick
       rows += stage_rows
@@ -234,30 +209,21 @@ def transfer(config, names, chosen, workdir, progress) -> list:
 
   tr = config.transfer
   seeds = runs.seeds(config, "transfer.seeds", tr.seeds)
-  fields = {
-    "dataset": tr.dataset,
-    "validation_fraction": None,
-    "eval.linear_steps": tr.linear_steps,
-  }
+  fields = {"dataset": tr.dataset, "validation_fraction": None}
+  fields["eval.linear_steps"] = tr.linear_steps
   rows = []
   for name in names:
     for which, recipe in transfer_recipes(config, name, chosen[name]):
+      key = runs.recipe_key(recipe)
       configs = [runs.training_config(config, name, {**recipe, **fields}, seed=s) for s in seeds]
-      per_seed = runs.over_seeds(
-        configs,
-        [
-          os.path.join(workdir, "transfer", name, runs.recipe_key(recipe), f"seed{s}")
-          for s in seeds
-        ],
-        progress,
-        "test",
-      )
+      dirs = [os.path.join(workdir, "transfer", name, key, f"seed{s}") for s in seeds]
+      per_seed = runs.over_seeds(configs, dirs, progress, "test")
       rows.append(
         {
           "method": name,
           "display": methods.display_name(configs[0]),
           "recipe": which,
-          "overrides": runs.recipe_key(recipe),
+          "overrides": key,
           "evaluated_on": "test",
           **mean_std(per_seed, ("knn", "linear", "final_loss", "uniform_rows")),
           "seeds": len(seeds),
@@ -321,135 +287,8 @@ def run(config, workdir: str, *, progress: bool = True):
     "total_minutes": round((time.time() - t_job) / 60, 2),
     "machine": machine(),
   }
-  write(config, summary, names, workdir)
+  write(config, summary, names, STAGES, workdir)
   return summary
-
-
-def write(config, summary, names, workdir) -> None:
-  """chosen.json, results.md, results.json and recipe_sweep.png of ``summary``."""
-  with open(os.path.join(workdir, "chosen.json"), "w") as f:
-    json.dump(summary["chosen"], f, indent=2)
-  md = results_markdown(config, summary)
-  write_report(workdir, md, summary)
-  plot(summary, names, os.path.join(workdir, "recipe_sweep.png"))
-  print("\n" + md)
-  print(f"wrote {workdir}/results.md, results.json, chosen.json, recipe_sweep.png")
-
-
-def results_markdown(config, s) -> str:
-  seeds = s["sweep_seeds"]
-  sweep_table = markdown_table(
-    [
-      {**formatted(r, ("knn", "final_loss", "uniform_rows")), "chosen": "◀" if r["chosen"] else ""}
-      for r in s["runs"]
-    ],
-    ["method", "stage", "setting", "knn", "final_loss", "uniform_rows", "chosen", "recipe"],
-  )
-  chosen = "\n".join(f"* `{m}`: `{json.dumps(o)}`" for m, o in s["chosen"].items())
-  tr = config.transfer
-  transfer_table = markdown_table(
-    [formatted(r, ("knn", "linear")) for r in s["transfer"]],
-    ["method", "recipe", "knn", "linear", "overrides", "seeds"],
-  )
-  base = s["random_baseline_validation"]
-  base_line = (
-    ""
-    if not base
-    else f"The random-init backbone (BatchNorm statistics of the data) gives "
-    f"validation kNN {base['knn']:.3f}.\n\n"
-  )
-  steps = "each recipe's own number of steps"
-  if tr.chosen_at_default_steps:
-    steps += (
-      "; where the chosen number differs from the default's, the chosen "
-      "recipe also at the default number (the gain of the other choices "
-      "at equal cost)"
-    )
-  return (
-    f"# Recipe sweep: {config.dataset}, backbone {config.backbone}, chosen on "
-    f"validation data\n\n"
-    f"Every run trains on {1 - config.validation_fraction:.0%} of the training "
-    f"split and is scored by kNN (k = {config.eval.knn_k}) accuracy of its "
-    f"backbone features on the held-out, class-balanced "
-    f"{config.validation_fraction:.0%} (seed 0); the test split is not read. "
-    f"{len(seeds)} seed(s) per setting (mean"
-    f"{' ± std' if len(seeds) > 1 else ''}); ties within {s['tie_tolerance']} "
-    "keep the incumbent, else the first setting in grid order. uniform_rows: "
-    "the fraction of dead (uniform) adjacency rows at the last logged step "
-    "(JSD runs).\n\n"
-    f"## Every run\n\n{sweep_table}\n{base_line}"
-    f"## Chosen recipes (overrides of the main job's config)\n\n{chosen}\n\n"
-    f"## Transfer check: {tr.dataset}, test split\n\n"
-    f"Trained on {tr.dataset}'s training split, evaluated on its test split, "
-    f"{tr.seeds} seeds (mean ± std); {steps}; linear probe of "
-    f"{tr.linear_steps} steps.\n\n{transfer_table}\n"
-    f"Time: sweep {s['sweep_minutes']:.1f} min, transfer check "
-    f"{s['transfer_minutes']:.1f} min, total {s['total_minutes']:.1f} min on "
-    f"{s['machine']}.\n"
-  )
-
-
-def plot(s, names, path):
-  """Validation kNN of every setting, one panel per method, grouped by stage."""
-  plt = pyplot()
-  colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
-  fig, axes = plt.subplots(
-    1, len(names), figsize=(4.2 * len(names), 4.2), sharey=True, squeeze=False
-  )
-  axes, base = axes[0], s["random_baseline_validation"]
-  for ax, name in zip(axes, names):
-    x, ticks, labels = 0, [], []
-    for stage, color in zip(range(1, len(STAGES) + 1), colors):
-      srows = [r for r in s["runs"] if r["method"] == name and r["stage"] == stage]
-      xs = list(range(x, x + len(srows)))
-      if srows:
-        ax.errorbar(
-          xs,
-          [r["knn"] for r in srows],
-          yerr=[r.get("knn_std", 0) for r in srows],
-          fmt="o-",
-          color=color,
-          ms=4,
-          capsize=2,
-          label=f"stage {stage}: {STAGES[stage - 1]}",
-        )
-        ax.plot(
-          [xi for xi, r in zip(xs, srows) if r["chosen"]],
-          [r["knn"] for r in srows if r["chosen"]],
-          marker="*",
-          ms=13,
-          color=color,
-          markeredgecolor="black",
-          linestyle="none",
-        )
-        ticks, labels, x = ticks + xs, labels + [r["setting"] for r in srows], x + len(srows) + 1
-    if base:
-      ax.axhline(base["knn"], color="gray", ls="--", lw=1, label="random-init backbone")
-    ax.set_xticks(ticks)
-    ax.set_xticklabels(labels, rotation=75, fontsize=6.5, ha="right")
-    ax.set_title(name, fontsize=10)
-    ax.grid(alpha=0.3)
-  axes[0].set_ylabel("validation kNN accuracy (backbone features)")
-  handles, labels = axes[0].get_legend_handles_labels()
-  handles.append(
-    plt.Line2D(
-      [], [], marker="*", ms=11, color="white", markerfacecolor="gray", markeredgecolor="black"
-    )
-  )
-  fig.legend(
-    handles,
-    labels + ["chosen setting"],
-    fontsize=8,
-    loc="upper center",
-    bbox_to_anchor=(0.5, 0.0),
-    ncol=len(labels) + 1,
-  )
-  fig.suptitle(
-    "Recipe sweep: validation kNN accuracy per stage (each stage keeps "
-    "the stars of the stages before)",
-    fontsize=10,
-  )
-  save(fig, path)
 
 
 def main(argv=None):

@@ -137,3 +137,13 @@ def plot_accuracy(groups: Dict[str, Sequence[Dict]], metrics: Sequence[str], pat
     accuracy_bars(ax, rows, metrics, f"{title} (knn_head: the head's output; others: backbone)")
   axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   save(fig, path)
+
+
+def means_by(rows: Sequence[Dict], group: str, keys: Iterable[str]) -> Dict[str, Dict[str, float]]:
+  """``{row[group]: {key: mean over the group's rows}}``, groups in order of appearance."""
+  import numpy as np
+
+  groups = dict.fromkeys(r[group] for r in rows)
+  return {
+    g: {k: float(np.mean([r[k] for r in rows if r[group] == g])) for k in keys} for g in groups
+  }
