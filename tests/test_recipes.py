@@ -310,3 +310,14 @@ def test_every_method_at_its_defaults_beats_the_random_backbone(
   res = train.train_and_evaluate(c, str(tmp_path), progress=False)
   assert res["evaluated_on"] == "test"
   assert res["knn"] > random_backbone_knn + 0.02, (name, labels, res["knn"], random_backbone_knn)
+
+
+def test_main_job_configs_do_not_share_their_runs():
+  """Changing one config's run leaves the next config from the file as it was."""
+  from experiments.configs import default
+
+  first = default.get_config()
+  first.runs.transfusion.num_steps = 4
+  first.runs.supcon.learning_rate = 1.0
+  second = default.get_config()
+  assert second.runs.transfusion.num_steps is None and second.runs.supcon.learning_rate is None

@@ -63,11 +63,13 @@ def run(loss: str, label_fraction=None, labels_in_loss: bool = False):
   return r
 
 
+# The main job's runs: each one's method and use of labels (a fresh ConfigDict
+# per config, so that one config's changes stay its own).
 RUNS = {
-  "transfusion": run("jsd", label_fraction=1.0, labels_in_loss=True),
-  "supcon": run("supcon", label_fraction=1.0, labels_in_loss=True),
-  "simclr": run("info_nce"),
-  "transfusion_ssl": run("jsd"),
+  "transfusion": dict(loss="jsd", label_fraction=1.0, labels_in_loss=True),
+  "supcon": dict(loss="supcon", label_fraction=1.0, labels_in_loss=True),
+  "simclr": dict(loss="info_nce"),
+  "transfusion_ssl": dict(loss="jsd"),
 }
 
 
@@ -93,7 +95,7 @@ def training_fields():
 def get_config(arg: str = ""):
   c = training_fields()
   with c.unlocked():
-    c.runs = ml_collections.ConfigDict(RUNS)
+    c.runs = ml_collections.ConfigDict({name: run(**spec) for name, spec in RUNS.items()})
     c.runs.unlock()  # add runs in a config file of your own
     c.compare = "transfusion,supcon,simclr,transfusion_ssl"
     c.seeds = 5  # runs per method: seeds seed, seed+1, ...

@@ -3,7 +3,7 @@ r"""bfloat16 vs float32 compute on the main job's class-target TransFusion recip
     python -m experiments.precision --noprogress                                   # 3 seeds each
     python -m experiments.precision --config=experiments/configs/precision.py:tiny # smoke test
 
-The runs are the main job's class-target TransFusion run (``RUNS["transfusion"]``
+The runs are the main job's class-target TransFusion run (``RUNS["transfusion"]`` of configs/default.py
 of experiments/configs/default.py, its recipe from the method registry) on
 its ``training_fields()`` (MNIST-1D, CNN1D, 800 steps, batch 128), once with
 ``compute_dtype="float32"`` and once with ``"bfloat16"``; both are evaluated
