@@ -1282,6 +1282,7 @@ def _job(workdir, num_steps):
       f"--config.runs.supcon.num_steps={num_steps}",
     ],
     cwd=ROOT,
+    env=dict(os.environ, XLA_FLAGS=""),  # one CPU device: the test is about what it prints
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
     text=True,
