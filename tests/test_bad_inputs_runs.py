@@ -410,6 +410,29 @@ def _save_nan(ctx):
   Checkpointer(ctx.dir).save(1, {"w": np.array([1.0, np.nan], np.float32)})
 
 
+def test_ctrl_c_during_a_save_waits_for_the_checkpoint(tmp_path):
+  """SIGINT while orbax writes is raised once the checkpoint is whole (an
+  interrupt inside orbax's threads could leave the process waiting on them)."""
+  ckpt = Checkpointer(str(tmp_path / "checkpoints"))
+  save = ckpt._manager.save
+
+  def interrupted_save(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)  # a KeyboardInterrupt would be raised here, mid-save
+    return save(*args, **kwargs)
+
+  ckpt._manager.save = interrupted_save
+  tree = {"w": np.arange(4, dtype=np.float32)}
+  with pytest.raises(KeyboardInterrupt):
+    ckpt.save(3, tree)
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  ckpt.close()
+  again = Checkpointer(str(tmp_path / "checkpoints"))
+  assert again.latest_step() == 3
+  np.testing.assert_array_equal(again.restore_latest(tree)["w"], tree["w"])
+  again.close()
+
+
 def test_closed_loop_errors_are_dropped_only_while_held(capsys):
   """tensorstore's late callbacks into orbax's closed event loop reach
   ``sys.unraisablehook`` or ``sys.excepthook``; while a save or restore is

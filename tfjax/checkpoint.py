@@ -34,7 +34,9 @@ import glob
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import warnings
 from typing import Any, List, Optional
 
@@ -81,6 +83,30 @@ def _quiet():
   finally:
     for logger, level in zip(loggers, levels):
       logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+  """Ctrl-C (SIGINT) held until the block ends, then raised as KeyboardInterrupt.
+
+  A KeyboardInterrupt raised inside orbax while its threads write or read can
+  leave the process waiting on them for ever; deferred, a checkpoint is
+  whole or absent.  Only the main thread receives signals, so elsewhere this
+  does nothing.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  received = []
+  previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+  if previous is None:  # a handler not set from Python
+    previous = signal.default_int_handler
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  if received:
+    raise KeyboardInterrupt
 
 
 def _closed_loop_error(value) -> bool:
@@ -202,7 +228,7 @@ class Checkpointer:
       raise FloatingPointError(f"not writing checkpoint {int(step)}: {_names(bad)} not finite")
     self._closed_loop_errors.start()
     try:
-      with _quiet():
+      with _sigint_deferred(), _quiet():
         self._manager.save(int(step), args=ocp.args.StandardSave(tree), force=True)
         self._manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001  (a full disk: OSError, one line)
@@ -213,6 +239,9 @@ class Checkpointer:
         raise OSError(
           errno.ENOSPC, "No space left on device", os.path.join(self.directory, str(int(step)))
         ) from None
+      raise
+    except BaseException:  # Ctrl-C during a write: its threads fail late too
+      self._failed = self._failed_write = True
       raise
     finally:
       if not self._failed:
@@ -241,7 +270,7 @@ class Checkpointer:
   def _restore_newest_readable(self, steps, host_template, skipped):
     for step in steps:
       try:
-        with _quiet():
+        with _sigint_deferred(), _quiet():
           restored = self._manager.restore(step, args=ocp.args.StandardRestore(host_template))
         bad = nonfinite_leaves(restored)
         if bad:
