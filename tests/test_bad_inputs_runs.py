@@ -415,6 +415,7 @@ def test_ctrl_c_during_a_save_waits_for_the_checkpoint(tmp_path):
   interrupt inside orbax's threads could leave the process waiting on them)."""
   ckpt = Checkpointer(str(tmp_path / "checkpoints"))
   save = ckpt._manager.save
+  handler = signal.getsignal(signal.SIGINT)  # SIG_IGN under nohup
 
   def interrupted_save(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGINT)
@@ -425,7 +426,7 @@ def test_ctrl_c_during_a_save_waits_for_the_checkpoint(tmp_path):
   tree = {"w": np.arange(4, dtype=np.float32)}
   with pytest.raises(KeyboardInterrupt):
     ckpt.save(3, tree)
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert signal.getsignal(signal.SIGINT) == handler
   ckpt.close()
   again = Checkpointer(str(tmp_path / "checkpoints"))
   assert again.latest_step() == 3
@@ -1306,6 +1307,9 @@ def _job(workdir, num_steps):
     ],
     cwd=ROOT,
     env=dict(os.environ, XLA_FLAGS=""),  # one CPU device: the test is about what it prints
+    # Ctrl-C's default action in the job even when this suite runs with SIGINT
+    # ignored (nohup, a background job), which the job would inherit.
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
     text=True,
