@@ -231,17 +231,14 @@ class Checkpointer:
       with _sigint_deferred(), _quiet():
         self._manager.save(int(step), args=ocp.args.StandardSave(tree), force=True)
         self._manager.wait_until_finished()
-    except Exception as e:  # noqa: BLE001  (a full disk: OSError, one line)
+    except BaseException as e:  # a full disk: OSError, one line; Ctrl-C as it is
       # orbax's writer threads fail their late callbacks on the closed
       # event loop, for the rest of the process: no tracebacks for those.
       self._failed = self._failed_write = True
-      if _no_space(e):
+      if isinstance(e, Exception) and _no_space(e):
         raise OSError(
           errno.ENOSPC, "No space left on device", os.path.join(self.directory, str(int(step)))
         ) from None
-      raise
-    except BaseException:  # Ctrl-C during a write: its threads fail late too
-      self._failed = self._failed_write = True
       raise
     finally:
       if not self._failed:
