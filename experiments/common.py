@@ -96,6 +96,8 @@ def cli(
   debug = "--debug" in argv
   parsing, config, workdir = True, None, None
   formatwarning = warnings.formatwarning
+  ctrl_c = _CtrlCNeverSwallowed()
+  ctrl_c.start()
   try:
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file(
@@ -215,6 +217,46 @@ def cli(
     raise SystemExit(2) from None
   finally:
     warnings.formatwarning = formatwarning
+    ctrl_c.stop()
+
+
+class _CtrlCNeverSwallowed:
+  """Ctrl-C that lands in a garbage-collector callback or a ``__del__`` is
+  raised again in the main code, from :meth:`start` to :meth:`stop`.
+
+  Python runs a SIGINT handler between bytecodes of the main thread, which
+  may be inside such a callback (JAX frees compiled programs in one); the
+  KeyboardInterrupt raised there is reported as unraisable and dropped, and
+  the command would run on to its end.  Here the unraisable hook has another
+  thread simulate a fresh SIGINT 10 ms later (``_thread.interrupt_main``, a
+  no-op where SIGINT is ignored); raised from the hook itself, it would be
+  dropped again.  So Ctrl-C stops the command wherever it lands.
+  """
+
+  def __init__(self):
+    self._previous = self._ours = None
+
+  def start(self) -> None:
+    import _thread
+    import signal
+    import threading
+
+    previous = self._previous = sys.unraisablehook
+
+    def hook(info):
+      if isinstance(info.exc_value, KeyboardInterrupt):
+        again = threading.Timer(0.01, _thread.interrupt_main, (signal.SIGINT,))
+        again.daemon = True
+        again.start()
+      else:
+        previous(info)
+
+    self._ours = sys.unraisablehook = hook
+
+  def stop(self) -> None:
+    if self._ours is not None and sys.unraisablehook is self._ours:
+      sys.unraisablehook = self._previous
+    self._previous = self._ours = None
 
 
 def _resume_hint(workdir: Optional[str]) -> str:

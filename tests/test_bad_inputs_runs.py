@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import logging
 import os
 import re
 import shutil
@@ -434,14 +435,56 @@ def test_ctrl_c_during_a_save_waits_for_the_checkpoint(tmp_path):
   again.close()
 
 
-def test_closed_loop_errors_are_dropped_only_while_held(capsys):
+def test_ctrl_c_in_a_gc_callback_still_stops_the_command(capsys):
+  """A SIGINT handled inside a garbage-collector callback (JAX frees compiled
+  programs in one) raises KeyboardInterrupt there, which Python drops as
+  unraisable: the command ran on (CI's Ctrl-C probe timed out).  The
+  command line raises it again in the main code, and prints nothing."""
+  import gc
+
+  from experiments.common import _CtrlCNeverSwallowed
+
+  handler = signal.signal(signal.SIGINT, signal.default_int_handler)  # ignored under nohup
+  landed = []
+
+  def callback(phase, info):
+    if not landed:
+      landed.append(phase)
+      raise KeyboardInterrupt  # what the handler raises when SIGINT lands here
+
+  ctrl_c = _CtrlCNeverSwallowed()
+  ctrl_c.start()
+  reached_the_end = False
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      gc.callbacks.append(callback)
+      try:
+        gc.collect()
+        deadline = time.time() + 5
+        while time.time() < deadline:  # the main code runs on
+          pass
+        reached_the_end = True
+      finally:
+        gc.callbacks.remove(callback)
+  finally:
+    ctrl_c.stop()
+    signal.signal(signal.SIGINT, handler)
+  assert landed and not reached_the_end
+  assert capsys.readouterr().err == ""
+
+
+def test_late_errors_of_a_failed_write_are_dropped_only_while_held(capsys, caplog):
   """tensorstore's late callbacks into orbax's closed event loop reach
-  ``sys.unraisablehook`` or ``sys.excepthook``; while a save or restore is
-  under way (or after a failed one) those, and only those, print nothing."""
-  from tfjax.checkpoint import _ClosedLoopErrorsDropped
+  ``sys.unraisablehook`` or ``sys.excepthook``, and asyncio logs the failed
+  write tasks nobody awaited when they are collected; while a save or
+  restore is under way (or after a failed one) those, and only those, print
+  nothing."""
+  from tfjax.checkpoint import _LateErrorsDropped
 
   hooks = (sys.unraisablehook, sys.excepthook)
-  dropped = _ClosedLoopErrorsDropped()
+  asyncio_log = logging.getLogger("asyncio")
+  full = ValueError("RESOURCE_EXHAUSTED: Error writing: No space left on device")
+  dropped = _LateErrorsDropped()
   dropped.start()
   try:
     closed = RuntimeError("Event loop is closed")
@@ -451,12 +494,17 @@ def test_closed_loop_errors_are_dropped_only_while_held(capsys):
         exc_type=RuntimeError, exc_value=closed, exc_traceback=None, err_msg=None, object=None
       )
     )
-    assert capsys.readouterr().err == ""
+    asyncio_log.error("Task exception was never retrieved", exc_info=(ValueError, full, None))
+    assert capsys.readouterr().err == "" and not caplog.records
     sys.excepthook(ValueError, ValueError("other"), None)
     assert "ValueError: other" in capsys.readouterr().err
+    asyncio_log.error("Task exception was never retrieved", exc_info=(KeyError, KeyError(1), None))
+    assert len(caplog.records) == 1
   finally:
     dropped.stop()
   assert (sys.unraisablehook, sys.excepthook) == hooks
+  # (a checkpointer whose write failed, in an earlier test, keeps its own for good)
+  assert dropped._filter not in asyncio_log.filters
 
 
 def _restore_nan(ctx):

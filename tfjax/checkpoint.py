@@ -109,24 +109,39 @@ def _sigint_deferred():
     raise KeyboardInterrupt
 
 
-def _closed_loop_error(value) -> bool:
-  return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+def _late_error(value) -> bool:
+  """An error of a failed write's leftovers: tensorstore's callbacks into
+  orbax's closed event loop, or another write of the same full disk."""
+  return (isinstance(value, RuntimeError) and str(value) == "Event loop is closed") or (
+    isinstance(value, Exception) and _no_space(value)
+  )
 
 
-class _ClosedLoopErrorsDropped:
-  """``sys.unraisablehook`` and ``sys.excepthook`` without the "Event loop is
-  closed" errors, from :meth:`start` to :meth:`stop`.
+class _LateAsyncioErrors(logging.Filter):
+  def filter(self, record):
+    return not (record.exc_info and _late_error(record.exc_info[1]))
+
+
+class _LateErrorsDropped:
+  """What orbax's leftovers of a failed save or restore report, held back
+  from :meth:`start` to :meth:`stop`.
 
   After a failed write or restore, operations that orbax started complete in
   tensorstore's threads and call back into the asyncio loop orbax has closed;
   tensorstore reports each failed callback as unraisable or through
   ``PyErr_Print`` (a bare traceback on stderr), sometimes before the failure
-  itself reaches us.  They say nothing the one-line report does not.
+  itself reaches us.  The write tasks that failed beside the one orbax
+  raises are logged by asyncio ("Task exception was never retrieved") when
+  they are collected, as late as the interpreter's exit.  Held back here:
+  ``sys.unraisablehook`` and ``sys.excepthook`` without "Event loop is
+  closed" errors, and asyncio's log records of those and of no-space errors.
+  They say nothing the one-line report does not.
   """
 
   def __init__(self):
     self._saved = None  # the hooks to put back
     self._ours = None
+    self._filter = _LateAsyncioErrors()
 
   def start(self) -> None:
     if self._saved is not None:
@@ -134,21 +149,23 @@ class _ClosedLoopErrorsDropped:
     unraisable, excepthook = self._saved = (sys.unraisablehook, sys.excepthook)
 
     def unraisablehook(info):
-      if not _closed_loop_error(info.exc_value):
+      if not _late_error(info.exc_value):
         unraisable(info)
 
     def quiet_excepthook(kind, value, tb):
-      if not _closed_loop_error(value):
+      if not _late_error(value):
         excepthook(kind, value, tb)
 
     self._ours = (unraisablehook, quiet_excepthook)
     sys.unraisablehook, sys.excepthook = self._ours
+    logging.getLogger("asyncio").addFilter(self._filter)
 
   def stop(self) -> None:
     if self._saved is None:
       return
     if (sys.unraisablehook, sys.excepthook) == self._ours:
       sys.unraisablehook, sys.excepthook = self._saved
+    logging.getLogger("asyncio").removeFilter(self._filter)
     self._saved = self._ours = None
 
 
@@ -187,7 +204,7 @@ class Checkpointer:
     self._manager = self._open()
     # Dropped during each save and restore; after a failed restore, until
     # close(); after a failed write, for good.
-    self._closed_loop_errors = _ClosedLoopErrorsDropped()
+    self._late_errors = _LateErrorsDropped()
     self._failed = self._failed_write = False
 
   def _open(self):
@@ -226,7 +243,7 @@ class Checkpointer:
     bad = nonfinite_leaves(tree)
     if bad:
       raise FloatingPointError(f"not writing checkpoint {int(step)}: {_names(bad)} not finite")
-    self._closed_loop_errors.start()
+    self._late_errors.start()
     try:
       with _sigint_deferred(), _quiet():
         self._manager.save(int(step), args=ocp.args.StandardSave(tree), force=True)
@@ -242,7 +259,7 @@ class Checkpointer:
       raise
     finally:
       if not self._failed:
-        self._closed_loop_errors.stop()
+        self._late_errors.stop()
 
   def restore_latest(self, template: Any) -> Optional[Any]:
     """The newest readable checkpoint, restored into ``template``'s structure.
@@ -257,12 +274,12 @@ class Checkpointer:
       return None
     host_template = jax.device_get(template)
     skipped = []
-    self._closed_loop_errors.start()
+    self._late_errors.start()
     try:
       return self._restore_newest_readable(steps, host_template, skipped)
     finally:
       if not self._failed:
-        self._closed_loop_errors.stop()
+        self._late_errors.stop()
 
   def _restore_newest_readable(self, steps, host_template, skipped):
     for step in steps:
@@ -313,7 +330,7 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.close()
     if not self._failed_write:
-      self._closed_loop_errors.stop()
+      self._late_errors.stop()
       self._failed = False
 
 
