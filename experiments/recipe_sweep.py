@@ -260,7 +260,8 @@ def run(config, workdir: str, *, progress: bool = True):
     ],
     1,
   )  # before any compute
-  runs.seeds(config, "transfer.seeds", config.transfer.seeds)
+  if config.transfer.seeds != 0:  # 0: no transfer check
+    runs.seeds(config, "transfer.seeds", config.transfer.seeds)
   t_job = time.time()
   sweep = Sweep(config, workdir, progress)
   chosen, rows = {}, []
@@ -271,7 +272,9 @@ def run(config, workdir: str, *, progress: bool = True):
   sweep_minutes = (time.time() - t_job) / 60
   baseline_val = runs.random_init(config, sweep.seeds, ("knn",)) if config.random_baseline else None
   t_transfer = time.time()
-  transfer_rows = transfer(config, names, chosen, workdir, progress)
+  transfer_rows = (
+    transfer(config, names, chosen, workdir, progress) if config.transfer.seeds else []
+  )
   chosen_overrides = {name: {**dict(config.runs[name]), **chosen[name]} for name in names}
   summary = {
     "dataset": config.dataset,

@@ -67,11 +67,15 @@ def results_markdown(config, s) -> str:
     "(JSD runs).\n\n"
     f"## Every run\n\n{sweep_table}\n{base_line}"
     f"## Chosen recipes (overrides of the main job's config)\n\n{chosen}\n\n"
-    f"## Transfer check: {tr.dataset}, test split\n\n"
-    f"Trained on {tr.dataset}'s training split, evaluated on its test split, "
-    f"{tr.seeds} seeds (mean ± std); {steps}; linear probe of "
-    f"{tr.linear_steps} steps.\n\n{transfer_table}\n"
-    f"Time: sweep {s['sweep_minutes']:.1f} min, transfer check "
+    + (
+      f"## Transfer check: {tr.dataset}, test split\n\n"
+      f"Trained on {tr.dataset}'s training split, evaluated on its test split, "
+      f"{tr.seeds} seeds (mean ± std); {steps}; linear probe of "
+      f"{tr.linear_steps} steps.\n\n{transfer_table}\n"
+      if tr.seeds
+      else "No transfer check (transfer.seeds = 0).\n\n"
+    )
+    + f"Time: sweep {s['sweep_minutes']:.1f} min, transfer check "
     f"{s['transfer_minutes']:.1f} min, total {s['total_minutes']:.1f} min on "
     f"{s['machine']}.\n"
   )

@@ -135,3 +135,20 @@ def test_tiny_sweep_chooses_on_validation_only(tmp_path):
     assert "knn_std" in r and "linear_std" in r
   md = (tmp_path / "results.md").read_text()
   assert "Transfer check" in md and "SPEC" not in md
+
+
+def test_sweep_without_transfer_check(tmp_path):
+  """``transfer.seeds = 0`` chooses the recipes and trains nothing on the transfer data."""
+  c = get_config("tiny")
+  c.methods = "simclr"
+  c.transfer.seeds = 0
+  c.random_baseline = False
+  for stage, values in dict(augment_strength=(1.0,), temperature=(0.1,)).items():
+    c.grid[stage] = values
+  summary = recipe_sweep.run(c, str(tmp_path), progress=False)
+  assert summary["transfer"] == [] and set(summary["chosen"]) == {"simclr"}
+  assert not (tmp_path / "transfer").exists()
+  assert "No transfer check (transfer.seeds = 0)." in (tmp_path / "results.md").read_text()
+  c.transfer.seeds = -1
+  with pytest.raises(ValueError, match=r"transfer.seeds must be an integer >= 1"):
+    recipe_sweep.run(c, str(tmp_path / "again"), progress=False)

@@ -90,6 +90,11 @@ def test_the_line_says_method_use_kind_and_values():
   assert "not read by this method: temperature=0.1" in line
   assert "\n" not in line
   assert recipes.describe(out, {}, "signal") == ""
+  c.loss = "deep_fusion"  # its head reads deep_fusion.*, not head.*
+  line = recipes.describe(c, recipes.resolve(c, "signal")[1], "signal")
+  read, unread = line.split("; not read by this method: ")
+  assert "temperature=" in read and "head." not in read
+  assert "head.num_layers=" in unread
 
 
 def test_train_and_evaluate_says_it_once_and_remembers_the_resolved_values(tmp_path, capsys):

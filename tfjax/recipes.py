@@ -117,8 +117,8 @@ def _reads(method, field: str) -> bool:
   head for TransFusion, the shared fields for all)."""
   if field == "temperature":
     return "temperature" in method.options
-  if field.startswith("head."):
-    return method.uses_head
+  if field.startswith("head."):  # TransFusion's head; Deep Fusion's reads deep_fusion.*
+    return method.uses_head and method.name != "deep_fusion"
   return True
 
 

@@ -70,6 +70,9 @@ RUNS = {
   "supcon": dict(loss="supcon", label_fraction=1.0, labels_in_loss=True),
   "simclr": dict(loss="info_nce"),
   "transfusion_ssl": dict(loss="jsd"),
+  # The paper's v2 head (softmax attention blocks, NT-Xent; docs/deep_fusion.md),
+  # self-supervised: --config.compare=deep_fusion.
+  "deep_fusion": dict(loss="deep_fusion"),
 }
 
 

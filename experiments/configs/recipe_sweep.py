@@ -90,6 +90,7 @@ METHOD_RUNS = {
   "dcl": {"loss": "dcl", "label_fraction": None, "labels_in_loss": False},
   "barlow_twins": {"loss": "barlow_twins", "label_fraction": None, "labels_in_loss": False},
   "vicreg": {"loss": "vicreg", "label_fraction": None, "labels_in_loss": False},
+  "deep_fusion": {"loss": "deep_fusion", "label_fraction": None, "labels_in_loss": False},
 }
 
 TINY_GRID = dict(  # 2-value grids where a stage has a choice to test
