@@ -254,6 +254,20 @@ def test_main_job_runs_resolve_to_exactly_the_chosen_recipes(capsys):
   ) in out
 
 
+def test_main_job_offers_deep_fusion_with_its_chosen_recipe():
+  """``--config.compare=deep_fusion``: the paper's v2 head, self-supervised,
+  with the recipe docs/deep_fusion.md chose on validation data."""
+  from experiments.configs.default import get_config
+  from experiments.runs import run_configs
+
+  c = get_config()
+  c.compare = "deep_fusion"
+  ((name, r),) = run_configs(c)
+  assert name == "deep_fusion" and r.loss == "deep_fusion" and not r.labels_in_loss
+  got = (r.augment, r.augment_strength, r.learning_rate, r.temperature, r.num_steps)
+  assert got == ("signal", 0.5, 1e-3, 0.5, 1600)
+
+
 def test_main_job_runs_keep_what_the_command_line_sets():
   from experiments.configs.default import get_config
   from experiments.runs import run_configs
