@@ -12,6 +12,10 @@ the backbone features):
     TransFusion (JSD), self-supervised   0.917 ± 0.008 / 0.945 ± 0.004
     random-init CNN1D (fair baseline)    0.700 ± 0.015 / 0.870 ± 0.011
 
+and with ``--config.compare=deep_fusion`` (the paper's v2 head, its recipe chosen
+on validation data like the others; 9 min) 0.828 ± 0.012 / 0.924 ± 0.007
+(docs/experiments.md, "Deep Fusion (v2) against TransFusion (v1) and SimCLR").
+
 Every method trains the same CNN1D backbone and projector on offline MNIST-1D
 (4000 train / 1000 test signals) with its recipe from the method registry
 (augmentation and strength, learning rate, temperature or head form, steps;
