@@ -45,7 +45,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_mechanism_matches_numpy(tiny_run):
-  batch = 32
+  batch = 12
   got = depth.mechanism(tiny_run, batch)
   r = loading.load_run(tiny_run)
   b = read_batch(r.source("validation"), np.arange(batch))

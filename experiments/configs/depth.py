@@ -46,7 +46,14 @@ def get_config(arg: str = ""):
     c.depths = (1, 2, 3, 5)
     c.forms = ml_collections.ConfigDict({"transfusion": "learned,none", "transfusion_ssl": "none"})
     c.probe_batch = 128
-  if arg == "tiny":
+  if arg == "tiny":  # seconds: every code path once, on a small MLP
+    c.dataset = "subspaces_tiny"
+    c.backbone = "mlp"
+    c.backbone_kwargs = {"hidden": (32,), "out_features": 16}
+    c.embed_dim = 8
+    c.projector_hidden = (32,)
+    c.batch_size = 24
+    c.eval.knn_k = 5
     c.seeds = 1
     c.depths = (1, 2)
     c.forms.transfusion = "none"
@@ -56,7 +63,7 @@ def get_config(arg: str = ""):
     c.log_every = 2
     c.checkpoint_every = 4
     c.eval.linear_steps = 5
-    c.probe_batch = 32
+    c.probe_batch = 12  # the whole validation split (20 % of 60)
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; use '' or 'tiny'")
   return c
