@@ -498,6 +498,9 @@ def test_late_errors_of_a_failed_write_are_dropped_only_while_held(capsys, caplo
     assert capsys.readouterr().err == "" and not caplog.records
     sys.excepthook(ValueError, ValueError("other"), None)
     assert "ValueError: other" in capsys.readouterr().err
+    # the caller's own no-space error, uncaught, is still printed
+    sys.excepthook(OSError, OSError(28, "No space left on device"), None)
+    assert "No space left on device" in capsys.readouterr().err
     asyncio_log.error("Task exception was never retrieved", exc_info=(KeyError, KeyError(1), None))
     assert len(caplog.records) == 1
   finally:

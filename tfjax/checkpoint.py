@@ -109,17 +109,18 @@ def _sigint_deferred():
     raise KeyboardInterrupt
 
 
-def _late_error(value) -> bool:
-  """An error of a failed write's leftovers: tensorstore's callbacks into
-  orbax's closed event loop, or another write of the same full disk."""
-  return (isinstance(value, RuntimeError) and str(value) == "Event loop is closed") or (
-    isinstance(value, Exception) and _no_space(value)
-  )
+def _closed_loop_error(value) -> bool:
+  """tensorstore's callback into orbax's closed event loop."""
+  return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
 
 
 class _LateAsyncioErrors(logging.Filter):
+  """asyncio's records of a failed write's leftovers: closed-loop callbacks,
+  and the other writes to the same full disk."""
+
   def filter(self, record):
-    return not (record.exc_info and _late_error(record.exc_info[1]))
+    value = record.exc_info[1] if record.exc_info else None
+    return not (_closed_loop_error(value) or (isinstance(value, Exception) and _no_space(value)))
 
 
 class _LateErrorsDropped:
@@ -149,11 +150,11 @@ class _LateErrorsDropped:
     unraisable, excepthook = self._saved = (sys.unraisablehook, sys.excepthook)
 
     def unraisablehook(info):
-      if not _late_error(info.exc_value):
+      if not _closed_loop_error(info.exc_value):
         unraisable(info)
 
     def quiet_excepthook(kind, value, tb):
-      if not _late_error(value):
+      if not _closed_loop_error(value):
         excepthook(kind, value, tb)
 
     self._ours = (unraisablehook, quiet_excepthook)
